@@ -1,0 +1,1 @@
+"""The HTTP API, authentication, problem details, Redis and the CLI."""

@@ -1,0 +1,77 @@
+"""Domain errors of the ledger, each with a stable `code` (the API maps codes to
+HTTP statuses and RFC 9457 problem types)."""
+
+
+class LedgerError(Exception):
+    code = "ledger-error"
+
+    def __init__(self, detail: str, **extensions: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extensions = extensions
+
+
+class InvalidAccount(LedgerError):
+    code = "invalid-account"
+
+
+class InvalidAmount(LedgerError):
+    code = "invalid-amount"
+
+
+class UnbalancedEntry(LedgerError):
+    code = "unbalanced-entry"
+
+
+class ReasonRequired(LedgerError):
+    code = "reason-required"
+
+
+class InsufficientPoints(LedgerError):
+    code = "insufficient-points"
+
+
+class EntryNotFound(LedgerError):
+    code = "entry-not-found"
+
+
+class NotReversible(LedgerError):
+    code = "not-reversible"
+
+
+class ReversalExceedsOriginal(LedgerError):
+    code = "reversal-exceeds-original"
+
+
+class HoldNotFound(LedgerError):
+    code = "hold-not-found"
+
+
+class HoldNotOpen(LedgerError):
+    code = "hold-not-open"
+
+
+class HoldExpired(LedgerError):
+    code = "hold-expired"
+
+
+class CaptureExceedsHold(LedgerError):
+    code = "capture-exceeds-hold"
+
+
+class DuplicatePartnerReference(LedgerError):
+    code = "duplicate-partner-reference"
+
+
+class IdempotencyKeyReused(LedgerError):
+    """Same idempotency key, different request."""
+
+    code = "idempotency-key-reused"
+
+
+class SameMember(LedgerError):
+    code = "same-member"
+
+
+class InvalidCursor(LedgerError):
+    code = "invalid-cursor"

@@ -1,0 +1,409 @@
+"""The posting engine: writes one journal entry with its postings, balance
+updates and lot movements inside the caller's transaction.
+
+Lock order, the same in every transaction, keeps concurrent postings free of
+deadlocks: the operation's own rows first (idempotency key, hold, pending
+points, reversal tracker), then member balance rows in address order (the
+member's `available` row is the mutex for that member's lots), then hot-account
+slots in address order. Hot accounts (partner, programme) take a random slot
+per entry, so concurrent accruals from one partner do not queue on one row.
+"""
+
+import random
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.accounts import ASSETS, PTS, Address, member_account, member_of, program_account
+from ledger.errors import (
+    DuplicatePartnerReference,
+    InsufficientPoints,
+    InvalidAmount,
+    UnbalancedEntry,
+)
+from ledger.expiry import ExpiryPolicy
+from ledger.lots import ConsumedLot, OpenLot, allocate_debit, allocate_restore
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    account: str
+    asset: str
+    amount: int  # signed: positive increases the account's balance
+
+
+# What a posting on member:{id}:available does to that member's lots.
+@dataclass(frozen=True, slots=True)
+class NewLot:
+    """Credit: repay any debt first, the rest becomes a new lot."""
+
+    source: str
+    earned_at: datetime
+    earn_entry_id: int | None = None  # None: this entry is the earning
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreLots:
+    """Credit: give back what `origin_entry_id` consumed, original expiry kept."""
+
+    origin_entry_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """Debit that may not overdraw (burn, hold, transfer, negative adjustment)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Clawback:
+    """Debit of a return: may push the balance below zero (debt)."""
+
+    earn_entry_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeLots:
+    """Debit of exactly these lots (expiry)."""
+
+    takes: tuple[tuple[int, int], ...]
+
+
+LotEffect = NewLot | RestoreLots | Spend | Clawback | ConsumeLots
+
+
+@dataclass(slots=True)
+class EntryDraft:
+    kind: str
+    postings: list[Posting]
+    effective_at: datetime
+    posted_by: str
+    member_id: str | None = None
+    partner_id: str | None = None
+    partner_reference: str | None = None
+    reason: str | None = None
+    breakdown: Sequence[Mapping[str, object]] = ()
+    reverses_entry_id: int | None = None
+    hold_id: int | None = None
+    lot_effects: Mapping[str, LotEffect] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceRow:
+    balance: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PostedEntry:
+    entry_id: int
+    member_balances: Mapping[tuple[str, str], BalanceRow]
+
+
+def check_balanced(postings: Sequence[Posting]) -> None:
+    if len(postings) < 2:
+        raise UnbalancedEntry("a journal entry needs at least two postings")
+    totals: dict[str, int] = defaultdict(int)
+    for posting in postings:
+        if type(posting.amount) is not int or posting.amount == 0:
+            raise InvalidAmount(f"posting amounts are non-zero integers: {posting}")
+        if posting.asset not in ASSETS:
+            raise InvalidAmount(f"unknown asset {posting.asset!r}")
+        Address.parse(posting.account)
+        totals[posting.asset] += posting.amount
+    unbalanced = {asset: total for asset, total in totals.items() if total}
+    if unbalanced:
+        raise UnbalancedEntry(f"postings do not sum to zero per asset: {unbalanced}")
+
+
+class Journal:
+    """Posts entries; holds the pieces of configuration posting depends on."""
+
+    def __init__(self, expiry_policy: ExpiryPolicy, hot_slots: int = 8) -> None:
+        self.expiry_policy = expiry_policy
+        self.hot_slots = hot_slots
+
+    async def lock_members(
+        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], BalanceRow]:
+        """Create-if-missing and lock member balance rows, in address order."""
+        keys = sorted(set(keys))
+        if not keys:
+            return {}
+        accounts = [account for account, _ in keys]
+        assets = [asset for _, asset in keys]
+        members = [member_of(account) for account in accounts]
+        await conn.execute(
+            text(
+                "INSERT INTO balances (account, asset, slot, member_id) "
+                "SELECT a, s, 0, m FROM unnest(CAST(:accounts AS text[]), "
+                "CAST(:assets AS text[]), CAST(:members AS text[])) AS t(a, s, m) "
+                "ORDER BY a, s ON CONFLICT DO NOTHING"
+            ),
+            {"accounts": accounts, "assets": assets, "members": members},
+        )
+        rows = await conn.execute(
+            text(
+                "SELECT account, asset, balance, version FROM balances "
+                "WHERE slot = 0 AND (account, asset) IN "
+                "(SELECT * FROM unnest(CAST(:accounts AS text[]), CAST(:assets AS text[]))) "
+                "ORDER BY account, asset FOR UPDATE"
+            ),
+            {"accounts": accounts, "assets": assets},
+        )
+        return {(r.account, r.asset): BalanceRow(r.balance, r.version) for r in rows}
+
+    async def post(self, conn: AsyncConnection, draft: EntryDraft, now: datetime) -> PostedEntry:
+        check_balanced(draft.postings)
+        entry_id = await self._insert_entry(conn, draft)
+        member_keys = [(p.account, p.asset) for p in draft.postings if member_of(p.account)]
+        locked = await self.lock_members(conn, member_keys)
+
+        postings = list(draft.postings)
+        movements: list[dict[str, object]] = []
+        for member_id, effect in sorted(draft.lot_effects.items()):
+            account = member_account(member_id, "available")
+            delta = sum(p.amount for p in postings if p.account == account and p.asset == PTS)
+            balance = locked[(account, PTS)].balance
+            postings += await self._apply_lot_effect(
+                conn, entry_id, draft, member_id, effect, delta, balance, now, movements
+            )
+        await self._insert_movements(conn, movements)
+        await self._insert_postings(conn, entry_id, postings)
+        balances = await self._apply_balances(conn, postings)
+        return PostedEntry(entry_id, balances)
+
+    async def _insert_entry(self, conn: AsyncConnection, draft: EntryDraft) -> int:
+        try:
+            # A savepoint, so a duplicate reference leaves the transaction usable.
+            async with conn.begin_nested():
+                return (
+                    await conn.execute(
+                        text(
+                            "INSERT INTO journal_entries (kind, member_id, partner_id, "
+                            "partner_reference, reverses_entry_id, hold_id, effective_at, "
+                            "posted_by, reason, breakdown) VALUES (:kind, :member_id, "
+                            ":partner_id, :partner_reference, :reverses_entry_id, :hold_id, "
+                            ":effective_at, :posted_by, :reason, CAST(:breakdown AS jsonb)) "
+                            "RETURNING id"
+                        ),
+                        {
+                            "kind": draft.kind,
+                            "member_id": draft.member_id,
+                            "partner_id": draft.partner_id,
+                            "partner_reference": draft.partner_reference,
+                            "reverses_entry_id": draft.reverses_entry_id,
+                            "hold_id": draft.hold_id,
+                            "effective_at": draft.effective_at,
+                            "posted_by": draft.posted_by,
+                            "reason": draft.reason,
+                            "breakdown": msgspec.json.encode(list(draft.breakdown)).decode(),
+                        },
+                    )
+                ).scalar_one()
+        except IntegrityError as error:
+            if "journal_entries_partner_reference" in str(error.orig):
+                raise DuplicatePartnerReference(
+                    f"partner {draft.partner_id} already used reference "
+                    f"{draft.partner_reference!r}",
+                    partner_reference=draft.partner_reference,
+                ) from None
+            raise
+
+    async def _apply_lot_effect(
+        self,
+        conn: AsyncConnection,
+        entry_id: int,
+        draft: EntryDraft,
+        member_id: str,
+        effect: LotEffect,
+        delta: int,
+        balance: int,
+        now: datetime,
+        movements: list[dict[str, object]],
+    ) -> list[Posting]:
+        """Move the member's lots for a change of `delta` to `available`.
+
+        Returns extra postings (points restored into already expired lots go
+        straight on to program:expired)."""
+
+        def move(lot_id: int, amount: int, origin: int | None = None) -> None:
+            movements.append(
+                {"entry_id": entry_id, "lot_id": lot_id, "amount": amount, "origin": origin}
+            )
+
+        if isinstance(effect, (Spend, Clawback, ConsumeLots)):
+            if delta >= 0:
+                raise InvalidAmount("a debit lot effect needs a debit of available points")
+            if isinstance(effect, ConsumeLots):
+                takes = list(effect.takes)
+            else:
+                if isinstance(effect, Spend) and balance + delta < 0:
+                    raise InsufficientPoints(
+                        f"member {member_id} has {max(balance, 0)} points available, "
+                        f"{-delta} needed",
+                        available=max(balance, 0),
+                        requested=-delta,
+                    )
+                prefer = effect.earn_entry_id if isinstance(effect, Clawback) else None
+                takes, _debt = allocate_debit(
+                    await self._open_lots(conn, member_id), -delta, prefer_earning=prefer
+                )
+            for lot_id, take in takes:
+                move(lot_id, -take)
+            return []
+
+        if delta <= 0:
+            raise InvalidAmount("a credit lot effect needs a credit of available points")
+        into_lots = delta - min(delta, max(-balance, 0))  # debt is repaid first
+        if into_lots == 0:
+            return []
+        if isinstance(effect, NewLot):
+            await self._new_lot(conn, entry_id, member_id, into_lots, effect, move)
+            return []
+        consumed = await self._consumed_lots(conn, effect.origin_entry_id)
+        given, unplaced = allocate_restore(consumed, into_lots)
+        expiry = {lot.lot_id: lot.expires_at for lot in consumed}
+        expired_now = 0
+        for lot_id, amount in given:
+            move(lot_id, amount, effect.origin_entry_id)
+            if expiry[lot_id] is not None and expiry[lot_id] <= now:
+                # Came back after its expiry: it comes back already expired.
+                move(lot_id, -amount)
+                expired_now += amount
+        if unplaced:
+            fallback = NewLot("restore", now)
+            await self._new_lot(conn, entry_id, member_id, unplaced, fallback, move)
+        if not expired_now:
+            return []
+        return [
+            Posting(member_account(member_id, "available"), PTS, -expired_now),
+            Posting(program_account("expired"), PTS, expired_now),
+        ]
+
+    async def _new_lot(self, conn, entry_id, member_id, amount, effect: NewLot, move) -> None:
+        lot_id = (
+            await conn.execute(
+                text(
+                    "INSERT INTO lots (member_id, source_entry_id, earn_entry_id, amount, "
+                    "remaining, earned_at, expires_at, source) VALUES (:member_id, :entry_id, "
+                    ":earn_entry_id, :amount, 0, :earned_at, :expires_at, :source) RETURNING id"
+                ),
+                {
+                    "member_id": member_id,
+                    "entry_id": entry_id,
+                    "earn_entry_id": effect.earn_entry_id
+                    if effect.earn_entry_id is not None
+                    else (entry_id if effect.source == "earn" else None),
+                    "amount": amount,
+                    "earned_at": effect.earned_at,
+                    "expires_at": self.expiry_policy.expires_at(effect.earned_at),
+                    "source": effect.source,
+                },
+            )
+        ).scalar_one()
+        move(lot_id, amount)
+
+    async def _open_lots(self, conn: AsyncConnection, member_id: str) -> list[OpenLot]:
+        rows = await conn.execute(
+            text(
+                "SELECT id, remaining, expires_at, earn_entry_id FROM lots "
+                "WHERE member_id = :member_id AND remaining > 0"
+            ),
+            {"member_id": member_id},
+        )
+        return [OpenLot(r.id, r.remaining, r.expires_at, r.earn_entry_id) for r in rows]
+
+    async def _consumed_lots(self, conn: AsyncConnection, origin_entry_id: int) -> list[ConsumedLot]:
+        rows = await conn.execute(
+            text(
+                "SELECT l.id, l.expires_at, -sum(m.amount) AS outstanding "
+                "FROM lot_movements m JOIN lots l ON l.id = m.lot_id "
+                "WHERE (m.entry_id = :origin AND m.amount < 0) "
+                "   OR (m.origin_entry_id = :origin AND m.amount > 0) "
+                "GROUP BY l.id, l.expires_at HAVING -sum(m.amount) > 0"
+            ),
+            {"origin": origin_entry_id},
+        )
+        return [ConsumedLot(r.id, r.outstanding, r.expires_at) for r in rows]
+
+    async def _insert_movements(self, conn: AsyncConnection, movements) -> None:
+        if not movements:
+            return
+        await conn.execute(
+            text(
+                "INSERT INTO lot_movements (entry_id, lot_id, amount, origin_entry_id) "
+                "VALUES (:entry_id, :lot_id, :amount, :origin)"
+            ),
+            movements,
+        )
+        net: dict[int, int] = defaultdict(int)
+        for movement in movements:
+            net[movement["lot_id"]] += movement["amount"]
+        changed = sorted((lot_id, amount) for lot_id, amount in net.items() if amount)
+        if changed:
+            await conn.execute(
+                text(
+                    "UPDATE lots SET remaining = lots.remaining + c.amount FROM "
+                    "unnest(CAST(:ids AS bigint[]), CAST(:amounts AS bigint[])) AS c(id, amount) "
+                    "WHERE lots.id = c.id"
+                ),
+                {"ids": [i for i, _ in changed], "amounts": [a for _, a in changed]},
+            )
+
+    async def _insert_postings(self, conn, entry_id: int, postings: Sequence[Posting]) -> None:
+        await conn.execute(
+            text(
+                "INSERT INTO postings (entry_id, account, asset, amount, member_id) "
+                "SELECT :entry_id, a, s, v, m FROM unnest(CAST(:accounts AS text[]), "
+                "CAST(:assets AS text[]), CAST(:amounts AS bigint[]), CAST(:members AS text[])) "
+                "AS t(a, s, v, m)"
+            ),
+            {
+                "entry_id": entry_id,
+                "accounts": [p.account for p in postings],
+                "assets": [p.asset for p in postings],
+                "amounts": [p.amount for p in postings],
+                "members": [member_of(p.account) for p in postings],
+            },
+        )
+
+    async def _apply_balances(
+        self, conn: AsyncConnection, postings: Sequence[Posting]
+    ) -> dict[tuple[str, str], BalanceRow]:
+        deltas: dict[tuple[str, str], int] = defaultdict(int)
+        for posting in postings:
+            deltas[(posting.account, posting.asset)] += posting.amount
+        rows = []
+        for (account, asset), delta in sorted(deltas.items()):
+            member_id = member_of(account)
+            slot = 0 if member_id else random.randrange(self.hot_slots)
+            rows.append((account, asset, slot, delta, member_id))
+        result = await conn.execute(
+            text(
+                "INSERT INTO balances AS b (account, asset, slot, balance, version, member_id, "
+                "updated_at) SELECT a, s, n, v, 1, m, now() FROM unnest(CAST(:accounts AS text[]), "
+                "CAST(:assets AS text[]), CAST(:slots AS smallint[]), CAST(:deltas AS bigint[]), "
+                "CAST(:members AS text[])) AS t(a, s, n, v, m) "
+                "ON CONFLICT (account, asset, slot) DO UPDATE SET "
+                "balance = b.balance + EXCLUDED.balance, version = b.version + 1, "
+                "updated_at = now() RETURNING account, asset, balance, version, member_id"
+            ),
+            {
+                "accounts": [r[0] for r in rows],
+                "assets": [r[1] for r in rows],
+                "slots": [r[2] for r in rows],
+                "deltas": [r[3] for r in rows],
+                "members": [r[4] for r in rows],
+            },
+        )
+        return {
+            (r.account, r.asset): BalanceRow(r.balance, r.version)
+            for r in result
+            if r.member_id is not None
+        }

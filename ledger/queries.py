@@ -1,0 +1,171 @@
+"""The read side: balances, points expiring soon, entries and member history."""
+
+import base64
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.accounts import MEMBER_ACCOUNTS, PTS, QP, Address, check_id, member_account
+from ledger.errors import EntryNotFound, InvalidCursor
+from ledger.views import (
+    AccountBalance,
+    AssetBalance,
+    Balances,
+    EntryView,
+    ExpiringPoints,
+    HistoryPage,
+    MemberBalances,
+    PostingView,
+)
+
+
+async def balances(conn: AsyncConnection, member_id: str) -> Balances:
+    accounts = [member_account(member_id, name) for name in MEMBER_ACCOUNTS]
+    rows = await conn.execute(
+        text(
+            "SELECT account, balance, version FROM balances "
+            "WHERE account = ANY(CAST(:accounts AS text[])) AND slot = 0 "
+            "AND asset = CASE WHEN account = :qp_account THEN 'QP' ELSE 'PTS' END"
+        ),
+        {"accounts": accounts, "qp_account": member_account(member_id, "qp")},
+    )
+    found = {r.account.rsplit(":", 1)[1]: (r.balance, r.version) for r in rows}
+    return Balances(
+        member_id=member_id,
+        available=found.get("available", (0, 0))[0],
+        pending=found.get("pending", (0, 0))[0],
+        held=found.get("held", (0, 0))[0],
+        qp=found.get("qp", (0, 0))[0],
+        version=sum(version for _, version in found.values()),
+    )
+
+
+async def member_balances(
+    conn: AsyncConnection, member_id: str, now: datetime, within_days: int
+) -> MemberBalances:
+    check_id("member", member_id)
+    rows = await conn.execute(
+        text(
+            "SELECT expires_at, sum(remaining) AS points FROM lots "
+            "WHERE member_id = :member_id AND remaining > 0 AND expires_at <= :until "
+            "GROUP BY expires_at ORDER BY expires_at"
+        ),
+        {"member_id": member_id, "until": now + timedelta(days=within_days)},
+    )
+    expiring = tuple(ExpiringPoints(r.expires_at, int(r.points)) for r in rows)
+    return MemberBalances(await balances(conn, member_id), expiring, within_days)
+
+
+async def account_balance(conn: AsyncConnection, address: str) -> AccountBalance:
+    account = str(Address.parse(address))
+    rows = await conn.execute(
+        text(
+            "SELECT asset, sum(balance) AS balance, sum(version) AS version FROM balances "
+            "WHERE account = :account GROUP BY asset ORDER BY asset"
+        ),
+        {"account": account},
+    )
+    found = {r.asset: AssetBalance(r.asset, int(r.balance), int(r.version)) for r in rows}
+    return AccountBalance(
+        account, tuple(found.get(asset, AssetBalance(asset, 0, 0)) for asset in (PTS, QP))
+    )
+
+
+_ENTRY_COLUMNS = (
+    "id, kind, member_id, partner_id, partner_reference, reverses_entry_id, hold_id, "
+    "effective_at, created_at, posted_by, reason, breakdown"
+)
+
+
+def _entry_view(row, postings: list[PostingView]) -> EntryView:
+    return EntryView(
+        entry_id=row.id,
+        kind=row.kind,
+        member_id=row.member_id,
+        partner_id=row.partner_id,
+        partner_reference=row.partner_reference,
+        reverses_entry_id=row.reverses_entry_id,
+        hold_id=row.hold_id,
+        effective_at=row.effective_at,
+        created_at=row.created_at,
+        posted_by=row.posted_by,
+        reason=row.reason,
+        breakdown=row.breakdown,
+        postings=tuple(postings),
+    )
+
+
+async def entry(conn: AsyncConnection, entry_id: int) -> EntryView:
+    row = (
+        await conn.execute(
+            text(f"SELECT {_ENTRY_COLUMNS} FROM journal_entries WHERE id = :id"), {"id": entry_id}
+        )
+    ).first()
+    if row is None:
+        raise EntryNotFound(f"no journal entry {entry_id}", entry_id=entry_id)
+    postings = await conn.execute(
+        text("SELECT account, asset, amount FROM postings WHERE entry_id = :id ORDER BY id"),
+        {"id": entry_id},
+    )
+    return _entry_view(row, [PostingView(p.account, p.asset, p.amount) for p in postings])
+
+
+def encode_cursor(entry_id: int) -> str:
+    return base64.urlsafe_b64encode(f"e{entry_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if raw[0] != "e":
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, IndexError, UnicodeDecodeError):
+        raise InvalidCursor(f"not a cursor of this history: {cursor!r}") from None
+
+
+async def history(
+    conn: AsyncConnection,
+    member_id: str,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    kinds: tuple[str, ...] = (),
+) -> HistoryPage:
+    """A member's entries, newest first; the cursor is the last entry seen, so
+    pages stay stable while new entries arrive."""
+    check_id("member", member_id)
+    before = decode_cursor(cursor) if cursor else None
+    rows = (
+        await conn.execute(
+            text(
+                f"SELECT {_ENTRY_COLUMNS} FROM journal_entries WHERE id IN ("
+                "  SELECT entry_id FROM postings WHERE member_id = :member_id"
+                "  AND (CAST(:before AS bigint) IS NULL OR entry_id < :before)) "
+                "AND (cardinality(CAST(:kinds AS text[])) = 0 "
+                "     OR kind = ANY(CAST(:kinds AS text[]))) "
+                "ORDER BY id DESC LIMIT :fetch"
+            ),
+            {"member_id": member_id, "before": before, "fetch": limit + 1, "kinds": list(kinds)},
+        )
+    ).all()
+    page, more = rows[:limit], len(rows) > limit
+    postings: dict[int, list[PostingView]] = defaultdict(list)
+    if page:
+        result = await conn.execute(
+            text(
+                "SELECT entry_id, account, asset, amount FROM postings "
+                "WHERE entry_id = ANY(CAST(:ids AS bigint[])) AND member_id = :member_id "
+                "ORDER BY id"
+            ),
+            {"ids": [r.id for r in page], "member_id": member_id},
+        )
+        for p in result:
+            postings[p.entry_id].append(PostingView(p.account, p.asset, p.amount))
+    return HistoryPage(
+        member_id=member_id,
+        entries=tuple(_entry_view(r, postings[r.id]) for r in page),
+        next_cursor=encode_cursor(page[-1].id) if more and page else None,
+    )

@@ -1,0 +1,79 @@
+"""Test infrastructure: a fresh PostgreSQL database per run (dropped afterwards)
+and a Redis, from LOYALTY_TEST_DATABASE_URL / LOYALTY_TEST_REDIS_URL when set,
+else from embedded servers started here."""
+
+import asyncio
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from api.embedded import EmbeddedPostgres, EmbeddedRedis, drop_database, ensure_database, with_database
+from api.migrate import upgrade
+from ledger.database import create_engine
+from ledger.expiry import RollingToQuarterEnd
+from ledger.service import LedgerConfig, LedgerService
+
+settings.register_profile(
+    "default", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(scope="session")
+def server_url():
+    url = os.environ.get("LOYALTY_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="loyalty-test-pg-")) / "pg",
+                                delete_on_stop=True)
+    yield embedded.start()
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url):
+    name = f"loyalty_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(ensure_database(server_url, name))
+    url = with_database(server_url, name)
+    upgrade(url)
+    yield url
+    asyncio.run(drop_database(server_url, name))
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    url = os.environ.get("LOYALTY_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    embedded = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="loyalty-test-redis-")))
+    yield embedded.start()
+    embedded.remove()
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url):
+    engine = create_engine(database_url, pool_size=20)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def ledger(engine) -> LedgerService:
+    return LedgerService(engine, LedgerConfig(expiry_policy=RollingToQuarterEnd(36)))
+
+
+@pytest.fixture
+def new_id():
+    def make(prefix: str = "m") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    return make

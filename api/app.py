@@ -1,0 +1,68 @@
+"""The Litestar application factory."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as redis
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from api.auth import TokenVerifier
+from api.problems import EXCEPTION_HANDLERS
+from api.routes.health import live, ready
+from api.routes.problems import describe_problem, list_problems
+from api.routes.staff import staff_router
+from api.settings import Settings
+from ledger.database import create_engine
+from ledger.service import LedgerService
+
+
+def create_app(settings: Settings) -> Litestar:
+    if settings.database_url is None:
+        raise ValueError("create_app needs a database URL (the CLI resolves the embedded one)")
+    verifier = TokenVerifier(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        app.state.engine = engine
+        app.state.ledger = LedgerService(engine, settings.ledger_config())
+        app.state.redis = (
+            redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            if settings.redis_url
+            else None
+        )
+        try:
+            yield
+        finally:
+            if app.state.redis is not None:
+                await app.state.redis.aclose()
+            await engine.dispose()
+
+    app = Litestar(
+        route_handlers=[live, ready, list_problems, describe_problem, staff_router],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Loyalty ledger",
+            version="0.1.0",
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+                }
+            ),
+        ),
+    )
+    app.state.verifier = verifier
+    app.state.settings = settings
+    return app
+
+
+def create_app_from_env() -> Litestar:
+    """Factory for server workers: settings come from LOYALTY_* variables."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,176 @@
+"""The `loyalty` command: serve, migrate, demo, verify, token, jobs."""
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+
+import click
+
+from api.settings import Settings, SettingsError
+
+JOBS = ("release-pending", "expire-holds", "expire-points")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as error:
+        raise click.UsageError(str(error)) from None
+
+
+@contextlib.contextmanager
+def _database(settings: Settings, *, with_redis: bool = False) -> Iterator[Settings]:
+    """Settings with a migrated database (and Redis): configured, or embedded
+    under the data directory and stopped again on exit."""
+    from api.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_database, with_database
+    from api.migrate import upgrade
+
+    with contextlib.ExitStack() as stack:
+        if settings.embedded and settings.jwt_secret is None:
+            from api.auth import dev_secret
+
+            settings = replace(settings, jwt_secret=dev_secret(settings))
+        if settings.database_url is None:
+            postgres = EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
+            click.echo(f"starting embedded PostgreSQL in {postgres.data_dir}", err=True)
+            admin_url = postgres.start()
+            stack.callback(postgres.stop)
+            asyncio.run(ensure_database(admin_url, "loyalty"))
+            settings = replace(settings, database_url=with_database(admin_url, "loyalty"))
+        if with_redis and settings.redis_url is None:
+            redis_server = EmbeddedRedis(settings.data_dir.resolve() / "redis")
+            click.echo(f"starting embedded Redis in {redis_server.data_dir}", err=True)
+            settings = replace(settings, redis_url=redis_server.start())
+            stack.callback(redis_server.stop)
+        upgrade(settings.database_url)
+        yield settings
+
+
+def _ledger(settings: Settings):
+    from ledger.database import create_engine
+    from ledger.service import LedgerService
+
+    return LedgerService(create_engine(settings.database_url, pool_size=2), settings.ledger_config())
+
+
+async def _with_ledger(settings: Settings, work):
+    ledger = _ledger(settings)
+    try:
+        return await work(ledger)
+    finally:
+        await ledger.engine.dispose()
+
+
+@click.group()
+def main() -> None:
+    """Loyalty ledger: a double-entry points ledger for coalition programmes."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (LOYALTY_HOST).")
+@click.option("--port", type=int, default=None, help="Port (LOYALTY_PORT).")
+@click.option("--workers", type=int, default=None, help="Worker processes (LOYALTY_WORKERS).")
+@click.option("--demo", is_flag=True, help="Load the demo programme before serving.")
+def serve(host, port, workers, demo) -> None:
+    """Serve the HTTP API (embedded PostgreSQL and Redis when none is configured)."""
+    import uvicorn
+
+    settings = _settings()
+    settings = replace(
+        settings,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+    )
+    with _database(settings, with_redis=True) as resolved:
+        if demo:
+            _print_balances(asyncio.run(_with_ledger(resolved, _load_demo)))
+        click.echo(f"serving on http://{resolved.host}:{resolved.port} (docs at /docs)", err=True)
+        if resolved.workers > 1:
+            os.environ.update(resolved.as_environ())
+            uvicorn.run("api.app:create_app_from_env", factory=True, host=resolved.host,
+                        port=resolved.port, workers=resolved.workers, log_level="info")
+        else:
+            from api.app import create_app
+
+            uvicorn.run(create_app(resolved), host=resolved.host, port=resolved.port,
+                        log_level="info")
+
+
+@main.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest revision."""
+    with _database(_settings()) as settings:
+        click.echo(f"database at head revision: {settings.database_url.rsplit('/', 1)[-1]}")
+
+
+async def _load_demo(ledger):
+    from api.demo import load_demo
+
+    return await load_demo(ledger)
+
+
+def _print_balances(balances) -> None:
+    click.echo(f"{'member':<10}{'available':>10}{'pending':>10}{'held':>8}{'qp':>6}")
+    for b in balances:
+        click.echo(f"{b.member_id:<10}{b.available:>10}{b.pending:>10}{b.held:>8}{b.qp:>6}")
+
+
+@main.command()
+def demo() -> None:
+    """Load the demo programme (3 members, 2 partners); safe to run twice."""
+    with _database(_settings()) as settings:
+        _print_balances(asyncio.run(_with_ledger(settings, _load_demo)))
+
+
+@main.command()
+def verify() -> None:
+    """Recompute balances from postings and check every invariant; exit 1 on a mismatch."""
+    from ledger.verify import verify as run_verify
+
+    with _database(_settings()) as settings:
+        report = asyncio.run(_with_ledger(settings, lambda ledger: run_verify(ledger.engine)))
+    click.echo(report.render())
+    if not report.clean:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--sub", "subject", required=True, help="Subject: staff user or member id.")
+@click.option("--role", "roles", multiple=True, help="Role claim (admin, finance); repeatable.")
+@click.option("--ttl", type=int, default=900, show_default=True, help="Lifetime in seconds.")
+@click.option("--private-key", type=click.Path(exists=True, dir_okay=False),
+              help="PEM private key for RS256/ES256.")
+@click.option("--kid", default=None, help="Key id header (for JWKS).")
+def token(subject, roles, ttl, private_key, kid) -> None:
+    """Mint a development JWT the API accepts with the current settings."""
+    from api.auth import mint_token
+
+    settings = _settings()
+    key = open(private_key).read() if private_key else None
+    try:
+        click.echo(mint_token(settings, subject, list(roles), ttl, key, kid))
+    except SettingsError as error:
+        raise click.UsageError(str(error)) from None
+
+
+@main.group()
+def jobs() -> None:
+    """Scheduled jobs: cron-friendly, idempotent, resumable."""
+
+
+@jobs.command("run")
+@click.argument("name", type=click.Choice(JOBS))
+def run_job(name: str) -> None:
+    """Run one job to completion."""
+    with _database(_settings()) as settings:
+        method = name.replace("-", "_")
+        count = asyncio.run(_with_ledger(settings, lambda ledger: getattr(ledger, method)()))
+    click.echo(f"{name}: {count} processed")
+
+
+if __name__ == "__main__":
+    main()

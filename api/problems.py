@@ -1,0 +1,115 @@
+"""RFC 9457 problem details: one stable `type` per domain error, and handlers
+that turn every error (domain, validation, HTTP, unexpected) into
+`application/problem+json`, never a bare 500 page."""
+
+import logging
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from ledger.errors import LedgerError
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("loyalty.api")
+
+# code -> (HTTP status, title)
+PROBLEMS: dict[str, tuple[int, str]] = {
+    "invalid-account": (422, "Invalid account address"),
+    "invalid-amount": (422, "Invalid amount"),
+    "unbalanced-entry": (422, "Entry does not balance"),
+    "reason-required": (422, "A reason is required"),
+    "insufficient-points": (422, "Insufficient points"),
+    "entry-not-found": (404, "Journal entry not found"),
+    "not-reversible": (422, "Entry cannot be reversed"),
+    "reversal-exceeds-original": (422, "Reversal exceeds what is left of the original"),
+    "hold-not-found": (404, "Hold not found"),
+    "hold-not-open": (409, "Hold already resolved"),
+    "hold-expired": (409, "Hold expired"),
+    "capture-exceeds-hold": (422, "Capture exceeds the hold"),
+    "duplicate-partner-reference": (409, "Partner reference already used"),
+    "idempotency-key-reused": (422, "Idempotency key reused with a different request"),
+    "same-member": (422, "Sender and receiver are the same member"),
+    "invalid-cursor": (400, "Invalid pagination cursor"),
+    "validation-error": (400, "Request does not match the schema"),
+    "malformed-request": (400, "Malformed request"),
+    "payload-too-large": (413, "Request body too large"),
+    "not-found": (404, "Not found"),
+    "method-not-allowed": (405, "Method not allowed"),
+    "token-missing": (401, "Bearer token missing"),
+    "token-invalid": (401, "Bearer token invalid"),
+    "token-expired": (401, "Bearer token expired"),
+    "token-wrong-audience": (401, "Bearer token for another audience"),
+    "token-wrong-issuer": (401, "Bearer token from another issuer"),
+    "token-algorithm-not-allowed": (401, "Bearer token algorithm not allowed"),
+    "missing-role": (403, "Role required"),
+    "internal-error": (500, "Internal error"),
+}
+
+_HTTP_CODES = {400: "malformed-request", 404: "not-found", 405: "method-not-allowed",
+               413: "payload-too-large"}
+
+
+def problem_type(code: str) -> str:
+    return f"/problems/{code}"
+
+
+class ApiError(Exception):
+    """An error of the API layer itself (authentication, authorisation)."""
+
+    def __init__(self, code: str, detail: str, **extensions: object) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.extensions = extensions
+
+
+def problem(
+    code: str, detail: str, instance: str | None = None, status: int | None = None,
+    headers: dict[str, str] | None = None, **extensions: object,
+) -> Response:
+    default_status, title = PROBLEMS.get(code, (status or 500, code.replace("-", " ")))
+    status = status or default_status
+    body = {"type": problem_type(code), "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    body.update({k: v for k, v in extensions.items() if v is not None})
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _domain(request: Request, error: LedgerError) -> Response:
+    return problem(error.code, error.detail, request.url.path, **error.extensions)
+
+
+def _api(request: Request, error: ApiError) -> Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="loyalty"'} if error.code.startswith("token-") else None
+    return problem(error.code, error.detail, request.url.path, headers=headers, **error.extensions)
+
+
+def _validation(request: Request, error: ValidationException) -> Response:
+    errors = error.extra if isinstance(error.extra, list) else None
+    return problem("validation-error", str(error.detail), request.url.path, errors=errors)
+
+
+def _http(request: Request, error: HTTPException) -> Response:
+    code = _HTTP_CODES.get(error.status_code, "malformed-request" if error.status_code < 500
+                           else "internal-error")
+    return problem(code, str(error.detail), request.url.path, status=error.status_code,
+                   headers=error.headers)
+
+
+def _unexpected(request: Request, error: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem("internal-error", "an unexpected error occurred; it has been logged",
+                   request.url.path, status=HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+EXCEPTION_HANDLERS = {
+    LedgerError: _domain,
+    ApiError: _api,
+    ValidationException: _validation,
+    HTTPException: _http,
+    Exception: _unexpected,
+}
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEMS", "ApiError", "MediaType", "problem", "problem_type"]

@@ -1,0 +1,117 @@
+"""Staff API (JWT, roles `admin` and `finance`): balances, entries, member
+history, adjustments and reversals."""
+
+from typing import Annotated
+
+import msgspec
+from litestar import Request, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
+
+from api.auth import STAFF_ROLES, Principal
+from api.strict_body import strict_json_body
+from ledger.commands import Adjust, Reverse
+from ledger.idempotency import IdempotencyKey
+from ledger.service import LedgerService
+from ledger.views import AccountBalance, EntryView, HistoryPage, MemberBalances, Receipt
+
+
+class AdjustmentRequest(msgspec.Struct, forbid_unknown_fields=True):
+    member_id: str
+    amount: int  # signed: positive credits the member, negative debits
+    reason: str
+    asset: str = "PTS"
+
+
+class ReversalRequest(msgspec.Struct, forbid_unknown_fields=True):
+    entry_id: int
+    reason: str
+    amount: int | None = None  # default: everything left to reverse
+
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Parameter(header="Idempotency-Key", required=False,
+              description="Retry-safe: the same key and body return the first result"),
+]
+
+
+async def authenticate_staff(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard: a valid staff token, checked before the body is looked at."""
+    principal = connection.app.state.verifier.principal(connection)
+    connection.state.principal = principal.require_role(*STAFF_ROLES)
+
+
+def provide_staff(request: Request) -> Principal:
+    return request.state.principal
+
+
+def provide_ledger(request: Request) -> LedgerService:
+    return request.app.state.ledger
+
+
+def _key(principal: Principal, key: str | None) -> IdempotencyKey | None:
+    return IdempotencyKey(f"staff:{principal.subject}", key) if key else None
+
+
+@get("/accounts/{address:str}/balance", summary="Balance of any account address")
+async def account_balance(address: str, ledger: LedgerService) -> AccountBalance:
+    return await ledger.account_balance(address)
+
+
+@get("/entries/{entry_id:int}", summary="One journal entry with its postings")
+async def get_entry(entry_id: int, ledger: LedgerService) -> EntryView:
+    return await ledger.entry(entry_id)
+
+
+@get("/members/{member_id:str}/balances", summary="A member's balances and expiring points")
+async def member_balances(
+    member_id: str, ledger: LedgerService,
+    expiring_within_days: Annotated[int, Parameter(ge=1, le=3660)] = 90,
+) -> MemberBalances:
+    return await ledger.member_balances(member_id, expiring_within_days)
+
+
+@get("/members/{member_id:str}/history", summary="A member's entries, newest first")
+async def member_history(
+    member_id: str, ledger: LedgerService,
+    limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+    kind: list[str] | None = None,
+) -> HistoryPage:
+    return await ledger.history(member_id, limit=limit, cursor=cursor, kinds=tuple(kind or ()))
+
+
+@post("/adjustments", summary="Credit or debit a member, with a reason (admin)")
+async def adjust(
+    data: AdjustmentRequest, staff: Principal, ledger: LedgerService,
+    idempotency_key: IdempotencyHeader = None,
+) -> Receipt:
+    staff.require_role("admin")
+    command = Adjust(data.member_id, data.amount, data.reason, data.asset)
+    return await ledger.adjust(command, f"staff:{staff.subject}", _key(staff, idempotency_key))
+
+
+@post("/reversals", summary="Reverse an earn, burn or capture, fully or partly (admin)")
+async def reverse(
+    data: ReversalRequest, staff: Principal, ledger: LedgerService,
+    idempotency_key: IdempotencyHeader = None,
+) -> Receipt:
+    staff.require_role("admin")
+    command = Reverse(data.entry_id, data.amount, reason=data.reason.strip() or None)
+    return await ledger.reverse(command, f"staff:{staff.subject}", _key(staff, idempotency_key))
+
+
+staff_router = Router(
+    path="/v1/staff",
+    route_handlers=[account_balance, get_entry, member_balances, member_history, adjust, reverse],
+    guards=[authenticate_staff, strict_json_body],
+    dependencies={
+        "staff": Provide(provide_staff, sync_to_thread=False),
+        "ledger": Provide(provide_ledger, sync_to_thread=False),
+    },
+    tags=["staff"],
+    security=[{"bearer": []}],
+)

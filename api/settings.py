@@ -1,0 +1,100 @@
+"""Configuration: read once from LOYALTY_* environment variables into one
+frozen object that is passed explicitly (nothing reads the environment at
+import time)."""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import timedelta
+from pathlib import Path
+
+from ledger.expiry import parse_policy
+from ledger.service import LedgerConfig
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None  # unset: embedded PostgreSQL under data_dir
+    redis_url: str | None = None  # unset: embedded Redis under data_dir
+    data_dir: Path = Path(".loyalty")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    db_pool_size: int = 10
+    max_body_bytes: int = 1_000_000
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_secret: str | None = None  # HS256; unset in embedded mode: a dev secret in data_dir
+    jwt_public_key_file: Path | None = None  # RS256 / ES256 PEM public key
+    jwt_jwks_file: Path | None = None  # RS256 / ES256 JWKS document
+    jwt_issuer: str = "loyalty-dev"
+    jwt_audience: str = "loyalty-api"
+    jwt_leeway_seconds: int = 30
+    expiry_policy: str = "rolling:36"
+    hot_account_slots: int = 8
+    hold_ttl_seconds: int = 900
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for spec in fields(cls):
+            raw = environ.get(f"LOYALTY_{spec.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[spec.name] = _convert(spec.name, spec.type, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        try:
+            parse_policy(self.expiry_policy)
+        except ValueError as error:
+            raise SettingsError(f"LOYALTY_EXPIRY_POLICY: {error}") from None
+        allowed = {"HS256", "HS384", "HS512", "RS256", "ES256", "PS256", "EdDSA"}
+        unknown = set(self.jwt_algorithms) - allowed
+        if unknown or not self.jwt_algorithms:
+            raise SettingsError(f"LOYALTY_JWT_ALGORITHMS: unsupported {sorted(unknown)}")
+        if self.hot_account_slots < 1 or self.hot_account_slots > 256:
+            raise SettingsError("LOYALTY_HOT_ACCOUNT_SLOTS must be between 1 and 256")
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    def ledger_config(self) -> LedgerConfig:
+        return LedgerConfig(
+            expiry_policy=parse_policy(self.expiry_policy),
+            hot_slots=self.hot_account_slots,
+            hold_ttl=timedelta(seconds=self.hold_ttl_seconds),
+        )
+
+    def as_environ(self) -> dict[str, str]:
+        """The settings as LOYALTY_* variables (for worker processes)."""
+        result = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            result[f"LOYALTY_{spec.name.upper()}"] = str(value)
+        return result
+
+
+def _convert(name: str, annotation: object, raw: str) -> object:
+    kind = str(annotation)
+    try:
+        if "tuple" in kind:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if "Path" in kind:
+            return Path(raw)
+        if "int" in kind:
+            return int(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"LOYALTY_{name.upper()}: not a valid value: {raw!r}") from None

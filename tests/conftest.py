@@ -77,3 +77,42 @@ def new_id():
         return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
     return make
+
+
+class Clock:
+    """A clock tests can move forward (holds, pending points and lots expire)."""
+
+    def __init__(self) -> None:
+        from datetime import UTC, datetime
+
+        self.now = datetime.now(UTC)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, **delta) -> None:
+        from datetime import timedelta
+
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def timed_ledger(engine, clock) -> LedgerService:
+    return LedgerService(engine, LedgerConfig(expiry_policy=RollingToQuarterEnd(36)), clock=clock)
+
+
+@pytest.fixture
+async def assert_clean(engine):
+    """Call at the end of a test: the whole ledger verifies clean."""
+    from ledger.verify import verify
+
+    async def check() -> None:
+        report = await verify(engine)
+        assert report.clean, report.render()
+
+    return check

@@ -25,7 +25,8 @@ class Principal:
     def require_role(self, *roles: str) -> "Principal":
         if not self.roles.intersection(roles):
             raise ApiError(
-                "missing-role", f"this needs one of the roles: {', '.join(roles)}",
+                "missing-role",
+                f"this needs one of the roles: {', '.join(roles)}",
                 required_roles=list(roles),
             )
         return self
@@ -61,7 +62,9 @@ class TokenVerifier:
                 raise SettingsError("HS* tokens need LOYALTY_JWT_SECRET")
             self._key = settings.jwt_secret
         elif settings.jwt_jwks_file:
-            self._jwks = jwt.PyJWKSet.from_dict(json.loads(Path(settings.jwt_jwks_file).read_text()))
+            self._jwks = jwt.PyJWKSet.from_dict(
+                json.loads(Path(settings.jwt_jwks_file).read_text())
+            )
         elif settings.jwt_public_key_file:
             self._key = Path(settings.jwt_public_key_file).read_text()
         else:
@@ -92,7 +95,9 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError:
             raise ApiError("token-expired", "the token has expired") from None
         except jwt.InvalidAudienceError:
-            raise ApiError("token-wrong-audience", f"the token is not for {self.audience!r}") from None
+            raise ApiError(
+                "token-wrong-audience", f"the token is not for {self.audience!r}"
+            ) from None
         except jwt.InvalidIssuerError:
             raise ApiError("token-wrong-issuer", f"the token is not from {self.issuer!r}") from None
         except jwt.InvalidAlgorithmError:
@@ -116,14 +121,24 @@ class TokenVerifier:
 
 
 def mint_token(
-    settings: Settings, subject: str, roles: list[str], ttl_seconds: int = 900,
-    private_key: str | None = None, key_id: str | None = None,
+    settings: Settings,
+    subject: str,
+    roles: list[str],
+    ttl_seconds: int = 900,
+    private_key: str | None = None,
+    key_id: str | None = None,
 ) -> str:
     """A development token signed as the verifier expects (HS* secret or a private key)."""
     algorithm = settings.jwt_algorithms[0]
     now = int(time.time())
-    claims = {"sub": subject, "roles": roles, "iss": settings.jwt_issuer,
-              "aud": settings.jwt_audience, "iat": now, "exp": now + ttl_seconds}
+    claims = {
+        "sub": subject,
+        "roles": roles,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
     if algorithm.startswith("HS"):
         key = settings.jwt_secret or (dev_secret(settings) if settings.embedded else None)
         if not key:

@@ -53,7 +53,9 @@ def _ledger(settings: Settings):
     from ledger.database import create_engine
     from ledger.service import LedgerService
 
-    return LedgerService(create_engine(settings.database_url, pool_size=2), settings.ledger_config())
+    return LedgerService(
+        create_engine(settings.database_url, pool_size=2), settings.ledger_config()
+    )
 
 
 async def _with_ledger(settings: Settings, work):
@@ -91,13 +93,20 @@ def serve(host, port, workers, demo) -> None:
         click.echo(f"serving on http://{resolved.host}:{resolved.port} (docs at /docs)", err=True)
         if resolved.workers > 1:
             os.environ.update(resolved.as_environ())
-            uvicorn.run("api.app:create_app_from_env", factory=True, host=resolved.host,
-                        port=resolved.port, workers=resolved.workers, log_level="info")
+            uvicorn.run(
+                "api.app:create_app_from_env",
+                factory=True,
+                host=resolved.host,
+                port=resolved.port,
+                workers=resolved.workers,
+                log_level="info",
+            )
         else:
             from api.app import create_app
 
-            uvicorn.run(create_app(resolved), host=resolved.host, port=resolved.port,
-                        log_level="info")
+            uvicorn.run(
+                create_app(resolved), host=resolved.host, port=resolved.port, log_level="info"
+            )
 
 
 @main.command()
@@ -142,8 +151,11 @@ def verify() -> None:
 @click.option("--sub", "subject", required=True, help="Subject: staff user or member id.")
 @click.option("--role", "roles", multiple=True, help="Role claim (admin, finance); repeatable.")
 @click.option("--ttl", type=int, default=900, show_default=True, help="Lifetime in seconds.")
-@click.option("--private-key", type=click.Path(exists=True, dir_okay=False),
-              help="PEM private key for RS256/ES256.")
+@click.option(
+    "--private-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM private key for RS256/ES256.",
+)
 @click.option("--kid", default=None, help="Key id header (for JWKS).")
 def token(subject, roles, ttl, private_key, kid) -> None:
     """Mint a development JWT the API accepts with the current settings."""

@@ -64,9 +64,19 @@ class EmbeddedRedis:
         port = _free_port()
         self.process = subprocess.Popen(
             [
-                executable, "--bind", "127.0.0.1", "--port", str(port),
-                "--dir", str(self.data_dir), "--save", "60 1", "--appendonly", "no",
-                "--logfile", str(self.data_dir / "server.log"),
+                executable,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dir",
+                str(self.data_dir),
+                "--save",
+                "60 1",
+                "--appendonly",
+                "no",
+                "--logfile",
+                str(self.data_dir / "server.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -75,9 +85,7 @@ class EmbeddedRedis:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"embedded Redis exited; see {self.data_dir / 'server.log'}"
-                )
+                raise RuntimeError(f"embedded Redis exited; see {self.data_dir / 'server.log'}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 return f"redis://127.0.0.1:{port}/0"
             time.sleep(0.05)
@@ -125,5 +133,5 @@ async def drop_database(admin_url: str, database: str) -> None:
 def _asyncpg_dsn(url: str) -> str:
     for prefix in ("postgresql+asyncpg://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix):]
+            return "postgresql://" + url[len(prefix) :]
     return url

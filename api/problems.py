@@ -46,8 +46,12 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "internal-error": (500, "Internal error"),
 }
 
-_HTTP_CODES = {400: "malformed-request", 404: "not-found", 405: "method-not-allowed",
-               413: "payload-too-large"}
+_HTTP_CODES = {
+    400: "malformed-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "payload-too-large",
+}
 
 
 def problem_type(code: str) -> str:
@@ -65,8 +69,12 @@ class ApiError(Exception):
 
 
 def problem(
-    code: str, detail: str, instance: str | None = None, status: int | None = None,
-    headers: dict[str, str] | None = None, **extensions: object,
+    code: str,
+    detail: str,
+    instance: str | None = None,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: object,
 ) -> Response:
     default_status, title = PROBLEMS.get(code, (status or 500, code.replace("-", " ")))
     status = status or default_status
@@ -82,7 +90,9 @@ def _domain(request: Request, error: LedgerError) -> Response:
 
 
 def _api(request: Request, error: ApiError) -> Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="loyalty"'} if error.code.startswith("token-") else None
+    headers = (
+        {"WWW-Authenticate": 'Bearer realm="loyalty"'} if error.code.startswith("token-") else None
+    )
     return problem(error.code, error.detail, request.url.path, headers=headers, **error.extensions)
 
 
@@ -92,16 +102,22 @@ def _validation(request: Request, error: ValidationException) -> Response:
 
 
 def _http(request: Request, error: HTTPException) -> Response:
-    code = _HTTP_CODES.get(error.status_code, "malformed-request" if error.status_code < 500
-                           else "internal-error")
-    return problem(code, str(error.detail), request.url.path, status=error.status_code,
-                   headers=error.headers)
+    code = _HTTP_CODES.get(
+        error.status_code, "malformed-request" if error.status_code < 500 else "internal-error"
+    )
+    return problem(
+        code, str(error.detail), request.url.path, status=error.status_code, headers=error.headers
+    )
 
 
 def _unexpected(request: Request, error: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem("internal-error", "an unexpected error occurred; it has been logged",
-                   request.url.path, status=HTTP_500_INTERNAL_SERVER_ERROR)
+    return problem(
+        "internal-error",
+        "an unexpected error occurred; it has been logged",
+        request.url.path,
+        status=HTTP_500_INTERNAL_SERVER_ERROR,
+    )
 
 
 EXCEPTION_HANDLERS = {

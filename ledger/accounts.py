@@ -27,9 +27,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 def check_id(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
-        raise InvalidAccount(
-            f"{kind} id must be 1-64 letters, digits, '.', '_' or '-': {value!r}"
-        )
+        raise InvalidAccount(f"{kind} id must be 1-64 letters, digits, '.', '_' or '-': {value!r}")
     return value
 
 

@@ -63,8 +63,15 @@ class Earn(msgspec.Struct, frozen=True):
             raise InvalidAmount("partner_reference is required")
 
     @classmethod
-    def simple(cls, member_id: str, partner_id: str, reference: str, points: int,
-               qualifying_points: int = 0, **kwargs) -> "Earn":
+    def simple(
+        cls,
+        member_id: str,
+        partner_id: str,
+        reference: str,
+        points: int,
+        qualifying_points: int = 0,
+        **kwargs,
+    ) -> "Earn":
         lines = [EarnLine(points)]
         if qualifying_points:
             lines.append(EarnLine(qualifying_points, asset="QP", funder="program"))

@@ -42,9 +42,7 @@ class AnnualCutoff:
     def expires_at(self, earned_at: datetime) -> datetime:
         earned_at = earned_at.astimezone(UTC)
         year, month = _add_months(earned_at.year, earned_at.month, self.months)
-        old_enough = datetime(year, month, 1, tzinfo=UTC).replace(
-            day=min(earned_at.day, 28)
-        )
+        old_enough = datetime(year, month, 1, tzinfo=UTC).replace(day=min(earned_at.day, 28))
         cutoff = datetime(old_enough.year, self.month, self.day, tzinfo=UTC)
         if cutoff < old_enough:
             cutoff = cutoff.replace(year=cutoff.year + 1)

@@ -319,7 +319,9 @@ class Journal:
         )
         return [OpenLot(r.id, r.remaining, r.expires_at, r.earn_entry_id) for r in rows]
 
-    async def _consumed_lots(self, conn: AsyncConnection, origin_entry_id: int) -> list[ConsumedLot]:
+    async def _consumed_lots(
+        self, conn: AsyncConnection, origin_entry_id: int
+    ) -> list[ConsumedLot]:
         rows = await conn.execute(
             text(
                 "SELECT l.id, l.expires_at, -sum(m.amount) AS outstanding "

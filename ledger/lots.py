@@ -90,9 +90,7 @@ def prorate(amounts: Sequence[int], part: int, whole: int) -> list[int]:
     if not 0 <= part <= whole or sum(amounts) != whole or any(a <= 0 for a in amounts):
         raise ValueError("prorate needs positive amounts summing to whole and 0 <= part <= whole")
     shares = [a * part // whole for a in amounts]
-    remainders = sorted(
-        range(len(amounts)), key=lambda i: (-(amounts[i] * part % whole), i)
-    )
+    remainders = sorted(range(len(amounts)), key=lambda i: (-(amounts[i] * part % whole), i))
     for i in remainders[: part - sum(shares)]:
         shares[i] += 1
     return shares

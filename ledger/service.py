@@ -115,8 +115,13 @@ class LedgerService:
             return result
 
     async def _receipt(
-        self, conn: AsyncConnection, entry_id: int, kind: str, member_id: str | None,
-        amount: int, **extra,
+        self,
+        conn: AsyncConnection,
+        entry_id: int,
+        kind: str,
+        member_id: str | None,
+        amount: int,
+        **extra,
     ) -> Receipt:
         balances = await queries.balances(conn, member_id) if member_id else None
         return Receipt(entry_id, kind, member_id, amount, balances, **extra)
@@ -177,7 +182,11 @@ class LedgerService:
                     },
                 )
             return await self._receipt(
-                conn, posted.entry_id, "earn", cmd.member_id, points,
+                conn,
+                posted.entry_id,
+                "earn",
+                cmd.member_id,
+                points,
                 release_at=cmd.release_at if pending else None,
             )
 
@@ -393,13 +402,22 @@ class LedgerService:
             if amount < hold.amount:
                 related = (
                     await self._release_hold(
-                        conn, hold, hold.amount - amount, now, f"partner:{cmd.partner_id}",
+                        conn,
+                        hold,
+                        hold.amount - amount,
+                        now,
+                        f"partner:{cmd.partner_id}",
                         f"remainder of hold {hold.id} after capturing {amount}",
                     ),
                 )
             view = await self._resolve_hold(conn, hold.id, "captured", amount, now)
             return await self._receipt(
-                conn, posted.entry_id, "capture", hold.member_id, amount, hold=view,
+                conn,
+                posted.entry_id,
+                "capture",
+                hold.member_id,
+                amount,
+                hold=view,
                 related_entry_ids=related,
             )
 
@@ -413,7 +431,9 @@ class LedgerService:
                 conn, hold, hold.amount, now, f"partner:{cmd.partner_id}", f"hold {hold.id} voided"
             )
             view = await self._resolve_hold(conn, hold.id, "voided", 0, now)
-            return await self._receipt(conn, entry_id, "void", hold.member_id, hold.amount, hold=view)
+            return await self._receipt(
+                conn, entry_id, "void", hold.member_id, hold.amount, hold=view
+            )
 
         return await self._run("void", cmd, idempotency, Receipt, body)
 
@@ -576,7 +596,8 @@ class LedgerService:
                     origin = await self._hold_authorisation(conn, original.hold_id)
                     postings = [
                         Posting(p.account.replace(":held", ":available"), p.asset, p.amount)
-                        if p.account.endswith(":held") else p
+                        if p.account.endswith(":held")
+                        else p
                         for p in postings
                     ]
                 effects[member_id] = RestoreLots(origin)
@@ -598,7 +619,9 @@ class LedgerService:
                 now,
             )
             await conn.execute(
-                text("UPDATE entry_reversals SET reversed = reversed + :amount WHERE entry_id = :id"),
+                text(
+                    "UPDATE entry_reversals SET reversed = reversed + :amount WHERE entry_id = :id"
+                ),
                 {"amount": amount, "id": original.entry_id},
             )
             return await self._receipt(conn, posted.entry_id, "reverse", member_id, amount)
@@ -654,9 +677,7 @@ class LedgerService:
         was already released comes from available (a clawback)."""
         row = (
             await conn.execute(
-                text(
-                    "SELECT remaining FROM pending_points WHERE earn_entry_id = :id FOR UPDATE"
-                ),
+                text("SELECT remaining FROM pending_points WHERE earn_entry_id = :id FOR UPDATE"),
                 {"id": earn_entry_id},
             )
         ).first()
@@ -699,14 +720,18 @@ class LedgerService:
         while members_done < limit:
             async with self.engine.connect() as conn:
                 due = (
-                    await conn.execute(
-                        text(
-                            "SELECT DISTINCT member_id FROM lots WHERE remaining > 0 "
-                            "AND expires_at <= :now LIMIT 500"
-                        ),
-                        {"now": self.clock()},
+                    (
+                        await conn.execute(
+                            text(
+                                "SELECT DISTINCT member_id FROM lots WHERE remaining > 0 "
+                                "AND expires_at <= :now LIMIT 500"
+                            ),
+                            {"now": self.clock()},
+                        )
                     )
-                ).scalars().all()
+                    .scalars()
+                    .all()
+                )
             if not due:
                 break
             for member_id in due:
@@ -745,11 +770,16 @@ class LedgerService:
                     reason=f"{len(lots)} lot(s) reached their expiry "
                     f"({self.config.expiry_policy.describe()})",
                     breakdown=[
-                        {"lot_id": lot.id, "points": lot.remaining,
-                         "expires_at": lot.expires_at.isoformat()}
+                        {
+                            "lot_id": lot.id,
+                            "points": lot.remaining,
+                            "expires_at": lot.expires_at.isoformat(),
+                        }
                         for lot in lots
                     ],
-                    lot_effects={member_id: ConsumeLots(tuple((l.id, l.remaining) for l in lots))},
+                    lot_effects={
+                        member_id: ConsumeLots(tuple((lot.id, lot.remaining) for lot in lots))
+                    },
                 ),
                 now,
             )

@@ -87,7 +87,9 @@ class VerificationReport:
         ]
         for check in CHECKS:
             found = self.problems.get(check, [])
-            lines.append(f"{'FAIL' if found else 'ok  '}  {check}" + (f": {len(found)}" if found else ""))
+            lines.append(
+                f"{'FAIL' if found else 'ok  '}  {check}" + (f": {len(found)}" if found else "")
+            )
             lines.extend(f"        {problem}" for problem in found[:20])
         lines.append("ledger is clean" if self.clean else "LEDGER HAS MISMATCHES")
         return "\n".join(lines)
@@ -101,8 +103,10 @@ async def verify(engine: AsyncEngine) -> VerificationReport:
         counts = (
             await conn.execute(
                 text(
-                    "SELECT (SELECT count(*) FROM journal_entries), (SELECT count(*) FROM postings),"
-                    " (SELECT count(DISTINCT account) FROM balances), (SELECT count(*) FROM lots)"
+                    "SELECT (SELECT count(*) FROM journal_entries),"
+                    " (SELECT count(*) FROM postings),"
+                    " (SELECT count(DISTINCT account) FROM balances),"
+                    " (SELECT count(*) FROM lots)"
                 )
             )
         ).one()

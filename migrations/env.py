@@ -14,9 +14,7 @@ from ledger.database import async_url
 
 
 def _database_url() -> str:
-    url = context.config.get_main_option("sqlalchemy.url") or os.environ.get(
-        "LOYALTY_DATABASE_URL"
-    )
+    url = context.config.get_main_option("sqlalchemy.url") or os.environ.get("LOYALTY_DATABASE_URL")
     if not url:
         raise SystemExit("set LOYALTY_DATABASE_URL to the database to migrate")
     return async_url(url)

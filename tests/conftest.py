@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from api.embedded import EmbeddedPostgres, EmbeddedRedis, drop_database, ensure_database, with_database
+from api.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    drop_database,
+    ensure_database,
+    with_database,
+)
 from api.migrate import upgrade
 from ledger.database import create_engine
 from ledger.expiry import RollingToQuarterEnd
@@ -32,8 +38,9 @@ def server_url():
     if url:
         yield url
         return
-    embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="loyalty-test-pg-")) / "pg",
-                                delete_on_stop=True)
+    embedded = EmbeddedPostgres(
+        Path(tempfile.mkdtemp(prefix="loyalty-test-pg-")) / "pg", delete_on_stop=True
+    )
     yield embedded.start()
     embedded.stop()
 

@@ -22,7 +22,7 @@ async def ready(state: State) -> Response:
             async with state.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         checks["postgres"] = "ok"
-    except Exception as error:  # noqa: BLE001 - any failure means not ready
+    except Exception as error:
         checks["postgres"] = f"unavailable: {type(error).__name__}"
     if state.redis is None:
         checks["redis"] = "not configured"
@@ -31,7 +31,7 @@ async def ready(state: State) -> Response:
             async with asyncio.timeout(1):
                 await state.redis.ping()
             checks["redis"] = "ok"
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             checks["redis"] = f"unavailable: {type(error).__name__}"
     if checks["postgres"] != "ok":
         status, code = "unavailable", 503

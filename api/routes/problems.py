@@ -1,6 +1,7 @@
 """Documentation of the problem types the API answers with (RFC 9457 `type`)."""
 
 from litestar import get
+from litestar.params import FromPath
 
 from api.problems import PROBLEMS, ApiError, problem_type
 
@@ -14,7 +15,7 @@ async def list_problems() -> list[dict[str, object]]:
 
 
 @get("/problems/{code:str}", tags=["problems"], summary="One problem type")
-async def describe_problem(code: str) -> dict[str, object]:
+async def describe_problem(code: FromPath[str]) -> dict[str, object]:
     if code not in PROBLEMS:
         raise ApiError("not-found", f"no problem type {code!r}")
     status, title = PROBLEMS[code]

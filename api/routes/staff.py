@@ -6,9 +6,9 @@ from typing import Annotated
 import msgspec
 from litestar import Request, Router, get, post
 from litestar.connection import ASGIConnection
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from api.auth import STAFF_ROLES, Principal
 from api.strict_body import strict_json_body
@@ -33,9 +33,14 @@ class ReversalRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 IdempotencyHeader = Annotated[
     str | None,
-    Parameter(header="Idempotency-Key", required=False,
-              description="Retry-safe: the same key and body return the first result"),
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        description="Retry-safe: the same key and body return the first result",
+    ),
 ]
+Ledger = NamedDependency[LedgerService]
+Staff = NamedDependency[Principal]
 
 
 async def authenticate_staff(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -57,36 +62,40 @@ def _key(principal: Principal, key: str | None) -> IdempotencyKey | None:
 
 
 @get("/accounts/{address:str}/balance", summary="Balance of any account address")
-async def account_balance(address: str, ledger: LedgerService) -> AccountBalance:
+async def account_balance(address: FromPath[str], ledger: Ledger) -> AccountBalance:
     return await ledger.account_balance(address)
 
 
 @get("/entries/{entry_id:int}", summary="One journal entry with its postings")
-async def get_entry(entry_id: int, ledger: LedgerService) -> EntryView:
+async def get_entry(entry_id: FromPath[int], ledger: Ledger) -> EntryView:
     return await ledger.entry(entry_id)
 
 
 @get("/members/{member_id:str}/balances", summary="A member's balances and expiring points")
 async def member_balances(
-    member_id: str, ledger: LedgerService,
-    expiring_within_days: Annotated[int, Parameter(ge=1, le=3660)] = 90,
+    member_id: FromPath[str],
+    ledger: Ledger,
+    expiring_within_days: Annotated[int, QueryParameter(ge=1, le=3660)] = 90,
 ) -> MemberBalances:
     return await ledger.member_balances(member_id, expiring_within_days)
 
 
 @get("/members/{member_id:str}/history", summary="A member's entries, newest first")
 async def member_history(
-    member_id: str, ledger: LedgerService,
-    limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-    cursor: str | None = None,
-    kind: list[str] | None = None,
+    member_id: FromPath[str],
+    ledger: Ledger,
+    limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    cursor: FromQuery[str | None] = None,
+    kind: FromQuery[list[str] | None] = None,
 ) -> HistoryPage:
     return await ledger.history(member_id, limit=limit, cursor=cursor, kinds=tuple(kind or ()))
 
 
 @post("/adjustments", summary="Credit or debit a member, with a reason (admin)")
 async def adjust(
-    data: AdjustmentRequest, staff: Principal, ledger: LedgerService,
+    data: JSONBody[AdjustmentRequest],
+    staff: Staff,
+    ledger: Ledger,
     idempotency_key: IdempotencyHeader = None,
 ) -> Receipt:
     staff.require_role("admin")
@@ -96,7 +105,9 @@ async def adjust(
 
 @post("/reversals", summary="Reverse an earn, burn or capture, fully or partly (admin)")
 async def reverse(
-    data: ReversalRequest, staff: Principal, ledger: LedgerService,
+    data: JSONBody[ReversalRequest],
+    staff: Staff,
+    ledger: Ledger,
     idempotency_key: IdempotencyHeader = None,
 ) -> Receipt:
     staff.require_role("admin")

@@ -33,14 +33,14 @@ async def test_concurrent_accruals_from_one_partner_spread_over_slots(
 ):
     partner = new_id("p")
     members = [new_id() for _ in range(40)]
-    await asyncio.gather(
-        *(ledger.earn(Earn.simple(m, partner, f"r-{m}", 7, 1)) for m in members)
-    )
+    await asyncio.gather(*(ledger.earn(Earn.simple(m, partner, f"r-{m}", 7, 1)) for m in members))
     async with engine.connect() as conn:
-        slots = (await conn.execute(
-            text("SELECT slot, balance FROM balances WHERE account = :a AND asset = 'PTS'"),
-            {"a": f"partner:{partner}:issued"},
-        )).all()
+        slots = (
+            await conn.execute(
+                text("SELECT slot, balance FROM balances WHERE account = :a AND asset = 'PTS'"),
+                {"a": f"partner:{partner}:issued"},
+            )
+        ).all()
     assert sum(balance for _, balance in slots) == -7 * 40
     assert len(slots) > 1  # accruals landed on several rows, not one
     issued = await ledger.account_balance(f"partner:{partner}:issued")
@@ -67,7 +67,9 @@ async def test_the_same_idempotency_key_racing_posts_once(ledger, new_id, engine
     assert len({r.entry_id for r in receipts}) == 1
     assert (await ledger.balances(member)).available == 25
     async with engine.connect() as conn:
-        count = (await conn.execute(
-            text("SELECT count(*) FROM journal_entries WHERE partner_id = :p"), {"p": partner}
-        )).scalar_one()
+        count = (
+            await conn.execute(
+                text("SELECT count(*) FROM journal_entries WHERE partner_id = :p"), {"p": partner}
+            )
+        ).scalar_one()
     assert count == 1

@@ -8,13 +8,33 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from ledger.commands import (
-    Adjust, Authorise, Burn, Capture, Earn, EarnLine, PostEntry, PostingInput, Reverse,
-    Transfer, Void,
+    Adjust,
+    Authorise,
+    Burn,
+    Capture,
+    Earn,
+    EarnLine,
+    PostEntry,
+    PostingInput,
+    Reverse,
+    Transfer,
+    Void,
 )
 from ledger.errors import (
-    CaptureExceedsHold, DuplicatePartnerReference, HoldExpired, HoldNotFound, HoldNotOpen,
-    IdempotencyKeyReused, InsufficientPoints, InvalidAccount, InvalidAmount, NotReversible,
-    ReasonRequired, ReversalExceedsOriginal, SameMember, UnbalancedEntry,
+    CaptureExceedsHold,
+    DuplicatePartnerReference,
+    HoldExpired,
+    HoldNotFound,
+    HoldNotOpen,
+    IdempotencyKeyReused,
+    InsufficientPoints,
+    InvalidAccount,
+    InvalidAmount,
+    NotReversible,
+    ReasonRequired,
+    ReversalExceedsOriginal,
+    SameMember,
+    UnbalancedEntry,
 )
 from ledger.idempotency import IdempotencyKey
 
@@ -122,10 +142,12 @@ async def test_transfer_moves_points_with_fresh_validity(timed_ledger, clock, ne
     assert receipt.balances.available == 40
     assert (await timed_ledger.balances(receiver)).available == 60
     async with engine.connect() as conn:
-        expiries = (await conn.execute(
-            text("SELECT member_id, expires_at FROM lots WHERE member_id IN (:a, :b)"),
-            {"a": sender, "b": receiver},
-        )).all()
+        expiries = (
+            await conn.execute(
+                text("SELECT member_id, expires_at FROM lots WHERE member_id IN (:a, :b)"),
+                {"a": sender, "b": receiver},
+            )
+        ).all()
     by_member = {m: e for m, e in expiries}
     assert by_member[receiver] > by_member[sender]  # the receiver's validity starts now
     with pytest.raises(SameMember):
@@ -142,7 +164,10 @@ async def test_adjustment_needs_a_reason_and_cannot_overdraw(ledger, new_id):
     assert receipt.balances.available == 25
     entry = await ledger.entry(receipt.entry_id)
     assert (entry.kind, entry.reason, entry.posted_by) == (
-        "adjust", "goodwill: late delivery", "staff:alice")
+        "adjust",
+        "goodwill: late delivery",
+        "staff:alice",
+    )
     with pytest.raises(InsufficientPoints):
         await ledger.adjust(Adjust(member, -26, "correction"), "staff:alice")
 
@@ -150,19 +175,38 @@ async def test_adjustment_needs_a_reason_and_cannot_overdraw(ledger, new_id):
 async def test_generic_entries_stay_off_member_points_accounts(ledger, new_id):
     partner = new_id("p")
     receipt = await ledger.post_entry(
-        PostEntry((PostingInput("program:promotions", "PTS", -500),
-                   PostingInput(f"partner:{partner}:issued", "PTS", 500)), "prepaid block"),
+        PostEntry(
+            (
+                PostingInput("program:promotions", "PTS", -500),
+                PostingInput(f"partner:{partner}:issued", "PTS", 500),
+            ),
+            "prepaid block",
+        ),
         "staff:alice",
     )
     assert (await ledger.entry(receipt.entry_id)).kind == "adjust"
     with pytest.raises(InvalidAccount):
         await ledger.post_entry(
-            PostEntry((PostingInput("member:m1:available", "PTS", 5),
-                       PostingInput("program:adjustments", "PTS", -5)), "sneaky"), "staff:x")
+            PostEntry(
+                (
+                    PostingInput("member:m1:available", "PTS", 5),
+                    PostingInput("program:adjustments", "PTS", -5),
+                ),
+                "sneaky",
+            ),
+            "staff:x",
+        )
     with pytest.raises(UnbalancedEntry):
         await ledger.post_entry(
-            PostEntry((PostingInput("program:promotions", "PTS", -5),
-                       PostingInput("program:adjustments", "PTS", 4)), "typo"), "staff:x")
+            PostEntry(
+                (
+                    PostingInput("program:promotions", "PTS", -5),
+                    PostingInput("program:adjustments", "PTS", 4),
+                ),
+                "typo",
+            ),
+            "staff:x",
+        )
 
 
 async def test_amounts_are_positive_integers():
@@ -226,10 +270,16 @@ async def test_reversed_burn_restores_lots_with_their_original_expiry(
     refunded = await timed_ledger.reverse(Reverse(burned.entry_id, 30), f"partner:{partner}")
     assert refunded.balances.available == 60
     async with engine.connect() as conn:
-        lots = (await conn.execute(
-            text("SELECT remaining FROM lots WHERE member_id = :m ORDER BY expires_at"),
-            {"m": member},
-        )).scalars().all()
+        lots = (
+            (
+                await conn.execute(
+                    text("SELECT remaining FROM lots WHERE member_id = :m ORDER BY expires_at"),
+                    {"m": member},
+                )
+            )
+            .scalars()
+            .all()
+        )
     # The burn took the older 50 and 20 of the newer; the refund refills the newer first.
     assert lots == [10, 50]
     await assert_clean()
@@ -274,14 +324,19 @@ async def test_expired_lots_move_to_breakage(timed_ledger, clock, new_id, assert
     assert await timed_ledger.expire_points() >= 1
     balances = await timed_ledger.balances(member)
     assert balances.available == 30
-    assert await timed_ledger.expire_points() == 0 or (await timed_ledger.balances(member)).available == 30
+    assert (
+        await timed_ledger.expire_points() == 0
+        or (await timed_ledger.balances(member)).available == 30
+    )
     await assert_clean()
 
 
 async def test_history_is_newest_first_with_a_stable_cursor(ledger, new_id):
     member, partner = new_id(), new_id("p")
-    ids = [(await ledger.earn(Earn.simple(member, partner, f"r{i}", 10 + i))).entry_id
-           for i in range(5)]
+    ids = [
+        (await ledger.earn(Earn.simple(member, partner, f"r{i}", 10 + i))).entry_id
+        for i in range(5)
+    ]
     page = await ledger.history(member, limit=2)
     assert [e.entry_id for e in page.entries] == ids[:-3:-1]
     await ledger.earn(Earn.simple(member, partner, "r-new", 1))  # arrives between pages
@@ -296,22 +351,36 @@ async def test_history_is_newest_first_with_a_stable_cursor(ledger, new_id):
 async def test_database_refuses_unbalanced_entries_and_edits(engine, ledger, new_id):
     receipt = await ledger.earn(Earn.simple(new_id(), new_id("p"), "r1", 10))
     async with engine.connect() as conn:
-        entry_id = (await conn.execute(text(
-            "INSERT INTO journal_entries (kind, effective_at, posted_by, reason) "
-            "VALUES ('adjust', now(), 'test', 'test') RETURNING id"))).scalar_one()
-        await conn.execute(text(
-            "INSERT INTO postings (entry_id, account, asset, amount) VALUES "
-            "(:e, 'program:adjustments', 'PTS', 5), (:e, 'program:expired', 'PTS', -4)"),
-            {"e": entry_id})
+        entry_id = (
+            await conn.execute(
+                text(
+                    "INSERT INTO journal_entries (kind, effective_at, posted_by, reason) "
+                    "VALUES ('adjust', now(), 'test', 'test') RETURNING id"
+                )
+            )
+        ).scalar_one()
+        await conn.execute(
+            text(
+                "INSERT INTO postings (entry_id, account, asset, amount) VALUES "
+                "(:e, 'program:adjustments', 'PTS', 5), (:e, 'program:expired', 'PTS', -4)"
+            ),
+            {"e": entry_id},
+        )
         with pytest.raises(DBAPIError, match="does not balance"):
             await conn.commit()
-    for statement in ("UPDATE postings SET amount = 1 WHERE entry_id = :e",
-                      "DELETE FROM journal_entries WHERE id = :e"):
+    for statement in (
+        "UPDATE postings SET amount = 1 WHERE entry_id = :e",
+        "DELETE FROM journal_entries WHERE id = :e",
+    ):
         async with engine.connect() as conn:
             with pytest.raises(DBAPIError, match="append-only"):
                 await conn.execute(text(statement), {"e": receipt.entry_id})
     async with engine.connect() as conn:
         with pytest.raises(DBAPIError, match="check"):
-            await conn.execute(text(
-                "INSERT INTO postings (entry_id, account, asset, amount) "
-                "VALUES (:e, 'program:expired', 'PTS', 0)"), {"e": receipt.entry_id})
+            await conn.execute(
+                text(
+                    "INSERT INTO postings (entry_id, account, asset, amount) "
+                    "VALUES (:e, 'program:expired', 'PTS', 0)"
+                ),
+                {"e": receipt.entry_id},
+            )

@@ -14,7 +14,13 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule, run_state_machine_as_test,
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
 )
 
 from ledger.commands import Adjust, Authorise, Burn, Capture, Earn, Reverse, Transfer, Void
@@ -67,16 +73,22 @@ def build_machine(database_url: str):
             member = self.members[m]
             release_at = self.clock.now + timedelta(days=10) if pending else None
             key = IdempotencyKey(f"partner:{PARTNER}", next(self.refs))
-            command = Earn.simple(member, PARTNER, key.key, points, points // 10,
-                                  release_at=release_at)
+            command = Earn.simple(
+                member, PARTNER, key.key, points, points // 10, release_at=release_at
+            )
             receipt = self.do(self.ledger.earn(command, key))
             self.last_idempotent = ("earn", command, key, receipt)
             if pending:
                 self.pending[member] += points
             else:
                 self._credit(member, points)
-            self.earn_state[receipt.entry_id] = [member, points, points if pending else 0,
-                                                 release_at, 0]
+            self.earn_state[receipt.entry_id] = [
+                member,
+                points,
+                points if pending else 0,
+                release_at,
+                0,
+            ]
             return receipt.entry_id
 
         def _credit(self, member, points):
@@ -93,7 +105,7 @@ def build_machine(database_url: str):
                     self.pending[member] -= still_pending
                     self._credit(member, still_pending)
                     state[2] = 0
-            for hold_id, (member, amount, expires_at) in list(self.open_holds.items()):
+            for hold_id, (_, _, expires_at) in list(self.open_holds.items()):
                 if expires_at <= self.clock.now:
                     self._return_hold(hold_id)
 
@@ -213,7 +225,8 @@ def build_machine(database_url: str):
                 return
             self.do(self.ledger.adjust(command, "staff:machine"))
             self._credit(member, amount) if amount > 0 else self.available.__setitem__(
-                member, self.available[member] + amount)
+                member, self.available[member] + amount
+            )
 
         @precondition(lambda self: self.last_idempotent is not None)
         @rule()
@@ -227,7 +240,9 @@ def build_machine(database_url: str):
             for member in self.members:
                 balances = self.do(self.ledger.balances(member))
                 assert (balances.available, balances.pending, balances.held) == (
-                    self.available[member], self.pending[member], self.held[member]
+                    self.available[member],
+                    self.pending[member],
+                    self.held[member],
                 ), member
                 if member not in self.clawed:
                     assert balances.available >= 0

@@ -5,9 +5,7 @@ earning. Every step's balances are asserted."""
 from ledger.commands import Burn, Earn, Reverse
 
 
-async def test_return_with_points_already_spent_then_debt_repaid(
-    ledger, new_id, assert_clean
-):
+async def test_return_with_points_already_spent_then_debt_repaid(ledger, new_id, assert_clean):
     member, shop_a, shop_b = new_id(), new_id("a"), new_id("b")
 
     # 1. Buys for 200 EUR at partner A: earns 100 points.

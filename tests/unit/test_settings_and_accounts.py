@@ -9,8 +9,12 @@ from ledger.errors import InvalidAccount
 
 def test_settings_read_from_loyalty_variables():
     settings = Settings.from_env(
-        {"LOYALTY_DATABASE_URL": "postgresql://x/y", "LOYALTY_PORT": "9000",
-         "LOYALTY_JWT_ALGORITHMS": "RS256,ES256", "OTHER": "ignored"}
+        {
+            "LOYALTY_DATABASE_URL": "postgresql://x/y",
+            "LOYALTY_PORT": "9000",
+            "LOYALTY_JWT_ALGORITHMS": "RS256,ES256",
+            "OTHER": "ignored",
+        }
     )
     assert settings.database_url == "postgresql://x/y"
     assert settings.port == 9000
@@ -20,8 +24,11 @@ def test_settings_read_from_loyalty_variables():
 
 @pytest.mark.parametrize(
     "environ",
-    [{"LOYALTY_PORT": "eighty"}, {"LOYALTY_EXPIRY_POLICY": "weekly:1"},
-     {"LOYALTY_JWT_ALGORITHMS": "none"}],
+    [
+        {"LOYALTY_PORT": "eighty"},
+        {"LOYALTY_EXPIRY_POLICY": "weekly:1"},
+        {"LOYALTY_JWT_ALGORITHMS": "none"},
+    ],
 )
 def test_bad_settings_are_refused(environ):
     with pytest.raises(SettingsError):
@@ -35,8 +42,15 @@ def test_addresses_parse_and_know_their_owner():
 
 
 @pytest.mark.parametrize(
-    "address", ["member:m1:wallet", "partner:shop", "program:nothing", "member::available",
-                "bank:x:y", "member:a:b:available"],
+    "address",
+    [
+        "member:m1:wallet",
+        "partner:shop",
+        "program:nothing",
+        "member::available",
+        "bank:x:y",
+        "member:a:b:available",
+    ],
 )
 def test_unknown_addresses_are_refused(address):
     with pytest.raises(InvalidAccount):

@@ -1,0 +1,37 @@
+"""An app on the test database and Redis, with a test client and token minting."""
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.auth import mint_token
+from api.settings import Settings
+
+SECRET = "test-secret-" + "0123456789abcdef" * 4  # 75 bytes: long enough for HS512
+
+
+@pytest.fixture(scope="session")
+def api_settings(database_url, redis_url, tmp_path_factory) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        jwt_secret=SECRET,
+        data_dir=tmp_path_factory.mktemp("data"),
+        max_body_bytes=64_000,
+    )
+
+
+@pytest.fixture
+async def client(api_settings):
+    async with AsyncTestClient(create_app(api_settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def token(api_settings):
+    def make(subject: str = "alice", roles=("admin",), **overrides) -> dict[str, str]:
+        return {
+            "Authorization": "Bearer " + mint_token(api_settings, subject, list(roles), **overrides)
+        }
+
+    return make

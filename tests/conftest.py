@@ -23,13 +23,18 @@ from ledger.database import create_engine
 from ledger.expiry import RollingToQuarterEnd
 from ledger.service import LedgerConfig, LedgerService
 
+# `quick` by default; `pytest --hypothesis-profile=ci` for the deeper run CI makes.
 settings.register_profile(
-    "default", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "quick", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_configure(config):
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile("quick")
 
 
 @pytest.fixture(scope="session")

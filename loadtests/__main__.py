@@ -1,0 +1,157 @@
+"""Benchmarks with an asyncio driver: `python -m loadtests earn`.
+
+Each run creates a fresh database on the server, measures the ledger's `earn`
+(with idempotency keys, lots and slotted partner balances) and, in the same
+run on the same PostgreSQL, a baseline: a bare SQL double-entry transfer (one
+entry row, two postings, two balance updates). It prints rates, latency
+percentiles and the ratio against the baseline, then drops the database.
+"""
+
+import argparse
+import asyncio
+import itertools
+import os
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import text
+
+from api.embedded import EmbeddedPostgres, drop_database, ensure_database, with_database
+from api.migrate import upgrade
+from ledger.commands import Earn
+from ledger.database import create_engine
+from ledger.idempotency import IdempotencyKey
+from ledger.service import LedgerService
+from ledger.verify import verify
+
+BASELINE_SCHEMA = (
+    "CREATE TABLE bench_entries (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+    "kind text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE bench_postings (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+    "entry_id bigint NOT NULL REFERENCES bench_entries, account text NOT NULL, "
+    "amount bigint NOT NULL)",
+    "CREATE TABLE bench_balances (account text PRIMARY KEY, balance bigint NOT NULL)",
+)
+
+
+async def drive(
+    operation: Callable[[int], Awaitable[object]], concurrency: int, duration: float
+) -> tuple[int, float, list[float]]:
+    """Run `operation(i)` from `concurrency` workers for `duration` seconds."""
+    latencies: list[float] = []
+    counter = iter(range(10**9))
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await operation(next(counter))
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies), time.perf_counter() - started, latencies
+
+
+def report(name: str, count: int, elapsed: float, latencies: list[float]) -> float:
+    rate = count / elapsed
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    print(
+        f"{name:<34} {count:>7} ops {rate:>9.0f}/s   p50 {cuts[49] * 1000:6.2f} ms"
+        f"   p95 {cuts[94] * 1000:6.2f} ms   p99 {cuts[98] * 1000:6.2f} ms"
+    )
+    return rate
+
+
+async def bench_earn(url: str, members: int, concurrency: int, duration: float) -> None:
+    engine = create_engine(url, pool_size=concurrency)
+    ledger = LedgerService(engine)
+    partner = "bench-partner"
+    run = uuid.uuid4().hex[:6]
+    references = itertools.count()  # unique across every phase of the run
+
+    # The baseline's own plain tables: no triggers, lots, idempotency or slots.
+    async with engine.begin() as conn:
+        for statement in BASELINE_SCHEMA:
+            await conn.execute(text(statement))
+
+    async def bare_transfer(i: int) -> None:
+        member = f"member:b{random.randrange(members)}:available"
+        async with engine.begin() as conn:
+            entry = (
+                await conn.execute(
+                    text("INSERT INTO bench_entries (kind) VALUES ('earn') RETURNING id")
+                )
+            ).scalar_one()
+            await conn.execute(
+                text(
+                    "INSERT INTO bench_postings (entry_id, account, amount) VALUES "
+                    "(:e, :member, 10), (:e, :partner, -10)"
+                ),
+                {"e": entry, "member": member, "partner": f"partner:{partner}:issued"},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO bench_balances (account, balance) VALUES "
+                    "(:member, 10), (:partner, -10) ON CONFLICT (account) DO UPDATE "
+                    "SET balance = bench_balances.balance + EXCLUDED.balance"
+                ),
+                {"member": member, "partner": f"partner:{partner}:issued"},
+            )
+
+    async def earn(i: int) -> None:
+        member = f"m{random.randrange(members)}"
+        reference = f"{run}-{next(references)}"
+        await ledger.earn(
+            Earn.simple(member, partner, reference, 10, 1),
+            IdempotencyKey(f"partner:{partner}", reference),
+        )
+
+    print(f"earn benchmark: {members} members, {concurrency} concurrent, {duration:.0f} s each")
+    await drive(bare_transfer, concurrency, 1.0)  # warm-up: connections, plans
+    baseline = report(
+        "baseline: bare SQL double-entry", *await drive(bare_transfer, concurrency, duration)
+    )
+    rate = report("ledger earn (idempotent, lots)", *await drive(earn, concurrency, duration))
+    print(f"ratio earn / baseline: {rate / baseline:.2f}")
+    single = report("ledger earn, 1 connection", *await drive(earn, 1, duration / 2))
+    print(f"single-connection earn rate: {single:.0f}/s")
+    check = await verify(engine)
+    print("verify:", "clean" if check.clean else check.render())
+    await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__)
+    sub = parser.add_subparsers(dest="scenario", required=True)
+    earn = sub.add_parser("earn", help="earn rate against a bare SQL double-entry baseline")
+    earn.add_argument("--members", type=int, default=10_000)
+    earn.add_argument("--concurrency", type=int, default=16)
+    earn.add_argument("--duration", type=float, default=10.0)
+    args = parser.parse_args()
+
+    server = os.environ.get("LOYALTY_BENCH_DATABASE_URL") or os.environ.get("LOYALTY_DATABASE_URL")
+    embedded = None
+    if not server:
+        import tempfile
+        from pathlib import Path
+
+        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp()) / "pg", delete_on_stop=True)
+        server = embedded.start()
+    name = f"loyalty_bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_database(server, name))
+    url = with_database(server, name)
+    try:
+        upgrade(url)
+        asyncio.run(bench_earn(url, args.members, args.concurrency, args.duration))
+    finally:
+        asyncio.run(drop_database(server, name))
+        if embedded:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    main()

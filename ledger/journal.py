@@ -4,8 +4,9 @@ updates and lot movements inside the caller's transaction.
 Lock order, the same in every transaction, keeps concurrent postings free of
 deadlocks: the operation's own rows first (idempotency key, hold, pending
 points, reversal tracker), then member balance rows in address order (the
-member's `available` row is the mutex for that member's lots), then hot-account
-slots in address order. Hot accounts (partner, programme) take a random slot
+upsert applying the entry's member postings locks them; a member's `available`
+row is the mutex for that member's lots), then hot-account slots in address
+order. Hot accounts (partner, programme) take a random slot
 per entry, so concurrent accruals from one partner do not queue on one row.
 """
 
@@ -17,7 +18,6 @@ from datetime import datetime
 
 import msgspec
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import ASSETS, PTS, Address, member_account, member_of, program_account
@@ -161,71 +161,72 @@ class Journal:
     async def post(self, conn: AsyncConnection, draft: EntryDraft, now: datetime) -> PostedEntry:
         check_balanced(draft.postings)
         entry_id = await self._insert_entry(conn, draft)
-        member_keys = [(p.account, p.asset) for p in draft.postings if member_of(p.account)]
-        locked = await self.lock_members(conn, member_keys)
-
         postings = list(draft.postings)
+        # Member rows first: the upsert locks them (in address order) and returns
+        # the new balances, from which the lot effects work under that lock.
+        member_postings = [p for p in postings if member_of(p.account)]
+        balances = await self._apply_balances(conn, member_postings)
         movements: list[dict[str, object]] = []
+        new_lots: set[int] = set()
+        extra: list[Posting] = []
         for member_id, effect in sorted(draft.lot_effects.items()):
             account = member_account(member_id, "available")
             delta = sum(p.amount for p in postings if p.account == account and p.asset == PTS)
-            balance = locked[(account, PTS)].balance
-            postings += await self._apply_lot_effect(
-                conn, entry_id, draft, member_id, effect, delta, balance, now, movements
+            before = balances[(account, PTS)].balance - delta
+            extra += await self._apply_lot_effect(
+                conn, entry_id, member_id, effect, delta, before, now, movements, new_lots
             )
-        await self._insert_movements(conn, movements)
-        await self._insert_postings(conn, entry_id, postings)
-        balances = await self._apply_balances(conn, postings)
+        # Then the hot slots (and any member change the lots added), in address order.
+        rest = [p for p in postings if not member_of(p.account)] + extra
+        balances.update(await self._apply_balances(conn, rest))
+        await self._insert_movements(conn, movements, new_lots)
+        await self._insert_postings(conn, entry_id, postings + extra)
         return PostedEntry(entry_id, balances)
 
     async def _insert_entry(self, conn: AsyncConnection, draft: EntryDraft) -> int:
-        try:
-            # A savepoint, so a duplicate reference leaves the transaction usable.
-            async with conn.begin_nested():
-                return (
-                    await conn.execute(
-                        text(
-                            "INSERT INTO journal_entries (kind, member_id, partner_id, "
-                            "partner_reference, reverses_entry_id, hold_id, effective_at, "
-                            "posted_by, reason, breakdown) VALUES (:kind, :member_id, "
-                            ":partner_id, :partner_reference, :reverses_entry_id, :hold_id, "
-                            ":effective_at, :posted_by, :reason, CAST(:breakdown AS jsonb)) "
-                            "RETURNING id"
-                        ),
-                        {
-                            "kind": draft.kind,
-                            "member_id": draft.member_id,
-                            "partner_id": draft.partner_id,
-                            "partner_reference": draft.partner_reference,
-                            "reverses_entry_id": draft.reverses_entry_id,
-                            "hold_id": draft.hold_id,
-                            "effective_at": draft.effective_at,
-                            "posted_by": draft.posted_by,
-                            "reason": draft.reason,
-                            "breakdown": msgspec.json.encode(list(draft.breakdown)).decode(),
-                        },
-                    )
-                ).scalar_one()
-        except IntegrityError as error:
-            if "journal_entries_partner_reference" in str(error.orig):
-                raise DuplicatePartnerReference(
-                    f"partner {draft.partner_id} already used reference "
-                    f"{draft.partner_reference!r}",
-                    partner_reference=draft.partner_reference,
-                ) from None
-            raise
+        entry_id = (
+            await conn.execute(
+                text(
+                    "INSERT INTO journal_entries (kind, member_id, partner_id, "
+                    "partner_reference, reverses_entry_id, hold_id, effective_at, "
+                    "posted_by, reason, breakdown) VALUES (:kind, :member_id, "
+                    ":partner_id, :partner_reference, :reverses_entry_id, :hold_id, "
+                    ":effective_at, :posted_by, :reason, CAST(:breakdown AS jsonb)) "
+                    "ON CONFLICT (partner_id, partner_reference) "
+                    "WHERE partner_reference IS NOT NULL DO NOTHING RETURNING id"
+                ),
+                {
+                    "kind": draft.kind,
+                    "member_id": draft.member_id,
+                    "partner_id": draft.partner_id,
+                    "partner_reference": draft.partner_reference,
+                    "reverses_entry_id": draft.reverses_entry_id,
+                    "hold_id": draft.hold_id,
+                    "effective_at": draft.effective_at,
+                    "posted_by": draft.posted_by,
+                    "reason": draft.reason,
+                    "breakdown": msgspec.json.encode(list(draft.breakdown)).decode(),
+                },
+            )
+        ).scalar_one_or_none()
+        if entry_id is None:
+            raise DuplicatePartnerReference(
+                f"partner {draft.partner_id} already used reference {draft.partner_reference!r}",
+                partner_reference=draft.partner_reference,
+            )
+        return entry_id
 
     async def _apply_lot_effect(
         self,
         conn: AsyncConnection,
         entry_id: int,
-        draft: EntryDraft,
         member_id: str,
         effect: LotEffect,
         delta: int,
         balance: int,
         now: datetime,
         movements: list[dict[str, object]],
+        new_lots: set[int],
     ) -> list[Posting]:
         """Move the member's lots for a change of `delta` to `available`.
 
@@ -264,7 +265,7 @@ class Journal:
         if into_lots == 0:
             return []
         if isinstance(effect, NewLot):
-            await self._new_lot(conn, entry_id, member_id, into_lots, effect, move)
+            new_lots.add(await self._new_lot(conn, entry_id, member_id, into_lots, effect, move))
             return []
         consumed = await self._consumed_lots(conn, effect.origin_entry_id)
         given, unplaced = allocate_restore(consumed, into_lots)
@@ -278,7 +279,7 @@ class Journal:
                 expired_now += amount
         if unplaced:
             fallback = NewLot("restore", now)
-            await self._new_lot(conn, entry_id, member_id, unplaced, fallback, move)
+            new_lots.add(await self._new_lot(conn, entry_id, member_id, unplaced, fallback, move))
         if not expired_now:
             return []
         return [
@@ -286,13 +287,15 @@ class Journal:
             Posting(program_account("expired"), PTS, expired_now),
         ]
 
-    async def _new_lot(self, conn, entry_id, member_id, amount, effect: NewLot, move) -> None:
+    async def _new_lot(self, conn, entry_id, member_id, amount, effect: NewLot, move) -> int:
+        """Insert a lot holding `amount` (its creating movement is recorded too)."""
         lot_id = (
             await conn.execute(
                 text(
                     "INSERT INTO lots (member_id, source_entry_id, earn_entry_id, amount, "
                     "remaining, earned_at, expires_at, source) VALUES (:member_id, :entry_id, "
-                    ":earn_entry_id, :amount, 0, :earned_at, :expires_at, :source) RETURNING id"
+                    ":earn_entry_id, :amount, :amount, :earned_at, :expires_at, :source) "
+                    "RETURNING id"
                 ),
                 {
                     "member_id": member_id,
@@ -308,6 +311,7 @@ class Journal:
             )
         ).scalar_one()
         move(lot_id, amount)
+        return lot_id
 
     async def _open_lots(self, conn: AsyncConnection, member_id: str) -> list[OpenLot]:
         rows = await conn.execute(
@@ -334,7 +338,9 @@ class Journal:
         )
         return [ConsumedLot(r.id, r.outstanding, r.expires_at) for r in rows]
 
-    async def _insert_movements(self, conn: AsyncConnection, movements) -> None:
+    async def _insert_movements(self, conn: AsyncConnection, movements, new_lots: set[int]) -> None:
+        """Record lot movements and apply them to existing lots (new lots were
+        inserted holding their amount)."""
         if not movements:
             return
         await conn.execute(
@@ -346,7 +352,8 @@ class Journal:
         )
         net: dict[int, int] = defaultdict(int)
         for movement in movements:
-            net[movement["lot_id"]] += movement["amount"]
+            if movement["lot_id"] not in new_lots:
+                net[movement["lot_id"]] += movement["amount"]
         changed = sorted((lot_id, amount) for lot_id, amount in net.items() if amount)
         if changed:
             await conn.execute(
@@ -378,6 +385,8 @@ class Journal:
     async def _apply_balances(
         self, conn: AsyncConnection, postings: Sequence[Posting]
     ) -> dict[tuple[str, str], BalanceRow]:
+        if not postings:
+            return {}
         deltas: dict[tuple[str, str], int] = defaultdict(int)
         for posting in postings:
             deltas[(posting.account, posting.asset)] += posting.amount

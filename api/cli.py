@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -90,6 +91,9 @@ def serve(host, port, workers, demo) -> None:
     with _database(settings, with_redis=True) as resolved:
         if demo:
             _print_balances(asyncio.run(_with_ledger(resolved, _load_demo)))
+        # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into
+        # SystemExit lets the embedded servers stop with us.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         click.echo(f"serving on http://{resolved.host}:{resolved.port} (docs at /docs)", err=True)
         if resolved.workers > 1:
             os.environ.update(resolved.as_environ())

@@ -11,12 +11,15 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import TokenVerifier
 from api.problems import EXCEPTION_HANDLERS
+from api.routes.admin import admin_router
 from api.routes.health import live, ready
 from api.routes.problems import describe_problem, list_problems
 from api.routes.staff import staff_router
 from api.settings import Settings
 from ledger.database import create_engine
 from ledger.service import LedgerService
+from partners.programme import Programme
+from partners.rulebook import Rulebook
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -29,6 +32,8 @@ def create_app(settings: Settings) -> Litestar:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         app.state.engine = engine
         app.state.ledger = LedgerService(engine, settings.ledger_config())
+        app.state.rulebook = Rulebook(app.state.ledger)
+        app.state.programme = Programme(app.state.ledger, settings.tier_period)
         app.state.redis = (
             redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
             if settings.redis_url
@@ -42,7 +47,7 @@ def create_app(settings: Settings) -> Litestar:
             await engine.dispose()
 
     app = Litestar(
-        route_handlers=[live, ready, list_problems, describe_problem, staff_router],
+        route_handlers=[live, ready, list_problems, describe_problem, staff_router, admin_router],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
+from litestar import Request
 from litestar.connection import ASGIConnection
 
 from api.problems import ApiError
@@ -30,6 +31,20 @@ class Principal:
                 required_roles=list(roles),
             )
         return self
+
+
+def require_staff(*roles: str):
+    """A guard: a valid token with one of `roles`, checked before the body is read."""
+
+    async def guard(connection: ASGIConnection, _: object) -> None:
+        principal = connection.app.state.verifier.principal(connection)
+        connection.state.principal = principal.require_role(*roles)
+
+    return guard
+
+
+def provide_principal(request: Request) -> Principal:
+    return request.state.principal
 
 
 def dev_secret(settings: Settings) -> str:

@@ -36,6 +36,7 @@ class Settings:
     expiry_policy: str = "rolling:36"
     hot_account_slots: int = 8
     hold_ttl_seconds: int = 900
+    tier_period: str = "calendar"  # calendar | rolling (12 months)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -55,6 +56,8 @@ class Settings:
             parse_policy(self.expiry_policy)
         except ValueError as error:
             raise SettingsError(f"LOYALTY_EXPIRY_POLICY: {error}") from None
+        if self.tier_period not in ("calendar", "rolling"):
+            raise SettingsError("LOYALTY_TIER_PERIOD is calendar or rolling")
         allowed = {"HS256", "HS384", "HS512", "RS256", "ES256", "PS256", "EdDSA"}
         unknown = set(self.jwt_algorithms) - allowed
         if unknown or not self.jwt_algorithms:

@@ -37,6 +37,8 @@ class EarnLine(msgspec.Struct, frozen=True):
     asset: str = PTS
     reason: str = "base"
     funder: str = "partner"  # partner | program
+    kind: str = "base"  # base | category | tier | promotion | coupon | qualifying
+    source: str | None = None  # the promotion, coupon, category or tier behind it
 
     def __post_init__(self) -> None:
         check_points(self.amount)
@@ -74,7 +76,9 @@ class Earn(msgspec.Struct, frozen=True):
     ) -> "Earn":
         lines = [EarnLine(points)]
         if qualifying_points:
-            lines.append(EarnLine(qualifying_points, asset="QP", funder="program"))
+            lines.append(
+                EarnLine(qualifying_points, "QP", "qualifying points", "program", "qualifying")
+            )
         return cls(member_id, partner_id, reference, tuple(lines), **kwargs)
 
 

@@ -90,7 +90,7 @@ class LedgerService:
 
     # -- plumbing ---------------------------------------------------------
 
-    async def _run(
+    async def run(
         self,
         operation: str,
         command: object,
@@ -98,6 +98,7 @@ class LedgerService:
         result_type: type[R],
         body: Callable[[AsyncConnection], Awaitable[R]],
     ) -> R:
+        """Run `body` in one transaction, once per idempotency key."""
         async with self.engine.begin() as conn:
             if idempotency is not None:
                 digest = fingerprint(operation, command)
@@ -129,68 +130,71 @@ class LedgerService:
     # -- earning ----------------------------------------------------------
 
     async def earn(self, cmd: Earn, idempotency: IdempotencyKey | None = None) -> Receipt:
-        async def body(conn: AsyncConnection) -> Receipt:
-            now = self.clock()
-            effective_at = cmd.effective_at or now
-            pending = cmd.release_at is not None and cmd.release_at > now
-            member_points = member_account(cmd.member_id, "pending" if pending else "available")
-            postings: list[Posting] = []
-            for line in cmd.lines:
-                if line.asset == QP:
-                    postings.append(Posting(member_account(cmd.member_id, "qp"), QP, line.amount))
-                    postings.append(Posting(program_account("qp_source"), QP, -line.amount))
-                    continue
-                funder = (
-                    partner_account(cmd.partner_id, "issued")
-                    if line.funder == "partner"
-                    else program_account("promotions")
-                )
-                postings.append(Posting(member_points, PTS, line.amount))
-                postings.append(Posting(funder, PTS, -line.amount))
-            points = sum(line.amount for line in cmd.lines if line.asset == PTS)
-            effects = {}
-            if points and not pending:
-                effects[cmd.member_id] = NewLot("earn", effective_at)
-            posted = await self.journal.post(
-                conn,
-                EntryDraft(
-                    kind="earn",
-                    postings=postings,
-                    effective_at=effective_at,
-                    posted_by=f"partner:{cmd.partner_id}",
-                    member_id=cmd.member_id,
-                    partner_id=cmd.partner_id,
-                    partner_reference=cmd.partner_reference,
-                    breakdown=[msgspec.to_builtins(line) for line in cmd.lines],
-                    lot_effects=effects,
-                ),
-                now,
-            )
-            if points and pending:
-                await conn.execute(
-                    text(
-                        "INSERT INTO pending_points (earn_entry_id, member_id, amount, "
-                        "remaining, earned_at, release_at) VALUES (:entry_id, :member_id, "
-                        ":amount, :amount, :earned_at, :release_at)"
-                    ),
-                    {
-                        "entry_id": posted.entry_id,
-                        "member_id": cmd.member_id,
-                        "amount": points,
-                        "earned_at": effective_at,
-                        "release_at": cmd.release_at,
-                    },
-                )
-            return await self._receipt(
-                conn,
-                posted.entry_id,
-                "earn",
-                cmd.member_id,
-                points,
-                release_at=cmd.release_at if pending else None,
-            )
+        return await self.run(
+            "earn", cmd, idempotency, Receipt, lambda conn: self.earn_in(conn, cmd)
+        )
 
-        return await self._run("earn", cmd, idempotency, Receipt, body)
+    async def earn_in(self, conn: AsyncConnection, cmd: Earn) -> Receipt:
+        """Post an earning inside the caller's transaction."""
+        now = self.clock()
+        effective_at = cmd.effective_at or now
+        pending = cmd.release_at is not None and cmd.release_at > now
+        member_points = member_account(cmd.member_id, "pending" if pending else "available")
+        postings: list[Posting] = []
+        for line in cmd.lines:
+            if line.asset == QP:
+                postings.append(Posting(member_account(cmd.member_id, "qp"), QP, line.amount))
+                postings.append(Posting(program_account("qp_source"), QP, -line.amount))
+                continue
+            funder = (
+                partner_account(cmd.partner_id, "issued")
+                if line.funder == "partner"
+                else program_account("promotions")
+            )
+            postings.append(Posting(member_points, PTS, line.amount))
+            postings.append(Posting(funder, PTS, -line.amount))
+        points = sum(line.amount for line in cmd.lines if line.asset == PTS)
+        effects = {}
+        if points and not pending:
+            effects[cmd.member_id] = NewLot("earn", effective_at)
+        posted = await self.journal.post(
+            conn,
+            EntryDraft(
+                kind="earn",
+                postings=postings,
+                effective_at=effective_at,
+                posted_by=f"partner:{cmd.partner_id}",
+                member_id=cmd.member_id,
+                partner_id=cmd.partner_id,
+                partner_reference=cmd.partner_reference,
+                breakdown=[msgspec.to_builtins(line) for line in cmd.lines],
+                lot_effects=effects,
+            ),
+            now,
+        )
+        if points and pending:
+            await conn.execute(
+                text(
+                    "INSERT INTO pending_points (earn_entry_id, member_id, amount, "
+                    "remaining, earned_at, release_at) VALUES (:entry_id, :member_id, "
+                    ":amount, :amount, :earned_at, :release_at)"
+                ),
+                {
+                    "entry_id": posted.entry_id,
+                    "member_id": cmd.member_id,
+                    "amount": points,
+                    "earned_at": effective_at,
+                    "release_at": cmd.release_at,
+                },
+            )
+        return await self._receipt(
+            conn,
+            posted.entry_id,
+            "earn",
+            cmd.member_id,
+            points,
+            release_at=cmd.release_at if pending else None,
+        )
 
     async def release_pending(self, limit: int = 1000) -> int:
         """Move points whose return window has passed from pending to available.
@@ -266,7 +270,7 @@ class LedgerService:
             )
             return await self._receipt(conn, posted.entry_id, "burn", cmd.member_id, cmd.amount)
 
-        return await self._run("burn", cmd, idempotency, Receipt, body)
+        return await self.run("burn", cmd, idempotency, Receipt, body)
 
     async def authorise(self, cmd: Authorise, idempotency: IdempotencyKey | None = None) -> Receipt:
         async def body(conn: AsyncConnection) -> Receipt:
@@ -316,7 +320,7 @@ class LedgerService:
                 conn, posted.entry_id, "hold", cmd.member_id, cmd.amount, hold=_hold_view(hold)
             )
 
-        return await self._run("authorise", cmd, idempotency, Receipt, body)
+        return await self.run("authorise", cmd, idempotency, Receipt, body)
 
     async def _lock_hold(self, conn: AsyncConnection, hold_id: int, partner_id: str | None):
         hold = (
@@ -421,7 +425,7 @@ class LedgerService:
                 related_entry_ids=related,
             )
 
-        return await self._run("capture", cmd, idempotency, Receipt, body)
+        return await self.run("capture", cmd, idempotency, Receipt, body)
 
     async def void(self, cmd: Void, idempotency: IdempotencyKey | None = None) -> Receipt:
         async def body(conn: AsyncConnection) -> Receipt:
@@ -435,7 +439,7 @@ class LedgerService:
                 conn, entry_id, "void", hold.member_id, hold.amount, hold=view
             )
 
-        return await self._run("void", cmd, idempotency, Receipt, body)
+        return await self.run("void", cmd, idempotency, Receipt, body)
 
     async def expire_holds(self, limit: int = 1000) -> int:
         """Return the points of holds past their expiry (one transaction per hold)."""
@@ -494,7 +498,7 @@ class LedgerService:
                 conn, posted.entry_id, "transfer", cmd.from_member_id, cmd.amount
             )
 
-        return await self._run("transfer", cmd, idempotency, Receipt, body)
+        return await self.run("transfer", cmd, idempotency, Receipt, body)
 
     async def adjust(
         self, cmd: Adjust, posted_by: str, idempotency: IdempotencyKey | None = None
@@ -523,7 +527,7 @@ class LedgerService:
             )
             return await self._receipt(conn, posted.entry_id, "adjust", cmd.member_id, cmd.amount)
 
-        return await self._run("adjust", cmd, idempotency, Receipt, body)
+        return await self.run("adjust", cmd, idempotency, Receipt, body)
 
     async def post_entry(
         self, cmd: PostEntry, posted_by: str, idempotency: IdempotencyKey | None = None
@@ -554,7 +558,7 @@ class LedgerService:
             moved = sum(p.amount for p in cmd.postings if p.amount > 0)
             return Receipt(posted.entry_id, "adjust", None, moved)
 
-        return await self._run("post_entry", cmd, idempotency, Receipt, body)
+        return await self.run("post_entry", cmd, idempotency, Receipt, body)
 
     # -- reversals ----------------------------------------------------------
 
@@ -626,7 +630,7 @@ class LedgerService:
             )
             return await self._receipt(conn, posted.entry_id, "reverse", member_id, amount)
 
-        return await self._run("reverse", cmd, idempotency, Receipt, body)
+        return await self.run("reverse", cmd, idempotency, Receipt, body)
 
     async def _lock_reversal(self, conn: AsyncConnection, entry_id: int, whole: int) -> int:
         if whole <= 0:
@@ -719,19 +723,20 @@ class LedgerService:
         members_done = 0
         while members_done < limit:
             async with self.engine.connect() as conn:
-                due = (
-                    (
-                        await conn.execute(
-                            text(
-                                "SELECT DISTINCT member_id FROM lots WHERE remaining > 0 "
-                                "AND expires_at <= :now LIMIT 500"
-                            ),
-                            {"now": self.clock()},
-                        )
-                    )
-                    .scalars()
-                    .all()
+                # Members of an expiry-protected tier keep their points.
+                result = await conn.execute(
+                    text(
+                        "SELECT DISTINCT member_id FROM lots WHERE remaining > 0 "
+                        "AND expires_at <= :now AND NOT EXISTS ("
+                        "  SELECT 1 FROM member_tiers mt JOIN tier_definitions t "
+                        "  ON t.code = mt.tier_code WHERE mt.member_id = lots.member_id "
+                        "  AND t.expiry_protected "
+                        "  AND (mt.valid_until IS NULL OR mt.valid_until > :now)) "
+                        "LIMIT 500"
+                    ),
+                    {"now": self.clock()},
                 )
+                due = result.scalars().all()
             if not due:
                 break
             for member_id in due:
@@ -785,6 +790,9 @@ class LedgerService:
             )
 
     # -- reads --------------------------------------------------------------
+
+    async def balances_in(self, conn: AsyncConnection, member_id: str) -> Balances:
+        return await queries.balances(conn, member_id)
 
     async def balances(self, member_id: str) -> Balances:
         async with self.engine.connect() as conn:

@@ -4,18 +4,18 @@ history, adjustments and reversals."""
 from typing import Annotated
 
 import msgspec
-from litestar import Request, Router, get, post
-from litestar.connection import ASGIConnection
+from litestar import Router, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
-from api.auth import STAFF_ROLES, Principal
+from api.auth import STAFF_ROLES, Principal, provide_principal, require_staff
+from api.deps import SERVICES
 from api.strict_body import strict_json_body
 from ledger.commands import Adjust, Reverse
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from ledger.views import AccountBalance, EntryView, HistoryPage, MemberBalances, Receipt
+from partners.programme import Programme
 
 
 class AdjustmentRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,20 +41,6 @@ IdempotencyHeader = Annotated[
 ]
 Ledger = NamedDependency[LedgerService]
 Staff = NamedDependency[Principal]
-
-
-async def authenticate_staff(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard: a valid staff token, checked before the body is looked at."""
-    principal = connection.app.state.verifier.principal(connection)
-    connection.state.principal = principal.require_role(*STAFF_ROLES)
-
-
-def provide_staff(request: Request) -> Principal:
-    return request.state.principal
-
-
-def provide_ledger(request: Request) -> LedgerService:
-    return request.app.state.ledger
 
 
 def _key(principal: Principal, key: str | None) -> IdempotencyKey | None:
@@ -91,6 +77,14 @@ async def member_history(
     return await ledger.history(member_id, limit=limit, cursor=cursor, kinds=tuple(kind or ()))
 
 
+@get("/members/{member_id:str}/tier", summary="A member's tier, progress and tier history")
+async def member_tier(member_id: FromPath[str], programme: NamedDependency[Programme]) -> dict:
+    return {
+        "progress": await programme.tier_progress(member_id),
+        "history": await programme.tier_history(member_id),
+    }
+
+
 @post("/adjustments", summary="Credit or debit a member, with a reason (admin)")
 async def adjust(
     data: JSONBody[AdjustmentRequest],
@@ -117,11 +111,19 @@ async def reverse(
 
 staff_router = Router(
     path="/v1/staff",
-    route_handlers=[account_balance, get_entry, member_balances, member_history, adjust, reverse],
-    guards=[authenticate_staff, strict_json_body],
+    route_handlers=[
+        account_balance,
+        get_entry,
+        member_balances,
+        member_history,
+        member_tier,
+        adjust,
+        reverse,
+    ],
+    guards=[require_staff(*STAFF_ROLES), strict_json_body],
     dependencies={
-        "staff": Provide(provide_staff, sync_to_thread=False),
-        "ledger": Provide(provide_ledger, sync_to_thread=False),
+        "staff": Provide(provide_principal, sync_to_thread=False),
+        **SERVICES,
     },
     tags=["staff"],
     security=[{"bearer": []}],

@@ -1,0 +1,189 @@
+"""Admin API (staff JWT, role `admin`): the programme's rules as versioned,
+audited data: earn and burn rules per partner, promotions, coupons, tiers;
+and a dry-run quote of what a purchase would earn."""
+
+from typing import Annotated
+
+import msgspec
+from litestar import Router, get, post, put
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from api.auth import Principal, provide_principal, require_staff
+from api.deps import SERVICES
+from api.strict_body import strict_json_body
+from partners.programme import EarningView, Programme, PurchaseInput
+from partners.rulebook import (
+    BurnRuleInput,
+    CouponInput,
+    EarnRuleInput,
+    PromotionInput,
+    Rulebook,
+    TierInput,
+)
+
+Rules = NamedDependency[Rulebook]
+Admin = NamedDependency[Principal]
+
+
+class IssueCoupon(msgspec.Struct, forbid_unknown_fields=True):
+    member_ids: list[str]
+
+
+class QuoteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    member_id: str
+    partner_id: str
+    purchase: PurchaseInput
+    coupons: list[str] = []
+
+
+def _actor(admin: Principal) -> str:
+    return f"staff:{admin.subject}"
+
+
+@get("/categories", summary="Product categories rules may name")
+async def categories(rules: Rules) -> list[dict]:
+    return await rules.categories()
+
+
+@post("/partners/{partner_id:str}/earn-rules", summary="New version of a partner's earn rule")
+async def create_earn_rule(
+    partner_id: FromPath[str], data: JSONBody[EarnRuleInput], rules: Rules, admin: Admin
+) -> dict:
+    return await rules.create_earn_rule(partner_id, data, _actor(admin))
+
+
+@get("/partners/{partner_id:str}/earn-rules", summary="Every version of a partner's earn rule")
+async def list_earn_rules(partner_id: FromPath[str], rules: Rules) -> list[dict]:
+    return await rules.list_rules("earn_rules", partner_id)
+
+
+@post(
+    "/partners/{partner_id:str}/earn-rules/{version:int}/retire",
+    status_code=200,
+    summary="Retire a version of an earn rule",
+)
+async def retire_earn_rule(
+    partner_id: FromPath[str], version: FromPath[int], rules: Rules, admin: Admin
+) -> dict:
+    return await rules.retire_rule("earn_rules", partner_id, version, _actor(admin))
+
+
+@post("/partners/{partner_id:str}/burn-rules", summary="New version of a partner's burn rule")
+async def create_burn_rule(
+    partner_id: FromPath[str], data: JSONBody[BurnRuleInput], rules: Rules, admin: Admin
+) -> dict:
+    return await rules.create_burn_rule(partner_id, data, _actor(admin))
+
+
+@get("/partners/{partner_id:str}/burn-rules", summary="Every version of a partner's burn rule")
+async def list_burn_rules(partner_id: FromPath[str], rules: Rules) -> list[dict]:
+    return await rules.list_rules("burn_rules", partner_id)
+
+
+@post(
+    "/partners/{partner_id:str}/burn-rules/{version:int}/retire",
+    status_code=200,
+    summary="Retire a version of a burn rule",
+)
+async def retire_burn_rule(
+    partner_id: FromPath[str], version: FromPath[int], rules: Rules, admin: Admin
+) -> dict:
+    return await rules.retire_rule("burn_rules", partner_id, version, _actor(admin))
+
+
+@post("/promotions", summary="Create a promotion")
+async def create_promotion(data: JSONBody[PromotionInput], rules: Rules, admin: Admin) -> dict:
+    return await rules.create_promotion(data, _actor(admin))
+
+
+@get("/promotions", summary="Every promotion, with its budget used")
+async def list_promotions(rules: Rules) -> list[dict]:
+    return await rules.list_offers("promotions")
+
+
+@post("/promotions/{code:str}/retire", status_code=200, summary="Retire a promotion")
+async def retire_promotion(code: FromPath[str], rules: Rules, admin: Admin) -> dict:
+    return await rules.retire_offer("promotions", code, _actor(admin))
+
+
+@post("/coupons", summary="Create a coupon")
+async def create_coupon(data: JSONBody[CouponInput], rules: Rules, admin: Admin) -> dict:
+    return await rules.create_coupon(data, _actor(admin))
+
+
+@get("/coupons", summary="Every coupon")
+async def list_coupons(rules: Rules) -> list[dict]:
+    return await rules.list_offers("coupons")
+
+
+@post("/coupons/{code:str}/issue", status_code=200, summary="Issue a coupon to members")
+async def issue_coupon(
+    code: FromPath[str], data: JSONBody[IssueCoupon], rules: Rules, admin: Admin
+) -> dict:
+    return {"issued": await rules.issue_coupon(code, data.member_ids, _actor(admin))}
+
+
+@post("/coupons/{code:str}/retire", status_code=200, summary="Retire a coupon")
+async def retire_coupon(code: FromPath[str], rules: Rules, admin: Admin) -> dict:
+    return await rules.retire_offer("coupons", code, _actor(admin))
+
+
+@put("/tiers/{code:str}", summary="Create or change a tier definition")
+async def put_tier(
+    code: FromPath[str], data: JSONBody[TierInput], rules: Rules, admin: Admin
+) -> dict:
+    return await rules.put_tier(code, data, _actor(admin))
+
+
+@get("/tiers", summary="Tier definitions by rank")
+async def list_tiers(rules: Rules) -> list[dict]:
+    return await rules.list_tiers()
+
+
+@get("/audit", summary="Who changed which rule, when, before and after")
+async def audit(
+    rules: Rules,
+    entity: FromQuery[str | None] = None,
+    entity_id: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+) -> list[dict]:
+    return await rules.audit(entity, entity_id, limit)
+
+
+@post("/quote", status_code=200, summary="What a purchase would earn (nothing posted)")
+async def quote(data: JSONBody[QuoteRequest], programme: NamedDependency[Programme]) -> EarningView:
+    purchase = data.purchase.to_purchase(data.partner_id, programme.ledger.clock())
+    return await programme.quote(data.member_id, purchase, tuple(data.coupons))
+
+
+admin_router = Router(
+    path="/v1/admin",
+    route_handlers=[
+        categories,
+        create_earn_rule,
+        list_earn_rules,
+        retire_earn_rule,
+        create_burn_rule,
+        list_burn_rules,
+        retire_burn_rule,
+        create_promotion,
+        list_promotions,
+        retire_promotion,
+        create_coupon,
+        list_coupons,
+        issue_coupon,
+        retire_coupon,
+        put_tier,
+        list_tiers,
+        audit,
+        quote,
+    ],
+    guards=[require_staff("admin"), strict_json_body],
+    dependencies={
+        "admin": Provide(provide_principal, sync_to_thread=False),
+        **SERVICES,
+    },
+    tags=["admin"],
+    security=[{"bearer": []}],
+)

@@ -1,0 +1,112 @@
+"""Status tiers from qualifying points: pure functions over plain data.
+
+A member's tier is the highest-ranked tier whose QP threshold the member's
+QP of the qualification period reaches. Reaching a tier upgrades at once;
+status, once reached, lasts until the end of February of the year after next
+(Miles & More); requalification after that keeps, lowers or raises it.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    code: str
+    name: str
+    rank: int
+    qp_threshold: int
+    earn_multiplier: Decimal = Decimal(1)
+    burn_discount: Decimal = Decimal(0)
+    expiry_protected: bool = False
+
+
+BASE_TIER = Tier("base", "Base", 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class TierProgress:
+    tier: Tier
+    valid_until: datetime | None
+    period_start: datetime
+    period_end: datetime
+    qp_this_period: int
+    next_tier: Tier | None
+    qp_needed: int  # 0 when there is no higher tier
+
+
+def ladder(tiers: Sequence[Tier]) -> list[Tier]:
+    """Tiers by rank, with the base tier when none has threshold 0."""
+    ordered = sorted(tiers, key=lambda t: t.rank)
+    if not ordered or ordered[0].qp_threshold > 0:
+        ordered.insert(0, BASE_TIER)
+    return ordered
+
+
+def tier_for(qp: int, tiers: Sequence[Tier]) -> Tier:
+    reached = [t for t in ladder(tiers) if t.qp_threshold <= qp]
+    return reached[-1]
+
+
+def period_bounds(at: datetime, mode: str = "calendar") -> tuple[datetime, datetime]:
+    """The qualification period holding `at`: the calendar year, or the 12
+    months up to `at` (rolling)."""
+    at = at.astimezone(UTC)
+    if mode == "rolling":
+        return at.replace(year=at.year - 1), at
+    return datetime(at.year, 1, 1, tzinfo=UTC), datetime(at.year + 1, 1, 1, tzinfo=UTC)
+
+
+def status_valid_until(qualified_at: datetime) -> datetime:
+    """End of February of the year after next (exclusive bound: 1 March)."""
+    return datetime(qualified_at.astimezone(UTC).year + 2, 3, 1, tzinfo=UTC)
+
+
+def progress(
+    tier: Tier,
+    valid_until: datetime | None,
+    qp: int,
+    tiers: Sequence[Tier],
+    at: datetime,
+    mode: str = "calendar",
+) -> TierProgress:
+    start, end = period_bounds(at, mode)
+    higher = [t for t in ladder(tiers) if t.rank > tier.rank]
+    target = next((t for t in higher if t.qp_threshold > qp), None) if higher else None
+    if higher and target is None:
+        target = higher[-1]
+    needed = max(target.qp_threshold - qp, 0) if target else 0
+    return TierProgress(tier, valid_until, start, end, qp, target, needed)
+
+
+def after_earning(
+    current: Tier,
+    current_valid_until: datetime | None,
+    period_qp: int,
+    tiers: Sequence[Tier],
+    at: datetime,
+) -> tuple[Tier, datetime | None] | None:
+    """The member's new status after QP was credited, or None if unchanged:
+    an upgrade as soon as a higher threshold is crossed, or a renewal when the
+    current tier is reached again in a later period."""
+    reached = tier_for(period_qp, tiers)
+    if reached.qp_threshold == 0:
+        return None
+    valid_until = status_valid_until(at)
+    if reached.rank > current.rank:
+        return reached, valid_until
+    if reached.rank == current.rank and (
+        current_valid_until is None or valid_until > current_valid_until
+    ):
+        return reached, valid_until
+    return None
+
+
+def requalify(
+    last_period_qp: int, tiers: Sequence[Tier], at: datetime
+) -> tuple[Tier, datetime | None]:
+    """Status when the old one ran out: what the last complete period earned."""
+    tier = tier_for(last_period_qp, tiers)
+    return tier, (status_valid_until(at.replace(year=at.year - 1)) if tier.qp_threshold else None)

@@ -1,0 +1,48 @@
+"""Domain errors of programme rules and partners, each with a stable `code`."""
+
+from ledger.errors import LedgerError
+
+
+class InvalidRule(LedgerError):
+    """A rule, promotion, coupon or tier that cannot be accepted; names the field."""
+
+    code = "invalid-rule"
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}", field=field)
+
+
+class UnknownCategory(InvalidRule):
+    code = "unknown-category"
+
+
+class OverlappingExclusivePromotion(InvalidRule):
+    code = "overlapping-exclusive-promotion"
+
+
+class NoRuleInForce(LedgerError):
+    code = "no-rule-in-force"
+
+
+class UnknownCurrency(LedgerError):
+    code = "unknown-currency"
+
+
+class CurrencyMismatch(LedgerError):
+    code = "currency-mismatch"
+
+
+class CouponNotFound(LedgerError):
+    code = "coupon-not-found"
+
+
+class CouponNotUsable(LedgerError):
+    code = "coupon-not-usable"
+
+
+class RuleNotFound(LedgerError):
+    code = "rule-not-found"
+
+
+class InvalidPurchase(LedgerError):
+    code = "invalid-purchase"

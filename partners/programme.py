@@ -1,0 +1,648 @@
+"""The programme service: applies the rulebook to the ledger. An earning
+(rules, tier bonus, promotions with budgets, coupons, QP and tier upgrade) is
+one transaction; a quote is the same computation with nothing posted or used.
+
+Lock order (after the idempotency key): promotion rows with a budget, then
+promotion usage rows, then the member's coupons, then the ledger's member
+balance rows and hot slots. Promotions without a budget lock nothing global,
+so accruals at a partner do not queue behind a running promotion.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import msgspec
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.accounts import PTS, check_id, member_account
+from ledger.commands import Earn, EarnLine
+from ledger.idempotency import IdempotencyKey
+from ledger.service import LedgerService
+from ledger.tiers import (
+    BASE_TIER,
+    Tier,
+    TierProgress,
+    after_earning,
+    ladder,
+    period_bounds,
+    progress,
+    requalify,
+)
+from ledger.views import Balances
+from partners import rulebook
+from partners.burning import RedemptionQuote, quote_redemption
+from partners.earning import Earning, Offer, Purchase, PurchaseLine, evaluate
+from partners.errors import (
+    CouponNotFound,
+    CouponNotUsable,
+    CurrencyMismatch,
+    InvalidPurchase,
+    NoRuleInForce,
+    UnknownCategory,
+)
+from partners.money import check_currency
+
+MAX_LINES = 200
+MAX_LINE_MINOR = 10**10
+
+
+class LineView(msgspec.Struct, frozen=True):
+    amount: int
+    asset: str
+    kind: str
+    reason: str
+    funder: str
+    source: str | None = None
+
+
+class EarningView(msgspec.Struct, frozen=True):
+    """The breakdown of an earning: what a quote returns, and what was posted."""
+
+    member_id: str
+    partner_id: str
+    points: int
+    qualifying_points: int
+    rule_version: int
+    tier: str
+    lines: tuple[LineView, ...]
+
+
+class PurchaseReceipt(msgspec.Struct, frozen=True):
+    earning: EarningView
+    entry_id: int | None  # None when the purchase earned nothing
+    balances: Balances
+    release_at: datetime | None = None
+    new_tier: str | None = None
+
+
+class CouponView(msgspec.Struct, frozen=True):
+    code: str
+    name: str
+    status: str  # issued | activated | used | expired
+    valid_from: datetime
+    valid_to: datetime
+    activated_at: datetime | None
+    used_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _Context:
+    offers: list[Offer]
+    budgeted: dict[str, int]  # promotion code -> id (budget or member limit to book)
+    coupons: dict[str, int]  # coupon code -> coupon id
+
+
+def _view(member_id: str, purchase: Purchase, tier: Tier, earning: Earning) -> EarningView:
+    return EarningView(
+        member_id,
+        purchase.partner_id,
+        earning.points,
+        earning.qualifying_points,
+        earning.rule_version,
+        tier.code,
+        tuple(
+            LineView(ln.amount, ln.asset, ln.kind, ln.reason, ln.funder, ln.source)
+            for ln in earning.lines
+        ),
+    )
+
+
+def check_purchase(purchase: Purchase) -> None:
+    check_id("partner", purchase.partner_id)
+    check_currency(purchase.currency)
+    if not purchase.lines:
+        raise InvalidPurchase("a purchase needs at least one line")
+    if len(purchase.lines) > MAX_LINES:
+        raise InvalidPurchase(f"at most {MAX_LINES} lines per purchase", max_lines=MAX_LINES)
+    for line in purchase.lines:
+        if type(line.amount_minor) is not int or not 0 <= line.amount_minor <= MAX_LINE_MINOR:
+            raise InvalidPurchase(
+                f"line amounts are integers of minor units between 0 and {MAX_LINE_MINOR}"
+            )
+    if purchase.occurred_at.tzinfo is None:
+        raise InvalidPurchase("occurred_at needs a time zone")
+
+
+class Programme:
+    def __init__(self, ledger: LedgerService, tier_period: str = "calendar") -> None:
+        self.ledger = ledger
+        self.engine = ledger.engine
+        self.tier_period = tier_period
+
+    # -- reading --------------------------------------------------------------
+
+    async def _rule(self, conn: AsyncConnection, purchase: Purchase):
+        rule = await rulebook.earn_rule_in_force(conn, purchase.partner_id, purchase.occurred_at)
+        if rule is None:
+            raise NoRuleInForce(
+                f"partner {purchase.partner_id} has no earn rule in force at "
+                f"{purchase.occurred_at.isoformat()}"
+            )
+        if rule.currency != purchase.currency:
+            raise CurrencyMismatch(
+                f"partner {purchase.partner_id} earns on {rule.currency}, not {purchase.currency}"
+            )
+        categories = sorted({line.category for line in purchase.lines})
+        known = set(
+            (
+                await conn.execute(
+                    text("SELECT code FROM categories WHERE code = ANY(CAST(:c AS text[]))"),
+                    {"c": categories},
+                )
+            ).scalars()
+        )
+        if unknown := [c for c in categories if c not in known]:
+            raise UnknownCategory("lines.category", f"unknown categories {unknown}")
+        return rule
+
+    async def _tier(self, conn: AsyncConnection, member_id: str, lock: bool = False):
+        tiers = await rulebook.tiers(conn)
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT tier_code, valid_until FROM member_tiers WHERE member_id = :m"
+                    + (" FOR UPDATE" if lock else "")
+                ),
+                {"m": member_id},
+            )
+        ).first()
+        by_code = {t.code: t for t in tiers}
+        if row is None or row.tier_code not in by_code:
+            return ladder(tiers)[0], None, tiers
+        return by_code[row.tier_code], row.valid_until, tiers
+
+    async def _period_qp(self, conn: AsyncConnection, member_id: str, at: datetime) -> int:
+        start, end = period_bounds(at, self.tier_period)
+        return (
+            await conn.execute(
+                text(
+                    "SELECT coalesce(sum(p.amount), 0) FROM postings p "
+                    "JOIN journal_entries e ON e.id = p.entry_id WHERE p.member_id = :m "
+                    "AND p.account = :account AND e.effective_at >= :start "
+                    "AND e.effective_at < :end"
+                ),
+                {
+                    "m": member_id,
+                    "account": member_account(member_id, "qp"),
+                    "start": start,
+                    "end": end,
+                },
+            )
+        ).scalar_one()
+
+    async def _period_rule_points(self, conn, member_id: str, rule, at: datetime) -> int:
+        if rule.cap_per_period is None:
+            return 0
+        at = at.astimezone(UTC)
+        start = {
+            "day": at.replace(hour=0, minute=0, second=0, microsecond=0),
+            "month": at.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+            "year": datetime(at.year, 1, 1, tzinfo=UTC),
+        }[rule.cap_period]
+        return (
+            await conn.execute(
+                text(
+                    "SELECT coalesce(sum((line->>'amount')::bigint), 0) FROM journal_entries e, "
+                    "jsonb_array_elements(e.breakdown) AS line WHERE e.kind = 'earn' "
+                    "AND e.member_id = :m AND e.partner_id = :p AND e.effective_at >= :start "
+                    "AND line->>'kind' IN ('base', 'category')"
+                ),
+                {"m": member_id, "p": rule.partner_id, "start": start},
+            )
+        ).scalar_one()
+
+    async def _offers(
+        self,
+        conn,
+        member_id: str,
+        purchase: Purchase,
+        tier: Tier,
+        coupon_codes: tuple[str, ...],
+        lock: bool,
+    ) -> _Context:
+        at, partner = purchase.occurred_at, purchase.partner_id
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT * FROM promotions WHERE retired_at IS NULL AND starts_at <= :at "
+                    "AND ends_at > :at AND (cardinality(partner_ids) = 0 OR :p = ANY(partner_ids)) "
+                    "ORDER BY id"
+                ),
+                {"at": at, "p": partner},
+            )
+        ).all()
+        limited = [r for r in rows if r.budget_points is not None or r.per_member_limit]
+        if lock and limited:
+            ids = [r.id for r in limited if r.budget_points is not None]
+            if ids:  # budgets are shared: lock those rows, in id order, and re-read them
+                fresh = {
+                    r.id: r
+                    for r in (
+                        await conn.execute(
+                            text(
+                                "SELECT * FROM promotions WHERE id = ANY(CAST(:ids AS bigint[])) "
+                                "ORDER BY id FOR UPDATE"
+                            ),
+                            {"ids": ids},
+                        )
+                    )
+                }
+                rows = [fresh.get(r.id, r) for r in rows]
+            await conn.execute(
+                text(
+                    "INSERT INTO promotion_usage (promotion_id, member_id, points) "
+                    "SELECT unnest(CAST(:ids AS bigint[])), :m, 0 ON CONFLICT DO NOTHING"
+                ),
+                {"ids": [r.id for r in limited], "m": member_id},
+            )
+        used = {}
+        if limited:
+            used = dict(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT promotion_id, points FROM promotion_usage WHERE member_id = :m "
+                            "AND promotion_id = ANY(CAST(:ids AS bigint[])) ORDER BY promotion_id"
+                            + (" FOR UPDATE" if lock else "")
+                        ),
+                        {"m": member_id, "ids": [r.id for r in limited]},
+                    )
+                ).all()
+            )
+        offers = [rulebook.offer_from_promotion(r, used.get(r.id, 0)) for r in rows]
+        budgeted = {r.code: r.id for r in limited}
+
+        coupons: dict[str, int] = {}
+        if coupon_codes:
+            found = {
+                r.code: r
+                for r in (
+                    await conn.execute(
+                        text(
+                            "SELECT c.*, mc.activated_at, mc.used_at FROM member_coupons mc "
+                            "JOIN coupons c ON c.id = mc.coupon_id WHERE mc.member_id = :m "
+                            "AND c.code = ANY(CAST(:codes AS text[])) ORDER BY c.id"
+                            + (" FOR UPDATE OF mc" if lock else "")
+                        ),
+                        {"m": member_id, "codes": list(coupon_codes)},
+                    )
+                )
+            }
+            for code in coupon_codes:
+                row = found.get(code)
+                if row is None:
+                    raise CouponNotFound(f"member has no coupon {code!r}", coupon=code)
+                problem = (
+                    "was retired"
+                    if row.retired_at
+                    else "is not activated"
+                    if row.activated_at is None
+                    else "was already used"
+                    if row.used_at
+                    else "is not valid at the purchase time"
+                    if not row.valid_from <= at < row.valid_to
+                    else None
+                )
+                if problem:
+                    raise CouponNotUsable(f"coupon {code!r} {problem}", coupon=code)
+                offers.append(rulebook.offer_from_coupon(row))
+                coupons[code] = row.id
+        return _Context(offers, budgeted, coupons)
+
+    # -- quote and earn ---------------------------------------------------------
+
+    async def quote(
+        self, member_id: str, purchase: Purchase, coupon_codes: tuple[str, ...] = ()
+    ) -> EarningView:
+        """The breakdown an earning would get, posting nothing and using no budget."""
+        check_id("member", member_id)
+        check_purchase(purchase)
+        async with self.engine.connect() as conn:
+            rule = await self._rule(conn, purchase)
+            tier, _, _ = await self._tier(conn, member_id)
+            context = await self._offers(conn, member_id, purchase, tier, coupon_codes, False)
+            so_far = await self._period_rule_points(conn, member_id, rule, purchase.occurred_at)
+            earning = evaluate(
+                purchase, rule, tier.code, tier.earn_multiplier, context.offers, so_far
+            )
+            return _view(member_id, purchase, tier, earning)
+
+    async def earn_purchase(
+        self,
+        member_id: str,
+        purchase: Purchase,
+        partner_reference: str,
+        coupon_codes: tuple[str, ...] = (),
+        release_at: datetime | None = None,
+        idempotency: IdempotencyKey | None = None,
+    ) -> PurchaseReceipt:
+        check_id("member", member_id)
+        check_purchase(purchase)
+        request = {
+            "member_id": member_id,
+            "purchase": purchase,
+            "partner_reference": partner_reference,
+            "coupons": coupon_codes,
+            "release_at": release_at,
+        }
+
+        async def body(conn: AsyncConnection) -> PurchaseReceipt:
+            rule = await self._rule(conn, purchase)
+            tier, valid_until, tiers = await self._tier(conn, member_id)
+            context = await self._offers(conn, member_id, purchase, tier, coupon_codes, True)
+            # The member's row before reading what counts against caps: one
+            # member's purchases are counted one after another.
+            await self.ledger.journal.lock_members(
+                conn, [(member_account(member_id, "available"), PTS)]
+            )
+            so_far = await self._period_rule_points(conn, member_id, rule, purchase.occurred_at)
+            earning = evaluate(
+                purchase, rule, tier.code, tier.earn_multiplier, context.offers, so_far
+            )
+            view = _view(member_id, purchase, tier, earning)
+            if not earning.lines:
+                balances = await self.ledger.balances_in(conn, member_id)
+                return PurchaseReceipt(view, None, balances)
+            receipt = await self.ledger.earn_in(
+                conn,
+                Earn(
+                    member_id,
+                    purchase.partner_id,
+                    partner_reference,
+                    tuple(
+                        EarnLine(ln.amount, ln.asset, ln.reason, ln.funder, ln.kind, ln.source)
+                        for ln in earning.lines
+                    ),
+                    effective_at=purchase.occurred_at,
+                    release_at=release_at,
+                ),
+            )
+            await self._book_offers(conn, member_id, earning, context, receipt.entry_id)
+            new_tier = None
+            if earning.qualifying_points:
+                new_tier = await self._maybe_upgrade(
+                    conn,
+                    member_id,
+                    tier,
+                    valid_until,
+                    tiers,
+                    purchase.occurred_at,
+                    receipt.entry_id,
+                )
+            balances = await self.ledger.balances_in(conn, member_id)
+            return PurchaseReceipt(view, receipt.entry_id, balances, receipt.release_at, new_tier)
+
+        return await self.ledger.run("earn_purchase", request, idempotency, PurchaseReceipt, body)
+
+    async def _book_offers(
+        self, conn, member_id: str, earning: Earning, context: _Context, entry_id: int
+    ) -> None:
+        for code, promotion_id in context.budgeted.items():
+            points = earning.points_from("promotion", code)
+            if not points:
+                continue
+            await conn.execute(
+                text(
+                    "UPDATE promotions SET budget_used = budget_used + :points WHERE id = :id "
+                    "AND budget_points IS NOT NULL"
+                ),
+                {"points": points, "id": promotion_id},
+            )
+            await conn.execute(
+                text(
+                    "UPDATE promotion_usage SET points = points + :points "
+                    "WHERE promotion_id = :id AND member_id = :m"
+                ),
+                {"points": points, "id": promotion_id, "m": member_id},
+            )
+        for code, coupon_id in context.coupons.items():
+            if earning.points_from("coupon", code):
+                await conn.execute(
+                    text(
+                        "UPDATE member_coupons SET used_at = now(), used_entry_id = :entry "
+                        "WHERE coupon_id = :id AND member_id = :m AND used_at IS NULL"
+                    ),
+                    {"entry": entry_id, "id": coupon_id, "m": member_id},
+                )
+
+    async def _maybe_upgrade(
+        self, conn, member_id: str, tier: Tier, valid_until, tiers, at: datetime, entry_id: int
+    ) -> str | None:
+        await conn.execute(
+            text("SELECT 1 FROM member_tiers WHERE member_id = :m FOR UPDATE"), {"m": member_id}
+        )
+        change = after_earning(
+            tier, valid_until, await self._period_qp(conn, member_id, at), tiers, at
+        )
+        if change is None:
+            return None
+        new, until = change
+        await self._set_tier(
+            conn,
+            member_id,
+            tier.code,
+            new,
+            until,
+            at,
+            entry_id,
+            "qualifying points reached the threshold"
+            if new.rank > tier.rank
+            else "status renewed for another period",
+        )
+        return new.code
+
+    async def _set_tier(
+        self, conn, member_id, old_code, new: Tier, until, at, entry_id, reason: str
+    ) -> None:
+        if new.qp_threshold == 0 and new.code == BASE_TIER.code:
+            await conn.execute(
+                text("DELETE FROM member_tiers WHERE member_id = :m"), {"m": member_id}
+            )
+        else:
+            await conn.execute(
+                text(
+                    "INSERT INTO member_tiers (member_id, tier_code, qualified_at, valid_until) "
+                    "VALUES (:m, :t, :at, :until) ON CONFLICT (member_id) DO UPDATE SET "
+                    "tier_code = EXCLUDED.tier_code, qualified_at = EXCLUDED.qualified_at, "
+                    "valid_until = EXCLUDED.valid_until"
+                ),
+                {"m": member_id, "t": new.code, "at": at, "until": until},
+            )
+        await conn.execute(
+            text(
+                "INSERT INTO tier_changes (member_id, from_tier, to_tier, reason, changed_at, "
+                "entry_id) VALUES (:m, :old, :new, :reason, :at, :entry)"
+            ),
+            {
+                "m": member_id,
+                "old": old_code,
+                "new": new.code,
+                "reason": reason,
+                "at": at,
+                "entry": entry_id,
+            },
+        )
+
+    # -- tiers --------------------------------------------------------------------
+
+    async def tier_progress(self, member_id: str) -> TierProgress:
+        check_id("member", member_id)
+        now = self.ledger.clock()
+        async with self.engine.connect() as conn:
+            tier, valid_until, tiers = await self._tier(conn, member_id)
+            qp = await self._period_qp(conn, member_id, now)
+        return progress(tier, valid_until, qp, tiers, now, self.tier_period)
+
+    async def tier_history(self, member_id: str) -> list[dict]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT from_tier, to_tier, reason, changed_at, entry_id FROM tier_changes "
+                    "WHERE member_id = :m ORDER BY id"
+                ),
+                {"m": member_id},
+            )
+            return [dict(r._mapping) for r in rows]
+
+    async def requalify_tiers(self, limit: int = 10_000) -> int:
+        """Members whose status ran out get what the last complete period earned
+        (kept, lowered or raised); one member per transaction, resumable."""
+        now = self.ledger.clock()
+        async with self.engine.connect() as conn:
+            due = (
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT member_id FROM member_tiers WHERE valid_until <= :now "
+                            "ORDER BY member_id LIMIT :limit"
+                        ),
+                        {"now": now, "limit": limit},
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        for member_id in due:
+            async with self.engine.begin() as conn:
+                tier, valid_until, tiers = await self._tier(conn, member_id, lock=True)
+                if valid_until is None or valid_until > now:
+                    continue  # renewed meanwhile
+                last_year = now - timedelta(days=366) if self.tier_period == "calendar" else now
+                qp = await self._period_qp(conn, member_id, last_year)
+                new, until = requalify(qp, tiers, now)
+                await self._set_tier(
+                    conn,
+                    member_id,
+                    tier.code,
+                    new,
+                    until,
+                    now,
+                    None,
+                    f"requalification: {qp} QP in the last period",
+                )
+                if tier.expiry_protected and not new.expiry_protected:
+                    # Status lost: protected points get a fresh validity from today.
+                    await conn.execute(
+                        text(
+                            "UPDATE lots SET expires_at = greatest(expires_at, :fresh) "
+                            "WHERE member_id = :m AND remaining > 0"
+                        ),
+                        {"fresh": self.ledger.config.expiry_policy.expires_at(now), "m": member_id},
+                    )
+        return len(due)
+
+    # -- coupons --------------------------------------------------------------------
+
+    async def coupons(self, member_id: str) -> list[CouponView]:
+        check_id("member", member_id)
+        now = self.ledger.clock()
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT c.code, c.name, c.valid_from, c.valid_to, c.retired_at, "
+                    "mc.activated_at, mc.used_at FROM member_coupons mc JOIN coupons c "
+                    "ON c.id = mc.coupon_id WHERE mc.member_id = :m ORDER BY c.valid_to, c.id"
+                ),
+                {"m": member_id},
+            )
+            return [_coupon_view(r, now) for r in rows]
+
+    async def activate_coupon(self, member_id: str, code: str) -> CouponView:
+        """Activate a coupon issued to the member (idempotent: activating twice is fine)."""
+        check_id("member", member_id)
+        now = self.ledger.clock()
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "UPDATE member_coupons mc "
+                        "SET activated_at = coalesce(mc.activated_at, :now) "
+                        "FROM coupons c WHERE c.id = mc.coupon_id AND mc.member_id = :m "
+                        "AND c.code = :code AND c.retired_at IS NULL AND c.valid_to > :now "
+                        "RETURNING c.code, c.name, c.valid_from, c.valid_to, c.retired_at, "
+                        "mc.activated_at, mc.used_at"
+                    ),
+                    {"now": now, "m": member_id, "code": code},
+                )
+            ).first()
+            if row is None:
+                raise CouponNotFound(f"member has no active coupon {code!r}", coupon=code)
+            return _coupon_view(row, now)
+
+    # -- redemption ---------------------------------------------------------------------
+
+    async def redemption_quote(
+        self, member_id: str, partner_id: str, currency: str, basket_minor: int, points: int
+    ) -> RedemptionQuote:
+        """What `points` pay at the partner for this basket, with the member's
+        tier discount; checks the burn rule's minimum, step and basket share."""
+        check_id("member", member_id)
+        check_currency(currency)
+        now = self.ledger.clock()
+        async with self.engine.connect() as conn:
+            rule = await rulebook.burn_rule_in_force(conn, partner_id, now)
+            if rule is None:
+                raise NoRuleInForce(f"partner {partner_id} has no burn rule in force")
+            if rule.currency != currency:
+                raise CurrencyMismatch(f"partner {partner_id} redeems in {rule.currency}")
+            tier, _, _ = await self._tier(conn, member_id)
+        return quote_redemption(rule, basket_minor, points, Decimal(tier.burn_discount))
+
+
+def _coupon_view(row, now: datetime) -> CouponView:
+    status = (
+        "used"
+        if row.used_at
+        else "expired"
+        if row.retired_at or row.valid_to <= now
+        else "activated"
+        if row.activated_at
+        else "issued"
+    )
+    return CouponView(
+        row.code, row.name, status, row.valid_from, row.valid_to, row.activated_at, row.used_at
+    )
+
+
+class PurchaseLineInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    amount_minor: int
+    category: str
+    sku: str | None = None
+
+
+class PurchaseInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A purchase as callers send it (amounts in minor units, e.g. cents)."""
+
+    currency: str
+    lines: list[PurchaseLineInput]
+    occurred_at: datetime | None = None  # default: now
+
+    def to_purchase(self, partner_id: str, now: datetime) -> Purchase:
+        return Purchase(
+            partner_id,
+            self.occurred_at or now,
+            self.currency,
+            tuple(PurchaseLine(ln.amount_minor, ln.category, ln.sku) for ln in self.lines),
+        )

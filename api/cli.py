@@ -12,7 +12,7 @@ import click
 
 from api.settings import Settings, SettingsError
 
-JOBS = ("release-pending", "expire-holds", "expire-points")
+JOBS = ("release-pending", "expire-holds", "expire-points", "requalify-tiers")
 
 
 def _settings() -> Settings:
@@ -126,10 +126,10 @@ async def _load_demo(ledger):
     return await load_demo(ledger)
 
 
-def _print_balances(balances) -> None:
-    click.echo(f"{'member':<10}{'available':>10}{'pending':>10}{'held':>8}{'qp':>6}")
-    for b in balances:
-        click.echo(f"{b.member_id:<10}{b.available:>10}{b.pending:>10}{b.held:>8}{b.qp:>6}")
+def _print_balances(rows) -> None:
+    click.echo(f"{'member':<10}{'available':>10}{'pending':>10}{'held':>8}{'qp':>7}  tier")
+    for b, tier in rows:
+        click.echo(f"{b.member_id:<10}{b.available:>10}{b.pending:>10}{b.held:>8}{b.qp:>7}  {tier}")
 
 
 @main.command()
@@ -173,6 +173,14 @@ def token(subject, roles, ttl, private_key, kid) -> None:
         raise click.UsageError(str(error)) from None
 
 
+async def _job(ledger, name: str) -> int:
+    if name == "requalify-tiers":
+        from partners.programme import Programme
+
+        return await Programme(ledger, _settings().tier_period).requalify_tiers()
+    return await getattr(ledger, name.replace("-", "_"))()
+
+
 @main.group()
 def jobs() -> None:
     """Scheduled jobs: cron-friendly, idempotent, resumable."""
@@ -183,8 +191,7 @@ def jobs() -> None:
 def run_job(name: str) -> None:
     """Run one job to completion."""
     with _database(_settings()) as settings:
-        method = name.replace("-", "_")
-        count = asyncio.run(_with_ledger(settings, lambda ledger: getattr(ledger, method)()))
+        count = asyncio.run(_with_ledger(settings, lambda ledger: _job(ledger, name)))
     click.echo(f"{name}: {count} processed")
 
 

@@ -1,43 +1,190 @@
-"""A small demo programme: three members and two partners, so a newcomer sees
-balances at once. Loading it again posts nothing: a programme that already has
-the demo members is left as it is."""
+"""A small, believable demo programme, so a newcomer sees balances at once.
 
-from datetime import timedelta
+Three tiers (base, silver at 1,000 QP with x1.25, gold at 3,000 QP with x1.5);
+a drugstore (1 point per 2 EUR, vouchers, tobacco and books excluded), a fuel
+station (1 point per 2 EUR, shop x2, cap 500 per transaction) and an airline
+(4 points per EUR, QP by cabin); a running double-points promotion and a 10x
+coupon. Then purchases, a redemption, a hold, a transfer and an adjustment.
+Loading it again posts nothing: a programme that already has the demo members
+is left as it is."""
 
-from ledger.commands import Adjust, Authorise, Burn, Earn, Transfer
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from ledger.commands import Adjust, Authorise, Burn, Transfer
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from ledger.views import Balances
+from partners.earning import Purchase, PurchaseLine
+from partners.programme import Programme
+from partners.rulebook import (
+    BurnRuleInput,
+    CouponInput,
+    EarnRuleInput,
+    PromotionInput,
+    Rulebook,
+    TierInput,
+)
 
 MEMBERS = ("anna", "ben", "clara")
-PARTNERS = ("drugstore", "fuelstation")
+PARTNERS = ("drugstore", "fuelstation", "skyline")
+RULES_FROM = datetime(2024, 1, 1, tzinfo=UTC)
+ADMIN = "staff:demo"
 
 
 def _key(name: str) -> IdempotencyKey:
     return IdempotencyKey("demo", name)
 
 
-async def load_demo(ledger: LedgerService) -> list[Balances]:
+async def load_demo(ledger: LedgerService) -> list[tuple[Balances, str]]:
+    programme = Programme(ledger)
     if not (await ledger.history(MEMBERS[0], limit=1)).entries:
-        await _post_demo(ledger)
-    return [await ledger.balances(member) for member in MEMBERS]
+        await _define_programme(Rulebook(ledger), ledger.clock())
+        await _post_demo(ledger, programme)
+    return [
+        (await ledger.balances(member), (await programme.tier_progress(member)).tier.code)
+        for member in MEMBERS
+    ]
 
 
-async def _post_demo(ledger: LedgerService) -> None:
-    now = ledger.clock()
-    await ledger.earn(Earn.simple("anna", "drugstore", "demo-ds-1001", 250, 25), _key("earn-1"))
-    await ledger.earn(Earn.simple("ben", "fuelstation", "demo-fs-2001", 500, 50), _key("earn-2"))
-    await ledger.earn(Earn.simple("clara", "drugstore", "demo-ds-1002", 80, 8), _key("earn-3"))
-    await ledger.earn(
-        Earn.simple(
-            "anna", "fuelstation", "demo-fs-2002", 120, 12, release_at=now + timedelta(days=14)
-        ),
-        _key("earn-4-pending"),
+async def _define_programme(rules: Rulebook, now: datetime) -> None:
+    await rules.put_tier(
+        "silver", TierInput("Silver", 1, 1000, Decimal("1.25"), Decimal("0.05")), ADMIN
     )
-    await ledger.burn(Burn("anna", "fuelstation", "demo-fs-2003", 40), _key("burn-1"))
+    await rules.put_tier(
+        "gold",
+        TierInput("Gold", 2, 3000, Decimal("1.5"), Decimal("0.10"), expiry_protected=True),
+        ADMIN,
+    )
+    await rules.create_earn_rule(
+        "drugstore",
+        EarnRuleInput(
+            RULES_FROM,
+            "EUR",
+            Decimal("0.5"),
+            category_multipliers={"groceries": Decimal(1)},
+            excluded_categories=["vouchers", "tobacco", "books"],
+        ),
+        ADMIN,
+    )
+    await rules.create_earn_rule(
+        "fuelstation",
+        EarnRuleInput(
+            RULES_FROM,
+            "EUR",
+            Decimal("0.5"),
+            category_multipliers={"shop": Decimal(2)},
+            excluded_categories=["deposit", "tobacco"],
+            cap_per_transaction=500,
+        ),
+        ADMIN,
+    )
+    await rules.create_earn_rule(
+        "skyline",
+        EarnRuleInput(
+            RULES_FROM,
+            "EUR",
+            Decimal(4),
+            category_qp={
+                "flight-economy": 20,
+                "flight-premium": 40,
+                "flight-business": 200,
+                "flight-first": 300,
+            },
+        ),
+        ADMIN,
+    )
+    for partner, share, minimum, step in (
+        ("drugstore", "1", 100, 10),
+        ("fuelstation", "0.5", 100, 10),
+        ("skyline", "1", 1000, 100),
+    ):
+        await rules.create_burn_rule(
+            partner,
+            BurnRuleInput(
+                RULES_FROM,
+                "EUR",
+                Decimal(100),
+                min_points=minimum,
+                step=step,
+                max_basket_share=Decimal(share),
+            ),
+            ADMIN,
+        )
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    await rules.create_promotion(
+        PromotionInput(
+            "DRUGSTORE-DOUBLE",
+            "Double points on drugstore products",
+            month,
+            month + timedelta(days=62),
+            multiplier=Decimal(2),
+            partner_ids=["drugstore"],
+            categories=["drugstore"],
+            budget_points=50_000,
+            per_member_limit=1_000,
+        ),
+        ADMIN,
+    )
+    await rules.create_coupon(
+        CouponInput(
+            "FUEL-SHOP-10X",
+            "10x points in the station shop",
+            month,
+            month + timedelta(days=92),
+            funder="partner",
+            multiplier=Decimal(10),
+            partner_ids=["fuelstation"],
+            categories=["shop"],
+        ),
+        ADMIN,
+    )
+    await rules.issue_coupon("FUEL-SHOP-10X", ["anna", "ben"], ADMIN)
+
+
+def _purchase(partner: str, at: datetime, *lines: tuple[int, str]) -> Purchase:
+    return Purchase(partner, at, "EUR", tuple(PurchaseLine(a, c) for a, c in lines))
+
+
+async def _post_demo(ledger: LedgerService, programme: Programme) -> None:
+    now = ledger.clock()
+    earn = programme.earn_purchase
+    await earn(
+        "anna",
+        _purchase("drugstore", now, (4599, "groceries"), (3000, "drugstore"), (2000, "vouchers")),
+        "DS-1001",
+        idempotency=_key("ds-1001"),
+    )
+    await programme.activate_coupon("anna", "FUEL-SHOP-10X")
+    await earn(
+        "anna",
+        _purchase("fuelstation", now, (6000, "fuel"), (850, "shop")),
+        "FS-2001",
+        coupon_codes=("FUEL-SHOP-10X",),
+        idempotency=_key("fs-2001"),
+    )
+    await earn(
+        "ben",
+        _purchase("skyline", now, *[(90000, "flight-business")] * 5),
+        "SK-3001",
+        idempotency=_key("sk-3001"),
+    )
+    await earn(
+        "ben",
+        _purchase("skyline", now, (19900, "flight-economy")),
+        "SK-3002",
+        idempotency=_key("sk-3002"),
+    )
+    await earn(
+        "clara",
+        _purchase("drugstore", now, (2000, "groceries")),
+        "DS-1002",
+        release_at=now + timedelta(days=14),
+        idempotency=_key("ds-1002"),
+    )
+    await ledger.burn(Burn("anna", "fuelstation", "FS-2002", 40), _key("burn-1"))
     await ledger.authorise(
-        Authorise("ben", "drugstore", 100, "demo-ds-1003", expires_in_seconds=86400),
-        _key("hold-1"),
+        Authorise("ben", "drugstore", 100, "DS-1003", expires_in_seconds=86400), _key("hold-1")
     )
     await ledger.transfer(Transfer("ben", "clara", 30), _key("transfer-1"))
-    await ledger.adjust(Adjust("clara", 50, "welcome bonus"), "staff:demo", _key("adjust-1"))
+    await ledger.adjust(Adjust("clara", 50, "welcome bonus"), ADMIN, _key("adjust-1"))

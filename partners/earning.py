@@ -135,7 +135,13 @@ def evaluate(
     period_points_so_far: int = 0,
 ) -> Earning:
     lines: list[PointsLine] = []
-    eligible = [ln for ln in purchase.lines if ln.category not in rule.excluded_categories]
+    # Excluded categories and a multiplier of zero earn nothing, QP included.
+    eligible = [
+        ln
+        for ln in purchase.lines
+        if ln.category not in rule.excluded_categories
+        and rule.category_multipliers.get(ln.category, Decimal(1)) > 0
+    ]
     spent_enough = purchase.total_minor >= rule.min_spend_minor
 
     def value(line: PurchaseLine) -> Decimal:

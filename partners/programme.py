@@ -178,7 +178,7 @@ class Programme:
         return (
             await conn.execute(
                 text(
-                    "SELECT coalesce(sum(p.amount), 0) FROM postings p "
+                    "SELECT coalesce(sum(p.amount), 0)::bigint FROM postings p "
                     "JOIN journal_entries e ON e.id = p.entry_id WHERE p.member_id = :m "
                     "AND p.account = :account AND e.effective_at >= :start "
                     "AND e.effective_at < :end"
@@ -204,7 +204,8 @@ class Programme:
         return (
             await conn.execute(
                 text(
-                    "SELECT coalesce(sum((line->>'amount')::bigint), 0) FROM journal_entries e, "
+                    "SELECT coalesce(sum((line->>'amount')::bigint), 0)::bigint "
+                    "FROM journal_entries e, "
                     "jsonb_array_elements(e.breakdown) AS line WHERE e.kind = 'earn' "
                     "AND e.member_id = :m AND e.partner_id = :p AND e.effective_at >= :start "
                     "AND line->>'kind' IN ('base', 'category')"

@@ -128,3 +128,21 @@ async def assert_clean(engine):
         assert report.clean, report.render()
 
     return check
+
+
+@pytest.fixture(scope="session")
+async def programme_tiers(engine):
+    """Silver (1,000 QP, x1.25) and gold (3,000 QP, x1.5, expiry-protected), once per run."""
+    from decimal import Decimal
+
+    from partners.rulebook import Rulebook, TierInput
+
+    rules = Rulebook(LedgerService(engine))
+    await rules.put_tier(
+        "silver", TierInput("Silver", 1, 1000, Decimal("1.25"), Decimal("0.05")), "staff:tests"
+    )
+    await rules.put_tier(
+        "gold",
+        TierInput("Gold", 2, 3000, Decimal("1.5"), Decimal("0.10"), expiry_protected=True),
+        "staff:tests",
+    )

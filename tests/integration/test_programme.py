@@ -1,0 +1,289 @@
+"""The programme against the real PostgreSQL: rules from the rulebook applied
+to earnings, versions by purchase time, quotes, coupons, caps, budgets under
+concurrency, tier upgrades and requalification."""
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import text
+
+from ledger.commands import Earn
+from ledger.expiry import RollingToQuarterEnd
+from ledger.service import LedgerConfig, LedgerService
+from partners.earning import Purchase, PurchaseLine
+from partners.errors import (
+    CouponNotFound,
+    CouponNotUsable,
+    CurrencyMismatch,
+    NoRuleInForce,
+    UnknownCategory,
+)
+from partners.programme import Programme
+from partners.rulebook import CouponInput, EarnRuleInput, PromotionInput, Rulebook
+
+FROM = datetime(2024, 1, 1, tzinfo=UTC)
+ADMIN = "staff:tests"
+
+
+@pytest.fixture
+def rules(ledger) -> Rulebook:
+    return Rulebook(ledger)
+
+
+@pytest.fixture
+def programme(ledger, programme_tiers) -> Programme:
+    return Programme(ledger)
+
+
+def buy(partner, *lines, at=None, currency="EUR") -> Purchase:
+    return Purchase(
+        partner, at or datetime.now(UTC), currency, tuple(PurchaseLine(a, c) for a, c in lines)
+    )
+
+
+async def retailer(rules, new_id, **overrides) -> str:
+    partner = new_id("shop")
+    rule = dict(
+        category_multipliers={"electronics": Decimal(2)},
+        excluded_categories=["vouchers"],
+        qp_per_unit=Decimal("0.1"),
+    )
+    rule.update(overrides)
+    await rules.create_earn_rule(partner, EarnRuleInput(FROM, "EUR", Decimal("0.5"), **rule), ADMIN)
+    return partner
+
+
+async def test_an_earning_posts_every_line_to_its_funder(
+    rules, programme, ledger, new_id, assert_clean
+):
+    partner, member = await retailer(rules, new_id), new_id()
+    code = new_id("PROMO").upper()
+    now = datetime.now(UTC)
+    await rules.create_promotion(
+        PromotionInput(
+            code,
+            "double groceries",
+            now - timedelta(days=1),
+            now + timedelta(days=1),
+            multiplier=Decimal(2),
+            partner_ids=[partner],
+            categories=["groceries"],
+        ),
+        ADMIN,
+    )
+    receipt = await programme.earn_purchase(
+        member, buy(partner, (4599, "groceries"), (10000, "electronics"), (2000, "vouchers")), "R-1"
+    )
+    assert [(ln.kind, ln.amount) for ln in receipt.earning.lines] == [
+        ("base", 72),
+        ("category", 50),
+        ("promotion", 22),
+        ("qualifying", 14),
+    ]
+    assert receipt.balances.available == 144 and receipt.balances.qp == 14
+    entry = await ledger.entry(receipt.entry_id)
+
+    def paid_by(account: str) -> int:
+        return sum(p.amount for p in entry.postings if p.account == account)
+
+    assert paid_by(f"partner:{partner}:issued") == -72 - 50
+    assert paid_by("program:promotions") == -22
+    assert [line["kind"] for line in entry.breakdown] == [
+        "base",
+        "category",
+        "promotion",
+        "qualifying",
+    ]
+    await assert_clean()
+
+
+async def test_the_rule_in_force_at_the_purchase_time_applies(rules, programme, new_id):
+    partner, member = new_id("shop"), new_id()
+    switch = datetime(2026, 7, 1, tzinfo=UTC)
+    await rules.create_earn_rule(
+        partner, EarnRuleInput(FROM, "EUR", Decimal(1), valid_to=switch), ADMIN
+    )
+    await rules.create_earn_rule(partner, EarnRuleInput(switch, "EUR", Decimal(3)), ADMIN)
+    before = await programme.earn_purchase(
+        member, buy(partner, (1000, "groceries"), at=switch - timedelta(seconds=1)), "R-1"
+    )
+    after = await programme.earn_purchase(
+        member, buy(partner, (1000, "groceries"), at=switch), "R-2"
+    )
+    assert (before.earning.points, before.earning.rule_version) == (10, 1)
+    assert (after.earning.points, after.earning.rule_version) == (30, 2)
+    with pytest.raises(NoRuleInForce):
+        await programme.quote(member, buy(partner, (1000, "groceries"), at=FROM - timedelta(1)))
+    await rules.retire_rule("earn_rules", partner, 2, ADMIN)
+    with pytest.raises(NoRuleInForce):
+        await programme.quote(member, buy(partner, (1000, "groceries"), at=switch))
+
+
+async def test_bad_purchases_are_refused(rules, programme, new_id):
+    partner, member = await retailer(rules, new_id), new_id()
+    with pytest.raises(CurrencyMismatch):
+        await programme.quote(member, buy(partner, (1000, "groceries"), currency="USD"))
+    with pytest.raises(UnknownCategory):
+        await programme.quote(member, buy(partner, (1000, "spaceships")))
+
+
+async def test_a_quote_matches_the_earning_and_uses_no_budget(rules, programme, engine, new_id):
+    partner, member = await retailer(rules, new_id), new_id()
+    code, now = new_id("Q").upper(), datetime.now(UTC)
+    await rules.create_promotion(
+        PromotionInput(
+            code,
+            "bonus",
+            now - timedelta(days=1),
+            now + timedelta(days=1),
+            fixed_bonus=25,
+            partner_ids=[partner],
+            budget_points=1000,
+        ),
+        ADMIN,
+    )
+    purchase = buy(partner, (2000, "groceries"))
+    quoted = await programme.quote(member, purchase)
+    await programme.quote(member, purchase)
+    async with engine.connect() as conn:
+        used = (
+            await conn.execute(
+                text("SELECT budget_used FROM promotions WHERE code = :c"), {"c": code}
+            )
+        ).scalar_one()
+    assert used == 0
+    earned = await programme.earn_purchase(member, purchase, "R-1")
+    assert earned.earning == quoted
+    async with engine.connect() as conn:
+        used = (
+            await conn.execute(
+                text("SELECT budget_used FROM promotions WHERE code = :c"), {"c": code}
+            )
+        ).scalar_one()
+    assert used == 25
+
+
+async def test_coupons_are_activated_before_use_and_used_once(rules, programme, new_id):
+    partner, member = await retailer(rules, new_id), new_id()
+    code, now = new_id("C").upper(), datetime.now(UTC)
+    await rules.create_coupon(
+        CouponInput(
+            code,
+            "10x",
+            now - timedelta(days=1),
+            now + timedelta(days=30),
+            multiplier=Decimal(10),
+            partner_ids=[partner],
+        ),
+        ADMIN,
+    )
+    await rules.issue_coupon(code, [member], ADMIN)
+    purchase = buy(partner, (1000, "groceries"))
+    with pytest.raises(CouponNotUsable, match="not activated"):
+        await programme.earn_purchase(member, purchase, "R-1", (code,))
+    await programme.activate_coupon(member, code)
+    assert (await programme.activate_coupon(member, code)).status == "activated"  # idempotent
+    receipt = await programme.earn_purchase(member, purchase, "R-2", (code,))
+    assert receipt.earning.points == 5 + 45  # base 5, coupon 10x: 45 more
+    with pytest.raises(CouponNotUsable, match="already used"):
+        await programme.earn_purchase(member, purchase, "R-3", (code,))
+    with pytest.raises(CouponNotFound):
+        await programme.activate_coupon(new_id(), code)
+    assert [c.status for c in await programme.coupons(member)] == ["used"]
+
+
+async def test_cap_per_member_and_period(rules, programme, new_id):
+    partner = await retailer(rules, new_id, cap_per_period=100, cap_period="month")
+    member = new_id()
+    first = await programme.earn_purchase(member, buy(partner, (16000, "groceries")), "R-1")
+    second = await programme.earn_purchase(member, buy(partner, (16000, "groceries")), "R-2")
+    assert first.earning.points == 80
+    assert second.earning.points == 20  # only 20 left of the month's 100
+
+
+async def test_two_purchases_racing_for_the_last_budget_never_pay_twice(
+    rules, programme, engine, new_id, assert_clean
+):
+    partner, now = await retailer(rules, new_id), datetime.now(UTC)
+    code = new_id("B").upper()
+    await rules.create_promotion(
+        PromotionInput(
+            code,
+            "last 100",
+            now - timedelta(days=1),
+            now + timedelta(days=1),
+            fixed_bonus=100,
+            partner_ids=[partner],
+            budget_points=100,
+        ),
+        ADMIN,
+    )
+    receipts = await asyncio.gather(
+        *(
+            programme.earn_purchase(new_id(), buy(partner, (1000, "groceries")), f"R-{i}")
+            for i in range(6)
+        )
+    )
+    paid = sum(ln.amount for r in receipts for ln in r.earning.lines if ln.source == code)
+    assert paid == 100
+    async with engine.connect() as conn:
+        used = (
+            await conn.execute(
+                text("SELECT budget_used FROM promotions WHERE code = :c"), {"c": code}
+            )
+        ).scalar_one()
+    assert used == 100
+    await assert_clean()
+
+
+async def test_crossing_a_threshold_upgrades_at_once_and_is_recorded(rules, programme, new_id):
+    partner = await retailer(rules, new_id, qp_per_unit=Decimal(1))
+    member = new_id()
+    first = await programme.earn_purchase(member, buy(partner, (100000, "groceries")), "R-1")
+    assert first.new_tier == "silver" and first.earning.tier == "base"
+    second = await programme.earn_purchase(member, buy(partner, (10000, "groceries")), "R-2")
+    assert second.earning.tier == "silver"
+    assert ("tier", 12) in [(ln.kind, ln.amount) for ln in second.earning.lines]  # 50 * 0.25
+    state = await programme.tier_progress(member)
+    assert (state.tier.code, state.qp_this_period, state.next_tier.code, state.qp_needed) == (
+        "silver",
+        1100,
+        "gold",
+        1900,
+    )
+    history = await programme.tier_history(member)
+    assert [(h["from_tier"], h["to_tier"]) for h in history] == [("base", "silver")]
+
+
+async def test_requalification_lowers_a_status_that_was_not_earned_again(
+    timed_ledger, clock, programme_tiers, new_id, engine
+):
+    rules, programme = Rulebook(timed_ledger), Programme(timed_ledger)
+    partner = await retailer(rules, new_id, qp_per_unit=Decimal(1))
+    member = new_id()
+    await programme.earn_purchase(member, buy(partner, (100000, "groceries"), at=clock.now), "R-1")
+    assert (await programme.tier_progress(member)).tier.code == "silver"
+    clock.now = datetime(clock.now.year + 2, 3, 1, 1, tzinfo=UTC)
+    assert await programme.requalify_tiers() >= 1
+    assert (await programme.tier_progress(member)).tier.code == "base"
+    history = await programme.tier_history(member)
+    assert history[-1]["to_tier"] == "base" and "requalification" in history[-1]["reason"]
+
+
+async def test_expiry_protected_members_keep_their_points(engine, clock, programme_tiers, new_id):
+    # 12-month expiry, so points expire while the gold status (to end of
+    # February of the year after next) still holds.
+    timed_ledger = LedgerService(engine, LedgerConfig(RollingToQuarterEnd(12)), clock=clock)
+    rules, programme = Rulebook(timed_ledger), Programme(timed_ledger)
+    partner = await retailer(rules, new_id, qp_per_unit=Decimal(1))
+    gold, plain = new_id(), new_id()
+    clock.now = datetime(2026, 5, 10, tzinfo=UTC)  # lots expire 1 July 2027, gold lasts to 2028
+    await programme.earn_purchase(gold, buy(partner, (300000, "groceries"), at=clock.now), "R-1")
+    await timed_ledger.earn(Earn.simple(plain, partner, "R-2", 100))
+    assert (await programme.tier_progress(gold)).tier.code == "gold"
+    clock.now = datetime(2027, 9, 1, tzinfo=UTC)
+    await timed_ledger.expire_points()
+    assert (await timed_ledger.balances(gold)).available == 1500
+    assert (await timed_ledger.balances(plain)).available == 0

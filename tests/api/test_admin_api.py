@@ -1,0 +1,142 @@
+"""Admin API: rules created, versioned and retired over HTTP, every change
+audited, invalid rules refused with a 422 naming the field."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+
+async def test_earn_rule_versions_quote_and_audit(client, token, new_id, programme_tiers):
+    partner, member = new_id("shop"), new_id()
+    admin = token()
+    body = {
+        "valid_from": "2024-01-01T00:00:00Z",
+        "currency": "EUR",
+        "points_per_unit": "0.5",
+        "excluded_categories": ["vouchers"],
+    }
+    first = await client.post(f"/v1/admin/partners/{partner}/earn-rules", headers=admin, json=body)
+    assert first.status_code == 201, first.text
+    assert first.json()["version"] == 1
+    second = await client.post(
+        f"/v1/admin/partners/{partner}/earn-rules",
+        headers=admin,
+        json={**body, "points_per_unit": 2},
+    )
+    assert second.json()["version"] == 2
+    quote = await client.post(
+        "/v1/admin/quote",
+        headers=admin,
+        json={
+            "member_id": member,
+            "partner_id": partner,
+            "purchase": {
+                "currency": "EUR",
+                "lines": [
+                    {"amount_minor": 1000, "category": "groceries"},
+                    {"amount_minor": 500, "category": "vouchers"},
+                ],
+            },
+        },
+    )
+    assert quote.status_code == 200, quote.text
+    assert quote.json()["points"] == 20 and quote.json()["rule_version"] == 2
+    retired = await client.post(f"/v1/admin/partners/{partner}/earn-rules/2/retire", headers=admin)
+    assert retired.status_code == 200 and retired.json()["retired_at"]
+    audit = (
+        await client.get(f"/v1/admin/audit?entity=earn_rule&entity_id={partner}/2", headers=admin)
+    ).json()
+    assert [a["action"] for a in audit] == ["retire", "create"]
+    assert audit[0]["actor"] == "staff:alice"
+    assert audit[0]["before"]["retired_at"] is None and audit[0]["after"]["retired_at"]
+
+
+@pytest.mark.parametrize(
+    ("body", "problem", "field"),
+    [
+        ({"points_per_unit": "-1"}, "invalid-rule", "points_per_unit"),
+        ({"excluded_categories": ["spaceships"]}, "unknown-category", "excluded_categories"),
+        (
+            {"category_multipliers": {"electronics": "-2"}},
+            "invalid-rule",
+            "category_multipliers.electronics",
+        ),
+        ({"currency": "XXX"}, "invalid-rule", "currency"),
+        ({"valid_to": "2023-01-01T00:00:00Z"}, "invalid-rule", "valid_to"),
+        ({"cap_per_period": 100}, "invalid-rule", "cap_period"),
+    ],
+)
+async def test_invalid_earn_rules_are_422_naming_the_field(
+    client, token, new_id, body, problem, field
+):
+    partner = new_id("shop")
+    base = {"valid_from": "2024-01-01T00:00:00Z", "currency": "EUR", "points_per_unit": "1"}
+    response = await client.post(
+        f"/v1/admin/partners/{partner}/earn-rules", headers=token(), json={**base, **body}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["type"] == f"/problems/{problem}"
+    assert response.json()["field"] == field
+    listed = await client.get(f"/v1/admin/partners/{partner}/earn-rules", headers=token())
+    assert listed.json() == []
+
+
+async def test_overlapping_exclusive_promotions_are_refused(client, token, new_id):
+    partner, now = new_id("shop"), datetime.now(UTC)
+
+    def promo(code, start, days):
+        return {
+            "code": code,
+            "name": code,
+            "starts_at": start.isoformat(),
+            "ends_at": (start + timedelta(days=days)).isoformat(),
+            "multiplier": "3",
+            "partner_ids": [partner],
+            "exclusive": True,
+        }
+
+    first = await client.post(
+        "/v1/admin/promotions", headers=token(), json=promo(new_id("X"), now, 7)
+    )
+    assert first.status_code == 201, first.text
+    clash = await client.post(
+        "/v1/admin/promotions", headers=token(), json=promo(new_id("Y"), now + timedelta(days=3), 7)
+    )
+    assert clash.status_code == 422
+    assert clash.json()["type"] == "/problems/overlapping-exclusive-promotion"
+    assert clash.json()["field"] == "exclusive"
+    after = await client.post(
+        "/v1/admin/promotions", headers=token(), json=promo(new_id("Z"), now + timedelta(days=8), 7)
+    )
+    assert after.status_code == 201
+
+
+async def test_tiers_coupons_and_roles(client, token, new_id, programme_tiers):
+    tiers = (await client.get("/v1/admin/tiers", headers=token())).json()
+    assert [t["code"] for t in tiers][:2] == ["silver", "gold"]
+    bad = await client.put(
+        "/v1/admin/tiers/platinum",
+        headers=token(),
+        json={"name": "Platinum", "rank": 3, "qp_threshold": 2000},
+    )
+    assert bad.status_code == 422 and bad.json()["field"] == "qp_threshold"
+    now = datetime.now(UTC)
+    code = new_id("CPN").upper()
+    created = await client.post(
+        "/v1/admin/coupons",
+        headers=token(),
+        json={
+            "code": code,
+            "name": "5x",
+            "valid_from": now.isoformat(),
+            "valid_to": (now + timedelta(days=10)).isoformat(),
+            "multiplier": "5",
+        },
+    )
+    assert created.status_code == 201, created.text
+    issued = await client.post(
+        f"/v1/admin/coupons/{code}/issue", headers=token(), json={"member_ids": ["m1", "m2", "m1"]}
+    )
+    assert issued.json() == {"issued": 2}
+    finance = token("fiona", roles=("finance",))
+    assert (await client.get("/v1/admin/tiers", headers=finance)).status_code == 403

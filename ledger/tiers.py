@@ -8,7 +8,7 @@ status, once reached, lasts until the end of February of the year after next
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 
@@ -55,7 +55,8 @@ def period_bounds(at: datetime, mode: str = "calendar") -> tuple[datetime, datet
     months up to `at` (rolling)."""
     at = at.astimezone(UTC)
     if mode == "rolling":
-        return at.replace(year=at.year - 1), at
+        # Up to and including `at`: the earning being booked counts.
+        return at - timedelta(days=365), at + timedelta(microseconds=1)
     return datetime(at.year, 1, 1, tzinfo=UTC), datetime(at.year + 1, 1, 1, tzinfo=UTC)
 
 

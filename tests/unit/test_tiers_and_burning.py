@@ -79,3 +79,13 @@ def test_redemption_checks_minimum_step_and_basket_share():
     for points in (90, 205, 2010):
         with pytest.raises(InvalidPurchase):
             quote_redemption(RULE, 4000, points)
+
+
+def test_rolling_period_counts_the_last_365_days_up_to_now():
+    from datetime import timedelta
+
+    from ledger.tiers import period_bounds
+
+    leap = datetime(2028, 2, 29, 12, tzinfo=UTC)
+    start, end = period_bounds(leap, "rolling")
+    assert start == leap - timedelta(days=365) and start <= leap < end

@@ -13,12 +13,14 @@ from api.auth import TokenVerifier
 from api.problems import EXCEPTION_HANDLERS
 from api.routes.admin import admin_router
 from api.routes.health import live, ready
+from api.routes.partner import partner_router
 from api.routes.problems import describe_problem, list_problems
 from api.routes.staff import staff_router
-from api.settings import Settings
+from api.settings import Settings, SettingsError
 from ledger.database import create_engine
 from ledger.service import LedgerService
 from partners.programme import Programme
+from partners.registry import Registry, SecretBox
 from partners.rulebook import Rulebook
 
 
@@ -26,6 +28,8 @@ def create_app(settings: Settings) -> Litestar:
     if settings.database_url is None:
         raise ValueError("create_app needs a database URL (the CLI resolves the embedded one)")
     verifier = TokenVerifier(settings)
+    if not settings.secret_key:
+        raise SettingsError("LOYALTY_SECRET_KEY (a Fernet key) encrypts partner secrets")
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -34,6 +38,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.ledger = LedgerService(engine, settings.ledger_config())
         app.state.rulebook = Rulebook(app.state.ledger)
         app.state.programme = Programme(app.state.ledger, settings.tier_period)
+        app.state.registry = Registry(engine, SecretBox(settings.secret_key))
         app.state.redis = (
             redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
             if settings.redis_url
@@ -47,7 +52,15 @@ def create_app(settings: Settings) -> Litestar:
             await engine.dispose()
 
     app = Litestar(
-        route_handlers=[live, ready, list_problems, describe_problem, staff_router, admin_router],
+        route_handlers=[
+            live,
+            ready,
+            list_problems,
+            describe_problem,
+            staff_router,
+            admin_router,
+            partner_router,
+        ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
@@ -58,7 +71,13 @@ def create_app(settings: Settings) -> Litestar:
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
             components=Components(
                 security_schemes={
-                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+                    "hmac": SecurityScheme(
+                        type="apiKey",
+                        name="X-Loyalty-Signature",
+                        security_scheme_in="header",
+                        description="HMAC-SHA256 request signature (see the README)",
+                    ),
                 }
             ),
         ),

@@ -47,14 +47,25 @@ def provide_principal(request: Request) -> Principal:
     return request.state.principal
 
 
-def dev_secret(settings: Settings) -> str:
-    """The development HS256 secret kept in the data directory (embedded mode)."""
-    path = settings.data_dir / "dev-jwt-secret"
+def _data_dir_secret(settings: Settings, name: str, make) -> str:
+    path = settings.data_dir / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
+        path.write_text(make())
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def dev_secret(settings: Settings) -> str:
+    """The development HS256 secret kept in the data directory (embedded mode)."""
+    return _data_dir_secret(settings, "dev-jwt-secret", lambda: secrets.token_urlsafe(32))
+
+
+def dev_secret_key(settings: Settings) -> str:
+    """The key encrypting partner secrets, kept in the data directory (embedded mode)."""
+    from cryptography.fernet import Fernet
+
+    return _data_dir_secret(settings, "secret-key", lambda: Fernet.generate_key().decode())
 
 
 def _symmetric(algorithms: tuple[str, ...]) -> bool:

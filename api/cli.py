@@ -12,7 +12,7 @@ import click
 
 from api.settings import Settings, SettingsError
 
-JOBS = ("release-pending", "expire-holds", "expire-points", "requalify-tiers")
+JOBS = ("release-pending", "expire-holds", "expire-points", "requalify-tiers", "purge-idempotency")
 
 
 def _settings() -> Settings:
@@ -34,6 +34,10 @@ def _database(settings: Settings, *, with_redis: bool = False) -> Iterator[Setti
             from api.auth import dev_secret
 
             settings = replace(settings, jwt_secret=dev_secret(settings))
+        if settings.embedded and settings.secret_key is None:
+            from api.auth import dev_secret_key
+
+            settings = replace(settings, secret_key=dev_secret_key(settings))
         if settings.database_url is None:
             postgres = EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
             click.echo(f"starting embedded PostgreSQL in {postgres.data_dir}", err=True)
@@ -90,7 +94,7 @@ def serve(host, port, workers, demo) -> None:
     )
     with _database(settings, with_redis=True) as resolved:
         if demo:
-            _print_balances(asyncio.run(_with_ledger(resolved, _load_demo)))
+            _print_balances(asyncio.run(_with_ledger(resolved, _load_demo_with(resolved))))
         # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into
         # SystemExit lets the embedded servers stop with us.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -120,10 +124,21 @@ def migrate() -> None:
         click.echo(f"database at head revision: {settings.database_url.rsplit('/', 1)[-1]}")
 
 
-async def _load_demo(ledger):
-    from api.demo import load_demo
+def _registry(settings: Settings, ledger):
+    from partners.registry import Registry, SecretBox
 
-    return await load_demo(ledger)
+    if not settings.secret_key:
+        raise click.UsageError("set LOYALTY_SECRET_KEY (a Fernet key) to manage partner keys")
+    return Registry(ledger.engine, SecretBox(settings.secret_key))
+
+
+def _load_demo_with(settings: Settings):
+    async def load(ledger):
+        from api.demo import load_demo
+
+        return await load_demo(ledger, _registry(settings, ledger))
+
+    return load
 
 
 def _print_balances(rows) -> None:
@@ -136,7 +151,7 @@ def _print_balances(rows) -> None:
 def demo() -> None:
     """Load the demo programme (3 members, 2 partners); safe to run twice."""
     with _database(_settings()) as settings:
-        _print_balances(asyncio.run(_with_ledger(settings, _load_demo)))
+        _print_balances(asyncio.run(_with_ledger(settings, _load_demo_with(settings))))
 
 
 @main.command()
@@ -174,6 +189,13 @@ def token(subject, roles, ttl, private_key, kid) -> None:
 
 
 async def _job(ledger, name: str) -> int:
+    if name == "purge-idempotency":
+        from datetime import timedelta
+
+        from api.partner_requests import purge
+
+        days = _settings().idempotency_retention_days
+        return await purge(ledger.engine, timedelta(days=days))
     if name == "requalify-tiers":
         from partners.programme import Programme
 
@@ -193,6 +215,46 @@ def run_job(name: str) -> None:
     with _database(_settings()) as settings:
         count = asyncio.run(_with_ledger(settings, lambda ledger: _job(ledger, name)))
     click.echo(f"{name}: {count} processed")
+
+
+@main.group()
+def partner() -> None:
+    """Partner keys and request signing."""
+
+
+@partner.command("create-key")
+@click.argument("partner_id")
+def create_key(partner_id: str) -> None:
+    """Create an API key for a partner and print its id and secret (shown only now)."""
+    with _database(_settings()) as settings:
+
+        async def create(ledger):
+            return await _registry(settings, ledger).create_key(partner_id, "cli")
+
+        key = asyncio.run(_with_ledger(settings, create))
+    click.echo(f"LOYALTY_KEY_ID={key.key_id}")
+    click.echo(f"LOYALTY_KEY_SECRET={key.secret}")
+
+
+@partner.command("sign")
+@click.option("--key-id", envvar="LOYALTY_KEY_ID", required=True, help="or LOYALTY_KEY_ID")
+@click.option("--secret", envvar="LOYALTY_KEY_SECRET", required=True, help="or LOYALTY_KEY_SECRET")
+@click.argument("method")
+@click.argument("target")
+@click.argument("body", required=False, default="")
+def sign_request(key_id: str, secret: str, method: str, target: str, body: str) -> None:
+    """Print the signature headers for METHOD TARGET (path?query) with BODY, one per
+    line, for `curl -H @file` (BODY '-' reads standard input)."""
+    import time
+
+    from partners.signing import signed_headers
+
+    raw = sys.stdin.buffer.read() if body == "-" else body.encode()
+    path, _, query = target.partition("?")
+    for name, value in signed_headers(
+        key_id, secret, method, path, query, raw, time.time()
+    ).items():
+        click.echo(f"{name}: {value}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from ledger.service import LedgerService
 from ledger.views import Balances
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import (
     BurnRuleInput,
     CouponInput,
@@ -36,15 +37,53 @@ def _key(name: str) -> IdempotencyKey:
     return IdempotencyKey("demo", name)
 
 
-async def load_demo(ledger: LedgerService) -> list[tuple[Balances, str]]:
+CARDS = {
+    "anna": ("6001000000001", "6001000000011"),
+    "ben": ("6001000000002",),
+    "clara": ("6001000000003",),
+}
+
+
+async def load_demo(ledger: LedgerService, registry: Registry) -> list[tuple[Balances, str]]:
     programme = Programme(ledger)
     if not (await ledger.history(MEMBERS[0], limit=1)).entries:
+        await _register(registry)
         await _define_programme(Rulebook(ledger), ledger.clock())
         await _post_demo(ledger, programme)
     return [
         (await ledger.balances(member), (await programme.tier_progress(member)).tier.code)
         for member in MEMBERS
     ]
+
+
+async def _register(registry: Registry) -> None:
+    contracts = (
+        PartnerInput(
+            "drugstore",
+            "Drugstore",
+            price_per_point=Decimal("0.01"),
+            redemption_value=Decimal("0.01"),
+        ),
+        PartnerInput(
+            "fuelstation",
+            "Fuel station",
+            return_window_days=0,
+            price_per_point=Decimal("0.01"),
+            redemption_value=Decimal("0.01"),
+        ),
+        PartnerInput(
+            "skyline",
+            "Skyline Airways",
+            return_window_days=14,
+            price_per_point=Decimal("0.008"),
+            redemption_value=Decimal("0.01"),
+        ),
+    )
+    for contract in contracts:
+        await registry.create_partner(contract, ADMIN)
+    for member, cards in CARDS.items():
+        for card in cards:
+            await registry.issue_card(member, card, ADMIN)
 
 
 async def _define_programme(rules: Rulebook, now: datetime) -> None:

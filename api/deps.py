@@ -5,6 +5,7 @@ from litestar.di import Provide
 
 from ledger.service import LedgerService
 from partners.programme import Programme
+from partners.registry import Registry
 from partners.rulebook import Rulebook
 
 
@@ -20,8 +21,13 @@ def _programme(request: Request) -> Programme:
     return request.app.state.programme
 
 
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
 SERVICES = {
     "ledger": Provide(_ledger, sync_to_thread=False),
     "rules": Provide(_rulebook, sync_to_thread=False),
     "programme": Provide(_programme, sync_to_thread=False),
+    "registry": Provide(_registry, sync_to_thread=False),
 }

@@ -37,6 +37,9 @@ class Settings:
     hot_account_slots: int = 8
     hold_ttl_seconds: int = 900
     tier_period: str = "calendar"  # calendar | rolling (12 months)
+    secret_key: str | None = None  # Fernet key for partner secrets; embedded: generated
+    partner_rate_limit: int = 100  # requests per second per partner
+    idempotency_retention_days: int = 7
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -565,72 +565,73 @@ class LedgerService:
     async def reverse(
         self, cmd: Reverse, posted_by: str, idempotency: IdempotencyKey | None = None
     ) -> Receipt:
-        async def body(conn: AsyncConnection) -> Receipt:
-            now = self.clock()
-            original = await queries.entry(conn, cmd.entry_id)
-            if cmd.partner_id is not None and original.partner_id != cmd.partner_id:
-                raise EntryNotFound(f"no journal entry {cmd.entry_id}", entry_id=cmd.entry_id)
-            if original.kind not in REVERSIBLE_KINDS:
-                raise NotReversible(
-                    f"a {original.kind} entry cannot be reversed; "
-                    f"reversible kinds: {', '.join(REVERSIBLE_KINDS)}"
-                )
-            lines = _reversible_lines(original)
-            whole = sum(p.amount for p in lines[PTS][0]) if PTS in lines else 0
-            reversed_before = await self._lock_reversal(conn, original.entry_id, whole)
-            left = whole - reversed_before
-            amount = left if cmd.amount is None else cmd.amount
-            if amount <= 0 or amount > left:
-                raise ReversalExceedsOriginal(
-                    f"entry {original.entry_id} has {left} of {whole} points left to reverse, "
-                    f"{amount} asked",
-                    reversible=left,
-                )
-            postings = self._reversal_postings(lines, whole, reversed_before, amount)
-            member_id = original.member_id
-            effects = {}
-            if original.kind == "earn":
-                postings = await self._claw_back_pending(conn, original.entry_id, postings)
-                if any(p.account.endswith(":available") for p in postings):
-                    effects[member_id] = Clawback(original.entry_id)
-            else:
-                # A refunded redemption gives back the lots it took, original expiry kept.
-                origin = original.entry_id
-                if original.kind == "capture":
-                    origin = await self._hold_authorisation(conn, original.hold_id)
-                    postings = [
-                        Posting(p.account.replace(":held", ":available"), p.asset, p.amount)
-                        if p.account.endswith(":held")
-                        else p
-                        for p in postings
-                    ]
-                effects[member_id] = RestoreLots(origin)
-            posted = await self.journal.post(
-                conn,
-                EntryDraft(
-                    kind="reverse",
-                    postings=postings,
-                    effective_at=now,
-                    posted_by=posted_by,
-                    member_id=member_id,
-                    partner_id=original.partner_id,
-                    partner_reference=cmd.partner_reference,
-                    reason=cmd.reason or f"reversal of {original.kind} {original.entry_id}",
-                    reverses_entry_id=original.entry_id,
-                    breakdown=[{"reversed": amount, "of": whole, "before": reversed_before}],
-                    lot_effects=effects,
-                ),
-                now,
-            )
-            await conn.execute(
-                text(
-                    "UPDATE entry_reversals SET reversed = reversed + :amount WHERE entry_id = :id"
-                ),
-                {"amount": amount, "id": original.entry_id},
-            )
-            return await self._receipt(conn, posted.entry_id, "reverse", member_id, amount)
+        return await self.run(
+            "reverse", cmd, idempotency, Receipt, lambda conn: self.reverse_in(conn, cmd, posted_by)
+        )
 
-        return await self.run("reverse", cmd, idempotency, Receipt, body)
+    async def reverse_in(self, conn: AsyncConnection, cmd: Reverse, posted_by: str) -> Receipt:
+        """Reverse (part of) an entry inside the caller's transaction."""
+        now = self.clock()
+        original = await queries.entry(conn, cmd.entry_id)
+        if cmd.partner_id is not None and original.partner_id != cmd.partner_id:
+            raise EntryNotFound(f"no journal entry {cmd.entry_id}", entry_id=cmd.entry_id)
+        if original.kind not in REVERSIBLE_KINDS:
+            raise NotReversible(
+                f"a {original.kind} entry cannot be reversed; "
+                f"reversible kinds: {', '.join(REVERSIBLE_KINDS)}"
+            )
+        lines = _reversible_lines(original)
+        whole = sum(p.amount for p in lines[PTS][0]) if PTS in lines else 0
+        reversed_before = await self._lock_reversal(conn, original.entry_id, whole)
+        left = whole - reversed_before
+        amount = left if cmd.amount is None else cmd.amount
+        if amount <= 0 or amount > left:
+            raise ReversalExceedsOriginal(
+                f"entry {original.entry_id} has {left} of {whole} points left to reverse, "
+                f"{amount} asked",
+                reversible=left,
+            )
+        postings = self._reversal_postings(lines, whole, reversed_before, amount)
+        member_id = original.member_id
+        effects = {}
+        if original.kind == "earn":
+            postings = await self._claw_back_pending(conn, original.entry_id, postings)
+            if any(p.account.endswith(":available") for p in postings):
+                effects[member_id] = Clawback(original.entry_id)
+        else:
+            # A refunded redemption gives back the lots it took, original expiry kept.
+            origin = original.entry_id
+            if original.kind == "capture":
+                origin = await self._hold_authorisation(conn, original.hold_id)
+                postings = [
+                    Posting(p.account.replace(":held", ":available"), p.asset, p.amount)
+                    if p.account.endswith(":held")
+                    else p
+                    for p in postings
+                ]
+            effects[member_id] = RestoreLots(origin)
+        posted = await self.journal.post(
+            conn,
+            EntryDraft(
+                kind="reverse",
+                postings=postings,
+                effective_at=now,
+                posted_by=posted_by,
+                member_id=member_id,
+                partner_id=original.partner_id,
+                partner_reference=cmd.partner_reference,
+                reason=cmd.reason or f"reversal of {original.kind} {original.entry_id}",
+                reverses_entry_id=original.entry_id,
+                breakdown=[{"reversed": amount, "of": whole, "before": reversed_before}],
+                lot_effects=effects,
+            ),
+            now,
+        )
+        await conn.execute(
+            text("UPDATE entry_reversals SET reversed = reversed + :amount WHERE entry_id = :id"),
+            {"amount": amount, "id": original.entry_id},
+        )
+        return await self._receipt(conn, posted.entry_id, "reverse", member_id, amount)
 
     async def _lock_reversal(self, conn: AsyncConnection, entry_id: int, whole: int) -> int:
         if whole <= 0:

@@ -46,3 +46,35 @@ class RuleNotFound(LedgerError):
 
 class InvalidPurchase(LedgerError):
     code = "invalid-purchase"
+
+
+class PartnerNotFound(LedgerError):
+    code = "partner-not-found"
+
+
+class PartnerSuspended(LedgerError):
+    code = "partner-suspended"
+
+
+class TooManyKeys(LedgerError):
+    code = "too-many-keys"
+
+
+class KeyNotFound(LedgerError):
+    code = "key-not-found"
+
+
+class CardNotFound(LedgerError):
+    code = "card-not-found"
+
+
+class CardBlocked(LedgerError):
+    code = "card-blocked"
+
+
+class ReturnExceedsPurchase(LedgerError):
+    code = "return-exceeds-purchase"
+
+
+class PurchaseNotFound(LedgerError):
+    code = "purchase-not-found"

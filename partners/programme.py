@@ -17,7 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, check_id, member_account
-from ledger.commands import Earn, EarnLine
+from ledger.commands import Earn, EarnLine, Reverse
+from ledger.errors import DuplicatePartnerReference
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from ledger.tiers import (
@@ -40,6 +41,8 @@ from partners.errors import (
     CurrencyMismatch,
     InvalidPurchase,
     NoRuleInForce,
+    PurchaseNotFound,
+    ReturnExceedsPurchase,
     UnknownCategory,
 )
 from partners.money import check_currency
@@ -75,6 +78,14 @@ class PurchaseReceipt(msgspec.Struct, frozen=True):
     balances: Balances
     release_at: datetime | None = None
     new_tier: str | None = None
+
+
+class ReturnReceipt(msgspec.Struct, frozen=True):
+    entry_id: int | None  # None when the returned share was worth no whole point
+    points_reversed: int
+    returned_minor: int
+    total_minor: int
+    balances: Balances
 
 
 class CouponView(msgspec.Struct, frozen=True):
@@ -363,6 +374,7 @@ class Programme:
                 purchase, rule, tier.code, tier.earn_multiplier, context.offers, so_far
             )
             view = _view(member_id, purchase, tier, earning)
+            await self._record_purchase(conn, member_id, purchase, partner_reference)
             if not earning.lines:
                 balances = await self.ledger.balances_in(conn, member_id)
                 return PurchaseReceipt(view, None, balances)
@@ -380,6 +392,13 @@ class Programme:
                     release_at=release_at,
                 ),
             )
+            await conn.execute(
+                text(
+                    "UPDATE partner_purchases SET entry_id = :e WHERE partner_id = :p "
+                    "AND partner_reference = :r"
+                ),
+                {"e": receipt.entry_id, "p": purchase.partner_id, "r": partner_reference},
+            )
             await self._book_offers(conn, member_id, earning, context, receipt.entry_id)
             new_tier = None
             if earning.qualifying_points:
@@ -396,6 +415,120 @@ class Programme:
             return PurchaseReceipt(view, receipt.entry_id, balances, receipt.release_at, new_tier)
 
         return await self.ledger.run("earn_purchase", request, idempotency, PurchaseReceipt, body)
+
+    async def _record_purchase(
+        self, conn, member_id: str, purchase: Purchase, reference: str
+    ) -> None:
+        """The purchase as reported: later returns are measured against it."""
+        inserted = (
+            await conn.execute(
+                text(
+                    "INSERT INTO partner_purchases (partner_id, partner_reference, member_id, "
+                    "currency, total_minor, occurred_at) VALUES (:p, :r, :m, :c, :t, :at) "
+                    "ON CONFLICT DO NOTHING RETURNING 1"
+                ),
+                {
+                    "p": purchase.partner_id,
+                    "r": reference,
+                    "m": member_id,
+                    "c": purchase.currency,
+                    "t": purchase.total_minor,
+                    "at": purchase.occurred_at,
+                },
+            )
+        ).first()
+        if inserted is None:
+            raise DuplicatePartnerReference(
+                f"partner {purchase.partner_id} already used reference {reference!r}",
+                partner_reference=reference,
+            )
+
+    async def return_purchase(
+        self,
+        partner_id: str,
+        reference: str,
+        return_reference: str,
+        amount_minor: int,
+        idempotency: IdempotencyKey | None = None,
+    ) -> ReturnReceipt:
+        """A return of `amount_minor` of a purchase: claws back the matching share
+        of its points, proportional across the earned lines. Returns add up to at
+        most the purchase; the points follow cumulatively, so several partial
+        returns never take back more than was earned."""
+        if type(amount_minor) is not int or amount_minor <= 0:
+            raise InvalidPurchase("a return is a positive amount in minor units")
+        request = {
+            "partner_id": partner_id,
+            "reference": reference,
+            "return_reference": return_reference,
+            "amount_minor": amount_minor,
+        }
+
+        async def body(conn: AsyncConnection) -> ReturnReceipt:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT * FROM partner_purchases WHERE partner_id = :p "
+                        "AND partner_reference = :r FOR UPDATE"
+                    ),
+                    {"p": partner_id, "r": reference},
+                )
+            ).first()
+            if row is None:
+                raise PurchaseNotFound(f"no purchase {reference!r} from partner {partner_id}")
+            left = row.total_minor - row.returned_minor
+            if amount_minor > left:
+                raise ReturnExceedsPurchase(
+                    f"{left} of {row.total_minor} minor units are left to return",
+                    returnable_minor=left,
+                )
+            returned = row.returned_minor + amount_minor
+            await conn.execute(
+                text(
+                    "UPDATE partner_purchases SET returned_minor = :x WHERE partner_id = :p "
+                    "AND partner_reference = :r"
+                ),
+                {"x": returned, "p": partner_id, "r": reference},
+            )
+            receipt = None
+            if row.entry_id is not None:
+                earned = (
+                    await conn.execute(
+                        text(
+                            "SELECT coalesce(sum(amount), 0)::bigint FROM postings WHERE "
+                            "entry_id = :e AND asset = 'PTS' AND amount > 0"
+                        ),
+                        {"e": row.entry_id},
+                    )
+                ).scalar_one()
+                points = (
+                    earned * returned // row.total_minor
+                    - earned * row.returned_minor // row.total_minor
+                )
+                if points > 0:
+                    receipt = await self.ledger.reverse_in(
+                        conn,
+                        Reverse(
+                            row.entry_id,
+                            points,
+                            partner_id=partner_id,
+                            partner_reference=return_reference,
+                            reason=f"return of {amount_minor} of {row.total_minor} ({reference})",
+                        ),
+                        f"partner:{partner_id}",
+                    )
+            balances = (
+                receipt.balances if receipt else await self.ledger.balances_in(conn, row.member_id)
+            )
+            return ReturnReceipt(
+                entry_id=receipt.entry_id if receipt else None,
+                points_reversed=receipt.amount if receipt else 0,
+                returned_minor=returned,
+                total_minor=row.total_minor,
+                balances=balances,
+            )
+
+        return await self.ledger.run("return_purchase", request, idempotency, ReturnReceipt, body)
 
     async def _book_offers(
         self, conn, member_id: str, earning: Earning, context: _Context, entry_id: int

@@ -13,6 +13,7 @@ from api.auth import Principal, provide_principal, require_staff
 from api.deps import SERVICES
 from api.strict_body import strict_json_body
 from partners.programme import EarningView, Programme, PurchaseInput
+from partners.registry import KeyView, PartnerInput, PartnerView, Registry
 from partners.rulebook import (
     BurnRuleInput,
     CouponInput,
@@ -39,6 +40,80 @@ class QuoteRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 def _actor(admin: Principal) -> str:
     return f"staff:{admin.subject}"
+
+
+class StatusChange(msgspec.Struct, forbid_unknown_fields=True):
+    status: str  # active | suspended
+
+
+class CardRequest(msgspec.Struct, forbid_unknown_fields=True):
+    card_number: str
+
+
+Partners = NamedDependency[Registry]
+
+
+@post("/partners", summary="Register a partner with its contract")
+async def create_partner(
+    data: JSONBody[PartnerInput], registry: Partners, admin: Admin
+) -> PartnerView:
+    return await registry.create_partner(data, _actor(admin))
+
+
+@get("/partners/{partner_id:str}", summary="A partner and its contract")
+async def get_partner(partner_id: FromPath[str], registry: Partners) -> PartnerView:
+    return await registry.partner(partner_id)
+
+
+@post(
+    "/partners/{partner_id:str}/status", status_code=200, summary="Suspend or reactivate a partner"
+)
+async def set_partner_status(
+    partner_id: FromPath[str], data: JSONBody[StatusChange], registry: Partners, admin: Admin
+) -> PartnerView:
+    return await registry.set_status(partner_id, data.status, _actor(admin))
+
+
+@post(
+    "/partners/{partner_id:str}/keys",
+    summary="Create an API key (the secret is shown this once; at most two active)",
+)
+async def create_key(partner_id: FromPath[str], registry: Partners, admin: Admin) -> KeyView:
+    return await registry.create_key(partner_id, _actor(admin))
+
+
+@get("/partners/{partner_id:str}/keys", summary="A partner's keys (never their secrets)")
+async def list_keys(partner_id: FromPath[str], registry: Partners) -> list[KeyView]:
+    return await registry.keys(partner_id)
+
+
+@post(
+    "/partners/{partner_id:str}/keys/{key_id:str}/revoke",
+    status_code=200,
+    summary="Revoke a key, at once",
+)
+async def revoke_key(
+    partner_id: FromPath[str], key_id: FromPath[str], registry: Partners, admin: Admin
+) -> KeyView:
+    return await registry.revoke_key(partner_id, key_id, _actor(admin))
+
+
+@post("/members/{member_id:str}/cards", summary="Issue a card to a member")
+async def issue_card(
+    member_id: FromPath[str], data: JSONBody[CardRequest], registry: Partners, admin: Admin
+) -> dict:
+    return await registry.issue_card(member_id, data.card_number, _actor(admin))
+
+
+@post(
+    "/members/{member_id:str}/cards/{card_number:str}/block",
+    status_code=200,
+    summary="Block a card (lost or stolen)",
+)
+async def block_card(
+    member_id: FromPath[str], card_number: FromPath[str], registry: Partners, admin: Admin
+) -> dict:
+    return await registry.block_card(member_id, card_number, _actor(admin))
 
 
 @get("/categories", summary="Product categories rules may name")
@@ -160,6 +235,14 @@ async def quote(data: JSONBody[QuoteRequest], programme: NamedDependency[Program
 admin_router = Router(
     path="/v1/admin",
     route_handlers=[
+        create_partner,
+        get_partner,
+        set_partner_status,
+        create_key,
+        list_keys,
+        revoke_key,
+        issue_card,
+        block_card,
         categories,
         create_earn_rule,
         list_earn_rules,

@@ -5,6 +5,7 @@ import asyncio
 import uuid
 
 import pytest
+from cryptography.fernet import Fernet
 
 from api.demo import load_demo
 from api.embedded import drop_database, ensure_database, with_database
@@ -13,6 +14,7 @@ from ledger.database import create_engine
 from ledger.service import LedgerService
 from ledger.verify import verify
 from partners.programme import Programme
+from partners.registry import Registry, SecretBox
 
 
 @pytest.fixture
@@ -32,7 +34,8 @@ def lines_of(entry) -> list[tuple[str, str, int]]:
 
 
 async def test_demo_purchases_earn_exactly_as_documented(demo_ledger):
-    rows = await load_demo(demo_ledger)
+    registry = Registry(demo_ledger.engine, SecretBox(Fernet.generate_key()))
+    rows = await load_demo(demo_ledger, registry)
     summary = {b.member_id: (b.available, b.pending, b.held, b.qp, tier) for b, tier in rows}
     assert summary == {
         "anna": (88, 0, 0, 0, "base"),
@@ -76,4 +79,4 @@ async def test_demo_purchases_earn_exactly_as_documented(demo_ledger):
     # Silver's 5 % discount: 1,000 points pay 10.52 EUR instead of 10.00.
     assert (quote.points, quote.value_minor) == (1000, 1052)
     assert (await verify(demo_ledger.engine)).clean
-    assert await load_demo(demo_ledger) == rows  # a second load posts nothing
+    assert await load_demo(demo_ledger, registry) == rows  # a second load posts nothing

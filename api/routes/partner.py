@@ -1,0 +1,242 @@
+"""Partner API (HMAC-signed, /v1/partner): earn, quote, returns, two-phase
+redemption and the till's balance lookup. Every POST needs Idempotency-Key."""
+
+from datetime import timedelta
+
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from api.deps import SERVICES
+from api.partner_auth import authenticate_partner
+from api.partner_requests import idempotent
+from api.strict_body import strict_json_body
+from ledger.commands import Authorise, Capture, Void
+from ledger.service import LedgerService
+from ledger.views import Balances, HoldView
+from partners.burning import value_of_points
+from partners.errors import InvalidPurchase
+from partners.programme import EarningView, Programme, PurchaseInput, ReturnReceipt
+from partners.registry import Registry
+from partners.rulebook import burn_rule_in_force
+
+MAX_REFERENCE = 64
+
+
+class EarnRequest(msgspec.Struct, forbid_unknown_fields=True):
+    card_number: str
+    reference: str  # the partner's transaction reference, unique forever
+    purchase: PurchaseInput
+    coupons: list[str] = []
+
+
+class QuoteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    card_number: str
+    purchase: PurchaseInput
+    coupons: list[str] = []
+
+
+class ReturnLine(msgspec.Struct, forbid_unknown_fields=True):
+    amount_minor: int
+    category: str | None = None
+
+
+class ReturnRequest(msgspec.Struct, forbid_unknown_fields=True):
+    reference: str  # the original purchase
+    return_reference: str  # this return, unique like any reference
+    amount_minor: int | None = None
+    lines: list[ReturnLine] | None = None
+
+
+class AuthoriseRequest(msgspec.Struct, forbid_unknown_fields=True):
+    card_number: str
+    reference: str
+    currency: str
+    basket_minor: int
+    points: int
+    expires_in_seconds: int | None = None
+
+
+class CaptureRequest(msgspec.Struct, forbid_unknown_fields=True):
+    points: int | None = None  # default: the whole hold
+    reference: str | None = None
+
+
+class VoidRequest(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class RedemptionReceipt(msgspec.Struct, frozen=True):
+    entry_id: int
+    hold: HoldView
+    value_minor: int | None
+    currency: str | None
+    balances: Balances | None
+
+
+class TillBalance(msgspec.Struct, frozen=True):
+    available: int
+    value_minor: int | None
+    currency: str | None
+
+
+Ledger = NamedDependency[LedgerService]
+Programmes = NamedDependency[Programme]
+
+
+def _partner(request: Request) -> str:
+    return request.state.partner_id
+
+
+def _reference(value: str, field: str = "reference") -> str:
+    if not value or len(value) > MAX_REFERENCE or not value.isprintable():
+        raise InvalidPurchase(f"{field} is 1-{MAX_REFERENCE} printable characters")
+    return value
+
+
+async def _member(request: Request, card_number: str) -> str:
+    registry: Registry = request.app.state.registry
+    return await registry.member_for_card(card_number)
+
+
+@post("/earn", summary="Award points for a purchase")
+async def earn(request: Request, data: JSONBody[EarnRequest], programme: Programmes) -> Response:
+    partner_id = _partner(request)
+
+    async def run(key):
+        member_id = await _member(request, data.card_number)
+        contract = await request.app.state.registry.partner(partner_id)
+        purchase = data.purchase.to_purchase(partner_id, programme.ledger.clock())
+        release_at = (
+            purchase.occurred_at + timedelta(days=contract.return_window_days)
+            if contract.return_window_days
+            else None
+        )
+        return await programme.earn_purchase(
+            member_id, purchase, _reference(data.reference), tuple(data.coupons), release_at, key
+        )
+
+    return await idempotent(request, partner_id, run)
+
+
+@post("/quote", status_code=200, summary="What a purchase would earn; nothing is posted")
+async def quote(request: Request, data: JSONBody[QuoteRequest], programme: Programmes) -> Response:
+    partner_id = _partner(request)
+
+    async def run(_key) -> EarningView:
+        member_id = await _member(request, data.card_number)
+        purchase = data.purchase.to_purchase(partner_id, programme.ledger.clock())
+        return await programme.quote(member_id, purchase, tuple(data.coupons))
+
+    return await idempotent(request, partner_id, run, status_code=200)
+
+
+@post("/returns", summary="A full or partial return of a purchase")
+async def return_purchase(
+    request: Request, data: JSONBody[ReturnRequest], programme: Programmes
+) -> Response:
+    partner_id = _partner(request)
+
+    async def run(key) -> ReturnReceipt:
+        if (data.amount_minor is None) == (data.lines is None):
+            raise InvalidPurchase("give either amount_minor or lines")
+        amount = (
+            data.amount_minor
+            if data.lines is None
+            else sum(line.amount_minor for line in data.lines)
+        )
+        return await programme.return_purchase(
+            partner_id,
+            _reference(data.reference),
+            _reference(data.return_reference, "return_reference"),
+            amount,
+            key,
+        )
+
+    return await idempotent(request, partner_id, run)
+
+
+@post("/redemptions", summary="Authorise: hold points for a basket")
+async def authorise(
+    request: Request, data: JSONBody[AuthoriseRequest], programme: Programmes, ledger: Ledger
+) -> Response:
+    partner_id = _partner(request)
+
+    async def run(key) -> RedemptionReceipt:
+        member_id = await _member(request, data.card_number)
+        quote = await programme.redemption_quote(
+            member_id, partner_id, data.currency, data.basket_minor, data.points
+        )
+        receipt = await ledger.authorise(
+            Authorise(
+                member_id,
+                partner_id,
+                quote.points,
+                _reference(data.reference),
+                data.expires_in_seconds,
+            ),
+            key,
+        )
+        return RedemptionReceipt(
+            receipt.entry_id, receipt.hold, quote.value_minor, data.currency, receipt.balances
+        )
+
+    return await idempotent(request, partner_id, run)
+
+
+@post(
+    "/redemptions/{hold_id:int}/capture", status_code=200, summary="Capture all or part of a hold"
+)
+async def capture(
+    request: Request, hold_id: FromPath[int], data: JSONBody[CaptureRequest], ledger: Ledger
+) -> Response:
+    partner_id = _partner(request)
+
+    async def run(key) -> RedemptionReceipt:
+        reference = _reference(data.reference) if data.reference else None
+        receipt = await ledger.capture(Capture(hold_id, partner_id, data.points, reference), key)
+        return RedemptionReceipt(receipt.entry_id, receipt.hold, None, None, receipt.balances)
+
+    return await idempotent(request, partner_id, run, status_code=200)
+
+
+@post("/redemptions/{hold_id:int}/void", status_code=200, summary="Release a hold")
+async def void(
+    request: Request, hold_id: FromPath[int], data: JSONBody[VoidRequest], ledger: Ledger
+) -> Response:
+    partner_id = _partner(request)
+
+    async def run(key) -> RedemptionReceipt:
+        receipt = await ledger.void(Void(hold_id, partner_id), key)
+        return RedemptionReceipt(receipt.entry_id, receipt.hold, None, None, receipt.balances)
+
+    return await idempotent(request, partner_id, run, status_code=200)
+
+
+@get("/cards/{card_number:str}/balance", summary="Points on a card and their value here")
+async def till_balance(
+    request: Request, card_number: FromPath[str], ledger: Ledger, programme: Programmes
+) -> TillBalance:
+    partner_id = _partner(request)
+    member_id = await _member(request, card_number)
+    balances = await ledger.balances(member_id)
+    available = max(balances.available, 0)
+    async with ledger.engine.connect() as conn:
+        rule = await burn_rule_in_force(conn, partner_id, ledger.clock())
+    if rule is None:
+        return TillBalance(available, None, None)
+    tier = (await programme.tier_progress(member_id)).tier
+    return TillBalance(
+        available, value_of_points(rule, available, tier.burn_discount), rule.currency
+    )
+
+
+partner_router = Router(
+    path="/v1/partner",
+    route_handlers=[earn, quote, return_purchase, authorise, capture, void, till_balance],
+    guards=[authenticate_partner, strict_json_body],
+    dependencies=SERVICES,
+    tags=["partner"],
+    security=[{"hmac": []}],
+)

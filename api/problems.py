@@ -118,10 +118,14 @@ def _domain(request: Request, error: LedgerError) -> Response:
 
 
 def _api(request: Request, error: ApiError) -> Response:
-    headers = (
-        {"WWW-Authenticate": 'Bearer realm="loyalty"'} if error.code.startswith("token-") else None
+    headers = {}
+    if error.code.startswith("token-"):
+        headers["WWW-Authenticate"] = 'Bearer realm="loyalty"'
+    if "retry_after" in error.extensions:
+        headers["Retry-After"] = str(error.extensions["retry_after"])
+    return problem(
+        error.code, error.detail, request.url.path, headers=headers or None, **error.extensions
     )
-    return problem(error.code, error.detail, request.url.path, headers=headers, **error.extensions)
 
 
 def _validation(request: Request, error: ValidationException) -> Response:

@@ -7,6 +7,7 @@ from api.app import create_app
 from api.auth import mint_token
 from api.settings import Settings
 
+SECRET_KEY = "K4cpIiv3R3JWAXbq8kFn2o3VlqK8M2r0E9gr0Hr9lWQ="  # Fernet key for the tests
 SECRET = "test-secret-" + "0123456789abcdef" * 4  # 75 bytes: long enough for HS512
 
 
@@ -18,6 +19,8 @@ def api_settings(database_url, redis_url, tmp_path_factory) -> Settings:
         jwt_secret=SECRET,
         data_dir=tmp_path_factory.mktemp("data"),
         max_body_bytes=64_000,
+        secret_key=SECRET_KEY,
+        partner_rate_limit=1000,
     )
 
 

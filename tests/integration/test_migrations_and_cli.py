@@ -9,6 +9,8 @@ from api.cli import main
 from api.embedded import drop_database, ensure_database, with_database
 from api.migrate import downgrade, upgrade
 
+SECRET_KEY = "K4cpIiv3R3JWAXbq8kFn2o3VlqK8M2r0E9gr0Hr9lWQ="  # a Fernet key
+
 
 def test_upgrade_downgrade_base_and_upgrade_again(server_url):
     name = f"loyalty_migrations_{uuid.uuid4().hex[:8]}"
@@ -28,6 +30,7 @@ def test_demo_twice_then_verify_is_clean(server_url, tmp_path):
     env = {
         "LOYALTY_DATABASE_URL": with_database(server_url, name),
         "LOYALTY_DATA_DIR": str(tmp_path),
+        "LOYALTY_SECRET_KEY": SECRET_KEY,
     }
     runner = CliRunner()
     try:
@@ -49,7 +52,11 @@ def test_verify_exits_non_zero_on_a_mismatch(server_url, tmp_path):
     name = f"loyalty_cli_{uuid.uuid4().hex[:8]}"
     asyncio.run(ensure_database(server_url, name))
     url = with_database(server_url, name)
-    env = {"LOYALTY_DATABASE_URL": url, "LOYALTY_DATA_DIR": str(tmp_path)}
+    env = {
+        "LOYALTY_DATABASE_URL": url,
+        "LOYALTY_DATA_DIR": str(tmp_path),
+        "LOYALTY_SECRET_KEY": SECRET_KEY,
+    }
     runner = CliRunner()
     try:
         assert runner.invoke(main, ["demo"], env=env).exit_code == 0
@@ -85,3 +92,23 @@ def test_token_command_mints_a_token_the_api_accepts(tmp_path):
         issuer="loyalty-dev",
     )
     assert claims["roles"] == ["admin"] and claims["sub"] == "alice"
+
+
+def test_partner_sign_prints_headers_the_server_accepts():
+    from partners.signing import canonical_request, check_signature
+
+    env = {
+        "LOYALTY_KEY_ID": "pk_demo",
+        "LOYALTY_KEY_SECRET": "s3cret",
+        "LOYALTY_DATABASE_URL": "postgresql://x/y",
+    }
+    result = CliRunner().invoke(
+        main, ["partner", "sign", "POST", "/v1/partner/earn?b=2&a=1", '{"x": 1}'], env=env
+    )
+    assert result.exit_code == 0, result.output
+    headers = dict(line.split(": ", 1) for line in result.output.strip().splitlines())
+    assert headers["X-Loyalty-Key-Id"] == "pk_demo"
+    canonical = canonical_request(
+        "POST", "/v1/partner/earn", "b=2&a=1", headers["X-Loyalty-Timestamp"], b'{"x": 1}'
+    )
+    check_signature("s3cret", canonical, headers["X-Loyalty-Signature"])

@@ -1,0 +1,323 @@
+"""Partner API through HTTP with signed requests, against the real PostgreSQL
+and Redis: signature failures, key rotation, idempotency, the whole earn /
+return / redeem flow, bad input, and the Redis-down replay fallback."""
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from partners.client import PartnerAuth
+from partners.registry import PartnerInput, Registry, SecretBox
+from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
+from tests.api.conftest import SECRET_KEY
+
+FROM = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclasses.dataclass
+class Shop:
+    partner_id: str
+    key_id: str
+    secret: str
+    card: str
+    member_id: str
+    registry: Registry
+
+    def auth(self, **kwargs) -> PartnerAuth:
+        return PartnerAuth(self.key_id, self.secret, **kwargs)
+
+
+@pytest.fixture
+async def shop(engine, ledger, new_id) -> Shop:
+    registry = Registry(engine, SecretBox(SECRET_KEY))
+    partner_id, member_id = new_id("shop"), new_id()
+    await registry.create_partner(PartnerInput(partner_id, "Test shop"), "staff:tests")
+    rules = Rulebook(ledger)
+    await rules.create_earn_rule(partner_id, EarnRuleInput(FROM, "EUR", Decimal(1)), "staff:tests")
+    await rules.create_burn_rule(
+        partner_id, BurnRuleInput(FROM, "EUR", Decimal(100)), "staff:tests"
+    )
+    card = str(uuid.uuid4().int)[:16]
+    await registry.issue_card(member_id, card, "staff:tests")
+    key = await registry.create_key(partner_id, "staff:tests")
+    return Shop(partner_id, key.key_id, key.secret, card, member_id, registry)
+
+
+def earn_body(shop: Shop, reference: str, *amounts: int, currency="EUR", category="groceries"):
+    return {
+        "card_number": shop.card,
+        "reference": reference,
+        "purchase": {
+            "currency": currency,
+            "lines": [{"amount_minor": a, "category": category} for a in amounts],
+        },
+    }
+
+
+async def post(client, shop, path, body, key=None, auth=None, **kwargs):
+    headers = {"Idempotency-Key": key or uuid.uuid4().hex}
+    return await client.post(path, json=body, headers=headers, auth=auth or shop.auth(), **kwargs)
+
+
+async def test_signature_failures_are_distinct_401s_and_post_nothing(client, shop, ledger):
+    body = earn_body(shop, "R-1", 1000)
+    wrong = dataclasses.replace(shop, secret="not-the-secret")
+    unknown = dataclasses.replace(shop, key_id="pk_nope")
+    stale = shop.auth(clock=lambda: time.time() - 301)
+    cases = [
+        (None, {}, "signature-missing"),
+        (None, {"X-Loyalty-Key-Id": shop.key_id}, "signature-malformed"),
+        (unknown.auth(), {}, "key-unknown"),
+        (stale, {}, "signature-stale"),
+        (wrong.auth(), {}, "signature-invalid"),
+    ]
+    for auth, headers, code in cases:
+        response = await client.post(
+            "/v1/partner/earn", json=body, headers={"Idempotency-Key": "k", **headers}, auth=auth
+        )
+        assert response.status_code == 401, (code, response.text)
+        assert response.json()["type"] == f"/problems/{code}"
+    assert (await ledger.balances(shop.member_id)).available == 0
+
+
+async def test_a_replayed_signature_is_refused(client, shop, ledger):
+    fixed = time.time()
+    body = earn_body(shop, "R-1", 1000)
+    first = await post(
+        client, shop, "/v1/partner/earn", body, key="k1", auth=shop.auth(clock=lambda: fixed)
+    )
+    assert first.status_code == 201
+    again = await post(
+        client, shop, "/v1/partner/earn", body, key="k1", auth=shop.auth(clock=lambda: fixed)
+    )
+    assert (again.status_code, again.json()["type"]) == (401, "/problems/signature-replayed")
+    assert (await ledger.balances(shop.member_id)).available == 10
+
+
+async def test_clock_skew_within_tolerance_is_accepted(client, shop):
+    for skew in (-295, 295):
+        response = await client.get(
+            f"/v1/partner/cards/{shop.card}/balance",
+            auth=shop.auth(clock=lambda s=skew: time.time() + s),
+        )
+        assert response.status_code == 200, response.text
+    late = await client.get(
+        f"/v1/partner/cards/{shop.card}/balance", auth=shop.auth(clock=lambda: time.time() + 305)
+    )
+    assert late.json()["type"] == "/problems/signature-stale"
+
+
+async def test_key_rotation_with_overlap_then_revocation(client, shop):
+    second = await shop.registry.create_key(shop.partner_id, "staff:tests")
+    new = dataclasses.replace(shop, key_id=second.key_id, secret=second.secret)
+    path = f"/v1/partner/cards/{shop.card}/balance"
+    assert (await client.get(path, auth=shop.auth())).status_code == 200
+    assert (await client.get(path, auth=new.auth())).status_code == 200
+    from partners.errors import TooManyKeys
+
+    with pytest.raises(TooManyKeys):
+        await shop.registry.create_key(shop.partner_id, "staff:tests")
+    await shop.registry.revoke_key(shop.partner_id, shop.key_id, "staff:tests")
+    revoked = await client.get(path, auth=shop.auth(clock=lambda: time.time() - 1))
+    assert (revoked.status_code, revoked.json()["type"]) == (401, "/problems/key-revoked")
+    # Signed a second apart: the same request twice in one second is a replay.
+    assert (await client.get(path, auth=new.auth(clock=lambda: time.time() - 1))).status_code == 200
+
+
+async def test_idempotent_retry_changed_payload_and_concurrency(client, shop, ledger, engine):
+    body = earn_body(shop, "R-1", 2500)
+    first = await post(client, shop, "/v1/partner/earn", body, key="same")
+    await asyncio.sleep(1.05)  # a retry is signed anew
+    retry = await post(client, shop, "/v1/partner/earn", body, key="same")
+    assert retry.status_code == 201 and retry.json() == first.json()
+    assert retry.headers["idempotent-replayed"] == "true"
+    changed = await post(client, shop, "/v1/partner/earn", earn_body(shop, "R-1", 2600), key="same")
+    assert (changed.status_code, changed.json()["type"]) == (
+        422,
+        "/problems/idempotency-key-reused",
+    )
+    assert (await ledger.balances(shop.member_id)).available == 25
+
+    racing = earn_body(shop, "R-2", 1000)
+    responses = await asyncio.gather(
+        *(
+            post(
+                client,
+                shop,
+                "/v1/partner/earn",
+                racing,
+                key="race",
+                auth=shop.auth(clock=lambda i=i: time.time() - i),
+            )
+            for i in range(4)
+        )
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(201) >= 1 and set(statuses) <= {201, 409}
+    assert {r.json()["entry_id"] for r in responses if r.status_code == 201}.__len__() == 1
+    assert (await ledger.balances(shop.member_id)).available == 35
+
+
+async def test_earn_return_redeem_capture_and_void(client, shop, ledger, assert_clean):
+    earned = await post(client, shop, "/v1/partner/earn", earn_body(shop, "S-1", 30000, 10000))
+    assert earned.status_code == 201, earned.text
+    assert earned.json()["balances"]["available"] == 400
+    returned = await post(
+        client,
+        shop,
+        "/v1/partner/returns",
+        {
+            "reference": "S-1",
+            "return_reference": "S-1-R",
+            "lines": [{"amount_minor": 10000, "category": "groceries"}],
+        },
+    )
+    assert returned.status_code == 201, returned.text
+    assert (returned.json()["points_reversed"], returned.json()["balances"]["available"]) == (
+        100,
+        300,
+    )
+    too_much = await post(
+        client,
+        shop,
+        "/v1/partner/returns",
+        {"reference": "S-1", "return_reference": "S-1-R2", "amount_minor": 30001},
+    )
+    assert too_much.json()["type"] == "/problems/return-exceeds-purchase"
+
+    hold = await post(
+        client,
+        shop,
+        "/v1/partner/redemptions",
+        {
+            "card_number": shop.card,
+            "reference": "H-1",
+            "currency": "EUR",
+            "basket_minor": 5000,
+            "points": 200,
+        },
+    )
+    assert hold.status_code == 201, hold.text
+    assert hold.json()["value_minor"] == 200
+    assert (hold.json()["balances"]["available"], hold.json()["balances"]["held"]) == (100, 200)
+    hold_id = hold.json()["hold"]["hold_id"]
+    captured = await post(
+        client, shop, f"/v1/partner/redemptions/{hold_id}/capture", {"points": 150}
+    )
+    assert captured.status_code == 200, captured.text
+    assert (captured.json()["balances"]["available"], captured.json()["balances"]["held"]) == (
+        150,
+        0,
+    )
+    other = await post(
+        client,
+        shop,
+        "/v1/partner/redemptions",
+        {
+            "card_number": shop.card,
+            "reference": "H-2",
+            "currency": "EUR",
+            "basket_minor": 5000,
+            "points": 100,
+        },
+    )
+    voided = await post(
+        client, shop, f"/v1/partner/redemptions/{other.json()['hold']['hold_id']}/void", {}
+    )
+    assert voided.status_code == 200
+    assert voided.json()["balances"]["available"] == 150
+    till = await client.get(f"/v1/partner/cards/{shop.card}/balance", auth=shop.auth())
+    assert till.json() == {"available": 150, "value_minor": 150, "currency": "EUR"}
+    await assert_clean()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "problem"),
+    [
+        (b'{"card_number": "1234", "reference": "x",', 400, "malformed-request"),
+        (
+            {
+                "card_number": "99999999999",
+                "reference": "B-1",
+                "purchase": {
+                    "currency": "EUR",
+                    "lines": [{"amount_minor": 100, "category": "groceries"}],
+                },
+            },
+            404,
+            "card-not-found",
+        ),
+        ("negative", 422, "invalid-purchase"),
+        ("currency", 422, "unknown-currency"),
+        ("lines", 422, "invalid-purchase"),
+    ],
+)
+async def test_bad_input_is_a_problem_and_posts_nothing(
+    client, shop, ledger, body, status, problem
+):
+    if body == "negative":
+        body = earn_body(shop, "B-1", -500)
+    elif body == "currency":
+        body = earn_body(shop, "B-1", 500, currency="XTS")
+    elif body == "lines":
+        body = earn_body(shop, "B-1", *[1] * 201)
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    response = await client.post(
+        "/v1/partner/earn",
+        auth=shop.auth(),
+        headers={"Idempotency-Key": uuid.uuid4().hex, "content-type": "application/json"},
+        **kwargs,
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["type"] == f"/problems/{problem}"
+    assert (await ledger.balances(shop.member_id)).available == 0
+
+
+async def test_suspended_partner_blocked_card_and_missing_key(client, shop, ledger):
+    missing = await client.post(
+        "/v1/partner/earn", json=earn_body(shop, "M-1", 100), auth=shop.auth()
+    )
+    assert missing.json()["type"] == "/problems/idempotency-key-missing"
+    await shop.registry.block_card(shop.member_id, shop.card, "staff:tests")
+    blocked = await post(client, shop, "/v1/partner/earn", earn_body(shop, "M-2", 100))
+    assert (blocked.status_code, blocked.json()["type"]) == (422, "/problems/card-blocked")
+    await shop.registry.set_status(shop.partner_id, "suspended", "staff:tests")
+    suspended = await client.get(f"/v1/partner/cards/{shop.card}/balance", auth=shop.auth())
+    assert (suspended.status_code, suspended.json()["type"]) == (403, "/problems/partner-suspended")
+    assert (await ledger.balances(shop.member_id)).available == 0
+
+
+async def test_replays_are_refused_with_redis_down(api_settings, shop):
+    dead = dataclasses.replace(api_settings, redis_url="redis://127.0.0.1:9/0")
+    async with AsyncTestClient(create_app(dead)) as client:
+        fixed = time.time()
+        path = f"/v1/partner/cards/{shop.card}/balance"
+        first = await client.get(path, auth=shop.auth(clock=lambda: fixed))
+        assert first.status_code == 200
+        again = await client.get(path, auth=shop.auth(clock=lambda: fixed))
+        assert again.json()["type"] == "/problems/signature-replayed"
+        ready = (await client.get("/health/ready")).json()
+        assert ready["status"] == "degraded"
+
+
+async def test_rate_limit_is_a_429_with_retry_after(api_settings, shop):
+    limited = dataclasses.replace(api_settings, partner_rate_limit=3)
+    async with AsyncTestClient(create_app(limited)) as client:
+        responses = [
+            await client.get(
+                f"/v1/partner/cards/{shop.card}/balance",
+                auth=shop.auth(clock=lambda i=i: time.time() - i),
+            )
+            for i in range(8)
+        ]
+    throttled = [r for r in responses if r.status_code == 429]
+    assert throttled, [r.status_code for r in responses]
+    assert throttled[0].headers["retry-after"] == "1"
+    assert throttled[0].json()["type"] == "/problems/rate-limited"

@@ -1,0 +1,76 @@
+"""The canonical request and its signature (pure)."""
+
+import hashlib
+
+import pytest
+
+from partners.signing import (
+    SignatureProblem,
+    canonical_query,
+    canonical_request,
+    check_signature,
+    check_timestamp,
+    parse_headers,
+    sign,
+    signed_headers,
+)
+
+
+def test_canonical_request_format():
+    canonical = canonical_request("post", "/v1/partner/earn", "b=2&a=1&a=0", "1700000000", b"{}")
+    assert canonical == "\n".join(
+        [
+            "POST",
+            "/v1/partner/earn",
+            "a=0&a=1&b=2",
+            "1700000000",
+            hashlib.sha256(b"{}").hexdigest(),
+        ]
+    )
+
+
+def test_query_is_sorted_and_rfc3986_encoded():
+    assert canonical_query("z=%20x&y=a+b&x=") == "x=&y=a%20b&z=%20x"
+
+
+def test_signature_round_trip_and_tampering():
+    headers = signed_headers("pk_1", "s3cret", "POST", "/p", "", b'{"a":1}', 1700000000)
+    canonical = canonical_request("POST", "/p", "", headers["X-Loyalty-Timestamp"], b'{"a":1}')
+    check_signature("s3cret", canonical, headers["X-Loyalty-Signature"])
+    with pytest.raises(SignatureProblem) as problem:
+        check_signature("s3cret", canonical.replace('"a":1', '"a":2'), sign("other", canonical))
+    assert problem.value.code == "signature-invalid"
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "signature-missing"),
+        ({"X-Loyalty-Key-Id": "k"}, "signature-malformed"),
+        (
+            {
+                "X-Loyalty-Key-Id": "k",
+                "X-Loyalty-Timestamp": "soon",
+                "X-Loyalty-Signature": "0" * 64,
+            },
+            "signature-malformed",
+        ),
+        (
+            {"X-Loyalty-Key-Id": "k", "X-Loyalty-Timestamp": "1", "X-Loyalty-Signature": "XYZ"},
+            "signature-malformed",
+        ),
+    ],
+)
+def test_header_problems(headers, code):
+    with pytest.raises(SignatureProblem) as problem:
+        parse_headers(headers)
+    assert problem.value.code == code
+
+
+def test_clock_tolerance_edges():
+    check_timestamp(1000, 1300)  # exactly 300 s late: accepted
+    check_timestamp(1300, 1000)  # exactly 300 s early: accepted
+    for now in (1301, 699):
+        with pytest.raises(SignatureProblem) as problem:
+            check_timestamp(1000, now)
+        assert problem.value.code == "signature-stale"

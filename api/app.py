@@ -10,9 +10,11 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import TokenVerifier
+from api.cache import BalanceCache
 from api.problems import EXCEPTION_HANDLERS
 from api.routes.admin import admin_router
 from api.routes.health import live, ready
+from api.routes.member import member_router
 from api.routes.partner import partner_router
 from api.routes.problems import describe_problem, list_problems
 from api.routes.staff import staff_router
@@ -35,15 +37,16 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         app.state.engine = engine
-        app.state.ledger = LedgerService(engine, settings.ledger_config())
-        app.state.rulebook = Rulebook(app.state.ledger)
-        app.state.programme = Programme(app.state.ledger, settings.tier_period)
-        app.state.registry = Registry(engine, SecretBox(settings.secret_key))
         app.state.redis = (
-            redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            redis.from_url(settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
             if settings.redis_url
             else None
         )
+        app.state.cache = BalanceCache(app.state.redis, settings.balance_cache_ttl_seconds)
+        app.state.ledger = LedgerService(engine, settings.ledger_config(), observer=app.state.cache)
+        app.state.rulebook = Rulebook(app.state.ledger)
+        app.state.programme = Programme(app.state.ledger, settings.tier_period)
+        app.state.registry = Registry(engine, SecretBox(settings.secret_key))
         try:
             yield
         finally:
@@ -60,6 +63,7 @@ def create_app(settings: Settings) -> Litestar:
             staff_router,
             admin_router,
             partner_router,
+            member_router,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -225,5 +225,5 @@ async def _post_demo(ledger: LedgerService, programme: Programme) -> None:
     await ledger.authorise(
         Authorise("ben", "drugstore", 100, "DS-1003", expires_in_seconds=86400), _key("hold-1")
     )
-    await ledger.transfer(Transfer("ben", "clara", 30), _key("transfer-1"))
+    await ledger.transfer(Transfer("ben", "clara", 100), _key("transfer-1"))
     await ledger.adjust(Adjust("clara", 50, "welcome bonus"), ADMIN, _key("adjust-1"))

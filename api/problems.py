@@ -30,6 +30,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "duplicate-partner-reference": (409, "Partner reference already used"),
     "idempotency-key-reused": (422, "Idempotency key reused with a different request"),
     "same-member": (422, "Sender and receiver are the same member"),
+    "transfer-refused": (422, "Transfer refused by the transfer rules"),
     "invalid-cursor": (400, "Invalid pagination cursor"),
     "invalid-rule": (422, "Invalid rule"),
     "unknown-category": (422, "Unknown category"),

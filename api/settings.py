@@ -6,10 +6,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from ledger.expiry import parse_policy
-from ledger.service import LedgerConfig
+from ledger.service import LedgerConfig, TransferRules
 
 
 class SettingsError(ValueError):
@@ -40,6 +41,10 @@ class Settings:
     secret_key: str | None = None  # Fernet key for partner secrets; embedded: generated
     partner_rate_limit: int = 100  # requests per second per partner
     idempotency_retention_days: int = 7
+    transfer_min_points: int = 100
+    transfer_fee_rate: str = "0"  # share of the amount, in points, rounded up
+    transfer_daily_limit: int = 20_000
+    balance_cache_ttl_seconds: int = 60
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -59,6 +64,12 @@ class Settings:
             parse_policy(self.expiry_policy)
         except ValueError as error:
             raise SettingsError(f"LOYALTY_EXPIRY_POLICY: {error}") from None
+        try:
+            rate = Decimal(self.transfer_fee_rate)
+        except ArithmeticError:
+            raise SettingsError("LOYALTY_TRANSFER_FEE_RATE is a decimal, e.g. 0.01") from None
+        if not rate.is_finite() or not 0 <= rate < 1:
+            raise SettingsError("LOYALTY_TRANSFER_FEE_RATE is at least 0 and below 1")
         if self.tier_period not in ("calendar", "rolling"):
             raise SettingsError("LOYALTY_TIER_PERIOD is calendar or rolling")
         allowed = {"HS256", "HS384", "HS512", "RS256", "ES256", "PS256", "EdDSA"}
@@ -77,6 +88,11 @@ class Settings:
             expiry_policy=parse_policy(self.expiry_policy),
             hot_slots=self.hot_account_slots,
             hold_ttl=timedelta(seconds=self.hold_ttl_seconds),
+            transfers=TransferRules(
+                min_points=self.transfer_min_points,
+                fee_rate=Decimal(self.transfer_fee_rate),
+                daily_limit=self.transfer_daily_limit,
+            ),
         )
 
     def as_environ(self) -> dict[str, str]:

@@ -75,3 +75,9 @@ class SameMember(LedgerError):
 
 class InvalidCursor(LedgerError):
     code = "invalid-cursor"
+
+
+class TransferRefused(LedgerError):
+    """Below the minimum, or over the daily limit."""
+
+    code = "transfer-refused"

@@ -161,6 +161,9 @@ class Journal:
     async def post(self, conn: AsyncConnection, draft: EntryDraft, now: datetime) -> PostedEntry:
         check_balanced(draft.postings)
         entry_id = await self._insert_entry(conn, draft)
+        touched = conn.info.get("touched_members")
+        if touched is not None:
+            touched.update(m for p in draft.postings if (m := member_of(p.account)))
         postings = list(draft.postings)
         # Member rows first: the upsert locks them (in address order) and returns
         # the new balances, from which the lot effects work under that lock.

@@ -42,6 +42,32 @@ async def balances(conn: AsyncConnection, member_id: str) -> Balances:
     )
 
 
+async def balance_versions(conn: AsyncConnection, member_ids: list[str]) -> dict[str, int]:
+    """Each member's balances version (as in `Balances.version`)."""
+    rows = await conn.execute(
+        text(
+            "SELECT member_id, sum(version)::bigint AS version FROM balances "
+            "WHERE member_id = ANY(CAST(:members AS text[])) AND slot = 0 GROUP BY member_id"
+        ),
+        {"members": member_ids},
+    )
+    return {r.member_id: r.version for r in rows}
+
+
+async def points_sent_since(conn: AsyncConnection, member_id: str, since: datetime) -> int:
+    """Points a member has sent by transfer since `since`, fees included."""
+    return (
+        await conn.execute(
+            text(
+                "SELECT coalesce(-sum(p.amount), 0)::bigint FROM postings p "
+                "JOIN journal_entries e ON e.id = p.entry_id WHERE e.kind = 'transfer' "
+                "AND e.member_id = :m AND e.effective_at >= :since AND p.account = :account"
+            ),
+            {"m": member_id, "since": since, "account": member_account(member_id, "available")},
+        )
+    ).scalar_one()
+
+
 async def member_balances(
     conn: AsyncConnection, member_id: str, now: datetime, within_days: int
 ) -> MemberBalances:
@@ -133,6 +159,8 @@ async def history(
     limit: int = 50,
     cursor: str | None = None,
     kinds: tuple[str, ...] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> HistoryPage:
     """A member's entries, newest first; the cursor is the last entry seen, so
     pages stay stable while new entries arrive."""
@@ -146,9 +174,18 @@ async def history(
                 "  AND (CAST(:before AS bigint) IS NULL OR entry_id < :before)) "
                 "AND (cardinality(CAST(:kinds AS text[])) = 0 "
                 "     OR kind = ANY(CAST(:kinds AS text[]))) "
+                "AND (CAST(:since AS timestamptz) IS NULL OR effective_at >= :since) "
+                "AND (CAST(:until AS timestamptz) IS NULL OR effective_at < :until) "
                 "ORDER BY id DESC LIMIT :fetch"
             ),
-            {"member_id": member_id, "before": before, "fetch": limit + 1, "kinds": list(kinds)},
+            {
+                "member_id": member_id,
+                "before": before,
+                "fetch": limit + 1,
+                "kinds": list(kinds),
+                "since": since,
+                "until": until,
+            },
         )
     ).all()
     page, more = rows[:limit], len(rows) > limit

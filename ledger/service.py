@@ -5,10 +5,12 @@ Isolation is READ COMMITTED; correctness under concurrency comes from row
 locks taken in the order documented in ledger/journal.py.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from decimal import ROUND_CEILING, Decimal
+from typing import Protocol, TypeVar
 
 import msgspec
 from sqlalchemy import text
@@ -37,6 +39,7 @@ from ledger.errors import (
     NotReversible,
     ReversalExceedsOriginal,
     SameMember,
+    TransferRefused,
 )
 from ledger.expiry import ExpiryPolicy, RollingToQuarterEnd
 from ledger.idempotency import IdempotencyKey, claim, fingerprint, record
@@ -70,10 +73,32 @@ def utc_now() -> datetime:
 
 
 @dataclass(frozen=True)
+class TransferRules:
+    """Member-to-member transfers: a minimum, a fee in points (rounded up) to
+    `fee_account`, and a daily limit of points sent (fee included)."""
+
+    min_points: int = 1
+    fee_rate: Decimal = Decimal(0)
+    fee_account: str = "program:adjustments"
+    daily_limit: int | None = None
+
+    def fee(self, amount: int) -> int:
+        return int((amount * self.fee_rate).to_integral_value(ROUND_CEILING))
+
+
+@dataclass(frozen=True)
 class LedgerConfig:
     expiry_policy: ExpiryPolicy = field(default_factory=RollingToQuarterEnd)
     hot_slots: int = 8
     hold_ttl: timedelta = timedelta(minutes=15)
+    transfers: TransferRules = field(default_factory=TransferRules)
+
+
+class BalanceObserver(Protocol):
+    """Told, after commit, which members' balances a transaction changed
+    (member id -> the balances' new version), e.g. to refresh a cache."""
+
+    async def balances_changed(self, versions: dict[str, int]) -> None: ...
 
 
 class LedgerService:
@@ -82,13 +107,41 @@ class LedgerService:
         engine: AsyncEngine,
         config: LedgerConfig | None = None,
         clock: Callable[[], datetime] = utc_now,
+        observer: BalanceObserver | None = None,
     ) -> None:
         self.engine = engine
         self.config = config or LedgerConfig()
         self.clock = clock
+        self.observer = observer
         self.journal = Journal(self.config.expiry_policy, self.config.hot_slots)
 
     # -- plumbing ---------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One database transaction, committed on exit. The members whose
+        balances it changed are told to the observer after the commit, with
+        the versions read inside the transaction (their rows are locked until
+        commit, so these are exactly the committed versions)."""
+        versions: dict[str, int] = {}
+        async with self.engine.begin() as conn:
+            touched: set[str] = set()
+            conn.info["touched_members"] = touched
+            try:
+                yield conn
+                if touched and self.observer is not None:
+                    versions = await queries.balance_versions(conn, sorted(touched))
+            finally:
+                conn.info.pop("touched_members", None)
+        if versions:
+            await self.observer.balances_changed(versions)
+
+    @staticmethod
+    def touch(conn: AsyncConnection, member_id: str) -> None:
+        """Mark a member's balance view as changed by this transaction."""
+        touched = conn.info.get("touched_members")
+        if touched is not None:
+            touched.add(member_id)
 
     async def run(
         self,
@@ -99,7 +152,7 @@ class LedgerService:
         body: Callable[[AsyncConnection], Awaitable[R]],
     ) -> R:
         """Run `body` in one transaction, once per idempotency key."""
-        async with self.engine.begin() as conn:
+        async with self.transaction() as conn:
             if idempotency is not None:
                 digest = fingerprint(operation, command)
                 stored = await claim(conn, idempotency, operation, digest)
@@ -203,7 +256,7 @@ class LedgerService:
         holds two members' locks; SKIP LOCKED lets several runners share the work."""
         released = 0
         for _ in range(limit):
-            async with self.engine.begin() as conn:
+            async with self.transaction() as conn:
                 now = self.clock()
                 row = (
                     await conn.execute(
@@ -445,7 +498,7 @@ class LedgerService:
         """Return the points of holds past their expiry (one transaction per hold)."""
         expired = 0
         for _ in range(limit):
-            async with self.engine.begin() as conn:
+            async with self.transaction() as conn:
                 now = self.clock()
                 hold = (
                     await conn.execute(
@@ -469,23 +522,48 @@ class LedgerService:
     # -- transfers, adjustments, generic entries --------------------------
 
     async def transfer(self, cmd: Transfer, idempotency: IdempotencyKey | None = None) -> Receipt:
+        """Send points to another member (lots consumed earliest-expiry first; the
+        receiver's points start a fresh validity), with the transfer rules."""
         if cmd.from_member_id == cmd.to_member_id:
             raise SameMember("a member cannot transfer points to themselves")
+        rules = self.config.transfers
+        if cmd.amount < rules.min_points:
+            raise TransferRefused(
+                f"transfers start at {rules.min_points} points", min_points=rules.min_points
+            )
+        fee = rules.fee(cmd.amount)
 
         async def body(conn: AsyncConnection) -> Receipt:
             now = self.clock()
+            sender = member_account(cmd.from_member_id, "available")
+            if rules.daily_limit is not None:
+                # The sender's row first, so two transfers count one after the other.
+                await self.journal.lock_members(conn, [(sender, PTS)])
+                sent = await queries.points_sent_since(
+                    conn, cmd.from_member_id, now.replace(hour=0, minute=0, second=0, microsecond=0)
+                )
+                if sent + cmd.amount + fee > rules.daily_limit:
+                    raise TransferRefused(
+                        f"daily transfer limit {rules.daily_limit}: {sent} sent today",
+                        daily_limit=rules.daily_limit,
+                        sent_today=sent,
+                    )
+            postings = [
+                Posting(sender, PTS, -(cmd.amount + fee)),
+                Posting(member_account(cmd.to_member_id, "available"), PTS, cmd.amount),
+            ]
+            if fee:
+                postings.append(Posting(rules.fee_account, PTS, fee))
             posted = await self.journal.post(
                 conn,
                 EntryDraft(
                     kind="transfer",
-                    postings=[
-                        Posting(member_account(cmd.from_member_id, "available"), PTS, -cmd.amount),
-                        Posting(member_account(cmd.to_member_id, "available"), PTS, cmd.amount),
-                    ],
+                    postings=postings,
                     effective_at=now,
                     posted_by=f"member:{cmd.from_member_id}",
                     member_id=cmd.from_member_id,
                     reason=f"transfer to {cmd.to_member_id}",
+                    breakdown=[{"amount": cmd.amount, "fee": fee, "to": cmd.to_member_id}],
                     # The receiver's points start a fresh validity.
                     lot_effects={
                         cmd.from_member_id: Spend(),
@@ -746,7 +824,7 @@ class LedgerService:
         return members_done
 
     async def _expire_member(self, member_id: str) -> None:
-        async with self.engine.begin() as conn:
+        async with self.transaction() as conn:
             now = self.clock()
             account = member_account(member_id, "available")
             await self.journal.lock_members(conn, [(account, PTS)])

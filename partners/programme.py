@@ -16,6 +16,7 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger import queries
 from ledger.accounts import PTS, check_id, member_account
 from ledger.commands import Earn, EarnLine, Reverse
 from ledger.errors import DuplicatePartnerReference
@@ -31,7 +32,7 @@ from ledger.tiers import (
     progress,
     requalify,
 )
-from ledger.views import Balances
+from ledger.views import Balances, ExpiringPoints
 from partners import rulebook
 from partners.burning import RedemptionQuote, quote_redemption
 from partners.earning import Earning, Offer, Purchase, PurchaseLine, evaluate
@@ -86,6 +87,33 @@ class ReturnReceipt(msgspec.Struct, frozen=True):
     returned_minor: int
     total_minor: int
     balances: Balances
+
+
+class PendingRelease(msgspec.Struct, frozen=True):
+    points: int
+    release_at: datetime
+
+
+class TierStatus(msgspec.Struct, frozen=True):
+    code: str
+    name: str
+    valid_until: datetime | None
+
+
+class BalanceView(msgspec.Struct, frozen=True):
+    """What a card holder's app shows: balances, when pending points are
+    released, what expires soon, and the tier. `version` orders the views."""
+
+    member_id: str
+    available: int
+    pending: int
+    held: int
+    qp: int
+    version: int
+    pending_releases: tuple[PendingRelease, ...]
+    expiring: tuple[ExpiringPoints, ...]
+    expiring_within_days: int
+    tier: TierStatus
 
 
 class CouponView(msgspec.Struct, frozen=True):
@@ -619,6 +647,38 @@ class Programme:
             },
         )
 
+    # -- the card holder's view ----------------------------------------------------
+
+    async def balance_view(self, member_id: str, within_days: int = 90) -> BalanceView:
+        """Balances, pending releases, expiring points and tier from one snapshot."""
+        check_id("member", member_id)
+        now = self.ledger.clock()
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            summary = await queries.member_balances(conn, member_id, now, within_days)
+            releases = await conn.execute(
+                text(
+                    "SELECT remaining, release_at FROM pending_points WHERE member_id = :m "
+                    "AND release_entry_id IS NULL AND remaining > 0 ORDER BY release_at"
+                ),
+                {"m": member_id},
+            )
+            pending = tuple(PendingRelease(r.remaining, r.release_at) for r in releases)
+            tier, valid_until, _ = await self._tier(conn, member_id)
+        b = summary.balances
+        return BalanceView(
+            member_id,
+            b.available,
+            b.pending,
+            b.held,
+            b.qp,
+            b.version,
+            pending,
+            summary.expiring,
+            within_days,
+            TierStatus(tier.code, tier.name, valid_until),
+        )
+
     # -- tiers --------------------------------------------------------------------
 
     async def tier_progress(self, member_id: str) -> TierProgress:
@@ -659,7 +719,8 @@ class Programme:
                 .all()
             )
         for member_id in due:
-            async with self.engine.begin() as conn:
+            async with self.ledger.transaction() as conn:
+                self.ledger.touch(conn, member_id)  # the tier is part of the member's view
                 tier, valid_until, tiers = await self._tier(conn, member_id, lock=True)
                 if valid_until is None or valid_until > now:
                     continue  # renewed meanwhile

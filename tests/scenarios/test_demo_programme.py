@@ -39,8 +39,8 @@ async def test_demo_purchases_earn_exactly_as_documented(demo_ledger):
     summary = {b.member_id: (b.available, b.pending, b.held, b.qp, tier) for b, tier in rows}
     assert summary == {
         "anna": (88, 0, 0, 0, "base"),
-        "ben": (18865, 0, 100, 1020, "silver"),
-        "clara": (80, 10, 0, 0, "base"),
+        "ben": (18795, 0, 100, 1020, "silver"),
+        "clara": (150, 10, 0, 0, "base"),
     }
     earnings = {
         e.partner_reference: e

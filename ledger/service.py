@@ -301,27 +301,51 @@ class LedgerService:
 
     # -- redemption -------------------------------------------------------
 
+    async def _spend(
+        self,
+        conn: AsyncConnection,
+        kind: str,
+        member_id: str,
+        partner_id: str,
+        reference: str | None,
+        amount: int,
+        into: str,
+        now: datetime,
+    ) -> int:
+        """Move points a partner redeems out of the member's available points
+        (never overdrawing) into `into`; returns the entry id."""
+        posted = await self.journal.post(
+            conn,
+            EntryDraft(
+                kind=kind,
+                postings=[
+                    Posting(member_account(member_id, "available"), PTS, -amount),
+                    Posting(into, PTS, amount),
+                ],
+                effective_at=now,
+                posted_by=f"partner:{partner_id}",
+                member_id=member_id,
+                partner_id=partner_id,
+                partner_reference=reference,
+                lot_effects={member_id: Spend()},
+            ),
+            now,
+        )
+        return posted.entry_id
+
     async def burn(self, cmd: Burn, idempotency: IdempotencyKey | None = None) -> Receipt:
         async def body(conn: AsyncConnection) -> Receipt:
-            now = self.clock()
-            posted = await self.journal.post(
+            entry_id = await self._spend(
                 conn,
-                EntryDraft(
-                    kind="burn",
-                    postings=[
-                        Posting(member_account(cmd.member_id, "available"), PTS, -cmd.amount),
-                        Posting(partner_account(cmd.partner_id, "redeemed"), PTS, cmd.amount),
-                    ],
-                    effective_at=now,
-                    posted_by=f"partner:{cmd.partner_id}",
-                    member_id=cmd.member_id,
-                    partner_id=cmd.partner_id,
-                    partner_reference=cmd.partner_reference,
-                    lot_effects={cmd.member_id: Spend()},
-                ),
-                now,
+                "burn",
+                cmd.member_id,
+                cmd.partner_id,
+                cmd.partner_reference,
+                cmd.amount,
+                partner_account(cmd.partner_id, "redeemed"),
+                self.clock(),
             )
-            return await self._receipt(conn, posted.entry_id, "burn", cmd.member_id, cmd.amount)
+            return await self._receipt(conn, entry_id, "burn", cmd.member_id, cmd.amount)
 
         return await self.run("burn", cmd, idempotency, Receipt, body)
 
@@ -333,21 +357,14 @@ class LedgerService:
                 if cmd.expires_in_seconds is not None
                 else self.config.hold_ttl
             )
-            posted = await self.journal.post(
+            entry_id = await self._spend(
                 conn,
-                EntryDraft(
-                    kind="hold",
-                    postings=[
-                        Posting(member_account(cmd.member_id, "available"), PTS, -cmd.amount),
-                        Posting(member_account(cmd.member_id, "held"), PTS, cmd.amount),
-                    ],
-                    effective_at=now,
-                    posted_by=f"partner:{cmd.partner_id}",
-                    member_id=cmd.member_id,
-                    partner_id=cmd.partner_id,
-                    partner_reference=cmd.partner_reference,
-                    lot_effects={cmd.member_id: Spend()},
-                ),
+                "hold",
+                cmd.member_id,
+                cmd.partner_id,
+                cmd.partner_reference,
+                cmd.amount,
+                member_account(cmd.member_id, "held"),
                 now,
             )
             hold = (
@@ -365,12 +382,12 @@ class LedgerService:
                         "amount": cmd.amount,
                         "now": now,
                         "expires_at": now + ttl,
-                        "entry_id": posted.entry_id,
+                        "entry_id": entry_id,
                     },
                 )
             ).one()
             return await self._receipt(
-                conn, posted.entry_id, "hold", cmd.member_id, cmd.amount, hold=_hold_view(hold)
+                conn, entry_id, "hold", cmd.member_id, cmd.amount, hold=_hold_view(hold)
             )
 
         return await self.run("authorise", cmd, idempotency, Receipt, body)

@@ -602,19 +602,24 @@ class Rulebook:
 # -- loading rules as engine data (used inside other transactions) ----------
 
 
-async def earn_rule_in_force(
-    conn: AsyncConnection, partner_id: str, at: datetime
-) -> EarnRule | None:
-    row = (
+async def _row_in_force(conn: AsyncConnection, table: str, partner_id: str, at: datetime):
+    """The highest version of a partner's rule whose window holds `at`, not retired."""
+    return (
         await conn.execute(
             text(
-                "SELECT * FROM earn_rules WHERE partner_id = :p AND retired_at IS NULL "
+                f"SELECT * FROM {table} WHERE partner_id = :p AND retired_at IS NULL "
                 "AND valid_from <= :at AND (valid_to IS NULL OR :at < valid_to) "
                 "ORDER BY version DESC LIMIT 1"
             ),
             {"p": partner_id, "at": at},
         )
     ).first()
+
+
+async def earn_rule_in_force(
+    conn: AsyncConnection, partner_id: str, at: datetime
+) -> EarnRule | None:
+    row = await _row_in_force(conn, "earn_rules", partner_id, at)
     if row is None:
         return None
     return EarnRule(
@@ -639,16 +644,7 @@ async def earn_rule_in_force(
 async def burn_rule_in_force(
     conn: AsyncConnection, partner_id: str, at: datetime
 ) -> BurnRule | None:
-    row = (
-        await conn.execute(
-            text(
-                "SELECT * FROM burn_rules WHERE partner_id = :p AND retired_at IS NULL "
-                "AND valid_from <= :at AND (valid_to IS NULL OR :at < valid_to) "
-                "ORDER BY version DESC LIMIT 1"
-            ),
-            {"p": partner_id, "at": at},
-        )
-    ).first()
+    row = await _row_in_force(conn, "burn_rules", partner_id, at)
     if row is None:
         return None
     return BurnRule(

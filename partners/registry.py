@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.accounts import check_id
+from partners.audit import record_change
 from partners.errors import (
     CardBlocked,
     CardNotFound,
@@ -101,22 +102,6 @@ class Registry:
         self.engine = engine
         self.box = box
 
-    async def _audit(self, conn, entity, entity_id, action, actor, before, after) -> None:
-        await conn.execute(
-            text(
-                "INSERT INTO rule_audit (entity, entity_id, action, actor, before, after) "
-                "VALUES (:e, :id, :a, :actor, CAST(:b AS jsonb), CAST(:af AS jsonb))"
-            ),
-            {
-                "e": entity,
-                "id": entity_id,
-                "a": action,
-                "actor": actor,
-                "b": msgspec.json.encode(before).decode(),
-                "af": msgspec.json.encode(after).decode(),
-            },
-        )
-
     # -- partners -------------------------------------------------------------
 
     async def create_partner(self, data: PartnerInput, actor: str) -> PartnerView:
@@ -149,7 +134,7 @@ class Registry:
             if row is None:
                 raise InvalidRule("id", f"partner {data.id!r} exists already")
             view = _partner(row)
-            await self._audit(conn, "partner", data.id, "create", actor, None, view)
+            await record_change(conn, "partner", data.id, "create", actor, None, view)
             return view
 
     async def partner(self, partner_id: str, conn: AsyncConnection | None = None) -> PartnerView:
@@ -182,7 +167,9 @@ class Registry:
                 )
             ).one()
             after = _partner(row)
-            await self._audit(conn, "partner", partner_id, f"status:{status}", actor, before, after)
+            await record_change(
+                conn, "partner", partner_id, f"status:{status}", actor, before, after
+            )
             return after
 
     # -- keys -----------------------------------------------------------------
@@ -219,7 +206,7 @@ class Registry:
                 ),
                 {"k": key_id, "p": partner_id, "s": self.box.seal(secret), "actor": actor},
             )
-            await self._audit(
+            await record_change(
                 conn, "partner_key", key_id, "create", actor, None, {"partner_id": partner_id}
             )
             return KeyView(key_id, partner_id, "active", secret)
@@ -237,7 +224,7 @@ class Registry:
             ).first()
             if row is None:
                 raise KeyNotFound(f"partner {partner_id} has no key {key_id!r}")
-            await self._audit(
+            await record_change(
                 conn, "partner_key", key_id, "revoke", actor, None, {"partner_id": partner_id}
             )
             return KeyView(key_id, partner_id, "revoked")
@@ -293,7 +280,7 @@ class Registry:
             ).first()
             if row is None:
                 raise InvalidRule("card_number", "this card number is taken")
-            await self._audit(
+            await record_change(
                 conn, "card", card_number, "issue", actor, None, {"member_id": member_id}
             )
             return dict(row._mapping)
@@ -313,7 +300,7 @@ class Registry:
             ).first()
             if row is None:
                 raise CardNotFound("no such card for this member")
-            await self._audit(
+            await record_change(
                 conn, "card", card_number, "block", actor, None, {"member_id": member_id}
             )
             return dict(row._mapping)

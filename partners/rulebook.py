@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.accounts import check_id
 from ledger.service import LedgerService
 from ledger.tiers import Tier
+from partners.audit import record_change
 from partners.burning import BurnRule
 from partners.earning import EarnRule, Offer
 from partners.errors import (
@@ -130,32 +131,6 @@ class Rulebook:
 
     # -- shared -------------------------------------------------------------
 
-    async def _audit(
-        self,
-        conn,
-        entity: str,
-        entity_id: str,
-        action: str,
-        actor: str,
-        before: object,
-        after: object,
-    ) -> None:
-        await conn.execute(
-            text(
-                "INSERT INTO rule_audit (entity, entity_id, action, actor, before, after) "
-                "VALUES (:entity, :id, :action, :actor, CAST(:before AS jsonb), "
-                "CAST(:after AS jsonb))"
-            ),
-            {
-                "entity": entity,
-                "id": entity_id,
-                "action": action,
-                "actor": actor,
-                "before": _json(before),
-                "after": _json(after),
-            },
-        )
-
     async def _check_categories(self, conn, field: str, codes) -> None:
         codes = sorted(set(codes))
         if not codes:
@@ -265,7 +240,7 @@ class Rulebook:
                 )
             ).one()
             view = _row(row)
-            await self._audit(
+            await record_change(
                 conn, "earn_rule", f"{partner_id}/{version}", "create", actor, None, view
             )
             return view
@@ -306,7 +281,7 @@ class Rulebook:
                 )
             ).one()
             view = _row(row)
-            await self._audit(
+            await record_change(
                 conn, "burn_rule", f"{partner_id}/{version}", "create", actor, None, view
             )
             return view
@@ -353,7 +328,7 @@ class Rulebook:
                     {"id": before.id},
                 )
             ).one()
-            await self._audit(
+            await record_change(
                 conn, entity, f"{partner_id}/{version}", "retire", actor, _row(before), _row(after)
             )
             return _row(after)
@@ -427,7 +402,7 @@ class Rulebook:
             if row is None:
                 raise InvalidRule("code", f"promotion {promotion.code!r} exists already")
             view = _row(row)
-            await self._audit(conn, "promotion", promotion.code, "create", actor, None, view)
+            await record_change(conn, "promotion", promotion.code, "create", actor, None, view)
             return view
 
     async def _check_tiers(self, conn, codes) -> None:
@@ -464,7 +439,7 @@ class Rulebook:
             if row is None:
                 raise InvalidRule("code", f"coupon {coupon.code!r} exists already")
             view = _row(row)
-            await self._audit(conn, "coupon", coupon.code, "create", actor, None, view)
+            await record_change(conn, "coupon", coupon.code, "create", actor, None, view)
             return view
 
     async def issue_coupon(self, code: str, member_ids: list[str], actor: str) -> int:
@@ -488,7 +463,7 @@ class Rulebook:
                     {"id": coupon_id, "members": sorted(set(member_ids))},
                 )
             ).all()
-            await self._audit(
+            await record_change(
                 conn,
                 "coupon",
                 code,
@@ -518,7 +493,7 @@ class Rulebook:
                     {"code": code},
                 )
             ).one()
-            await self._audit(conn, entity, code, "retire", actor, _row(before), _row(after))
+            await record_change(conn, entity, code, "retire", actor, _row(before), _row(after))
             return _row(after)
 
     async def list_offers(self, table: str) -> list[dict]:
@@ -582,7 +557,7 @@ class Rulebook:
                     {**msgspec.structs.asdict(tier), "code": code, "actor": actor},
                 )
             ).one()
-            await self._audit(
+            await record_change(
                 conn,
                 "tier",
                 code,

@@ -54,21 +54,38 @@ def _database(settings: Settings, *, with_redis: bool = False) -> Iterator[Setti
         yield settings
 
 
-def _ledger(settings: Settings):
-    from ledger.database import create_engine
-    from ledger.service import LedgerService
+def _cache_url(settings: Settings) -> str | None:
+    """The Redis the API caches balances in: configured, or the running
+    embedded one (which leaves its URL in the data directory)."""
+    if settings.redis_url:
+        return settings.redis_url
+    from api.embedded import EmbeddedRedis
 
-    return LedgerService(
-        create_engine(settings.database_url, pool_size=2), settings.ledger_config()
-    )
+    return EmbeddedRedis(settings.data_dir.resolve() / "redis").running_url()
 
 
 async def _with_ledger(settings: Settings, work):
-    ledger = _ledger(settings)
+    """Run `work` with a ledger whose commits refresh the API's balance cache,
+    so a job's changes show in the next balance read."""
+    import redis.asyncio as redis
+
+    from api.cache import BalanceCache
+    from ledger.database import create_engine
+    from ledger.service import LedgerService
+
+    url = _cache_url(settings)
+    client = redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25) if url else None
+    ledger = LedgerService(
+        create_engine(settings.database_url, pool_size=2),
+        settings.ledger_config(),
+        observer=BalanceCache(client, settings.balance_cache_ttl_seconds),
+    )
     try:
         return await work(ledger)
     finally:
         await ledger.engine.dispose()
+        if client is not None:
+            await client.aclose()
 
 
 @click.group()

@@ -87,11 +87,25 @@ class EmbeddedRedis:
             if self.process.poll() is not None:
                 raise RuntimeError(f"embedded Redis exited; see {self.data_dir / 'server.log'}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return f"redis://127.0.0.1:{port}/0"
+                url = f"redis://127.0.0.1:{port}/0"
+                (self.data_dir / "url").write_text(url)
+                return url
             time.sleep(0.05)
         raise RuntimeError("embedded Redis did not start within 10 s")
 
+    def running_url(self) -> str | None:
+        """The URL of a server another process started on this data directory."""
+        path = self.data_dir / "url"
+        if not path.exists():
+            return None
+        url = path.read_text().strip()
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return url
+        return None
+
     def stop(self) -> None:
+        (self.data_dir / "url").unlink(missing_ok=True)
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -121,10 +121,12 @@ async def purge(engine, retention: timedelta) -> int:
     """Forget idempotency keys and seen signatures past their retention."""
     async with engine.begin() as conn:
         requests = await conn.execute(
-            text("DELETE FROM partner_requests WHERE created_at < now() - :r"), {"r": retention}
+            text("DELETE FROM partner_requests WHERE created_at < now() - CAST(:r AS interval)"),
+            {"r": retention},
         )
         await conn.execute(
-            text("DELETE FROM idempotency_keys WHERE created_at < now() - :r"), {"r": retention}
+            text("DELETE FROM idempotency_keys WHERE created_at < now() - CAST(:r AS interval)"),
+            {"r": retention},
         )
         await conn.execute(text("DELETE FROM signature_replays WHERE expires_at < now()"))
         return requests.rowcount

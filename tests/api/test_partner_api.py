@@ -4,6 +4,8 @@ return / redeem flow, bad input, and the Redis-down replay fallback."""
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import time
 import uuid
 from datetime import UTC, datetime
@@ -321,3 +323,54 @@ async def test_rate_limit_is_a_429_with_retry_after(api_settings, shop):
     assert throttled, [r.status_code for r in responses]
     assert throttled[0].headers["retry-after"] == "1"
     assert throttled[0].json()["type"] == "/problems/rate-limited"
+
+
+async def test_a_retry_while_the_first_call_is_in_flight_is_409(client, shop, engine, ledger):
+    from sqlalchemy import text
+
+    raw = json.dumps(earn_body(shop, "F-1", 100)).encode()
+    fingerprint = hashlib.sha256(b"POST /v1/partner/earn?\n" + raw).hexdigest()
+    async with engine.begin() as conn:  # the first call with this key, still running
+        await conn.execute(
+            text(
+                "INSERT INTO partner_requests (partner_id, idempotency_key, fingerprint, status) "
+                "VALUES (:p, 'busy', :f, 'in_flight')"
+            ),
+            {"p": shop.partner_id, "f": fingerprint},
+        )
+    response = await client.post(
+        "/v1/partner/earn",
+        content=raw,
+        auth=shop.auth(),
+        headers={"Idempotency-Key": "busy", "content-type": "application/json"},
+    )
+    assert (response.status_code, response.json()["type"]) == (409, "/problems/request-in-flight")
+    assert response.headers["retry-after"] == "1"
+    assert (await ledger.balances(shop.member_id)).available == 0
+
+
+async def test_stored_responses_are_purged_after_the_retention(client, shop, engine):
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from api.partner_requests import purge
+
+    await post(client, shop, "/v1/partner/earn", earn_body(shop, "P-1", 100), key="old")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE partner_requests SET created_at = now() - interval '8 days' "
+                "WHERE partner_id = :p"
+            ),
+            {"p": shop.partner_id},
+        )
+    assert await purge(engine, timedelta(days=7)) >= 1
+    async with engine.connect() as conn:
+        left = (
+            await conn.execute(
+                text("SELECT count(*) FROM partner_requests WHERE partner_id = :p"),
+                {"p": shop.partner_id},
+            )
+        ).scalar_one()
+    assert left == 0

@@ -140,3 +140,69 @@ async def test_tiers_coupons_and_roles(client, token, new_id, programme_tiers):
     assert issued.json() == {"issued": 2}
     finance = token("fiona", roles=("finance",))
     assert (await client.get("/v1/admin/tiers", headers=finance)).status_code == 403
+
+
+async def test_partners_keys_and_cards_over_http(client, token, new_id):
+    admin, partner = token(), new_id("shop")
+    created = await client.post(
+        "/v1/admin/partners",
+        headers=admin,
+        json={
+            "id": partner,
+            "name": "Corner shop",
+            "return_window_days": 14,
+            "price_per_point": "0.01",
+            "redemption_value": "0.008",
+        },
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "active" and created.json()["return_window_days"] == 14
+    duplicate = await client.post(
+        "/v1/admin/partners", headers=admin, json={"id": partner, "name": "again"}
+    )
+    assert (duplicate.status_code, duplicate.json()["field"]) == (422, "id")
+
+    key = (await client.post(f"/v1/admin/partners/{partner}/keys", headers=admin)).json()
+    assert key["secret"] and key["status"] == "active"
+    listed = (await client.get(f"/v1/admin/partners/{partner}/keys", headers=admin)).json()
+    assert listed == [
+        {"key_id": key["key_id"], "partner_id": partner, "status": "active", "secret": None}
+    ]  # never shown again
+    await client.post(f"/v1/admin/partners/{partner}/keys", headers=admin)
+    third = await client.post(f"/v1/admin/partners/{partner}/keys", headers=admin)
+    assert (third.status_code, third.json()["type"]) == (409, "/problems/too-many-keys")
+    revoked = await client.post(
+        f"/v1/admin/partners/{partner}/keys/{key['key_id']}/revoke", headers=admin
+    )
+    assert revoked.json()["status"] == "revoked"
+
+    suspended = await client.post(
+        f"/v1/admin/partners/{partner}/status", headers=admin, json={"status": "suspended"}
+    )
+    assert suspended.json()["status"] == "suspended"
+    audit = (
+        await client.get(f"/v1/admin/audit?entity=partner&entity_id={partner}", headers=admin)
+    ).json()
+    assert [a["action"] for a in audit] == ["status:suspended", "create"]
+
+    member, number = (
+        new_id(),
+        "4" + new_id("").replace("-", "")[:10].translate(str.maketrans("abcdef", "123456")),
+    )
+    issued = await client.post(
+        f"/v1/admin/members/{member}/cards", headers=admin, json={"card_number": number}
+    )
+    assert issued.status_code == 201, issued.text
+    blocked = await client.post(f"/v1/admin/members/{member}/cards/{number}/block", headers=admin)
+    assert blocked.json()["status"] == "blocked"
+    missing = await client.get("/v1/admin/partners/nobody-here", headers=admin)
+    assert (missing.status_code, missing.json()["type"]) == (404, "/problems/partner-not-found")
+
+
+async def test_staff_see_a_members_tier(client, token, new_id):
+    response = await client.get(
+        f"/v1/staff/members/{new_id()}/tier", headers=token("fiona", roles=("finance",))
+    )
+    assert response.status_code == 200
+    assert response.json()["progress"]["tier"]["code"] in ("base", "silver", "gold")
+    assert response.json()["history"] == []

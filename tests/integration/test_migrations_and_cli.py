@@ -42,8 +42,15 @@ def test_demo_twice_then_verify_is_clean(server_url, tmp_path):
         verified = runner.invoke(main, ["verify"], env=env)
         assert verified.exit_code == 0, verified.output
         assert "ledger is clean" in verified.output
-        jobs = runner.invoke(main, ["jobs", "run", "expire-holds"], env=env)
-        assert jobs.exit_code == 0 and "expire-holds: 0 processed" in jobs.output
+        for job in (
+            "release-pending",
+            "expire-holds",
+            "expire-points",
+            "requalify-tiers",
+            "purge-idempotency",
+        ):
+            ran = runner.invoke(main, ["jobs", "run", job], env=env)
+            assert ran.exit_code == 0 and f"{job}: 0 processed" in ran.output, ran.output
     finally:
         asyncio.run(drop_database(server_url, name))
 

@@ -28,7 +28,6 @@ from partners.rulebook import (
 )
 
 MEMBERS = ("anna", "ben", "clara")
-PARTNERS = ("drugstore", "fuelstation", "skyline")
 RULES_FROM = datetime(2024, 1, 1, tzinfo=UTC)
 ADMIN = "staff:demo"
 

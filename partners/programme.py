@@ -258,7 +258,6 @@ class Programme:
         conn,
         member_id: str,
         purchase: Purchase,
-        tier: Tier,
         coupon_codes: tuple[str, ...],
         lock: bool,
     ) -> _Context:
@@ -362,7 +361,7 @@ class Programme:
         async with self.engine.connect() as conn:
             rule = await self._rule(conn, purchase)
             tier, _, _ = await self._tier(conn, member_id)
-            context = await self._offers(conn, member_id, purchase, tier, coupon_codes, False)
+            context = await self._offers(conn, member_id, purchase, coupon_codes, False)
             so_far = await self._period_rule_points(conn, member_id, rule, purchase.occurred_at)
             earning = evaluate(
                 purchase, rule, tier.code, tier.earn_multiplier, context.offers, so_far
@@ -391,7 +390,7 @@ class Programme:
         async def body(conn: AsyncConnection) -> PurchaseReceipt:
             rule = await self._rule(conn, purchase)
             tier, valid_until, tiers = await self._tier(conn, member_id)
-            context = await self._offers(conn, member_id, purchase, tier, coupon_codes, True)
+            context = await self._offers(conn, member_id, purchase, coupon_codes, True)
             # The member's row before reading what counts against caps: one
             # member's purchases are counted one after another.
             await self.ledger.journal.lock_members(

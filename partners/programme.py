@@ -401,8 +401,8 @@ class Programme:
                 purchase, rule, tier.code, tier.earn_multiplier, context.offers, so_far
             )
             view = _view(member_id, purchase, tier, earning)
-            await self._record_purchase(conn, member_id, purchase, partner_reference)
             if not earning.lines:
+                await self._record_purchase(conn, member_id, purchase, partner_reference, None)
                 balances = await self.ledger.balances_in(conn, member_id)
                 return PurchaseReceipt(view, None, balances)
             receipt = await self.ledger.earn_in(
@@ -419,12 +419,8 @@ class Programme:
                     release_at=release_at,
                 ),
             )
-            await conn.execute(
-                text(
-                    "UPDATE partner_purchases SET entry_id = :e WHERE partner_id = :p "
-                    "AND partner_reference = :r"
-                ),
-                {"e": receipt.entry_id, "p": purchase.partner_id, "r": partner_reference},
+            await self._record_purchase(
+                conn, member_id, purchase, partner_reference, receipt.entry_id
             )
             await self._book_offers(conn, member_id, earning, context, receipt.entry_id)
             new_tier = None
@@ -438,26 +434,31 @@ class Programme:
                     purchase.occurred_at,
                     receipt.entry_id,
                 )
-            balances = await self.ledger.balances_in(conn, member_id)
-            return PurchaseReceipt(view, receipt.entry_id, balances, receipt.release_at, new_tier)
+            # A tier change moves no points: the receipt's balances are current.
+            return PurchaseReceipt(
+                view, receipt.entry_id, receipt.balances, receipt.release_at, new_tier
+            )
 
         return await self.ledger.run("earn_purchase", request, idempotency, PurchaseReceipt, body)
 
     async def _record_purchase(
-        self, conn, member_id: str, purchase: Purchase, reference: str
+        self, conn, member_id: str, purchase: Purchase, reference: str, entry_id: int | None
     ) -> None:
-        """The purchase as reported: later returns are measured against it."""
+        """The purchase as reported, with the entry that earned its points (if
+        any): later returns are measured against it. A reference used before is
+        refused here even when the purchase earned nothing."""
         inserted = (
             await conn.execute(
                 text(
                     "INSERT INTO partner_purchases (partner_id, partner_reference, member_id, "
-                    "currency, total_minor, occurred_at) VALUES (:p, :r, :m, :c, :t, :at) "
-                    "ON CONFLICT DO NOTHING RETURNING 1"
+                    "entry_id, currency, total_minor, occurred_at) "
+                    "VALUES (:p, :r, :m, :e, :c, :t, :at) ON CONFLICT DO NOTHING RETURNING 1"
                 ),
                 {
                     "p": purchase.partner_id,
                     "r": reference,
                     "m": member_id,
+                    "e": entry_id,
                     "c": purchase.currency,
                     "t": purchase.total_minor,
                     "at": purchase.occurred_at,

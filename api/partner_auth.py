@@ -97,3 +97,4 @@ async def authenticate_partner(connection: ASGIConnection, _: object) -> None:
         raise PartnerSuspended(f"partner {key.partner_id} is suspended")
     await _rate_limit(connection, key.partner_id)
     connection.state.partner_id = key.partner_id
+    connection.state.return_window_days = key.return_window_days

@@ -64,6 +64,7 @@ class SigningKey:
     secret: str
     status: str
     partner_status: str
+    return_window_days: int
 
 
 class SecretBox:
@@ -246,7 +247,8 @@ class Registry:
                 await conn.execute(
                     text(
                         "SELECT k.key_id, k.partner_id, k.secret_encrypted, k.status, "
-                        "p.status AS partner_status FROM partner_keys k JOIN partners p "
+                        "p.status AS partner_status, p.return_window_days FROM partner_keys k "
+                        "JOIN partners p "
                         "ON p.id = k.partner_id WHERE k.key_id = :k"
                     ),
                     {"k": key_id},
@@ -260,6 +262,7 @@ class Registry:
             self.box.open(row.secret_encrypted),
             row.status,
             row.partner_status,
+            row.return_window_days,
         )
 
     # -- cards ----------------------------------------------------------------

@@ -106,13 +106,9 @@ async def earn(request: Request, data: JSONBody[EarnRequest], programme: Program
 
     async def run(key):
         member_id = await _member(request, data.card_number)
-        contract = await request.app.state.registry.partner(partner_id)
+        window = request.state.return_window_days  # read with the signing key
         purchase = data.purchase.to_purchase(partner_id, programme.ledger.clock())
-        release_at = (
-            purchase.occurred_at + timedelta(days=contract.return_window_days)
-            if contract.return_window_days
-            else None
-        )
+        release_at = purchase.occurred_at + timedelta(days=window) if window else None
         return await programme.earn_purchase(
             member_id, purchase, _reference(data.reference), tuple(data.coupons), release_at, key
         )

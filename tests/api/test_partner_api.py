@@ -8,7 +8,7 @@ import hashlib
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -374,3 +374,27 @@ async def test_stored_responses_are_purged_after_the_retention(client, shop, eng
             )
         ).scalar_one()
     assert left == 0
+
+
+async def test_points_wait_in_pending_for_the_partners_return_window(
+    client, engine, ledger, new_id
+):
+    registry = Registry(engine, SecretBox(SECRET_KEY))
+    partner_id, member_id, number = new_id("shop"), new_id(), str(uuid.uuid4().int)[:16]
+    await registry.create_partner(
+        PartnerInput(partner_id, "Online shop", return_window_days=14), "staff:tests"
+    )
+    await Rulebook(ledger).create_earn_rule(
+        partner_id, EarnRuleInput(FROM, "EUR", Decimal(1)), "staff:tests"
+    )
+    await registry.issue_card(member_id, number, "staff:tests")
+    key = await registry.create_key(partner_id, "staff:tests")
+    shop = Shop(partner_id, key.key_id, key.secret, number, member_id, registry)
+    response = await post(client, shop, "/v1/partner/earn", earn_body(shop, "W-1", 5000))
+    assert response.status_code == 201, response.text
+    assert (response.json()["balances"]["pending"], response.json()["balances"]["available"]) == (
+        50,
+        0,
+    )
+    release = datetime.fromisoformat(response.json()["release_at"])
+    assert timedelta(days=13) < release - datetime.now(UTC) <= timedelta(days=14)

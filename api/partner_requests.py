@@ -3,9 +3,13 @@ the partner. The first response (success or domain error) is stored and
 returned again for a retry with the same request; the same key with another
 request is a 422; while the first call is still running, a retry gets 409.
 
-The operation itself also carries the key into the ledger, so even a crash
-between posting and storing the response posts once: the retry after the
-in-flight claim goes stale finds the ledger's stored result.
+Crash safety comes from the ledger: the operation carries the key (with the
+digest of the request as sent) into its own transaction, so the posting and
+the key commit together. A worker killed before that commit leaves nothing
+behind and the retry runs afresh; killed after it but before the response is
+stored here, the retry gets the ledger's stored result: the same 201, posted
+once. Only answers of the operation itself are stored, never an error of the
+retry machinery (in flight, key reused) or of an unavailable database.
 """
 
 import hashlib
@@ -17,10 +21,11 @@ from litestar import Request, Response
 from sqlalchemy import text
 
 from api.problems import PROBLEM_JSON, ApiError, problem
-from ledger.errors import LedgerError
+from ledger.errors import IdempotencyKeyReused, LedgerError, RequestInFlight
 from ledger.idempotency import IdempotencyKey
 
-IN_FLIGHT_STALE = timedelta(seconds=60)
+# Answers about the key itself, not about the request: never stored.
+_NOT_STORED = (IdempotencyKeyReused, RequestInFlight)
 
 
 async def idempotent(
@@ -33,88 +38,72 @@ async def idempotent(
     if not key or len(key) > 255 or not key.isprintable():
         raise ApiError(
             "idempotency-key-missing",
-            "partner POSTs need an Idempotency-Key header (1-255 characters)",
+            "partner POSTs need an Idempotency-Key header (1-255 printable characters)",
         )
     body = await request.body()
     digest = hashlib.sha256(
         f"{request.method} {request.url.path}?{request.url.query}\n".encode() + body
     ).hexdigest()
     engine = request.app.state.engine
-    async with engine.begin() as conn:
-        claimed = (
+    async with engine.connect() as conn:
+        stored = (
             await conn.execute(
                 text(
-                    "INSERT INTO partner_requests (partner_id, idempotency_key, fingerprint, "
-                    "status) VALUES (:p, :k, :f, 'in_flight') ON CONFLICT DO NOTHING RETURNING 1"
+                    "SELECT fingerprint, response_status, response_body FROM partner_requests "
+                    "WHERE partner_id = :p AND idempotency_key = :k AND status = 'done'"
                 ),
-                {"p": partner_id, "k": key, "f": digest},
+                {"p": partner_id, "k": key},
             )
         ).first()
-        if claimed is None:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT fingerprint, status, response_status, response_body, "
-                        "now() - created_at AS age FROM partner_requests "
-                        "WHERE partner_id = :p AND idempotency_key = :k FOR UPDATE"
-                    ),
-                    {"p": partner_id, "k": key},
-                )
-            ).one()
-            if row.fingerprint != digest:
-                return problem(
-                    "idempotency-key-reused",
-                    f"idempotency key {key!r} was used for a different request",
-                    request.url.path,
-                )
-            if row.status == "done":
-                media = PROBLEM_JSON if row.response_status >= 400 else "application/json"
-                return Response(
-                    bytes(row.response_body),
-                    status_code=row.response_status,
-                    media_type=media,
-                    headers={"Idempotent-Replayed": "true"},
-                )
-            if row.age < IN_FLIGHT_STALE:
-                return problem(
-                    "request-in-flight",
-                    "the first request with this key is still being processed; retry shortly",
-                    request.url.path,
-                    headers={"Retry-After": "1"},
-                )
-            # Abandoned by a crashed worker: take it over (the ledger's own key
-            # still guarantees a single posting).
-            await conn.execute(
-                text(
-                    "UPDATE partner_requests SET created_at = now() WHERE partner_id = :p "
-                    "AND idempotency_key = :k"
-                ),
-                {"p": partner_id, "k": key},
+    if stored is not None:
+        if stored.fingerprint != digest:
+            return problem(
+                "idempotency-key-reused",
+                f"idempotency key {key!r} was used for a different request",
+                request.url.path,
             )
+        media = PROBLEM_JSON if stored.response_status >= 400 else "application/json"
+        return Response(
+            bytes(stored.response_body),
+            status_code=stored.response_status,
+            media_type=media,
+            headers={"Idempotent-Replayed": "true"},
+        )
     try:
-        result = await operation(IdempotencyKey(f"partner:{partner_id}", key))
+        result = await operation(IdempotencyKey(f"partner:{partner_id}", key, digest))
         response_status, response_body = status_code, msgspec.json.encode(result)
         response = Response(response_body, status_code=status_code, media_type="application/json")
+    except _NOT_STORED as error:
+        retry = {"Retry-After": "1"} if isinstance(error, RequestInFlight) else None
+        return problem(
+            error.code, error.detail, request.url.path, headers=retry, extensions=error.extensions
+        )
     except LedgerError as error:
-        response = problem(error.code, error.detail, request.url.path, **error.extensions)
+        response = problem(error.code, error.detail, request.url.path, extensions=error.extensions)
         response_status = response.status_code
         response_body = msgspec.json.encode(response.content)
-    except BaseException:
-        async with engine.begin() as conn:  # nothing to store: let a retry run again
-            await conn.execute(
-                text("DELETE FROM partner_requests WHERE partner_id = :p AND idempotency_key = :k"),
-                {"p": partner_id, "k": key},
-            )
-        raise
+    await store_response(engine, partner_id, key, digest, response_status, response_body)
+    return response
+
+
+async def store_response(
+    engine, partner_id: str, key: str, digest: str, status: int, body: bytes
+) -> None:
+    """Keep the answer for retries. A concurrent retry may have stored the same
+    answer first: keep that one (rows left `in_flight` by an older version of
+    this module are completed)."""
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "UPDATE partner_requests SET status = 'done', response_status = :s, "
-                "response_body = :b WHERE partner_id = :p AND idempotency_key = :k"
+                "INSERT INTO partner_requests (partner_id, idempotency_key, fingerprint, status, "
+                "response_status, response_body) VALUES (:p, :k, :f, 'done', :s, :b) "
+                "ON CONFLICT (partner_id, idempotency_key) DO UPDATE SET status = 'done', "
+                "fingerprint = EXCLUDED.fingerprint, response_status = EXCLUDED.response_status, "
+                "response_body = EXCLUDED.response_body "
+                "WHERE partner_requests.status = 'in_flight'"
             ),
-            {"s": response_status, "b": response_body, "p": partner_id, "k": key},
+            {"p": partner_id, "k": key, "f": digest, "s": status, "b": body},
         )
-    return response
 
 
 async def purge(engine, retention: timedelta) -> int:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from ledger.database import DatabaseLimits
 from ledger.expiry import parse_policy
 from ledger.service import LedgerConfig, TransferRules
 
@@ -26,6 +27,10 @@ class Settings:
     port: int = 8000
     workers: int = 1
     db_pool_size: int = 10
+    db_statement_timeout_ms: int = 10_000  # one statement; beyond it: 503
+    db_lock_timeout_ms: int = 3_000  # one row-lock wait; retried, then 503
+    db_pool_timeout_seconds: int = 5  # waiting for a pooled connection; beyond it: 503
+    db_command_timeout_seconds: int = 30  # one round trip on the wire
     max_body_bytes: int = 1_000_000
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwt_secret: str | None = None  # HS256; unset in embedded mode: a dev secret in data_dir
@@ -76,12 +81,28 @@ class Settings:
         unknown = set(self.jwt_algorithms) - allowed
         if unknown or not self.jwt_algorithms:
             raise SettingsError(f"LOYALTY_JWT_ALGORITHMS: unsupported {sorted(unknown)}")
+        for name in (
+            "db_statement_timeout_ms",
+            "db_lock_timeout_ms",
+            "db_pool_timeout_seconds",
+            "db_command_timeout_seconds",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"LOYALTY_{name.upper()} must be at least 1")
         if self.hot_account_slots < 1 or self.hot_account_slots > 256:
             raise SettingsError("LOYALTY_HOT_ACCOUNT_SLOTS must be between 1 and 256")
 
     @property
     def embedded(self) -> bool:
         return self.database_url is None
+
+    def database_limits(self) -> DatabaseLimits:
+        return DatabaseLimits(
+            statement_timeout_ms=self.db_statement_timeout_ms,
+            lock_timeout_ms=self.db_lock_timeout_ms,
+            pool_timeout_seconds=self.db_pool_timeout_seconds,
+            command_timeout_seconds=self.db_command_timeout_seconds,
+        )
 
     def ledger_config(self) -> LedgerConfig:
         return LedgerConfig(

@@ -1,6 +1,31 @@
-"""Database engine construction for the ledger (PostgreSQL through asyncpg)."""
+"""Database engine construction for the ledger (PostgreSQL through asyncpg),
+the time limits every connection runs under, and the classification of
+database failures into "retry the transaction", "the database is not
+available right now" and "the input was not valid for a column"."""
 
+from dataclasses import dataclass
+
+import asyncpg
+from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# Deadlock, serialization failure, lock wait over lock_timeout: the whole
+# transaction rolled back and may run again.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+# Statement timeout, server shutting down or starting, too many connections,
+# out of resources.
+UNAVAILABLE_SQLSTATES = frozenset({"57014", "57P01", "57P02", "57P03", "53300", "53100", "53200"})
+
+
+@dataclass(frozen=True)
+class DatabaseLimits:
+    """How long one statement, one row-lock wait, one pool checkout and one
+    round trip may take before the request gives up (milliseconds / seconds)."""
+
+    statement_timeout_ms: int = 10_000
+    lock_timeout_ms: int = 3_000
+    pool_timeout_seconds: float = 5.0
+    command_timeout_seconds: float = 30.0
 
 
 def async_url(url: str) -> str:
@@ -11,13 +36,86 @@ def async_url(url: str) -> str:
     raise ValueError(f"not a PostgreSQL URL: {url!r}")
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, limits: DatabaseLimits | None = None
+) -> AsyncEngine:
     # READ COMMITTED plus explicit row locks (SELECT ... FOR UPDATE in a fixed
     # order) is the concurrency model; see ledger/journal.py.
+    limits = limits or DatabaseLimits()
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        pool_timeout=limits.pool_timeout_seconds,
         isolation_level="READ COMMITTED",
+        connect_args={
+            "command_timeout": limits.command_timeout_seconds,
+            "timeout": limits.pool_timeout_seconds,  # establishing a connection
+            "server_settings": {
+                "statement_timeout": str(limits.statement_timeout_ms),
+                "lock_timeout": str(limits.lock_timeout_ms),
+                # A transaction left open by a crashed worker frees its locks.
+                "idle_in_transaction_session_timeout": "60000",
+            },
+        },
     )
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE behind an error raised through SQLAlchemy, if any."""
+    orig = getattr(error, "orig", None)
+    for candidate in (orig, getattr(orig, "__cause__", None), error):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def is_retryable(error: BaseException) -> bool:
+    """A transaction that failed this way rolled back and may simply run again."""
+    return isinstance(error, exc.DBAPIError) and sqlstate(error) in RETRYABLE_SQLSTATES
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """The database cannot serve the request now (down, restarting, connection
+    lost, pool exhausted, a time limit hit): try again later."""
+    if isinstance(error, exc.TimeoutError):  # pool checkout
+        return True
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        state = sqlstate(error)
+        if state is not None:
+            return (
+                state in UNAVAILABLE_SQLSTATES
+                or state in RETRYABLE_SQLSTATES
+                or (state.startswith("08"))
+            )
+        cause = getattr(error.orig, "__cause__", None)
+        return isinstance(
+            cause,
+            OSError
+            | TimeoutError
+            | asyncpg.exceptions.ConnectionDoesNotExistError
+            | asyncpg.exceptions.InterfaceError,
+        ) and not isinstance(cause, asyncpg.exceptions.DataError)
+    return isinstance(
+        error,
+        OSError
+        | TimeoutError
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.CannotConnectNowError,
+    )
+
+
+def is_invalid_input(error: BaseException) -> bool:
+    """PostgreSQL (or the driver) refused a value for its column: out of range,
+    a NUL character, too long. The request was bad; nothing was written."""
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    state = sqlstate(error)
+    if state is not None:
+        return state.startswith("22")
+    cause = getattr(error.orig, "__cause__", None)
+    return isinstance(cause, asyncpg.exceptions.DataError | OverflowError | ValueError)

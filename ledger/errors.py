@@ -81,3 +81,14 @@ class TransferRefused(LedgerError):
     """Below the minimum, or over the daily limit."""
 
     code = "transfer-refused"
+
+
+class RequestInFlight(LedgerError):
+    """Same idempotency key, while the first request is still running."""
+
+    code = "request-in-flight"
+
+
+class LockOrderError(RuntimeError):
+    """A programming error, not a domain error: a transaction asked for a
+    member's lock after it had locked others (see ledger/journal.py)."""

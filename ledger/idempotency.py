@@ -1,9 +1,16 @@
 """Idempotent operations: a key per caller, stored with a fingerprint of the
 request and the first result, in the same transaction as the posting.
 
-A second transaction with the same key blocks on the key's unique index until
-the first commits, then finds the stored result: the same key racing in two
-transactions posts once.
+Because key, posting and result commit together, a crash anywhere before the
+commit leaves nothing behind and the retry runs afresh; a crash after it
+leaves the stored result, which the retry gets back. The fingerprint covers
+only what the caller sent: callers that fill in values themselves (a purchase
+time defaulting to "now") pass the digest of the request as received, so a
+retry after a crash is recognised as the same request.
+
+While a transaction holds a key (a transaction-scoped advisory lock on it, freed
+by commit, rollback or the death of the session), a second caller with the
+same key is told the request is in flight instead of waiting for it.
 """
 
 import hashlib
@@ -13,13 +20,16 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.errors import IdempotencyKeyReused, InvalidAmount
+from ledger.errors import IdempotencyKeyReused, InvalidAmount, RequestInFlight
 
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyKey:
     caller: str  # e.g. "partner:shop-a", "staff:alice"
     key: str
+    # SHA-256 of the request exactly as the caller sent it; None: the command
+    # itself is the request (every field came from the caller).
+    request_digest: str | None = None
 
     def __post_init__(self) -> None:
         if not self.key or len(self.key) > 255 or not self.key.isprintable():
@@ -31,19 +41,37 @@ def fingerprint(operation: str, command: object) -> str:
     return hashlib.sha256(operation.encode() + b"\n" + body).hexdigest()
 
 
+def request_fingerprint(operation: str, key: IdempotencyKey, command: object) -> str:
+    if key.request_digest is None:
+        return fingerprint(operation, command)
+    return hashlib.sha256(f"{operation}\n{key.request_digest}".encode()).hexdigest()
+
+
 async def claim(
-    conn: AsyncConnection, key: IdempotencyKey, operation: str, digest: str
+    conn: AsyncConnection, key: IdempotencyKey, operation: str, command: object
 ) -> object | None:
     """Take the key for this transaction, or return the stored first result."""
-    inserted = await conn.execute(
-        text(
-            "INSERT INTO idempotency_keys (caller, key, operation, fingerprint) "
-            "VALUES (:caller, :key, :operation, :fingerprint) "
-            "ON CONFLICT DO NOTHING RETURNING 1"
-        ),
-        {"caller": key.caller, "key": key.key, "operation": operation, "fingerprint": digest},
-    )
-    if inserted.first() is not None:
+    digest = request_fingerprint(operation, key, command)
+    params = {"caller": key.caller, "key": key.key, "operation": operation, "fingerprint": digest}
+    row = (
+        await conn.execute(
+            text(
+                "WITH lock AS (SELECT pg_try_advisory_xact_lock("
+                "  hashtextextended(:caller || chr(10) || :key, 0)) AS got), "
+                "ins AS (INSERT INTO idempotency_keys (caller, key, operation, fingerprint) "
+                "  SELECT :caller, :key, :operation, :fingerprint FROM lock WHERE got "
+                "  ON CONFLICT DO NOTHING RETURNING 1) "
+                "SELECT (SELECT got FROM lock) AS got, EXISTS (SELECT 1 FROM ins) AS inserted"
+            ),
+            params,
+        )
+    ).one()
+    if not row.got:
+        raise RequestInFlight(
+            f"a request with idempotency key {key.key!r} is still being processed",
+            idempotency_key=key.key,
+        )
+    if row.inserted:
         return None
     stored = (
         await conn.execute(
@@ -51,7 +79,7 @@ async def claim(
                 "SELECT operation, fingerprint, result FROM idempotency_keys "
                 "WHERE caller = :caller AND key = :key"
             ),
-            {"caller": key.caller, "key": key.key},
+            params,
         )
     ).one()
     if stored.operation != operation or stored.fingerprint != digest:

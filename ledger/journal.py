@@ -2,17 +2,24 @@
 updates and lot movements inside the caller's transaction.
 
 Lock order, the same in every transaction, keeps concurrent postings free of
-deadlocks: the operation's own rows first (idempotency key, hold, pending
-points, reversal tracker), then member balance rows in address order (the
-upsert applying the entry's member postings locks them; a member's `available`
-row is the mutex for that member's lots), then hot-account slots in address
-order. Hot accounts (partner, programme) take a random slot
-per entry, so concurrent accruals from one partner do not queue on one row.
+deadlocks:
+1. the operation's own rows (idempotency key, hold, pending points, reversal
+   tracker, a partner's purchase, budgeted promotions);
+2. every member the transaction touches, all in one statement, in address
+   order: each member's `available` balance row is that member's mutex. No
+   transaction writes a member's balances or lots, or reads what it decides
+   on from them (or from the member's tier, coupons, promotion usage) before
+   it holds that member's mutex, and a transaction that holds some members
+   never asks for another one later (`LockOrderError`), so two transactions
+   can never wait for each other on member rows;
+3. hot-account slots (partner, programme) in address order, one statement.
+   Hot accounts take a random slot per entry, so concurrent accruals from one
+   partner do not queue on one row.
 """
 
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,15 +27,21 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.accounts import ASSETS, PTS, Address, member_account, member_of, program_account
+from ledger.accounts import ASSETS, PTS, QP, Address, member_account, member_of, program_account
 from ledger.errors import (
     DuplicatePartnerReference,
     InsufficientPoints,
+    InvalidAccount,
     InvalidAmount,
+    LockOrderError,
     UnbalancedEntry,
 )
 from ledger.expiry import ExpiryPolicy
 from ledger.lots import ConsumedLot, OpenLot, allocate_debit, allocate_restore
+
+LOCKED_MEMBERS = (
+    "ledger.locked_members"  # conn.info key: members whose mutex this transaction holds
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +127,11 @@ def check_balanced(postings: Sequence[Posting]) -> None:
             raise InvalidAmount(f"posting amounts are non-zero integers: {posting}")
         if posting.asset not in ASSETS:
             raise InvalidAmount(f"unknown asset {posting.asset!r}")
-        Address.parse(posting.account)
+        address = Address.parse(posting.account)
+        if address.owner == "member" and (address.name == "qp") != (posting.asset == QP):
+            raise InvalidAccount(
+                f"{posting.account} holds {'QP' if address.name == 'qp' else 'PTS'} only"
+            )
         totals[posting.asset] += posting.amount
     unbalanced = {asset: total for asset, total in totals.items() if total}
     if unbalanced:
@@ -129,45 +146,63 @@ class Journal:
         self.hot_slots = hot_slots
 
     async def lock_members(
-        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], BalanceRow]:
-        """Create-if-missing and lock member balance rows, in address order."""
-        keys = sorted(set(keys))
-        if not keys:
+        self, conn: AsyncConnection, member_ids: Iterable[str]
+    ) -> dict[str, BalanceRow]:
+        """Take the mutex of every member this transaction will touch, in one
+        statement, in address order (creating their `available` rows on first
+        use). Returns each member's available balance as locked.
+
+        A transaction takes its members once: asking again for members it
+        already holds is free, asking for a new one raises `LockOrderError`."""
+        wanted = set(member_ids)
+        held: set[str] = conn.info.setdefault(LOCKED_MEMBERS, set())
+        if not wanted or (held and wanted <= held):
             return {}
-        accounts = [account for account, _ in keys]
-        assets = [asset for _, asset in keys]
-        members = [member_of(account) for account in accounts]
-        await conn.execute(
-            text(
-                "INSERT INTO balances (account, asset, slot, member_id) "
-                "SELECT a, s, 0, m FROM unnest(CAST(:accounts AS text[]), "
-                "CAST(:assets AS text[]), CAST(:members AS text[])) AS t(a, s, m) "
-                "ORDER BY a, s ON CONFLICT DO NOTHING"
-            ),
-            {"accounts": accounts, "assets": assets, "members": members},
-        )
+        if held:
+            raise LockOrderError(
+                f"members {sorted(wanted - held)} asked for after {sorted(held)} were locked"
+            )
+        accounts = [member_account(m, "available") for m in wanted]
+        # ON CONFLICT DO UPDATE (a no-op) locks the row even when another
+        # transaction created it after this statement's snapshot.
         rows = await conn.execute(
             text(
-                "SELECT account, asset, balance, version FROM balances "
-                "WHERE slot = 0 AND (account, asset) IN "
-                "(SELECT * FROM unnest(CAST(:accounts AS text[]), CAST(:assets AS text[]))) "
-                "ORDER BY account, asset FOR UPDATE"
+                "INSERT INTO balances AS b (account, asset, slot, member_id) "
+                "SELECT a, 'PTS', 0, split_part(a, ':', 2) "
+                'FROM unnest(CAST(:accounts AS text[])) AS t(a) ORDER BY a COLLATE "C" '
+                "ON CONFLICT (account, asset, slot) DO UPDATE SET balance = b.balance "
+                "RETURNING member_id, balance, version"
             ),
-            {"accounts": accounts, "assets": assets},
+            {"accounts": accounts},
         )
-        return {(r.account, r.asset): BalanceRow(r.balance, r.version) for r in rows}
+        held.update(wanted)
+        return {r.member_id: BalanceRow(r.balance, r.version) for r in rows}
 
     async def post(self, conn: AsyncConnection, draft: EntryDraft, now: datetime) -> PostedEntry:
         check_balanced(draft.postings)
-        entry_id = await self._insert_entry(conn, draft)
-        touched = conn.info.get("touched_members")
-        if touched is not None:
-            touched.update(m for p in draft.postings if (m := member_of(p.account)))
         postings = list(draft.postings)
-        # Member rows first: the upsert locks them (in address order) and returns
-        # the new balances, from which the lot effects work under that lock.
+        members = {m for p in postings if (m := member_of(p.account))} | set(draft.lot_effects)
+        for posting in postings:
+            if posting.account.endswith(":available") and (
+                member_of(posting.account) not in draft.lot_effects
+            ):
+                raise InvalidAmount(f"a posting on {posting.account} needs a lot effect")
+        entry_id = await self._insert_entry(conn, draft)
+        # Member rows first: when the transaction holds no member yet, this
+        # upsert is its member lock step (each member's available row, the
+        # mutex, rides along with a zero change); it returns the new balances,
+        # from which the lot effects work under that lock.
+        held: set[str] = conn.info.setdefault(LOCKED_MEMBERS, set())
+        if held and not members <= held:
+            raise LockOrderError(
+                f"members {sorted(members - held)} asked for after {sorted(held)} were locked"
+            )
         member_postings = [p for p in postings if member_of(p.account)]
+        if not held:
+            member_postings += [
+                Posting(member_account(m, "available"), PTS, 0) for m in sorted(members)
+            ]
+            held.update(members)
         balances = await self._apply_balances(conn, member_postings)
         movements: list[dict[str, object]] = []
         new_lots: set[int] = set()
@@ -401,11 +436,12 @@ class Journal:
         result = await conn.execute(
             text(
                 "INSERT INTO balances AS b (account, asset, slot, balance, version, member_id, "
-                "updated_at) SELECT a, s, n, v, 1, m, now() FROM unnest(CAST(:accounts AS text[]), "
+                "updated_at) SELECT a, s, n, v, CAST(v <> 0 AS int), m, now() "
+                "FROM unnest(CAST(:accounts AS text[]), "
                 "CAST(:assets AS text[]), CAST(:slots AS smallint[]), CAST(:deltas AS bigint[]), "
                 "CAST(:members AS text[])) AS t(a, s, n, v, m) "
                 "ON CONFLICT (account, asset, slot) DO UPDATE SET "
-                "balance = b.balance + EXCLUDED.balance, version = b.version + 1, "
+                "balance = b.balance + EXCLUDED.balance, version = b.version + EXCLUDED.version, "
                 "updated_at = now() RETURNING account, asset, balance, version, member_id"
             ),
             {

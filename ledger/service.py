@@ -5,15 +5,18 @@ Isolation is READ COMMITTED; correctness under concurrency comes from row
 locks taken in the order documented in ledger/journal.py.
 """
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import msgspec
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger import queries
@@ -29,6 +32,7 @@ from ledger.commands import (
     Transfer,
     Void,
 )
+from ledger.database import is_retryable, sqlstate
 from ledger.errors import (
     CaptureExceedsHold,
     EntryNotFound,
@@ -42,8 +46,9 @@ from ledger.errors import (
     TransferRefused,
 )
 from ledger.expiry import ExpiryPolicy, RollingToQuarterEnd
-from ledger.idempotency import IdempotencyKey, claim, fingerprint, record
+from ledger.idempotency import IdempotencyKey, claim, record
 from ledger.journal import (
+    LOCKED_MEMBERS,
     Clawback,
     ConsumeLots,
     EntryDraft,
@@ -65,6 +70,7 @@ from ledger.views import (
 )
 
 R = TypeVar("R")
+log = logging.getLogger("loyalty.ledger")
 REVERSIBLE_KINDS = ("earn", "burn", "capture")
 
 
@@ -94,11 +100,14 @@ class LedgerConfig:
     transfers: TransferRules = field(default_factory=TransferRules)
 
 
-class BalanceObserver(Protocol):
-    """Told, after commit, which members' balances a transaction changed
-    (member id -> the balances' new version), e.g. to refresh a cache."""
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Transactions that lost a deadlock, a serialization check or a lock wait
+    rolled back entirely and run again, a bounded number of times, after a
+    jittered pause (so the transactions that collided do not collide again)."""
 
-    async def balances_changed(self, versions: dict[str, int]) -> None: ...
+    attempts: int = 4
+    base_delay: float = 0.02  # seconds; doubled per attempt, full jitter
 
 
 class LedgerService:
@@ -107,41 +116,40 @@ class LedgerService:
         engine: AsyncEngine,
         config: LedgerConfig | None = None,
         clock: Callable[[], datetime] = utc_now,
-        observer: BalanceObserver | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.engine = engine
         self.config = config or LedgerConfig()
         self.clock = clock
-        self.observer = observer
+        self.retry = retry or RetryPolicy()
+        self.retries = 0  # transactions run again after a deadlock or lock timeout
         self.journal = Journal(self.config.expiry_policy, self.config.hot_slots)
 
     # -- plumbing ---------------------------------------------------------
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One database transaction, committed on exit. The members whose
-        balances it changed are told to the observer after the commit, with
-        the versions read inside the transaction (their rows are locked until
-        commit, so these are exactly the committed versions)."""
-        versions: dict[str, int] = {}
-        async with self.engine.begin() as conn:
-            touched: set[str] = set()
-            conn.info["touched_members"] = touched
-            try:
-                yield conn
-                if touched and self.observer is not None:
-                    versions = await queries.balance_versions(conn, sorted(touched))
-            finally:
-                conn.info.pop("touched_members", None)
-        if versions:
-            await self.observer.balances_changed(versions)
+    async def atomically(self, body: Callable[[AsyncConnection], Awaitable[R]]) -> R:
+        """Run `body` in one database transaction and commit it.
 
-    @staticmethod
-    def touch(conn: AsyncConnection, member_id: str) -> None:
-        """Mark a member's balance view as changed by this transaction."""
-        touched = conn.info.get("touched_members")
-        if touched is not None:
-            touched.add(member_id)
+        On a deadlock, serialization failure or lock timeout the transaction
+        has rolled back whole, so `body` runs again from the start (it reads
+        everything it decides on inside the transaction, which makes the
+        re-run safe); after the last attempt the error goes to the caller."""
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                async with self.engine.begin() as conn:
+                    conn.info[LOCKED_MEMBERS] = set()
+                    try:
+                        return await body(conn)
+                    finally:
+                        conn.info.pop(LOCKED_MEMBERS, None)
+            except DBAPIError as error:
+                if not is_retryable(error) or attempt == self.retry.attempts:
+                    raise
+                self.retries += 1
+                delay = random.uniform(0, self.retry.base_delay * 2 ** (attempt - 1))
+                log.info("transaction retried after %s (attempt %d)", sqlstate(error), attempt)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     async def run(
         self,
@@ -152,10 +160,10 @@ class LedgerService:
         body: Callable[[AsyncConnection], Awaitable[R]],
     ) -> R:
         """Run `body` in one transaction, once per idempotency key."""
-        async with self.transaction() as conn:
+
+        async def once(conn: AsyncConnection) -> R:
             if idempotency is not None:
-                digest = fingerprint(operation, command)
-                stored = await claim(conn, idempotency, operation, digest)
+                stored = await claim(conn, idempotency, operation, command)
                 if stored is not None:
                     return msgspec.convert(stored, result_type)
             result = await body(conn)
@@ -167,6 +175,8 @@ class LedgerService:
                     getattr(result, "entry_id", None),
                 )
             return result
+
+        return await self.atomically(once)
 
     async def _receipt(
         self,
@@ -255,48 +265,49 @@ class LedgerService:
         One transaction per earning (each touches one member), so the job never
         holds two members' locks; SKIP LOCKED lets several runners share the work."""
         released = 0
-        for _ in range(limit):
-            async with self.transaction() as conn:
-                now = self.clock()
-                row = (
-                    await conn.execute(
-                        text(
-                            "SELECT earn_entry_id, member_id, remaining, earned_at "
-                            "FROM pending_points WHERE release_entry_id IS NULL "
-                            "AND remaining > 0 AND release_at <= :now "
-                            "ORDER BY release_at LIMIT 1 FOR UPDATE SKIP LOCKED"
-                        ),
-                        {"now": now},
-                    )
-                ).first()
-                if row is None:
-                    break
-                posted = await self.journal.post(
-                    conn,
-                    EntryDraft(
-                        kind="release",
-                        postings=[
-                            Posting(member_account(row.member_id, "pending"), PTS, -row.remaining),
-                            Posting(member_account(row.member_id, "available"), PTS, row.remaining),
-                        ],
-                        effective_at=now,
-                        posted_by="job:release-pending",
-                        member_id=row.member_id,
-                        reason=f"return window of entry {row.earn_entry_id} passed",
-                        lot_effects={
-                            row.member_id: NewLot("earn", row.earned_at, row.earn_entry_id)
-                        },
-                    ),
-                    now,
-                )
+
+        async def release_one(conn: AsyncConnection) -> bool:
+            now = self.clock()
+            row = (
                 await conn.execute(
                     text(
-                        "UPDATE pending_points SET remaining = 0, release_entry_id = :entry "
-                        "WHERE earn_entry_id = :earn"
+                        "SELECT earn_entry_id, member_id, remaining, earned_at "
+                        "FROM pending_points WHERE release_entry_id IS NULL "
+                        "AND remaining > 0 AND release_at <= :now "
+                        "ORDER BY release_at LIMIT 1 FOR UPDATE SKIP LOCKED"
                     ),
-                    {"entry": posted.entry_id, "earn": row.earn_entry_id},
+                    {"now": now},
                 )
-                released += 1
+            ).first()
+            if row is None:
+                return False
+            posted = await self.journal.post(
+                conn,
+                EntryDraft(
+                    kind="release",
+                    postings=[
+                        Posting(member_account(row.member_id, "pending"), PTS, -row.remaining),
+                        Posting(member_account(row.member_id, "available"), PTS, row.remaining),
+                    ],
+                    effective_at=now,
+                    posted_by="job:release-pending",
+                    member_id=row.member_id,
+                    reason=f"return window of entry {row.earn_entry_id} passed",
+                    lot_effects={row.member_id: NewLot("earn", row.earned_at, row.earn_entry_id)},
+                ),
+                now,
+            )
+            await conn.execute(
+                text(
+                    "UPDATE pending_points SET remaining = 0, release_entry_id = :entry "
+                    "WHERE earn_entry_id = :earn"
+                ),
+                {"entry": posted.entry_id, "earn": row.earn_entry_id},
+            )
+            return True
+
+        while released < limit and await self.atomically(release_one):
+            released += 1
         return released
 
     # -- redemption -------------------------------------------------------
@@ -402,7 +413,7 @@ class LedgerService:
         if hold is None or (partner_id is not None and hold.partner_id != partner_id):
             raise HoldNotFound(f"no hold {hold_id}", hold_id=hold_id)
         if hold.status != "open":
-            raise HoldNotOpen(f"hold {hold_id} is already {hold.status}", status=hold.status)
+            raise HoldNotOpen(f"hold {hold_id} is already {hold.status}", hold_status=hold.status)
         return hold
 
     async def _release_hold(
@@ -514,26 +525,29 @@ class LedgerService:
     async def expire_holds(self, limit: int = 1000) -> int:
         """Return the points of holds past their expiry (one transaction per hold)."""
         expired = 0
-        for _ in range(limit):
-            async with self.transaction() as conn:
-                now = self.clock()
-                hold = (
-                    await conn.execute(
-                        text(
-                            f"SELECT {_HOLD_COLUMNS} FROM holds WHERE status = 'open' "
-                            "AND expires_at <= :now ORDER BY expires_at LIMIT 1 "
-                            "FOR UPDATE SKIP LOCKED"
-                        ),
-                        {"now": now},
-                    )
-                ).first()
-                if hold is None:
-                    break
-                await self._release_hold(
-                    conn, hold, hold.amount, now, "job:expire-holds", f"hold {hold.id} expired"
+
+        async def expire_one(conn: AsyncConnection) -> bool:
+            now = self.clock()
+            hold = (
+                await conn.execute(
+                    text(
+                        f"SELECT {_HOLD_COLUMNS} FROM holds WHERE status = 'open' "
+                        "AND expires_at <= :now ORDER BY expires_at LIMIT 1 "
+                        "FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"now": now},
                 )
-                await self._resolve_hold(conn, hold.id, "expired", 0, now)
-                expired += 1
+            ).first()
+            if hold is None:
+                return False
+            await self._release_hold(
+                conn, hold, hold.amount, now, "job:expire-holds", f"hold {hold.id} expired"
+            )
+            await self._resolve_hold(conn, hold.id, "expired", 0, now)
+            return True
+
+        while expired < limit and await self.atomically(expire_one):
+            expired += 1
         return expired
 
     # -- transfers, adjustments, generic entries --------------------------
@@ -553,9 +567,10 @@ class LedgerService:
         async def body(conn: AsyncConnection) -> Receipt:
             now = self.clock()
             sender = member_account(cmd.from_member_id, "available")
+            # Both members at once, before counting what the sender sent today,
+            # so two transfers of one sender count one after the other.
+            await self.journal.lock_members(conn, (cmd.from_member_id, cmd.to_member_id))
             if rules.daily_limit is not None:
-                # The sender's row first, so two transfers count one after the other.
-                await self.journal.lock_members(conn, [(sender, PTS)])
                 sent = await queries.points_sent_since(
                     conn, cmd.from_member_id, now.replace(hour=0, minute=0, second=0, microsecond=0)
                 )
@@ -841,10 +856,10 @@ class LedgerService:
         return members_done
 
     async def _expire_member(self, member_id: str) -> None:
-        async with self.transaction() as conn:
+        async def expire(conn: AsyncConnection) -> None:
             now = self.clock()
             account = member_account(member_id, "available")
-            await self.journal.lock_members(conn, [(account, PTS)])
+            await self.journal.lock_members(conn, [member_id])
             lots = (
                 await conn.execute(
                     text(
@@ -884,6 +899,8 @@ class LedgerService:
                 ),
                 now,
             )
+
+        await self.atomically(expire)
 
     # -- reads --------------------------------------------------------------
 

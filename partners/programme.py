@@ -3,8 +3,9 @@
 one transaction; a quote is the same computation with nothing posted or used.
 
 Lock order (after the idempotency key): promotion rows with a budget, then
-promotion usage rows, then the member's coupons, then the ledger's member
-balance rows and hot slots. Promotions without a budget lock nothing global,
+the member (the ledger's member lock, see ledger/journal.py), under which the
+member's promotion usage, coupons and tier are read and written, then the
+ledger's hot slots. Promotions without a budget lock nothing global,
 so accruals at a partner do not queue behind a running promotion.
 """
 
@@ -17,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import queries
-from ledger.accounts import PTS, check_id, member_account
+from ledger.accounts import check_id, member_account
 from ledger.commands import Earn, EarnLine, Reverse
 from ledger.errors import DuplicatePartnerReference
 from ledger.idempotency import IdempotencyKey
@@ -289,6 +290,9 @@ class Programme:
                     )
                 }
                 rows = [fresh.get(r.id, r) for r in rows]
+        if lock:
+            await self.ledger.journal.lock_members(conn, [member_id])
+        if lock and limited:
             await conn.execute(
                 text(
                     "INSERT INTO promotion_usage (promotion_id, member_id, points) "
@@ -389,13 +393,11 @@ class Programme:
 
         async def body(conn: AsyncConnection) -> PurchaseReceipt:
             rule = await self._rule(conn, purchase)
-            tier, valid_until, tiers = await self._tier(conn, member_id)
+            # Locks budgeted promotions, then the member; everything about the
+            # member (usage, coupons, tier, caps) is read under that lock, so
+            # one member's purchases are evaluated one after another.
             context = await self._offers(conn, member_id, purchase, coupon_codes, True)
-            # The member's row before reading what counts against caps: one
-            # member's purchases are counted one after another.
-            await self.ledger.journal.lock_members(
-                conn, [(member_account(member_id, "available"), PTS)]
-            )
+            tier, valid_until, tiers = await self._tier(conn, member_id)
             so_far = await self._period_rule_points(conn, member_id, rule, purchase.occurred_at)
             earning = evaluate(
                 purchase, rule, tier.code, tier.earn_multiplier, context.offers, so_far
@@ -649,8 +651,11 @@ class Programme:
 
     # -- the card holder's view ----------------------------------------------------
 
-    async def balance_view(self, member_id: str, within_days: int = 90) -> BalanceView:
-        """Balances, pending releases, expiring points and tier from one snapshot."""
+    async def balance_view(
+        self, member_id: str, within_days: int = 90
+    ) -> tuple[BalanceView, tuple[int, int]]:
+        """Balances, pending releases, expiring points and tier from one snapshot,
+        with the view's token (`balance_token`) read in that same snapshot."""
         check_id("member", member_id)
         now = self.ledger.clock()
         async with self.engine.connect() as conn:
@@ -665,8 +670,9 @@ class Programme:
             )
             pending = tuple(PendingRelease(r.remaining, r.release_at) for r in releases)
             tier, valid_until, _ = await self._tier(conn, member_id)
+            token = await self.balance_token(member_id, conn)
         b = summary.balances
-        return BalanceView(
+        view = BalanceView(
             member_id,
             b.available,
             b.pending,
@@ -678,6 +684,32 @@ class Programme:
             within_days,
             TierStatus(tier.code, tier.name, valid_until),
         )
+        return view, token
+
+    # Everything in a balance view changes with one of these: every posting to a
+    # member account bumps that balance row's version (lots, pending releases and
+    # holds move with the balances), and every tier change (with the fresh lot
+    # validity a lost protection brings) adds a `tier_changes` row.
+    _BALANCE_TOKEN = text(
+        "SELECT (SELECT coalesce(sum(version), 0) FROM balances "
+        "WHERE member_id = :m AND slot = 0)::bigint AS versions, "
+        "(SELECT coalesce(max(id), 0) FROM tier_changes WHERE member_id = :m)::bigint AS tier"
+    )
+
+    async def balance_token(
+        self, member_id: str, conn: AsyncConnection | None = None
+    ) -> tuple[int, int]:
+        """(sum of the member's balance-row versions, id of their latest tier
+        change or 0): equal tokens mean equal balance views (up to the passing
+        of time). One statement, on `conn` (a view's snapshot, or the cache's
+        autocommit connection) or else on an autocommit connection of its own."""
+        check_id("member", member_id)
+        if conn is None:
+            async with self.engine.connect() as own:
+                own = await own.execution_options(isolation_level="AUTOCOMMIT")
+                return await self.balance_token(member_id, own)
+        row = (await conn.execute(self._BALANCE_TOKEN, {"m": member_id})).one()
+        return int(row.versions), int(row.tier)
 
     # -- tiers --------------------------------------------------------------------
 
@@ -718,34 +750,37 @@ class Programme:
                 .scalars()
                 .all()
             )
-        for member_id in due:
-            async with self.ledger.transaction() as conn:
-                self.ledger.touch(conn, member_id)  # the tier is part of the member's view
-                tier, valid_until, tiers = await self._tier(conn, member_id, lock=True)
-                if valid_until is None or valid_until > now:
-                    continue  # renewed meanwhile
-                last_year = now - timedelta(days=366) if self.tier_period == "calendar" else now
-                qp = await self._period_qp(conn, member_id, last_year)
-                new, until = requalify(qp, tiers, now)
-                await self._set_tier(
-                    conn,
-                    member_id,
-                    tier.code,
-                    new,
-                    until,
-                    now,
-                    None,
-                    f"requalification: {qp} QP in the last period",
+        async def requalify_member(conn: AsyncConnection, member_id: str) -> None:
+            # The member first: the tier and the lots' expiry are the member's.
+            await self.ledger.journal.lock_members(conn, [member_id])
+            tier, valid_until, tiers = await self._tier(conn, member_id, lock=True)
+            if valid_until is None or valid_until > now:
+                return  # renewed meanwhile
+            last_year = now - timedelta(days=366) if self.tier_period == "calendar" else now
+            qp = await self._period_qp(conn, member_id, last_year)
+            new, until = requalify(qp, tiers, now)
+            await self._set_tier(
+                conn,
+                member_id,
+                tier.code,
+                new,
+                until,
+                now,
+                None,
+                f"requalification: {qp} QP in the last period",
+            )
+            if tier.expiry_protected and not new.expiry_protected:
+                # Status lost: protected points get a fresh validity from today.
+                await conn.execute(
+                    text(
+                        "UPDATE lots SET expires_at = greatest(expires_at, :fresh) "
+                        "WHERE member_id = :m AND remaining > 0"
+                    ),
+                    {"fresh": self.ledger.config.expiry_policy.expires_at(now), "m": member_id},
                 )
-                if tier.expiry_protected and not new.expiry_protected:
-                    # Status lost: protected points get a fresh validity from today.
-                    await conn.execute(
-                        text(
-                            "UPDATE lots SET expires_at = greatest(expires_at, :fresh) "
-                            "WHERE member_id = :m AND remaining > 0"
-                        ),
-                        {"fresh": self.ledger.config.expiry_policy.expires_at(now), "m": member_id},
-                    )
+
+        for member_id in due:
+            await self.ledger.atomically(lambda conn, m=member_id: requalify_member(conn, m))
         return len(due)
 
     # -- coupons --------------------------------------------------------------------

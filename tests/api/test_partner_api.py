@@ -328,25 +328,97 @@ async def test_rate_limit_is_a_429_with_retry_after(api_settings, shop):
 async def test_a_retry_while_the_first_call_is_in_flight_is_409(client, shop, engine, ledger):
     from sqlalchemy import text
 
-    raw = json.dumps(earn_body(shop, "F-1", 100)).encode()
-    fingerprint = hashlib.sha256(b"POST /v1/partner/earn?\n" + raw).hexdigest()
-    async with engine.begin() as conn:  # the first call with this key, still running
+    raw = json.dumps(earn_body(shop, "F-1", 10000)).encode()
+    headers = {"Idempotency-Key": "busy", "content-type": "application/json"}
+    # The first call with this key, still running: its transaction holds the key.
+    async with engine.begin() as conn:
         await conn.execute(
-            text(
-                "INSERT INTO partner_requests (partner_id, idempotency_key, fingerprint, status) "
-                "VALUES (:p, 'busy', :f, 'in_flight')"
-            ),
-            {"p": shop.partner_id, "f": fingerprint},
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"partner:{shop.partner_id}\nbusy"},
         )
-    response = await client.post(
-        "/v1/partner/earn",
-        content=raw,
-        auth=shop.auth(),
-        headers={"Idempotency-Key": "busy", "content-type": "application/json"},
-    )
-    assert (response.status_code, response.json()["type"]) == (409, "/problems/request-in-flight")
-    assert response.headers["retry-after"] == "1"
-    assert (await ledger.balances(shop.member_id)).available == 0
+        response = await client.post(
+            "/v1/partner/earn", content=raw, auth=shop.auth(), headers=headers
+        )
+        assert (response.status_code, response.json()["type"]) == (
+            409,
+            "/problems/request-in-flight",
+        )
+        assert response.headers["retry-after"] == "1"
+        assert (await ledger.balances(shop.member_id)).available == 0
+    # The 409 was not stored as the answer: once the first call is over, the
+    # retry runs.
+    later = shop.auth(clock=lambda: time.time() + 1)  # a new signature for the same request
+    retried = await client.post("/v1/partner/earn", content=raw, auth=later, headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert (await ledger.balances(shop.member_id)).available == 100
+
+
+async def _entries(engine, partner_id: str) -> int:
+    from sqlalchemy import text
+
+    async with engine.connect() as conn:
+        return (
+            await conn.execute(
+                text("SELECT count(*) FROM journal_entries WHERE partner_id = :p"),
+                {"p": partner_id},
+            )
+        ).scalar_one()
+
+
+async def test_a_crash_before_the_posting_commits_leaves_nothing_and_the_retry_posts_once(
+    client, shop, engine, ledger, monkeypatch
+):
+    """The worker dies after posting, before its transaction commits: the
+    key, the entry and the lots roll back together; the retry posts once."""
+    import ledger.service as ledger_service
+
+    body = earn_body(shop, "K-1", 10000)
+    # No occurred_at: the server fills in the purchase time.
+    real_record = ledger_service.record
+
+    async def crash(*args, **kwargs):
+        raise ConnectionResetError("worker killed")
+
+    monkeypatch.setattr(ledger_service, "record", crash)
+    failed = await post(client, shop, "/v1/partner/earn", body, key="crash-1")
+    assert failed.status_code >= 500
+    assert await _entries(engine, shop.partner_id) == 0
+    monkeypatch.setattr(ledger_service, "record", real_record)
+    later = shop.auth(clock=lambda: time.time() + 1)  # a new signature for the same request
+    retried = await post(client, shop, "/v1/partner/earn", body, key="crash-1", auth=later)
+    assert retried.status_code == 201, retried.text
+    assert await _entries(engine, shop.partner_id) == 1
+    assert (await ledger.balances(shop.member_id)).available == 100
+
+
+async def test_a_crash_after_the_posting_before_the_answer_is_stored_replays_the_201(
+    client, shop, engine, ledger, monkeypatch
+):
+    """The worker dies after the ledger committed, before the HTTP answer was
+    stored. The retry, a second later and with the purchase time left to the
+    server, is the same request: the original 201, one entry."""
+    import api.partner_requests
+
+    body = earn_body(shop, "K-2", 10000)
+    real_store = api.partner_requests.store_response
+
+    async def crash(*args, **kwargs):
+        raise ConnectionResetError("worker killed")
+
+    monkeypatch.setattr(api.partner_requests, "store_response", crash)
+    failed = await post(client, shop, "/v1/partner/earn", body, key="crash-2")
+    assert failed.status_code >= 500
+    assert await _entries(engine, shop.partner_id) == 1
+    monkeypatch.setattr(api.partner_requests, "store_response", real_store)
+    await asyncio.sleep(1.1)  # the server clock moves on; the request does not
+    retried = await post(client, shop, "/v1/partner/earn", body, key="crash-2")
+    assert retried.status_code == 201, retried.text
+    assert await _entries(engine, shop.partner_id) == 1
+    assert (await ledger.balances(shop.member_id)).available == 100
+    later = shop.auth(clock=lambda: time.time() + 1)
+    again = await post(client, shop, "/v1/partner/earn", body, key="crash-2", auth=later)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == retried.json()
 
 
 async def test_stored_responses_are_purged_after_the_retention(client, shop, engine):

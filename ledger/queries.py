@@ -42,18 +42,6 @@ async def balances(conn: AsyncConnection, member_id: str) -> Balances:
     )
 
 
-async def balance_versions(conn: AsyncConnection, member_ids: list[str]) -> dict[str, int]:
-    """Each member's balances version (as in `Balances.version`)."""
-    rows = await conn.execute(
-        text(
-            "SELECT member_id, sum(version)::bigint AS version FROM balances "
-            "WHERE member_id = ANY(CAST(:members AS text[])) AND slot = 0 GROUP BY member_id"
-        ),
-        {"members": member_ids},
-    )
-    return {r.member_id: r.version for r in rows}
-
-
 async def points_sent_since(conn: AsyncConnection, member_id: str, since: datetime) -> int:
     """Points a member has sent by transfer since `since`, fees included."""
     return (
@@ -169,14 +157,21 @@ async def history(
     rows = (
         await conn.execute(
             text(
-                f"SELECT {_ENTRY_COLUMNS} FROM journal_entries WHERE id IN ("
-                "  SELECT entry_id FROM postings WHERE member_id = :member_id"
-                "  AND (CAST(:before AS bigint) IS NULL OR entry_id < :before)) "
-                "AND (cardinality(CAST(:kinds AS text[])) = 0 "
-                "     OR kind = ANY(CAST(:kinds AS text[]))) "
-                "AND (CAST(:since AS timestamptz) IS NULL OR effective_at >= :since) "
-                "AND (CAST(:until AS timestamptz) IS NULL OR effective_at < :until) "
-                "ORDER BY id DESC LIMIT :fetch"
+                # Walk the member's postings newest first and fetch each entry
+                # by key; OFFSET 0 keeps the planner from turning this back
+                # into a backwards walk of every entry of every member.
+                f"SELECT e.* FROM (SELECT DISTINCT entry_id FROM postings "
+                "  WHERE member_id = :member_id "
+                "  AND (CAST(:before AS bigint) IS NULL OR entry_id < :before) "
+                "  ORDER BY entry_id DESC) AS p "
+                f"CROSS JOIN LATERAL (SELECT {_ENTRY_COLUMNS} FROM journal_entries "
+                "  WHERE id = p.entry_id "
+                "  AND (cardinality(CAST(:kinds AS text[])) = 0 "
+                "       OR kind = ANY(CAST(:kinds AS text[]))) "
+                "  AND (CAST(:since AS timestamptz) IS NULL OR effective_at >= :since) "
+                "  AND (CAST(:until AS timestamptz) IS NULL OR effective_at < :until) "
+                "  OFFSET 0) AS e "
+                "ORDER BY p.entry_id DESC LIMIT :fetch"
             ),
             {
                 "member_id": member_id,

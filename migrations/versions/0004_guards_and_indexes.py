@@ -63,10 +63,19 @@ CREATE CONSTRAINT TRIGGER balances_lots_match_available
 """
 
 INDEXES = r"""
+-- A member's balance rows together (balance versions, the balance token).
 CREATE INDEX balances_member ON balances (member_id) WHERE member_id IS NOT NULL;
+-- The transfer daily limit: today's transfers of the sender, not every posting
+-- on their account since the beginning.
+CREATE INDEX journal_entries_member_transfers ON journal_entries (member_id, effective_at)
+    WHERE kind = 'transfer';
+-- Requalification: the statuses that ran out.
+CREATE INDEX member_tiers_valid_until ON member_tiers (valid_until);
 """
 
 DOWNGRADE = r"""
+DROP INDEX IF EXISTS member_tiers_valid_until;
+DROP INDEX IF EXISTS journal_entries_member_transfers;
 DROP INDEX IF EXISTS balances_member;
 DROP TRIGGER IF EXISTS balances_lots_match_available ON balances;
 DROP FUNCTION IF EXISTS check_lots_match_available();

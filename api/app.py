@@ -10,7 +10,8 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import TokenVerifier
-from api.cache import BalanceCache
+from api.cache import BalanceCache, token_engine
+from api.input_guard import reject_hostile_input
 from api.problems import EXCEPTION_HANDLERS
 from api.routes.admin import admin_router
 from api.routes.health import live, ready
@@ -35,21 +36,33 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        engine = create_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            limits=settings.database_limits(),
+        )
         app.state.engine = engine
         app.state.redis = (
             redis.from_url(settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
             if settings.redis_url
             else None
         )
-        app.state.cache = BalanceCache(app.state.redis, settings.balance_cache_ttl_seconds)
-        app.state.ledger = LedgerService(engine, settings.ledger_config(), observer=app.state.cache)
+        app.state.ledger = LedgerService(engine, settings.ledger_config())
         app.state.rulebook = Rulebook(app.state.ledger)
         app.state.programme = Programme(app.state.ledger, settings.tier_period)
+        app.state.cache = BalanceCache(
+            app.state.redis,
+            app.state.programme,
+            token_engine(settings.database_url, settings.database_limits(), settings.db_pool_size)
+            if app.state.redis is not None
+            else None,
+            settings.balance_cache_ttl_seconds,
+        )
         app.state.registry = Registry(engine, SecretBox(settings.secret_key))
         try:
             yield
         finally:
+            await app.state.cache.aclose()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             await engine.dispose()
@@ -66,6 +79,7 @@ def create_app(settings: Settings) -> Litestar:
             member_router,
         ],
         lifespan=[lifespan],
+        guards=[reject_hostile_input],  # before any other guard: no hostile value reaches SQL
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -74,10 +74,7 @@ async def idempotent(
         response_status, response_body = status_code, msgspec.json.encode(result)
         response = Response(response_body, status_code=status_code, media_type="application/json")
     except _NOT_STORED as error:
-        retry = {"Retry-After": "1"} if isinstance(error, RequestInFlight) else None
-        return problem(
-            error.code, error.detail, request.url.path, headers=retry, extensions=error.extensions
-        )
+        return problem(error.code, error.detail, request.url.path, extensions=error.extensions)
     except LedgerError as error:
         response = problem(error.code, error.detail, request.url.path, extensions=error.extensions)
         response_status = response.status_code

@@ -1,13 +1,22 @@
 """RFC 9457 problem details: one stable `type` per domain error, and handlers
-that turn every error (domain, validation, HTTP, unexpected) into
-`application/problem+json`, never a bare 500 page."""
+that turn every error (domain, validation, HTTP, database, unexpected) into
+`application/problem+json`, never a bare 500 page.
+
+Database trouble is classified by ledger.database: a database that cannot
+serve now (down, restarting, a time limit hit, contention that outlived the
+retries) answers 503 with Retry-After and one warning line in the log; a value
+PostgreSQL refused for its column answers 422 `invalid-input` (the boundary
+guard in api/input_guard.py should have caught it first)."""
 
 import logging
+from collections.abc import Mapping
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy import exc as sqlalchemy_errors
 
+from ledger.database import is_invalid_input, is_unavailable, sqlstate
 from ledger.errors import LedgerError
 
 PROBLEM_JSON = "application/problem+json"
@@ -72,8 +81,14 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "return-exceeds-purchase": (422, "Return exceeds what is left of the purchase"),
     "idempotency-key-missing": (400, "Idempotency-Key header required"),
     "request-in-flight": (409, "A request with this idempotency key is in flight"),
+    "invalid-input": (422, "Input outside what the API accepts"),
+    "database-unavailable": (503, "Database unavailable, retry shortly"),
     "internal-error": (500, "Internal error"),
 }
+
+# Members RFC 9457 defines; an extension of the same name never replaces them.
+STANDARD_MEMBERS = frozenset({"type", "title", "status", "detail", "instance"})
+DATABASE_RETRY_AFTER_SECONDS = 1
 
 _HTTP_CODES = {
     400: "malformed-request",
@@ -88,9 +103,9 @@ def problem_type(code: str) -> str:
 
 
 class ApiError(Exception):
-    """An error of the API layer itself (authentication, authorisation)."""
+    """An error of the API layer itself (authentication, authorisation, input)."""
 
-    def __init__(self, code: str, detail: str, **extensions: object) -> None:
+    def __init__(self, code: str, detail: str, /, **extensions: object) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
@@ -101,37 +116,56 @@ def problem(
     code: str,
     detail: str,
     instance: str | None = None,
+    /,
+    *,
     status: int | None = None,
-    headers: dict[str, str] | None = None,
-    **extensions: object,
+    headers: Mapping[str, str] | None = None,
+    extensions: Mapping[str, object] | None = None,
 ) -> Response:
+    """The problem response for `code`. Extensions come as one mapping, so no
+    extension name (`status`, `headers`, ...) can collide with a parameter;
+    one named like a standard member is left out rather than replace it. A
+    `retry_after` extension also becomes the Retry-After header."""
     default_status, title = PROBLEMS.get(code, (status or 500, code.replace("-", " ")))
     status = status or default_status
-    body = {"type": problem_type(code), "title": title, "status": status, "detail": detail}
+    extra = {
+        name: value
+        for name, value in (extensions or {}).items()
+        if value is not None and name not in STANDARD_MEMBERS
+    }
+    body: dict[str, object] = {
+        "type": problem_type(code),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     if instance:
         body["instance"] = instance
-    body.update({k: v for k, v in extensions.items() if v is not None})
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    body.update(extra)
+    all_headers = dict(headers or {})
+    if "retry_after" in extra:
+        all_headers.setdefault("Retry-After", str(extra["retry_after"]))
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=all_headers or None)
 
 
 def _domain(request: Request, error: LedgerError) -> Response:
-    return problem(error.code, error.detail, request.url.path, **error.extensions)
+    return problem(error.code, error.detail, request.url.path, extensions=error.extensions)
 
 
 def _api(request: Request, error: ApiError) -> Response:
     headers = {}
     if error.code.startswith("token-"):
         headers["WWW-Authenticate"] = 'Bearer realm="loyalty"'
-    if "retry_after" in error.extensions:
-        headers["Retry-After"] = str(error.extensions["retry_after"])
     return problem(
-        error.code, error.detail, request.url.path, headers=headers or None, **error.extensions
+        error.code, error.detail, request.url.path, headers=headers, extensions=error.extensions
     )
 
 
 def _validation(request: Request, error: ValidationException) -> Response:
     errors = error.extra if isinstance(error.extra, list) else None
-    return problem("validation-error", str(error.detail), request.url.path, errors=errors)
+    return problem(
+        "validation-error", str(error.detail), request.url.path, extensions={"errors": errors}
+    )
 
 
 def _http(request: Request, error: HTTPException) -> Response:
@@ -143,7 +177,50 @@ def _http(request: Request, error: HTTPException) -> Response:
     )
 
 
+def _cause(error: BaseException) -> str:
+    """What went wrong, for the log: exception classes and SQLSTATE, never the
+    statement or its parameters (they may carry personal data)."""
+    original = getattr(error, "orig", None)
+    driver = getattr(original, "__cause__", None) or original
+    names = [type(error).__name__] + ([type(driver).__name__] if driver is not None else [])
+    state = sqlstate(error)
+    return " / ".join(names) + (f" (SQLSTATE {state})" if state else "")
+
+
+def _database_unavailable(request: Request, error: BaseException) -> Response:
+    # Expected while the database restarts or is overloaded: one line, no traceback.
+    log.warning(
+        "database unavailable on %s %s: %s", request.method, request.url.path, _cause(error)
+    )
+    return problem(
+        "database-unavailable",
+        "the database cannot serve this request right now; retry shortly",
+        request.url.path,
+        extensions={"retry_after": DATABASE_RETRY_AFTER_SECONDS},
+    )
+
+
+def _database_refused_input(request: Request, error: BaseException) -> Response:
+    log.warning(
+        "input refused by the database on %s %s: %s",
+        request.method,
+        request.url.path,
+        _cause(error),
+    )
+    return problem(
+        "invalid-input",
+        "a value in the request is outside what its field can hold",
+        request.url.path,
+    )
+
+
 def _unexpected(request: Request, error: Exception) -> Response:
+    """A database or network failure by its kind (503 or 422); anything else
+    is a bug: a 500 with its traceback in the log."""
+    if is_unavailable(error):
+        return _database_unavailable(request, error)
+    if is_invalid_input(error):
+        return _database_refused_input(request, error)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(
         "internal-error",
@@ -153,11 +230,16 @@ def _unexpected(request: Request, error: Exception) -> Response:
     )
 
 
+# Litestar picks the handler by the exception's class hierarchy: the database
+# and network classes get the same classifying handler as any other exception.
 EXCEPTION_HANDLERS = {
     LedgerError: _domain,
     ApiError: _api,
     ValidationException: _validation,
     HTTPException: _http,
+    sqlalchemy_errors.DBAPIError: _unexpected,
+    sqlalchemy_errors.TimeoutError: _unexpected,
+    OSError: _unexpected,
     Exception: _unexpected,
 }
 

@@ -70,6 +70,7 @@ async def claim(
         raise RequestInFlight(
             f"a request with idempotency key {key.key!r} is still being processed",
             idempotency_key=key.key,
+            retry_after=1,
         )
     if row.inserted:
         return None

@@ -133,9 +133,10 @@ def encode_cursor(entry_id: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if raw[0] != "e":
+        entry_id = int(raw[1:])
+        if raw[0] != "e" or not 0 < entry_id < 2**63:
             raise ValueError
-        return int(raw[1:])
+        return entry_id
     except (ValueError, IndexError, UnicodeDecodeError):
         raise InvalidCursor(f"not a cursor of this history: {cursor!r}") from None
 

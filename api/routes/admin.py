@@ -7,10 +7,11 @@ from typing import Annotated
 import msgspec
 from litestar import Router, get, post, put
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from api.auth import Principal, provide_principal, require_staff
 from api.deps import SERVICES
+from api.input_guard import PathText, RuleVersion
 from api.strict_body import strict_json_body
 from partners.programme import EarningView, Programme, PurchaseInput
 from partners.registry import KeyView, PartnerInput, PartnerView, Registry
@@ -61,7 +62,7 @@ async def create_partner(
 
 
 @get("/partners/{partner_id:str}", summary="A partner and its contract")
-async def get_partner(partner_id: FromPath[str], registry: Partners) -> PartnerView:
+async def get_partner(partner_id: PathText, registry: Partners) -> PartnerView:
     return await registry.partner(partner_id)
 
 
@@ -69,7 +70,7 @@ async def get_partner(partner_id: FromPath[str], registry: Partners) -> PartnerV
     "/partners/{partner_id:str}/status", status_code=200, summary="Suspend or reactivate a partner"
 )
 async def set_partner_status(
-    partner_id: FromPath[str], data: JSONBody[StatusChange], registry: Partners, admin: Admin
+    partner_id: PathText, data: JSONBody[StatusChange], registry: Partners, admin: Admin
 ) -> PartnerView:
     return await registry.set_status(partner_id, data.status, _actor(admin))
 
@@ -78,12 +79,12 @@ async def set_partner_status(
     "/partners/{partner_id:str}/keys",
     summary="Create an API key (the secret is shown this once; at most two active)",
 )
-async def create_key(partner_id: FromPath[str], registry: Partners, admin: Admin) -> KeyView:
+async def create_key(partner_id: PathText, registry: Partners, admin: Admin) -> KeyView:
     return await registry.create_key(partner_id, _actor(admin))
 
 
 @get("/partners/{partner_id:str}/keys", summary="A partner's keys (never their secrets)")
-async def list_keys(partner_id: FromPath[str], registry: Partners) -> list[KeyView]:
+async def list_keys(partner_id: PathText, registry: Partners) -> list[KeyView]:
     return await registry.keys(partner_id)
 
 
@@ -93,14 +94,14 @@ async def list_keys(partner_id: FromPath[str], registry: Partners) -> list[KeyVi
     summary="Revoke a key, at once",
 )
 async def revoke_key(
-    partner_id: FromPath[str], key_id: FromPath[str], registry: Partners, admin: Admin
+    partner_id: PathText, key_id: PathText, registry: Partners, admin: Admin
 ) -> KeyView:
     return await registry.revoke_key(partner_id, key_id, _actor(admin))
 
 
 @post("/members/{member_id:str}/cards", summary="Issue a card to a member")
 async def issue_card(
-    member_id: FromPath[str], data: JSONBody[CardRequest], registry: Partners, admin: Admin
+    member_id: PathText, data: JSONBody[CardRequest], registry: Partners, admin: Admin
 ) -> dict:
     return await registry.issue_card(member_id, data.card_number, _actor(admin))
 
@@ -111,7 +112,7 @@ async def issue_card(
     summary="Block a card (lost or stolen)",
 )
 async def block_card(
-    member_id: FromPath[str], card_number: FromPath[str], registry: Partners, admin: Admin
+    member_id: PathText, card_number: PathText, registry: Partners, admin: Admin
 ) -> dict:
     return await registry.block_card(member_id, card_number, _actor(admin))
 
@@ -123,13 +124,13 @@ async def categories(rules: Rules) -> list[dict]:
 
 @post("/partners/{partner_id:str}/earn-rules", summary="New version of a partner's earn rule")
 async def create_earn_rule(
-    partner_id: FromPath[str], data: JSONBody[EarnRuleInput], rules: Rules, admin: Admin
+    partner_id: PathText, data: JSONBody[EarnRuleInput], rules: Rules, admin: Admin
 ) -> dict:
     return await rules.create_earn_rule(partner_id, data, _actor(admin))
 
 
 @get("/partners/{partner_id:str}/earn-rules", summary="Every version of a partner's earn rule")
-async def list_earn_rules(partner_id: FromPath[str], rules: Rules) -> list[dict]:
+async def list_earn_rules(partner_id: PathText, rules: Rules) -> list[dict]:
     return await rules.list_rules("earn_rules", partner_id)
 
 
@@ -139,20 +140,20 @@ async def list_earn_rules(partner_id: FromPath[str], rules: Rules) -> list[dict]
     summary="Retire a version of an earn rule",
 )
 async def retire_earn_rule(
-    partner_id: FromPath[str], version: FromPath[int], rules: Rules, admin: Admin
+    partner_id: PathText, version: RuleVersion, rules: Rules, admin: Admin
 ) -> dict:
     return await rules.retire_rule("earn_rules", partner_id, version, _actor(admin))
 
 
 @post("/partners/{partner_id:str}/burn-rules", summary="New version of a partner's burn rule")
 async def create_burn_rule(
-    partner_id: FromPath[str], data: JSONBody[BurnRuleInput], rules: Rules, admin: Admin
+    partner_id: PathText, data: JSONBody[BurnRuleInput], rules: Rules, admin: Admin
 ) -> dict:
     return await rules.create_burn_rule(partner_id, data, _actor(admin))
 
 
 @get("/partners/{partner_id:str}/burn-rules", summary="Every version of a partner's burn rule")
-async def list_burn_rules(partner_id: FromPath[str], rules: Rules) -> list[dict]:
+async def list_burn_rules(partner_id: PathText, rules: Rules) -> list[dict]:
     return await rules.list_rules("burn_rules", partner_id)
 
 
@@ -162,7 +163,7 @@ async def list_burn_rules(partner_id: FromPath[str], rules: Rules) -> list[dict]
     summary="Retire a version of a burn rule",
 )
 async def retire_burn_rule(
-    partner_id: FromPath[str], version: FromPath[int], rules: Rules, admin: Admin
+    partner_id: PathText, version: RuleVersion, rules: Rules, admin: Admin
 ) -> dict:
     return await rules.retire_rule("burn_rules", partner_id, version, _actor(admin))
 
@@ -178,7 +179,7 @@ async def list_promotions(rules: Rules) -> list[dict]:
 
 
 @post("/promotions/{code:str}/retire", status_code=200, summary="Retire a promotion")
-async def retire_promotion(code: FromPath[str], rules: Rules, admin: Admin) -> dict:
+async def retire_promotion(code: PathText, rules: Rules, admin: Admin) -> dict:
     return await rules.retire_offer("promotions", code, _actor(admin))
 
 
@@ -194,20 +195,18 @@ async def list_coupons(rules: Rules) -> list[dict]:
 
 @post("/coupons/{code:str}/issue", status_code=200, summary="Issue a coupon to members")
 async def issue_coupon(
-    code: FromPath[str], data: JSONBody[IssueCoupon], rules: Rules, admin: Admin
+    code: PathText, data: JSONBody[IssueCoupon], rules: Rules, admin: Admin
 ) -> dict:
     return {"issued": await rules.issue_coupon(code, data.member_ids, _actor(admin))}
 
 
 @post("/coupons/{code:str}/retire", status_code=200, summary="Retire a coupon")
-async def retire_coupon(code: FromPath[str], rules: Rules, admin: Admin) -> dict:
+async def retire_coupon(code: PathText, rules: Rules, admin: Admin) -> dict:
     return await rules.retire_offer("coupons", code, _actor(admin))
 
 
 @put("/tiers/{code:str}", summary="Create or change a tier definition")
-async def put_tier(
-    code: FromPath[str], data: JSONBody[TierInput], rules: Rules, admin: Admin
-) -> dict:
+async def put_tier(code: PathText, data: JSONBody[TierInput], rules: Rules, admin: Admin) -> dict:
     return await rules.put_tier(code, data, _actor(admin))
 
 

@@ -6,9 +6,10 @@ from datetime import timedelta
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from api.deps import SERVICES
+from api.input_guard import PathText, RowId, SignedIdempotentOperation, SignedOperation
 from api.partner_auth import authenticate_partner
 from api.partner_requests import idempotent
 from api.strict_body import strict_json_body
@@ -100,7 +101,11 @@ async def _member(request: Request, card_number: str) -> str:
     return await registry.member_for_card(card_number)
 
 
-@post("/earn", summary="Award points for a purchase")
+@post(
+    "/earn",
+    summary="Award points for a purchase",
+    operation_class=SignedIdempotentOperation,
+)
 async def earn(request: Request, data: JSONBody[EarnRequest], programme: Programmes) -> Response:
     partner_id = _partner(request)
 
@@ -116,7 +121,12 @@ async def earn(request: Request, data: JSONBody[EarnRequest], programme: Program
     return await idempotent(request, partner_id, run)
 
 
-@post("/quote", status_code=200, summary="What a purchase would earn; nothing is posted")
+@post(
+    "/quote",
+    status_code=200,
+    summary="What a purchase would earn; nothing is posted",
+    operation_class=SignedIdempotentOperation,
+)
 async def quote(request: Request, data: JSONBody[QuoteRequest], programme: Programmes) -> Response:
     partner_id = _partner(request)
 
@@ -128,7 +138,11 @@ async def quote(request: Request, data: JSONBody[QuoteRequest], programme: Progr
     return await idempotent(request, partner_id, run, status_code=200)
 
 
-@post("/returns", summary="A full or partial return of a purchase")
+@post(
+    "/returns",
+    summary="A full or partial return of a purchase",
+    operation_class=SignedIdempotentOperation,
+)
 async def return_purchase(
     request: Request, data: JSONBody[ReturnRequest], programme: Programmes
 ) -> Response:
@@ -153,7 +167,11 @@ async def return_purchase(
     return await idempotent(request, partner_id, run)
 
 
-@post("/redemptions", summary="Authorise: hold points for a basket")
+@post(
+    "/redemptions",
+    summary="Authorise: hold points for a basket",
+    operation_class=SignedIdempotentOperation,
+)
 async def authorise(
     request: Request, data: JSONBody[AuthoriseRequest], programme: Programmes, ledger: Ledger
 ) -> Response:
@@ -182,10 +200,13 @@ async def authorise(
 
 
 @post(
-    "/redemptions/{hold_id:int}/capture", status_code=200, summary="Capture all or part of a hold"
+    "/redemptions/{hold_id:int}/capture",
+    status_code=200,
+    summary="Capture all or part of a hold",
+    operation_class=SignedIdempotentOperation,
 )
 async def capture(
-    request: Request, hold_id: FromPath[int], data: JSONBody[CaptureRequest], ledger: Ledger
+    request: Request, hold_id: RowId, data: JSONBody[CaptureRequest], ledger: Ledger
 ) -> Response:
     partner_id = _partner(request)
 
@@ -197,9 +218,14 @@ async def capture(
     return await idempotent(request, partner_id, run, status_code=200)
 
 
-@post("/redemptions/{hold_id:int}/void", status_code=200, summary="Release a hold")
+@post(
+    "/redemptions/{hold_id:int}/void",
+    status_code=200,
+    summary="Release a hold",
+    operation_class=SignedIdempotentOperation,
+)
 async def void(
-    request: Request, hold_id: FromPath[int], data: JSONBody[VoidRequest], ledger: Ledger
+    request: Request, hold_id: RowId, data: JSONBody[VoidRequest], ledger: Ledger
 ) -> Response:
     partner_id = _partner(request)
 
@@ -210,9 +236,13 @@ async def void(
     return await idempotent(request, partner_id, run, status_code=200)
 
 
-@get("/cards/{card_number:str}/balance", summary="Points on a card and their value here")
+@get(
+    "/cards/{card_number:str}/balance",
+    summary="Points on a card and their value here",
+    operation_class=SignedOperation,
+)
 async def till_balance(
-    request: Request, card_number: FromPath[str], ledger: Ledger, programme: Programmes
+    request: Request, card_number: PathText, ledger: Ledger, programme: Programmes
 ) -> TillBalance:
     partner_id = _partner(request)
     member_id = await _member(request, card_number)

@@ -6,10 +6,11 @@ from typing import Annotated
 import msgspec
 from litestar import Router, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from api.auth import STAFF_ROLES, Principal, provide_principal, require_staff
 from api.deps import SERVICES
+from api.input_guard import IdempotencyKeyHeader, PathText, RowId
 from api.strict_body import strict_json_body
 from ledger.commands import Adjust, Reverse
 from ledger.idempotency import IdempotencyKey
@@ -31,14 +32,6 @@ class ReversalRequest(msgspec.Struct, forbid_unknown_fields=True):
     amount: int | None = None  # default: everything left to reverse
 
 
-IdempotencyHeader = Annotated[
-    str | None,
-    HeaderParameter(
-        name="Idempotency-Key",
-        required=False,
-        description="Retry-safe: the same key and body return the first result",
-    ),
-]
 Ledger = NamedDependency[LedgerService]
 Staff = NamedDependency[Principal]
 
@@ -48,18 +41,18 @@ def _key(principal: Principal, key: str | None) -> IdempotencyKey | None:
 
 
 @get("/accounts/{address:str}/balance", summary="Balance of any account address")
-async def account_balance(address: FromPath[str], ledger: Ledger) -> AccountBalance:
+async def account_balance(address: PathText, ledger: Ledger) -> AccountBalance:
     return await ledger.account_balance(address)
 
 
 @get("/entries/{entry_id:int}", summary="One journal entry with its postings")
-async def get_entry(entry_id: FromPath[int], ledger: Ledger) -> EntryView:
+async def get_entry(entry_id: RowId, ledger: Ledger) -> EntryView:
     return await ledger.entry(entry_id)
 
 
 @get("/members/{member_id:str}/balances", summary="A member's balances and expiring points")
 async def member_balances(
-    member_id: FromPath[str],
+    member_id: PathText,
     ledger: Ledger,
     expiring_within_days: Annotated[int, QueryParameter(ge=1, le=3660)] = 90,
 ) -> MemberBalances:
@@ -68,7 +61,7 @@ async def member_balances(
 
 @get("/members/{member_id:str}/history", summary="A member's entries, newest first")
 async def member_history(
-    member_id: FromPath[str],
+    member_id: PathText,
     ledger: Ledger,
     limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     cursor: FromQuery[str | None] = None,
@@ -78,7 +71,7 @@ async def member_history(
 
 
 @get("/members/{member_id:str}/tier", summary="A member's tier, progress and tier history")
-async def member_tier(member_id: FromPath[str], programme: NamedDependency[Programme]) -> dict:
+async def member_tier(member_id: PathText, programme: NamedDependency[Programme]) -> dict:
     return {
         "progress": await programme.tier_progress(member_id),
         "history": await programme.tier_history(member_id),
@@ -90,7 +83,7 @@ async def adjust(
     data: JSONBody[AdjustmentRequest],
     staff: Staff,
     ledger: Ledger,
-    idempotency_key: IdempotencyHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Receipt:
     staff.require_role("admin")
     command = Adjust(data.member_id, data.amount, data.reason, data.asset)
@@ -102,7 +95,7 @@ async def reverse(
     data: JSONBody[ReversalRequest],
     staff: Staff,
     ledger: Ledger,
-    idempotency_key: IdempotencyHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Receipt:
     staff.require_role("admin")
     command = Reverse(data.entry_id, data.amount, reason=data.reason.strip() or None)

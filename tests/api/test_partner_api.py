@@ -4,7 +4,6 @@ return / redeem flow, bad input, and the Redis-down replay fallback."""
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import time
 import uuid

@@ -27,7 +27,7 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.accounts import ASSETS, PTS, QP, Address, member_account, member_of, program_account
+from ledger.accounts import ASSETS, PTS, QP, Address, member_account, member_of
 from ledger.errors import (
     DuplicatePartnerReference,
     InsufficientPoints,
@@ -206,19 +206,17 @@ class Journal:
         balances = await self._apply_balances(conn, member_postings)
         movements: list[dict[str, object]] = []
         new_lots: set[int] = set()
-        extra: list[Posting] = []
         for member_id, effect in sorted(draft.lot_effects.items()):
             account = member_account(member_id, "available")
             delta = sum(p.amount for p in postings if p.account == account and p.asset == PTS)
             before = balances[(account, PTS)].balance - delta
-            extra += await self._apply_lot_effect(
+            await self._apply_lot_effect(
                 conn, entry_id, member_id, effect, delta, before, now, movements, new_lots
             )
-        # Then the hot slots (and any member change the lots added), in address order.
-        rest = [p for p in postings if not member_of(p.account)] + extra
-        balances.update(await self._apply_balances(conn, rest))
+        # Then the hot slots, in address order.
+        await self._apply_balances(conn, [p for p in postings if not member_of(p.account)])
         await self._insert_movements(conn, movements, new_lots)
-        await self._insert_postings(conn, entry_id, postings + extra)
+        await self._insert_postings(conn, entry_id, postings)
         return PostedEntry(entry_id, balances)
 
     async def _insert_entry(self, conn: AsyncConnection, draft: EntryDraft) -> int:
@@ -265,11 +263,12 @@ class Journal:
         now: datetime,
         movements: list[dict[str, object]],
         new_lots: set[int],
-    ) -> list[Posting]:
+    ) -> None:
         """Move the member's lots for a change of `delta` to `available`.
 
-        Returns extra postings (points restored into already expired lots go
-        straight on to program:expired)."""
+        Points given back to a lot whose expiry passed meanwhile stay in that
+        lot: the next expiry run moves them to program:expired, unless the
+        member is protected from expiry then, like any other expired lot."""
 
         def move(lot_id: int, amount: int, origin: int | None = None) -> None:
             movements.append(
@@ -295,35 +294,23 @@ class Journal:
                 )
             for lot_id, take in takes:
                 move(lot_id, -take)
-            return []
+            return
 
         if delta <= 0:
             raise InvalidAmount("a credit lot effect needs a credit of available points")
         into_lots = delta - min(delta, max(-balance, 0))  # debt is repaid first
         if into_lots == 0:
-            return []
+            return
         if isinstance(effect, NewLot):
             new_lots.add(await self._new_lot(conn, entry_id, member_id, into_lots, effect, move))
-            return []
+            return
         consumed = await self._consumed_lots(conn, effect.origin_entry_id)
         given, unplaced = allocate_restore(consumed, into_lots)
-        expiry = {lot.lot_id: lot.expires_at for lot in consumed}
-        expired_now = 0
         for lot_id, amount in given:
             move(lot_id, amount, effect.origin_entry_id)
-            if expiry[lot_id] is not None and expiry[lot_id] <= now:
-                # Came back after its expiry: it comes back already expired.
-                move(lot_id, -amount)
-                expired_now += amount
         if unplaced:
             fallback = NewLot("restore", now)
             new_lots.add(await self._new_lot(conn, entry_id, member_id, unplaced, fallback, move))
-        if not expired_now:
-            return []
-        return [
-            Posting(member_account(member_id, "available"), PTS, -expired_now),
-            Posting(program_account("expired"), PTS, expired_now),
-        ]
 
     async def _new_lot(self, conn, entry_id, member_id, amount, effect: NewLot, move) -> int:
         """Insert a lot holding `amount` (its creating movement is recorded too)."""

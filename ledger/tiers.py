@@ -46,8 +46,11 @@ def ladder(tiers: Sequence[Tier]) -> list[Tier]:
 
 
 def tier_for(qp: int, tiers: Sequence[Tier]) -> Tier:
-    reached = [t for t in ladder(tiers) if t.qp_threshold <= qp]
-    return reached[-1]
+    """The highest tier `qp` reaches; the lowest when it reaches none (a
+    period's QP can be negative after returns of an earlier period's purchases)."""
+    ordered = ladder(tiers)
+    reached = [t for t in ordered if t.qp_threshold <= qp]
+    return reached[-1] if reached else ordered[0]
 
 
 def period_bounds(at: datetime, mode: str = "calendar") -> tuple[datetime, datetime]:
@@ -58,6 +61,15 @@ def period_bounds(at: datetime, mode: str = "calendar") -> tuple[datetime, datet
         # Up to and including `at`: the earning being booked counts.
         return at - timedelta(days=365), at + timedelta(microseconds=1)
     return datetime(at.year, 1, 1, tzinfo=UTC), datetime(at.year + 1, 1, 1, tzinfo=UTC)
+
+
+def last_complete_period(at: datetime, mode: str = "calendar") -> tuple[datetime, datetime]:
+    """The qualification period a requalification at `at` looks back on: the
+    previous calendar year, or the 12 months up to `at` (rolling)."""
+    if mode == "rolling":
+        return period_bounds(at, mode)
+    year = at.astimezone(UTC).year - 1
+    return datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
 
 
 def status_valid_until(qualified_at: datetime) -> datetime:
@@ -110,4 +122,7 @@ def requalify(
 ) -> tuple[Tier, datetime | None]:
     """Status when the old one ran out: what the last complete period earned."""
     tier = tier_for(last_period_qp, tiers)
-    return tier, (status_valid_until(at.replace(year=at.year - 1)) if tier.qp_threshold else None)
+    # Requalified on the last period, as if reached at its end: valid to the
+    # end of February of the year after this one.
+    until = datetime(at.astimezone(UTC).year + 1, 3, 1, tzinfo=UTC)
+    return tier, (until if tier.qp_threshold else None)

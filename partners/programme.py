@@ -10,7 +10,7 @@ so accruals at a partner do not queue behind a running promotion.
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import msgspec
@@ -29,6 +29,7 @@ from ledger.tiers import (
     TierProgress,
     after_earning,
     ladder,
+    last_complete_period,
     period_bounds,
     progress,
     requalify,
@@ -213,8 +214,10 @@ class Programme:
             return ladder(tiers)[0], None, tiers
         return by_code[row.tier_code], row.valid_until, tiers
 
-    async def _period_qp(self, conn: AsyncConnection, member_id: str, at: datetime) -> int:
-        start, end = period_bounds(at, self.tier_period)
+    async def _period_qp(
+        self, conn: AsyncConnection, member_id: str, period: tuple[datetime, datetime]
+    ) -> int:
+        start, end = period
         return (
             await conn.execute(
                 text(
@@ -598,7 +601,11 @@ class Programme:
             text("SELECT 1 FROM member_tiers WHERE member_id = :m FOR UPDATE"), {"m": member_id}
         )
         change = after_earning(
-            tier, valid_until, await self._period_qp(conn, member_id, at), tiers, at
+            tier,
+            valid_until,
+            await self._period_qp(conn, member_id, period_bounds(at, self.tier_period)),
+            tiers,
+            at,
         )
         if change is None:
             return None
@@ -718,7 +725,7 @@ class Programme:
         now = self.ledger.clock()
         async with self.engine.connect() as conn:
             tier, valid_until, tiers = await self._tier(conn, member_id)
-            qp = await self._period_qp(conn, member_id, now)
+            qp = await self._period_qp(conn, member_id, period_bounds(now, self.tier_period))
         return progress(tier, valid_until, qp, tiers, now, self.tier_period)
 
     async def tier_history(self, member_id: str) -> list[dict]:
@@ -750,14 +757,15 @@ class Programme:
                 .scalars()
                 .all()
             )
+
         async def requalify_member(conn: AsyncConnection, member_id: str) -> None:
             # The member first: the tier and the lots' expiry are the member's.
             await self.ledger.journal.lock_members(conn, [member_id])
             tier, valid_until, tiers = await self._tier(conn, member_id, lock=True)
             if valid_until is None or valid_until > now:
                 return  # renewed meanwhile
-            last_year = now - timedelta(days=366) if self.tier_period == "calendar" else now
-            qp = await self._period_qp(conn, member_id, last_year)
+            period = last_complete_period(now, self.tier_period)
+            qp = await self._period_qp(conn, member_id, period)
             new, until = requalify(qp, tiers, now)
             await self._set_tier(
                 conn,

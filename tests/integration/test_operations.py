@@ -285,7 +285,7 @@ async def test_reversed_burn_restores_lots_with_their_original_expiry(
     await assert_clean()
 
 
-async def test_refunded_points_past_their_expiry_come_back_expired(
+async def test_refunded_points_past_their_expiry_are_expired_by_the_next_run(
     timed_ledger, clock, new_id, assert_clean
 ):
     member, partner = new_id(), new_id("p")
@@ -293,8 +293,14 @@ async def test_refunded_points_past_their_expiry_come_back_expired(
     burned = await timed_ledger.burn(Burn(member, partner, "b1", 50))
     clock.advance(days=365 * 4)
     refunded = await timed_ledger.reverse(Reverse(burned.entry_id), f"partner:{partner}")
-    assert refunded.balances.available == 0
-    expired = await timed_ledger.entry(refunded.entry_id)
+    # Back in their lot, with its original (passed) expiry...
+    assert refunded.balances.available == 50
+    assert (await timed_ledger.member_balances(member)).expiring[0].points == 50
+    # ...which the expiry run moves to breakage like any other expired lot.
+    assert await timed_ledger.expire_points() >= 1
+    assert (await timed_ledger.balances(member)).available == 0
+    expiry = (await timed_ledger.history(member, kinds=("expire",))).entries[0]
+    expired = await timed_ledger.entry(expiry.entry_id)
     assert ("program:expired", 50) in {(p.account, p.amount) for p in expired.postings}
     await assert_clean()
 

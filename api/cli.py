@@ -77,8 +77,13 @@ async def _with_ledger(settings: Settings, work):
     from ledger.database import create_engine
     from ledger.service import LedgerService
 
+    # Jobs and verify scan whole tables: no statement or round-trip limit for
+    # them (lock waits stay bounded, and retried, as in the API).
+    limits = replace(
+        settings.database_limits(), statement_timeout_ms=0, command_timeout_seconds=None
+    )
     ledger = LedgerService(
-        create_engine(settings.database_url, pool_size=2, limits=settings.database_limits()),
+        create_engine(settings.database_url, pool_size=2, limits=limits),
         settings.ledger_config(),
     )
     try:

@@ -20,12 +20,13 @@ UNAVAILABLE_SQLSTATES = frozenset({"57014", "57P01", "57P02", "57P03", "53300", 
 @dataclass(frozen=True)
 class DatabaseLimits:
     """How long one statement, one row-lock wait, one pool checkout and one
-    round trip may take before the request gives up (milliseconds / seconds)."""
+    round trip may take before the request gives up (milliseconds / seconds;
+    a statement timeout of 0 and a command timeout of None: no limit)."""
 
     statement_timeout_ms: int = 10_000
     lock_timeout_ms: int = 3_000
     pool_timeout_seconds: float = 5.0
-    command_timeout_seconds: float = 30.0
+    command_timeout_seconds: float | None = 30.0
 
 
 def async_url(url: str) -> str:

@@ -1,260 +1,708 @@
-"""Stateful property test: random sequences of earn / release / burn / hold /
-capture / void / transfer / reverse / adjust against the real PostgreSQL,
-checked after every step against a plain model and `verify`:
-every entry balances per asset, every balance equals the sum of its postings,
-lots add up to available, no member's available goes negative except through
-a clawback, and idempotent retries post once."""
+"""Stateful property test of the ledger and the programme against the real
+PostgreSQL, with the production configuration (`Settings().ledger_config()`:
+transfer minimum, daily limit, fee, hot slots, rolling:36 expiry), and once
+more with a transfer fee.
+
+Random sequences of: earn (pending and available), the programme's earn path
+(rule, tier ladder, budgeted promotion), purchase returns, burn, authorise /
+capture (full, partial) / void, transfers, reversals (full, partial) of
+earnings and redemptions, adjustments, idempotent retries and reused keys,
+a clock moving by minutes, days and months, and the jobs (release pending,
+expire holds, expire points, requalify tiers). After every step the books are
+compared with a plain Python model (tests/property/model.py): every member's
+available / pending / held / QP, their open lots, holds, tiers, the partner
+and programme accounts their entries touch (program:expired included), the
+promotion budget, the number of entries, and `verify` must be clean.
+
+`pytest -s` prints what the runs did (operations by outcome, domain errors by
+kind, paths of interest such as debt, expiry and requalification). For a longer
+hunt: PROPERTY_MACHINE_EXAMPLES=N sets the number of examples, and
+PROPERTY_NO_SHRINK=1 reports a failure as found (shrinking a long stateful run
+against the database can take minutes)."""
 
 import asyncio
+import dataclasses
 import itertools
+import os
 import uuid
-from datetime import timedelta
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    Bundle,
     RuleBasedStateMachine,
-    consumes,
+    initialize,
     invariant,
     precondition,
     rule,
     run_state_machine_as_test,
 )
+from sqlalchemy import text
 
+from api.settings import Settings
 from ledger.commands import Adjust, Authorise, Burn, Capture, Earn, Reverse, Transfer, Void
 from ledger.database import create_engine
-from ledger.errors import HoldExpired, InsufficientPoints, ReversalExceedsOriginal
+from ledger.errors import EntryNotFound, IdempotencyKeyReused, NotReversible
+from ledger.expiry import RollingToQuarterEnd
 from ledger.idempotency import IdempotencyKey
-from ledger.service import LedgerConfig, LedgerService
+from ledger.service import LedgerService
 from ledger.verify import verify
+from partners import rulebook
+from partners.earning import EarnRule, Offer, Purchase, PurchaseLine, evaluate
+from partners.programme import Programme
+from partners.rulebook import Rulebook
 from tests.conftest import Clock
+from tests.property.model import PTS, QP, Book, TierDef
+from tests.property.shop import ADMIN, create_shop
 
 MEMBERS = 3
-PARTNER = "machine-partner"
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+CATEGORIES = ("groceries", "electronics", "vouchers")
+PROMOTION_BUDGET = 3000
+PROMOTION_MEMBER_LIMIT = 1200
+RETURN_WINDOW = timedelta(days=14)
+
+member_index = st.integers(0, MEMBERS - 1)
+pick = st.integers(0, 2**16)
+share = st.integers(1, 100)
+purchase_lines = st.lists(
+    st.tuples(
+        st.one_of(st.integers(1, 5_000), st.integers(5_000, 300_000)), st.sampled_from(CATEGORIES)
+    ),
+    min_size=1,
+    max_size=3,
+)
+small_or_large = st.one_of(st.integers(1, 400), st.integers(400, 15_000))
 
 
-def build_machine(database_url: str):
+def production_settings(fee_rate: str) -> Settings:
+    """The production defaults, with only the transfer fee rate set."""
+    settings_ = Settings(transfer_fee_rate=fee_rate)
+    settings_.validate()
+    return settings_
+
+
+async def load_tiers(database_url: str) -> list[TierDef]:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            tiers = await rulebook.tiers(conn)
+    finally:
+        await engine.dispose()
+    return [
+        TierDef(t.code, t.rank, t.qp_threshold, Decimal(t.earn_multiplier), t.expiry_protected)
+        for t in tiers
+    ]
+
+
+# What the invariants read, in one round trip: our members' balances, open lots,
+# holds and tiers; the non-member side of their entries; the number of their
+# entries; the partner's balances and the promotion's budget used.
+OURS = "SELECT DISTINCT entry_id FROM postings WHERE member_id = ANY(CAST(:m AS text[]))"
+SNAPSHOT = f"""
+SELECT
+  (SELECT coalesce(json_agg(json_build_array(member_id, account, balance)), '[]')
+     FROM balances WHERE member_id = ANY(CAST(:m AS text[])) AND slot = 0) AS balances,
+  (SELECT coalesce(json_agg(json_build_array(account, asset, total)), '[]') FROM (
+     SELECT account, asset, sum(amount) AS total FROM postings
+     WHERE entry_id IN ({OURS}) AND member_id IS NULL GROUP BY 1, 2) t) AS accounts,
+  (SELECT count(*) FROM ({OURS}) t) AS entries,
+  (SELECT coalesce(json_agg(json_build_array(member_id, remaining, expires_at) ORDER BY id), '[]')
+     FROM lots WHERE member_id = ANY(CAST(:m AS text[])) AND remaining > 0) AS lots,
+  (SELECT coalesce(json_agg(json_build_array(id, status)), '[]')
+     FROM holds WHERE member_id = ANY(CAST(:m AS text[]))) AS holds,
+  (SELECT coalesce(json_agg(json_build_array(member_id, tier_code, valid_until)), '[]')
+     FROM member_tiers WHERE member_id = ANY(CAST(:m AS text[]))) AS tiers,
+  (SELECT budget_used FROM promotions WHERE code = :c) AS budget,
+  (SELECT coalesce(json_agg(json_build_array(account, asset, total)), '[]') FROM (
+     SELECT account, asset, sum(balance) AS total FROM balances
+     WHERE account LIKE 'partner:' || :p || ':%' GROUP BY 1, 2) t) AS partner
+"""
+
+
+JOBS = ("release-pending", "expire-holds", "expire-points", "requalify-tiers")
+UNCOUNTED = {"snapshot", "verify", "entry", "dispose"}
+totals: Counter = Counter()  # outcomes over all examples of a run, for the report
+
+
+def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
+    config = settings_.ledger_config()
+    assert isinstance(config.expiry_policy, RollingToQuarterEnd)
+    rules_ = config.transfers
+
     class LedgerMachine(RuleBasedStateMachine):
-        earnings = Bundle("earnings")
-        redemptions = Bundle("redemptions")
-        holds = Bundle("holds")
-
         def __init__(self) -> None:
             super().__init__()
             self.runner = asyncio.Runner()
             self.engine = create_engine(database_url, pool_size=2)
             self.clock = Clock()
-            self.ledger = LedgerService(self.engine, LedgerConfig(), clock=self.clock)
-            run = uuid.uuid4().hex[:8]
+            self.ledger = LedgerService(self.engine, config, clock=self.clock)
+            self.programme = Programme(self.ledger, settings_.tier_period)
+            self.rulebook = Rulebook(self.ledger)
+            run = self.run_id = uuid.uuid4().hex[:8]
+            self.partner = f"mp-{run}"
+            self.promotion = f"MP-{run}".upper()
             self.members = [f"mm-{run}-{i}" for i in range(MEMBERS)]
-            self.refs = (f"{run}-{n}" for n in itertools.count())
-            self.available = dict.fromkeys(self.members, 0)
-            self.pending = dict.fromkeys(self.members, 0)
-            self.held = dict.fromkeys(self.members, 0)
-            self.clawed = set()
-            self.earn_state = {}  # entry -> [member, points, still pending, release_at, reversed]
-            self.open_holds = {}  # hold id -> (member, amount, expires_at)
-            self.redeemed = {}  # entry -> [member, amount, reversed]
-            self.last_idempotent = None
+            self.seq = itertools.count()
+            self.book = Book(
+                self.members,
+                self.partner,
+                expiry_months=config.expiry_policy.months,
+                transfer_min=rules_.min_points,
+                transfer_fee_rate=rules_.fee_rate,
+                transfer_daily_limit=rules_.daily_limit,
+                tiers=tiers,
+            )
+            # (operation, call(other_payload) -> coroutine, first result)
+            self.idempotent: list[tuple[str, object, object]] = []
+            self.transfers: list[tuple[str, str]] = []  # (sender, receiver) that went through
+            self.earn_rule: EarnRule | None = None
+            self.offer: Offer | None = None
+            self.ready = False
+
+        # -- plumbing ---------------------------------------------------------
 
         def do(self, coroutine):
-            return self.runner.run(coroutine)
+            name = coroutine.__qualname__.rsplit(".", 1)[-1]
+            result = self.runner.run(coroutine)
+            if name not in UNCOUNTED:
+                self.book.counts[f"ok {name}"] += 1
+            return result
 
         def teardown(self) -> None:
+            totals.update(self.book.counts)
             self.do(self.engine.dispose())
             self.runner.close()
 
-        member = st.integers(0, MEMBERS - 1)
+        def ref(self, prefix: str) -> str:
+            return f"{prefix}-{next(self.seq)}"
 
-        @rule(target=earnings, m=member, points=st.integers(1, 300), pending=st.booleans())
-        def earn(self, m, points, pending):
-            member = self.members[m]
-            release_at = self.clock.now + timedelta(days=10) if pending else None
-            key = IdempotencyKey(f"partner:{PARTNER}", next(self.refs))
-            command = Earn.simple(
-                member, PARTNER, key.key, points, points // 10, release_at=release_at
+        def key(self, caller: str | None = None) -> IdempotencyKey:
+            return IdempotencyKey(
+                caller or f"partner:{self.partner}", self.ref(f"key-{self.run_id}")
             )
-            receipt = self.do(self.ledger.earn(command, key))
-            self.last_idempotent = ("earn", command, key, receipt)
-            if pending:
-                self.pending[member] += points
-            else:
-                self._credit(member, points)
-            self.earn_state[receipt.entry_id] = [
-                member,
-                points,
-                points if pending else 0,
-                release_at,
-                0,
+
+        def refused(self, error, coroutine_factory) -> bool:
+            """When the model predicts a refusal, the service must raise exactly it."""
+            if error is None:
+                return False
+            with pytest.raises(error):
+                self.do(coroutine_factory())
+            self.book.counts[error.__name__] += 1
+            return True
+
+        def pick_hold(self, p: int, any_hold: bool) -> int:
+            """An open hold, or (any_hold) any hold, resolved or not."""
+            open_ = sorted(h for h, hold in self.book.holds.items() if hold.status == "open")
+            hold_ids = open_ if open_ and not any_hold else sorted(self.book.holds)
+            return hold_ids[p % len(hold_ids)]
+
+        @property
+        def now(self) -> datetime:
+            return self.clock.now
+
+        def distinct_later(self, delta: timedelta) -> datetime:
+            # A distinct release time per earning, so releases happen in a known order.
+            return self.now + delta + timedelta(seconds=next(self.seq) % 3600)
+
+        # -- set-up: the start time, the partner's rule and a promotion ----------
+
+        @initialize(
+            start_day=st.integers(0, 4 * 365),
+            minute=st.integers(0, 24 * 60 - 1),
+            amounts=st.lists(
+                small_or_large | st.integers(15_000, 45_000), min_size=MEMBERS, max_size=MEMBERS
+            ),
+        )
+        def start(self, start_day, minute, amounts):
+            self.clock.now = EPOCH + timedelta(days=start_day, minutes=minute)
+            valid_from = self.now - timedelta(days=1)
+            self.earn_rule, self.offer = self.do(
+                create_shop(
+                    self.rulebook,
+                    self.partner,
+                    self.promotion,
+                    valid_from,
+                    self.now + timedelta(days=400),
+                    PROMOTION_BUDGET,
+                    PROMOTION_MEMBER_LIMIT,
+                )
+            )
+            # Opening balances, so that spending and transfers mostly go through.
+            for member, points in zip(self.members, amounts, strict=True):
+                reference = self.ref("opening")
+                receipt = self.do(
+                    self.ledger.earn(Earn.simple(member, self.partner, reference, points))
+                )
+                self.book.apply_earn(
+                    member, receipt.entry_id, [(PTS, points, "partner")], self.now, self.now, None
+                )
+            self.ready = True
+
+        # -- earning ------------------------------------------------------------
+
+        @rule(
+            m=member_index,
+            points=small_or_large,
+            qp=st.integers(0, 50),
+            pending_days=st.none() | st.integers(1, 20),
+        )
+        def earn(self, m, points, qp, pending_days):
+            member = self.members[m]
+            release_at = (
+                None if pending_days is None else self.distinct_later(timedelta(days=pending_days))
+            )
+            key = self.key()
+
+            def call(other: bool = False):
+                return self.ledger.earn(
+                    Earn.simple(
+                        member, self.partner, key.key, points + other, qp, release_at=release_at
+                    ),
+                    key,
+                )
+
+            receipt = self.do(call())
+            lines = [(PTS, points, "partner")] + ([(QP, qp, "program")] if qp else [])
+            self.book.apply_earn(member, receipt.entry_id, lines, self.now, self.now, release_at)
+            assert receipt.release_at == release_at
+            self.idempotent.append(("earn", call, receipt))
+
+        @rule(
+            m=member_index,
+            lines=purchase_lines,
+            pending=st.booleans(),
+        )
+        def buy(self, m, lines, pending):
+            self._buy(m, lines, pending)
+
+        @rule(m=member_index, lines=purchase_lines, pending=st.booleans())
+        def buy_more(self, m, lines, pending):
+            self._buy(m, lines, pending)
+
+        def _buy(self, m, lines, pending):
+            """The programme's earn path: rule, tier bonus, budgeted promotion, QP, tier."""
+            member = self.members[m]
+            model = self.book.members[member]
+            purchase = Purchase(
+                self.partner,
+                self.now,
+                "EUR",
+                tuple(PurchaseLine(amount, category) for amount, category in lines),
+            )
+            reference = self.ref("purchase")
+            release_at = self.distinct_later(RETURN_WINDOW) if pending else None
+            tier = self.book.tier_of(member)
+            offer = dataclasses.replace(
+                self.offer,
+                remaining_budget=PROMOTION_BUDGET - self.book.promotion_used,
+                member_remaining=PROMOTION_MEMBER_LIMIT - self.book.promotion_used_by[member],
+            )
+            expected = evaluate(
+                purchase, self.earn_rule, tier.code, tier.earn_multiplier, [offer], 0
+            )
+            key = self.key()
+
+            def call(other: bool = False):
+                return self.programme.earn_purchase(
+                    member,
+                    purchase,
+                    reference if not other else reference + "-other",
+                    release_at=release_at,
+                    idempotency=key,
+                )
+
+            receipt = self.do(call())
+            got = [
+                (ln.kind, ln.asset, ln.amount, ln.funder, ln.source) for ln in receipt.earning.lines
             ]
-            return receipt.entry_id
+            want = [(ln.kind, ln.asset, ln.amount, ln.funder, ln.source) for ln in expected.lines]
+            assert got == want, (got, want)
+            assert receipt.earning.tier == tier.code
+            assert (receipt.entry_id is None) == (not expected.lines)
+            self.book.apply_earn(
+                member,
+                receipt.entry_id,
+                [(ln.asset, ln.amount, ln.funder) for ln in expected.lines],
+                self.now,
+                purchase.occurred_at,
+                release_at,
+            )
+            promoted = expected.points_from("promotion", self.promotion)
+            self.book.promotion_used += promoted
+            self.book.promotion_used_by[member] += promoted
+            new_tier = None
+            if expected.qualifying_points:
+                new_tier = self.book.apply_tier_after_earning(member, purchase.occurred_at)
+            assert receipt.new_tier == new_tier, (receipt.new_tier, new_tier)
+            self.book.record_purchase(reference, member, receipt.entry_id, purchase.total_minor)
+            balances = receipt.balances
+            assert (balances.available, balances.pending, balances.held, balances.qp) == (
+                model.available,
+                model.pending,
+                model.held,
+                model.qp,
+            )
+            if new_tier:
+                self.book.counts[f"tier-upgrade-{new_tier}"] += 1
+            if promoted:
+                self.book.counts["promotion-paid"] += 1
+            self.idempotent.append(("earn_purchase", call, receipt))
 
-        def _credit(self, member, points):
-            self.available[member] += points
+        @precondition(lambda self: self.book.purchases)
+        @rule(p=pick, percent=st.integers(1, 120))
+        def return_purchase(self, p, percent):
+            references = sorted(self.book.purchases)
+            reference = references[p % len(references)]
+            purchase = self.book.purchases[reference]
+            left = purchase.total_minor - purchase.returned_minor
+            amount = max(1, left * percent // 100)
+            return_reference = self.ref("return")
+            key = self.key()
 
-        @rule(days=st.integers(1, 20))
-        def time_passes(self, days):
-            self.clock.advance(days=days)
-            self.do(self.ledger.release_pending())
-            self.do(self.ledger.expire_holds())
-            for state in self.earn_state.values():
-                member, _, still_pending, release_at, _ = state
-                if still_pending and release_at <= self.clock.now:
-                    self.pending[member] -= still_pending
-                    self._credit(member, still_pending)
-                    state[2] = 0
-            for hold_id, (_, _, expires_at) in list(self.open_holds.items()):
-                if expires_at <= self.clock.now:
-                    self._return_hold(hold_id)
+            def call(other: bool = False):
+                return self.programme.return_purchase(
+                    self.partner, reference, return_reference, amount + other, idempotency=key
+                )
 
-        def _return_hold(self, hold_id):
-            member, amount, _ = self.open_holds.pop(hold_id)
-            self.held[member] -= amount
-            self._credit(member, amount)
+            if self.refused(self.book.refusal_return(reference, amount), call):
+                return
+            receipt = self.do(call())
+            points = self.book.apply_return(reference, amount, self.now)
+            assert receipt.points_reversed == points
+            assert (receipt.entry_id is None) == (points == 0)
+            self.idempotent.append(("return_purchase", call, receipt))
 
-        @rule(target=redemptions, m=member, amount=st.integers(1, 200))
+        # -- redemption ----------------------------------------------------------
+
+        @rule(m=member_index, amount=small_or_large)
         def burn(self, m, amount):
             member = self.members[m]
-            command = Burn(member, PARTNER, next(self.refs), amount)
-            if amount > self.available[member]:
-                with pytest.raises(InsufficientPoints):
-                    self.do(self.ledger.burn(command))
-                return -1
-            receipt = self.do(self.ledger.burn(command))
-            self.available[member] -= amount
-            self.redeemed[receipt.entry_id] = [member, amount, 0]
-            return receipt.entry_id
+            reference = self.ref("burn")
+            key = self.key()
 
-        @rule(target=holds, m=member, amount=st.integers(1, 200))
-        def authorise(self, m, amount):
+            def call(other: bool = False):
+                return self.ledger.burn(Burn(member, self.partner, reference, amount + other), key)
+
+            if self.refused(self.book.refusal_spend(member, amount), call):
+                return
+            receipt = self.do(call())
+            self.book.apply_burn(member, amount, receipt.entry_id)
+            self.idempotent.append(("burn", call, receipt))
+
+        @rule(m=member_index, amount=small_or_large, ttl=st.none() | st.integers(60, 3600))
+        def authorise(self, m, amount, ttl):
             member = self.members[m]
-            command = Authorise(member, PARTNER, amount)
-            if amount > self.available[member]:
-                with pytest.raises(InsufficientPoints):
-                    self.do(self.ledger.authorise(command))
-                return -1
+            command = Authorise(member, self.partner, amount, self.ref("hold"), ttl)
+            if self.refused(
+                self.book.refusal_spend(member, amount), lambda: self.ledger.authorise(command)
+            ):
+                return
             receipt = self.do(self.ledger.authorise(command))
-            self.available[member] -= amount
-            self.held[member] += amount
-            self.open_holds[receipt.hold.hold_id] = (member, amount, receipt.hold.expires_at)
-            return receipt.hold.hold_id
-
-        @rule(target=redemptions, hold_id=consumes(holds), share=st.integers(1, 100))
-        def capture(self, hold_id, share):
-            if hold_id not in self.open_holds:
-                return -1
-            member, amount, expires_at = self.open_holds[hold_id]
-            captured = max(1, amount * share // 100)
-            command = Capture(hold_id, PARTNER, captured)
-            if expires_at <= self.clock.now:
-                with pytest.raises(HoldExpired):
-                    self.do(self.ledger.capture(command))
-                return -1
-            receipt = self.do(self.ledger.capture(command))
-            del self.open_holds[hold_id]
-            self.held[member] -= amount
-            self._credit(member, amount - captured)
-            self.redeemed[receipt.entry_id] = [member, captured, 0]
-            return receipt.entry_id
-
-        @rule(hold_id=consumes(holds))
-        def void(self, hold_id):
-            if hold_id not in self.open_holds:
-                return
-            self.do(self.ledger.void(Void(hold_id, PARTNER)))
-            self._return_hold(hold_id)
-
-        @rule(a=member, b=member, amount=st.integers(1, 150))
-        def transfer(self, a, b, amount):
-            if a == b:
-                return
-            sender, receiver = self.members[a], self.members[b]
-            command = Transfer(sender, receiver, amount)
-            if amount > self.available[sender]:
-                with pytest.raises(InsufficientPoints):
-                    self.do(self.ledger.transfer(command))
-                return
-            self.do(self.ledger.transfer(command))
-            self.available[sender] -= amount
-            self._credit(receiver, amount)
-
-        @rule(entry_id=earnings, share=st.integers(1, 100))
-        def return_purchase(self, entry_id, share):
-            member, points, still_pending, _, reversed_ = self.earn_state[entry_id]
-            left = points - reversed_
-            amount = max(1, left * share // 100)
-            command = Reverse(entry_id, amount, partner_id=PARTNER)
-            if left == 0:
-                with pytest.raises(ReversalExceedsOriginal):
-                    self.do(self.ledger.reverse(command, "test"))
-                return
-            self.do(self.ledger.reverse(command, "test"))
-            from_pending = min(amount, still_pending)
-            self.pending[member] -= from_pending
-            self.earn_state[entry_id][2] -= from_pending
-            self.earn_state[entry_id][4] += amount
-            if amount - from_pending:
-                self.available[member] -= amount - from_pending
-                self.clawed.add(member)
-
-        @rule(entry_id=redemptions, share=st.integers(1, 100))
-        def refund_redemption(self, entry_id, share):
-            if entry_id not in self.redeemed:
-                return
-            member, amount, reversed_ = self.redeemed[entry_id]
-            left = amount - reversed_
-            refund = max(1, left * share // 100)
-            command = Reverse(entry_id, refund, partner_id=PARTNER)
-            if left == 0:
-                with pytest.raises(ReversalExceedsOriginal):
-                    self.do(self.ledger.reverse(command, "test"))
-                return
-            self.do(self.ledger.reverse(command, "test"))
-            self.redeemed[entry_id][2] += refund
-            self._credit(member, refund)
-
-        @rule(m=member, amount=st.integers(-100, 100).filter(bool))
-        def adjust(self, m, amount):
-            member = self.members[m]
-            command = Adjust(member, amount, "machine adjustment")
-            if amount < 0 and -amount > self.available[member]:
-                with pytest.raises(InsufficientPoints):
-                    self.do(self.ledger.adjust(command, "staff:machine"))
-                return
-            self.do(self.ledger.adjust(command, "staff:machine"))
-            self._credit(member, amount) if amount > 0 else self.available.__setitem__(
-                member, self.available[member] + amount
+            hold = receipt.hold
+            expected_expiry = self.now + (
+                config.hold_ttl if ttl is None else timedelta(seconds=ttl)
+            )
+            assert (hold.amount, hold.status, hold.expires_at) == (amount, "open", expected_expiry)
+            self.book.apply_authorise(
+                member, amount, receipt.entry_id, hold.hold_id, hold.expires_at
             )
 
-        @precondition(lambda self: self.last_idempotent is not None)
-        @rule()
-        def retry_last_earning(self):
-            _, command, key, first = self.last_idempotent
-            again = self.do(self.ledger.earn(command, key))
-            assert again.entry_id == first.entry_id  # posted once, same answer
+        @precondition(lambda self: self.book.holds)
+        @rule(
+            p=pick,
+            any_hold=st.booleans(),
+            how=st.sampled_from(["full", "partial", "too-much"]),
+            percent=share,
+        )
+        def capture(self, p, any_hold, how, percent):
+            hold = self.book.holds[self.pick_hold(p, any_hold)]
+            amount = {
+                "full": None,
+                "partial": max(1, hold.amount * percent // 100),
+                "too-much": hold.amount + percent,
+            }[how]
+            self._capture(hold, amount)
+
+        def _capture(self, hold, amount):
+            command = Capture(hold.hold_id, self.partner, amount, self.ref("capture"))
+            error = self.book.refusal_capture(hold.hold_id, amount, self.now)
+            if self.refused(error, lambda: self.ledger.capture(command)):
+                return
+            receipt = self.do(self.ledger.capture(command))
+            captured = self.book.apply_capture(hold.hold_id, amount, receipt.entry_id, self.now)
+            assert receipt.amount == captured and receipt.hold.status == "captured"
+            assert len(receipt.related_entry_ids) == (captured < hold.amount)
+
+        @precondition(lambda self: any(h.status == "open" for h in self.book.holds.values()))
+        @rule(percent=st.integers(1, 100))
+        def capture_latest(self, percent):
+            """What a till does: capture (part of) the hold it just took."""
+            hold = max(
+                (h for h in self.book.holds.values() if h.status == "open"), key=lambda h: h.hold_id
+            )
+            self._capture(hold, None if percent == 100 else max(1, hold.amount * percent // 100))
+
+        @precondition(lambda self: self.book.holds)
+        @rule(p=pick, any_hold=st.booleans())
+        def void(self, p, any_hold):
+            hold_id = self.pick_hold(p, any_hold)
+            command = Void(hold_id, self.partner)
+            if self.refused(self.book.refusal_void(hold_id), lambda: self.ledger.void(command)):
+                return
+            receipt = self.do(self.ledger.void(command))
+            self.book.apply_void(hold_id, self.now)
+            self.book.other_entries.append(receipt.entry_id)
+
+        # -- transfers and adjustments ------------------------------------------
+
+        @rule(
+            a=member_index,
+            offset=st.one_of(st.just(0), *[st.integers(1, MEMBERS - 1)] * 3),
+            amount=st.one_of(st.integers(1, 150), st.integers(100, 21_000)),
+        )
+        def transfer(self, a, offset, amount):
+            """To another member (offset 0: to oneself, refused)."""
+            self._transfer(self.members[a], self.members[(a + offset) % MEMBERS], amount)
+
+        @precondition(lambda self: self.transfers)
+        @rule(p=pick, back=st.booleans(), amount=st.integers(100, 12_000))
+        def transfer_again(self, p, back, amount):
+            """Between the same two members again, or back: the sender's day
+            fills up towards the daily limit."""
+            sender, receiver = self.transfers[p % len(self.transfers)]
+            self._transfer(*((receiver, sender) if back else (sender, receiver)), amount)
+
+        def _transfer(self, sender, receiver, amount):
+            key = self.key(f"member:{sender}")
+
+            def call(other: bool = False):
+                return self.ledger.transfer(Transfer(sender, receiver, amount + other), key)
+
+            error = self.book.refusal_transfer(sender, receiver, amount, self.now)
+            if self.refused(error, call):
+                return
+            receipt = self.do(call())
+            fee = self.book.apply_transfer(sender, receiver, amount, receipt.entry_id, self.now)
+            assert receipt.amount == amount
+            self.transfers.append((sender, receiver))
+            if fee:
+                self.book.counts["transfer-with-fee"] += 1
+            self.idempotent.append(("transfer", call, receipt))
+
+        @rule(m=member_index, amount=st.integers(-300, 300).filter(bool))
+        def adjust(self, m, amount):
+            member = self.members[m]
+            key = self.key(ADMIN)
+
+            def call(other: bool = False):
+                command = Adjust(member, amount, "property test" + " (again)" * other)
+                return self.ledger.adjust(command, ADMIN, key)
+
+            if self.refused(self.book.refusal_adjust(member, amount), call):
+                return
+            receipt = self.do(call())
+            self.book.apply_adjust(member, amount, receipt.entry_id, self.now)
+            self.idempotent.append(("adjust", call, receipt))
+
+        # -- reversals ---------------------------------------------------------------
+
+        def _reverse(self, entry_id: int, how: str, percent: int, left: int):
+            amount = {
+                "full": None,
+                "partial": max(1, left * percent // 100),
+                "too-much": left + percent,
+            }[how]
+            command = Reverse(entry_id, amount, partner_id=self.partner, reason="property test")
+            call = lambda: self.ledger.reverse(command, f"partner:{self.partner}")  # noqa: E731
+            if self.refused(self.book.refusal_reverse(entry_id, amount), call):
+                return
+            receipt = self.do(call())
+            reversed_ = self.book.apply_reverse(entry_id, amount, self.now)
+            assert receipt.amount == reversed_
+
+        @precondition(lambda self: self.book.earnings)
+        @rule(p=pick, how=st.sampled_from(["full", "partial", "too-much"]), percent=share)
+        def reverse_earning(self, p, how, percent):
+            entries = sorted(self.book.earnings)
+            earning = self.book.earnings[entries[p % len(entries)]]
+            self._reverse(earning.entry_id, how, percent, earning.points - earning.reversed)
+
+        @precondition(lambda self: self.book.redemptions)
+        @rule(p=pick, how=st.sampled_from(["full", "partial", "too-much"]), percent=share)
+        def refund_redemption(self, p, how, percent):
+            entries = sorted(self.book.redemptions)
+            redemption = self.book.redemptions[entries[p % len(entries)]]
+            left = redemption.points - redemption.reversed
+            self._reverse(redemption.entry_id, how, percent, left)
+
+        @precondition(lambda self: self.book.other_entries)
+        @rule(p=pick, as_partner=st.booleans())
+        def reverse_what_cannot_be_reversed(self, p, as_partner):
+            """Holds, voids, transfers and adjustments are not reversible; a
+            partner cannot reverse another's (or nobody's) entry."""
+            entry_id = self.book.other_entries[p % len(self.book.other_entries)]
+            entry = self.do(self.ledger.entry(entry_id))
+            partner = self.partner if as_partner else None
+            error = EntryNotFound if partner and entry.partner_id != partner else NotReversible
+            with pytest.raises(error):
+                self.do(self.ledger.reverse(Reverse(entry_id, partner_id=partner), ADMIN))
+            self.book.counts[error.__name__] += 1
+
+        # -- idempotency -----------------------------------------------------------------
+
+        @precondition(lambda self: self.idempotent)
+        @rule(p=pick)
+        def retry_exactly(self, p):
+            """Same key, same request: the first result again, nothing posted."""
+            operation, call, first = self.idempotent[p % len(self.idempotent)]
+            again = self.do(call())
+            assert again == first, operation
+            self.book.counts["idempotent-retry"] += 1
+
+        @precondition(lambda self: self.idempotent)
+        @rule(p=pick)
+        def reuse_key_for_another_request(self, p):
+            """Same key, other request: refused, nothing posted."""
+            _, call, _ = self.idempotent[p % len(self.idempotent)]
+            with pytest.raises(IdempotencyKeyReused):
+                self.do(call(True))
+            self.book.counts["IdempotencyKeyReused"] += 1
+
+        # -- time and jobs ------------------------------------------------------------------
+
+        @rule(unit=st.sampled_from(["minutes", "hours", "days"]), n=st.integers(1, 40))
+        def time_passes(self, unit, n):
+            """Minutes (holds expire), hours and days (pending points, the
+            transfer day); the jobs run separately, so their backlog is tested."""
+            self.clock.advance(**{unit: n})
+
+        @rule(months=st.integers(1, 48), run_jobs=st.booleans())
+        def months_pass(self, months, run_jobs):
+            """Lots (rolling 36 months to the quarter's end) and statuses expire."""
+            self.clock.advance(days=round(months * 30.44))
+            if run_jobs:
+                for job in JOBS:
+                    self.run_job(job)
+
+        @rule(job=st.sampled_from(JOBS))
+        def job(self, job):
+            self.run_job(job)
+
+        def run_job(self, job):
+            if job == "release-pending":
+                self.do(self.ledger.release_pending())
+                self.book.counts["released"] += self.book.apply_release_pending(self.now)
+            elif job == "expire-holds":
+                self.do(self.ledger.expire_holds())
+                self.book.counts["holds-expired"] += self.book.apply_expire_holds(self.now)
+            elif job == "expire-points":
+                before = self.book.expired
+                self.do(self.ledger.expire_points())
+                self.book.apply_expire_points(self.now)
+                self.book.counts["points-expired"] += self.book.expired - before
+            else:
+                self.do(self.programme.requalify_tiers())
+                for _, old, new in self.book.apply_requalify(self.now):
+                    self.book.counts[f"requalified {old}->{new}"] += 1
+
+        # -- invariants ------------------------------------------------------------------
+
+        async def snapshot(self) -> dict:
+            """Everything the invariants compare, in one statement (one snapshot)."""
+            async with self.engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        text(SNAPSHOT), {"m": self.members, "p": self.partner, "c": self.promotion}
+                    )
+                ).one()
+            balances = {m: {} for m in self.members}
+            for member_id, account, balance in row.balances:
+                balances[member_id][account.rsplit(":", 1)[1]] = balance
+            lots = {m: [] for m in self.members}
+            for member_id, remaining, expires_at in row.lots:
+                lots[member_id].append((remaining, datetime.fromisoformat(expires_at)))
+            return dict(
+                balances=balances,
+                accounts={(a, asset): total for a, asset, total in row.accounts},
+                entries=row.entries,
+                lots=lots,
+                holds={hold_id: status for hold_id, status in row.holds},
+                tiers={
+                    m: (code, until and datetime.fromisoformat(until))
+                    for m, code, until in row.tiers
+                },
+                budget=row.budget,
+                partner={(a, asset): total for a, asset, total in row.partner},
+            )
 
         @invariant()
-        def balances_match_the_model(self):
-            for member in self.members:
-                balances = self.do(self.ledger.balances(member))
-                assert (balances.available, balances.pending, balances.held) == (
-                    self.available[member],
-                    self.pending[member],
-                    self.held[member],
-                ), member
-                if member not in self.clawed:
-                    assert balances.available >= 0
+        def books_match_the_model(self):
+            if not self.ready:
+                return
+            book = self.book
+            book.check_internal()
+            db = self.do(self.snapshot())
+            for member_id, member in book.members.items():
+                b = db["balances"][member_id]
+                assert tuple(b.get(name, 0) for name in ("available", "pending", "held", "qp")) == (
+                    member.available,
+                    member.pending,
+                    member.held,
+                    member.qp,
+                ), member_id
+                model_lots = [
+                    (lot.remaining, lot.expires_at) for lot in member.lots if lot.remaining > 0
+                ]
+                assert db["lots"][member_id] == model_lots, member_id
+                tier = db["tiers"].get(member_id, ("base", None))
+                assert tier == (member.tier, member.tier_valid_until), member_id
+            expired = db["accounts"].get(("program:expired", PTS), 0)
+            assert expired == book.expired, ("program:expired", expired, book.expired)
+            expected_accounts = {k: v for k, v in book.accounts.items() if v}
+            assert {k: v for k, v in db["accounts"].items() if v} == expected_accounts
+            assert db["entries"] == book.entries
+            assert db["holds"] == {h.hold_id: h.status for h in book.holds.values()}
+            assert db["budget"] == book.promotion_used <= PROMOTION_BUDGET
+            partner_accounts = {
+                k: v for k, v in expected_accounts.items() if k[0].startswith("partner:")
+            }
+            assert {k: v for k, v in db["partner"].items() if v} == partner_accounts
 
         @invariant()
         def ledger_verifies_clean(self):
+            if not self.ready:
+                return
             report = self.do(verify(self.engine))
             assert report.clean, report.render()
 
     return LedgerMachine
 
 
-def test_ledger_state_machine(database_url):
-    machine = build_machine(database_url)
-    run_state_machine_as_test(machine, settings=settings(stateful_step_count=25))
+@pytest.mark.parametrize(
+    "fee_rate", ["production", "0.01"], ids=["production-defaults", "transfer-fee-1pct"]
+)
+def test_ledger_state_machine(database_url, programme_tiers, fee_rate):
+    settings_ = Settings() if fee_rate == "production" else production_settings(fee_rate)
+    tiers = asyncio.run(load_tiers(database_url))
+    machine = build_machine(database_url, settings_, tiers)
+    base = settings.default
+    # Each step checks the whole database (`verify`), so examples are few and
+    # long: the quick profile stays within its time budget, ci goes deeper.
+    deep = base.max_examples > 25
+    examples, steps = (26, 60) if deep else (16, 45)
+    if fee_rate != "production":
+        examples = examples * 2 // 3
+    if os.environ.get("PROPERTY_MACHINE_EXAMPLES"):  # a longer hunt, by hand
+        examples = int(os.environ["PROPERTY_MACHINE_EXAMPLES"])
+    if os.environ.get("PROPERTY_NO_SHRINK"):  # development only
+        base = settings(base, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    run_state_machine_as_test(
+        machine, settings=settings(base, max_examples=examples, stateful_step_count=steps)
+    )
+    print(f"\n{fee_rate}: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    totals.clear()

@@ -1,0 +1,647 @@
+"""A plain-Python model of the loyalty ledger and programme, for the property
+tests. It knows the documented rules (README, DESIGN.md) and nothing of the
+database: balances, lots with their expiry, debt, pending points, holds,
+reversals, transfer rules, tiers and the promotion budget.
+
+Each operation is split in two: `refusal_*` says which domain error the real
+service must raise (None: it must succeed), `apply_*` changes the model as the
+successful operation must change the books. The only engine code the model
+uses is the earning engine's pure function (`partners.earning.evaluate`), to
+compute the points of a purchase; everything posted from them is modelled here.
+"""
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import ROUND_CEILING, Decimal
+from itertools import count
+
+from ledger.errors import (
+    CaptureExceedsHold,
+    HoldExpired,
+    HoldNotOpen,
+    InsufficientPoints,
+    NotReversible,
+    ReversalExceedsOriginal,
+    SameMember,
+    TransferRefused,
+)
+from partners.errors import ReturnExceedsPurchase
+
+PTS, QP = "PTS", "QP"
+EXPIRED = "program:expired"
+ADJUSTMENTS = "program:adjustments"
+PROMOTIONS = "program:promotions"
+QP_SOURCE = "program:qp_source"
+
+
+def rolling_expiry(earned_at: datetime, months: int) -> datetime:
+    """`months` after earning, to the end of that quarter (exclusive bound:
+    the first instant of the next quarter)."""
+    earned_at = earned_at.astimezone(UTC)
+    index = earned_at.year * 12 + earned_at.month - 1 + months
+    year, month0 = divmod(index, 12)
+    next_quarter = year * 12 + 3 * (month0 // 3) + 3
+    return datetime(next_quarter // 12, next_quarter % 12 + 1, 1, tzinfo=UTC)
+
+
+def status_valid_until(at: datetime) -> datetime:
+    """Status lasts until the end of February of the year after next."""
+    return datetime(at.astimezone(UTC).year + 2, 3, 1, tzinfo=UTC)
+
+
+def prorate(sizes: list[int], part: int, whole: int) -> list[int]:
+    """Largest-remainder split of `part` of `whole` over `sizes` (ties: earlier)."""
+    shares = [s * part // whole for s in sizes]
+    order = sorted(range(len(sizes)), key=lambda i: (-(sizes[i] * part % whole), i))
+    for i in order[: part - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+@dataclass(frozen=True)
+class TierDef:
+    code: str
+    rank: int
+    threshold: int
+    earn_multiplier: Decimal
+    expiry_protected: bool
+
+
+BASE = TierDef("base", 0, 0, Decimal(1), False)
+
+
+@dataclass
+class Lot:
+    id: int  # creation order (the database's lot ids grow the same way)
+    remaining: int
+    expires_at: datetime
+    earn_entry: int | None  # the earning it came from (a return claws these first)
+
+
+@dataclass
+class Member:
+    id: str
+    available: int = 0
+    pending: int = 0
+    held: int = 0
+    qp: int = 0
+    lots: list[Lot] = field(default_factory=list)
+    clawed: bool = False  # a return took points already released or spent
+    qp_by_year: Counter = field(default_factory=Counter)  # calendar year -> QP booked
+    sent_on: Counter = field(default_factory=Counter)  # day -> points sent, fees included
+    tier: str = "base"
+    tier_valid_until: datetime | None = None
+
+    def lots_total(self) -> int:
+        return sum(lot.remaining for lot in self.lots)
+
+
+@dataclass
+class Earning:
+    """An earn entry: what it credited and who paid, for reversals."""
+
+    entry_id: int
+    member: str
+    points: int  # PTS credited: the reversible whole
+    qp: int
+    debits: list[tuple[str, int]]  # the PTS funder postings, in posting order
+    pending: int  # still pending (0 when credited to available or released)
+    release_at: datetime | None
+    earned_at: datetime
+    reversed: int = 0
+
+
+@dataclass
+class Redemption:
+    """A burn or capture: a refund gives back the lots `origin` took."""
+
+    entry_id: int
+    member: str
+    points: int
+    origin: int  # the burn itself, or the hold's authorisation
+    reversed: int = 0
+
+
+@dataclass
+class Hold:
+    hold_id: int
+    member: str
+    amount: int
+    expires_at: datetime
+    authorise_entry: int
+    status: str = "open"
+
+
+@dataclass
+class PurchaseRecord:
+    reference: str
+    member: str
+    entry_id: int | None
+    total_minor: int
+    returned_minor: int = 0
+
+
+class Book:
+    """The model of one test's members, partner and the programme accounts
+    their entries touch (PTS unless the key says QP)."""
+
+    def __init__(
+        self,
+        members: list[str],
+        partner: str,
+        *,
+        expiry_months: int,
+        transfer_min: int,
+        transfer_fee_rate: Decimal,
+        transfer_daily_limit: int | None,
+        tiers: list[TierDef],
+    ) -> None:
+        self.members = {m: Member(m) for m in members}
+        self.counts: Counter = Counter()  # outcome counters for the report
+        self.partner = partner
+        self.expiry_months = expiry_months
+        self.transfer_min = transfer_min
+        self.fee_rate = transfer_fee_rate
+        self.daily_limit = transfer_daily_limit
+        self.tiers = {t.code: t for t in tiers}
+        self.tiers.setdefault("base", BASE)
+        self.accounts: Counter = Counter()  # (account, asset) -> balance from our entries
+        self.entries = 0  # journal entries posted for our members
+        self.lot_ids = count()
+        self.consumed: dict[int, dict[int, int]] = defaultdict(dict)  # origin -> lot -> out
+        self.earnings: dict[int, Earning] = {}
+        self.redemptions: dict[int, Redemption] = {}
+        self.holds: dict[int, Hold] = {}
+        self.purchases: dict[str, PurchaseRecord] = {}
+        self.promotion_used: int = 0
+        self.promotion_used_by: Counter = Counter()
+        self.other_entries: list[int] = []  # holds, voids, transfers, adjustments
+
+    # -- helpers --------------------------------------------------------------
+
+    @property
+    def expired(self) -> int:
+        return self.accounts[(EXPIRED, PTS)]
+
+    def expiry(self, earned_at: datetime) -> datetime:
+        return rolling_expiry(earned_at, self.expiry_months)
+
+    def fee(self, amount: int) -> int:
+        return int((amount * self.fee_rate).to_integral_value(ROUND_CEILING))
+
+    def tier_of(self, member: str) -> TierDef:
+        return self.tiers.get(self.members[member].tier, BASE)
+
+    def tier_for(self, qp: int) -> TierDef:
+        """The highest tier `qp` reaches; the lowest when it reaches none (a
+        year's QP goes negative when it returns an earlier year's purchase)."""
+        ranked = sorted(self.tiers.values(), key=lambda t: t.rank)
+        reached = [t for t in ranked if t.threshold <= qp]
+        return reached[-1] if reached else ranked[0]
+
+    def protected(self, member: Member, now: datetime) -> bool:
+        tier = self.tiers.get(member.tier, BASE)
+        return tier.expiry_protected and (
+            member.tier_valid_until is None or member.tier_valid_until > now
+        )
+
+    def _open_lots(self, member: Member) -> list[Lot]:
+        return [lot for lot in member.lots if lot.remaining > 0]
+
+    # -- lot effects ------------------------------------------------------------
+
+    def _credit_new_lot(
+        self, member: Member, amount: int, earned_at: datetime, earn_entry: int | None
+    ) -> None:
+        """A credit to available: repays any debt first, the rest is a new lot."""
+        debt = max(-member.available, 0)
+        member.available += amount
+        into = amount - min(amount, debt)
+        if debt:
+            self.counts["debt repaid by a credit"] += 1
+        if into:
+            member.lots.append(Lot(next(self.lot_ids), into, self.expiry(earned_at), earn_entry))
+
+    def _spend(self, member: Member, amount: int, entry: int) -> None:
+        """A debit that may not overdraw: earliest-expiring lots first."""
+        assert member.available >= amount
+        member.available -= amount
+        left = amount
+        for lot in sorted(self._open_lots(member), key=lambda lot: (lot.expires_at, lot.id)):
+            take = min(lot.remaining, left)
+            lot.remaining -= take
+            self.consumed[entry][lot.id] = self.consumed[entry].get(lot.id, 0) + take
+            left -= take
+            if not left:
+                break
+        assert left == 0, "lots do not cover available points"
+
+    def _claw_back(self, member: Member, amount: int, earn_entry: int) -> None:
+        """A return's debit of available: the purchase's own lots first, then
+        earliest expiry; what no lot covers becomes debt."""
+        member.available -= amount
+        member.clawed = True
+        left = amount
+        order = sorted(
+            self._open_lots(member),
+            key=lambda lot: (lot.earn_entry != earn_entry, lot.expires_at, lot.id),
+        )
+        for lot in order:
+            take = min(lot.remaining, left)
+            lot.remaining -= take
+            left -= take
+            if not left:
+                break
+        if left:
+            self.counts["return left the member in debt"] += 1
+
+    def _restore(self, member: Member, amount: int, origin: int, now: datetime) -> None:
+        """A refund or released hold: repays debt first, then refills the lots
+        `origin` took, latest expiry first, with their original expiry (points
+        whose lot expired meanwhile wait for the next expiry run, which skips
+        members whose tier protects them then)."""
+        debt = max(-member.available, 0)
+        member.available += amount
+        left = amount - min(amount, debt)
+        by_id = {lot.id: lot for lot in member.lots}
+        outstanding = self.consumed[origin]
+        for lot_id in sorted(
+            (i for i, out in outstanding.items() if out > 0),
+            key=lambda i: (by_id[i].expires_at, i),
+            reverse=True,
+        ):
+            if not left:
+                break
+            give = min(outstanding[lot_id], left)
+            outstanding[lot_id] -= give
+            left -= give
+            lot = by_id[lot_id]
+            lot.remaining += give
+            if lot.expires_at <= now:
+                self.counts["points given back into a lot past its expiry"] += 1
+        if debt:
+            self.counts["debt repaid by a restore"] += 1
+        if left:
+            member.lots.append(Lot(next(self.lot_ids), left, self.expiry(now), None))
+
+    # -- earning ----------------------------------------------------------------
+
+    def apply_earn(
+        self,
+        member_id: str,
+        entry_id: int | None,
+        lines: list[tuple[str, int, str]],  # (asset, amount, funder) in line order
+        now: datetime,
+        earned_at: datetime,
+        release_at: datetime | None,
+    ) -> None:
+        """An earning's lines: PTS to pending (release_at in the future) or to
+        available (a new lot, expiring from the purchase time), QP to qp."""
+        if entry_id is None:
+            return
+        member = self.members[member_id]
+        self.entries += 1
+        points = sum(amount for asset, amount, _ in lines if asset == PTS)
+        qp = sum(amount for asset, amount, _ in lines if asset == QP)
+        pending = release_at is not None and release_at > now
+        debits = []
+        for asset, amount, funder in lines:
+            if asset == QP:
+                self.accounts[(QP_SOURCE, QP)] -= amount
+                continue
+            account = f"partner:{self.partner}:issued" if funder == "partner" else PROMOTIONS
+            self.accounts[(account, PTS)] -= amount
+            debits.append((account, amount))
+        member.qp += qp
+        member.qp_by_year[earned_at.year] += qp
+        if points and pending:
+            member.pending += points
+        elif points:
+            self._credit_new_lot(member, points, earned_at, entry_id)
+        self.earnings[entry_id] = Earning(
+            entry_id,
+            member_id,
+            points,
+            qp,
+            debits,
+            points if pending else 0,
+            release_at if pending else None,
+            earned_at,
+        )
+
+    def due_releases(self, now: datetime) -> list[Earning]:
+        return sorted(
+            (
+                e
+                for e in self.earnings.values()
+                if e.pending > 0 and e.release_at is not None and e.release_at <= now
+            ),
+            key=lambda e: (e.release_at, e.entry_id),
+        )
+
+    def apply_release_pending(self, now: datetime) -> int:
+        released = 0
+        for earning in self.due_releases(now):
+            member = self.members[earning.member]
+            member.pending -= earning.pending
+            self._credit_new_lot(member, earning.pending, earning.earned_at, earning.entry_id)
+            earning.pending = 0
+            self.entries += 1
+            released += 1
+        return released
+
+    # -- tiers ---------------------------------------------------------------------
+
+    def apply_tier_after_earning(self, member_id: str, at: datetime) -> str | None:
+        """Crossing a threshold upgrades at once; reaching the current tier
+        again in a later period renews it."""
+        member = self.members[member_id]
+        reached = self.tier_for(member.qp_by_year[at.year])
+        if reached.threshold == 0:
+            return None
+        until = status_valid_until(at)
+        current = self.tier_of(member_id)
+        if reached.rank > current.rank or (
+            reached.rank == current.rank
+            and (member.tier_valid_until is None or until > member.tier_valid_until)
+        ):
+            member.tier, member.tier_valid_until = reached.code, until
+            return reached.code
+        return None
+
+    def apply_requalify(self, now: datetime) -> list[tuple[str, str, str]]:
+        """Members whose status ran out get what the last complete calendar
+        year earned; losing an expiry-protected tier gives the points a fresh
+        validity from today."""
+        changes = []
+        for member in self.members.values():
+            if member.tier == "base" or member.tier_valid_until is None:
+                continue
+            if member.tier_valid_until > now:
+                continue
+            old = self.tier_of(member.id)
+            new = self.tier_for(member.qp_by_year[now.year - 1])
+            if new.threshold == 0:
+                member.tier, member.tier_valid_until = "base", None
+            else:
+                member.tier = new.code
+                member.tier_valid_until = datetime(now.year + 1, 3, 1, tzinfo=UTC)
+            if old.expiry_protected and not new.expiry_protected:
+                self.counts["protected status lost: fresh validity"] += 1
+                fresh = self.expiry(now)
+                for lot in self._open_lots(member):
+                    lot.expires_at = max(lot.expires_at, fresh)
+            changes.append((member.id, old.code, new.code))
+        return changes
+
+    # -- redemption -------------------------------------------------------------------
+
+    def refusal_spend(self, member_id: str, amount: int):
+        return InsufficientPoints if self.members[member_id].available < amount else None
+
+    def apply_burn(self, member_id: str, amount: int, entry_id: int) -> None:
+        self._spend(self.members[member_id], amount, entry_id)
+        self.accounts[(f"partner:{self.partner}:redeemed", PTS)] += amount
+        self.redemptions[entry_id] = Redemption(entry_id, member_id, amount, entry_id)
+        self.entries += 1
+
+    def apply_authorise(
+        self, member_id: str, amount: int, entry_id: int, hold_id: int, expires_at: datetime
+    ) -> None:
+        member = self.members[member_id]
+        self._spend(member, amount, entry_id)
+        member.held += amount
+        self.holds[hold_id] = Hold(hold_id, member_id, amount, expires_at, entry_id)
+        self.other_entries.append(entry_id)
+        self.entries += 1
+
+    def refusal_capture(self, hold_id: int, amount: int | None, now: datetime):
+        hold = self.holds[hold_id]
+        if hold.status != "open":
+            return HoldNotOpen
+        if hold.expires_at <= now:
+            return HoldExpired
+        if amount is not None and amount > hold.amount:
+            return CaptureExceedsHold
+        return None
+
+    def apply_capture(self, hold_id: int, amount: int | None, entry_id: int, now: datetime):
+        hold = self.holds[hold_id]
+        member = self.members[hold.member]
+        captured = hold.amount if amount is None else amount
+        member.held -= hold.amount
+        self.accounts[(f"partner:{self.partner}:redeemed", PTS)] += captured
+        self.entries += 1
+        if captured < hold.amount:
+            self._restore(member, hold.amount - captured, hold.authorise_entry, now)
+            self.entries += 1
+        hold.status = "captured"
+        self.redemptions[entry_id] = Redemption(
+            entry_id, hold.member, captured, hold.authorise_entry
+        )
+        return captured
+
+    def refusal_void(self, hold_id: int):
+        return None if self.holds[hold_id].status == "open" else HoldNotOpen
+
+    def _return_hold(self, hold: Hold, status: str, now: datetime) -> None:
+        member = self.members[hold.member]
+        member.held -= hold.amount
+        self._restore(member, hold.amount, hold.authorise_entry, now)
+        hold.status = status
+        self.entries += 1
+
+    def apply_void(self, hold_id: int, now: datetime) -> None:
+        self._return_hold(self.holds[hold_id], "voided", now)
+
+    def apply_expire_holds(self, now: datetime) -> int:
+        due = [h for h in self.holds.values() if h.status == "open" and h.expires_at <= now]
+        for hold in sorted(due, key=lambda h: (h.expires_at, h.hold_id)):
+            self._return_hold(hold, "expired", now)
+        return len(due)
+
+    # -- transfers and adjustments ---------------------------------------------------
+
+    def refusal_transfer(self, sender: str, receiver: str, amount: int, now: datetime):
+        if sender == receiver:
+            return SameMember
+        if amount < self.transfer_min:
+            return TransferRefused
+        fee = self.fee(amount)
+        if (
+            self.daily_limit is not None
+            and self.members[sender].sent_on[now.date()] + amount + fee > self.daily_limit
+        ):
+            return TransferRefused
+        return self.refusal_spend(sender, amount + fee)
+
+    def apply_transfer(self, sender: str, receiver: str, amount: int, entry_id: int, now):
+        fee = self.fee(amount)
+        member = self.members[sender]
+        member.sent_on[now.date()] += amount + fee
+        self._spend(member, amount + fee, entry_id)
+        self._credit_new_lot(self.members[receiver], amount, now, None)
+        if fee:
+            self.accounts[(ADJUSTMENTS, PTS)] += fee
+        self.other_entries.append(entry_id)
+        self.entries += 1
+        return fee
+
+    def refusal_adjust(self, member_id: str, amount: int):
+        return self.refusal_spend(member_id, -amount) if amount < 0 else None
+
+    def apply_adjust(self, member_id: str, amount: int, entry_id: int, now: datetime) -> None:
+        member = self.members[member_id]
+        if amount > 0:
+            self._credit_new_lot(member, amount, now, None)
+        else:
+            self._spend(member, -amount, entry_id)
+        self.accounts[(ADJUSTMENTS, PTS)] -= amount
+        self.other_entries.append(entry_id)
+        self.entries += 1
+
+    # -- reversals ------------------------------------------------------------------------
+
+    def refusal_reverse(self, entry_id: int, amount: int | None):
+        original = self.earnings.get(entry_id) or self.redemptions.get(entry_id)
+        if original is None:
+            return NotReversible
+        if original.points <= 0:
+            return NotReversible
+        left = original.points - original.reversed
+        asked = left if amount is None else amount
+        if asked <= 0 or asked > left:
+            return ReversalExceedsOriginal
+        return None
+
+    def apply_reverse(self, entry_id: int, amount: int | None, now: datetime) -> int:
+        """Reverse (part of) an earning or a redemption; returns the points."""
+        if entry_id in self.earnings:
+            earning = self.earnings[entry_id]
+            amount = earning.points - earning.reversed if amount is None else amount
+            self._reverse_earning(earning, amount, now)
+            return amount
+        redemption = self.redemptions[entry_id]
+        amount = redemption.points - redemption.reversed if amount is None else amount
+        redemption.reversed += amount
+        assert redemption.reversed <= redemption.points
+        self.accounts[(f"partner:{self.partner}:redeemed", PTS)] -= amount
+        member = self.members[redemption.member]
+        self._restore(member, amount, redemption.origin, now)
+        self.entries += 1
+        return amount
+
+    def reversal_qp(self, entry_id: int, amount: int) -> int:
+        """The QP a reversal of `amount` points of an earning takes back."""
+        earning = self.earnings[entry_id]
+        before, after = earning.reversed, earning.reversed + amount
+        return earning.qp * after // earning.points - earning.qp * before // earning.points
+
+    def _reverse_earning(self, earning: Earning, amount: int, now: datetime) -> None:
+        """Negate the earning's postings in proportion, cumulatively (so
+        partial reversals add up to the original exactly); the points come out
+        of pending while they are still there, else out of available."""
+        before, after = earning.reversed, earning.reversed + amount
+        whole = earning.points
+        earning.reversed = after
+        assert after <= whole
+        member = self.members[earning.member]
+        qp = earning.qp * after // whole - earning.qp * before // whole
+        if qp:
+            member.qp -= qp
+            member.qp_by_year[now.year] -= qp
+            if member.qp_by_year[now.year] < 0:
+                self.counts["a year's QP went negative"] += 1
+            self.accounts[(QP_SOURCE, QP)] += qp
+        sizes = [a for _, a in earning.debits]
+        now_shares = prorate(sizes, after, whole)
+        was_shares = prorate(sizes, before, whole)
+        for (account, _), now_share, was_share in zip(
+            earning.debits, now_shares, was_shares, strict=True
+        ):
+            self.accounts[(account, PTS)] += now_share - was_share
+        from_pending = min(amount, earning.pending)
+        earning.pending -= from_pending
+        member.pending -= from_pending
+        if amount - from_pending:
+            self._claw_back(member, amount - from_pending, earning.entry_id)
+        self.entries += 1
+
+    # -- purchases and returns --------------------------------------------------------------
+
+    def record_purchase(self, reference, member, entry_id, total_minor) -> None:
+        self.purchases[reference] = PurchaseRecord(reference, member, entry_id, total_minor)
+
+    def return_points(self, reference: str, amount_minor: int) -> int:
+        """The points a return of `amount_minor` claws back (cumulative)."""
+        purchase = self.purchases[reference]
+        if purchase.entry_id is None:
+            return 0
+        earned = self.earnings[purchase.entry_id].points
+        after = purchase.returned_minor + amount_minor
+        return (
+            earned * after // purchase.total_minor
+            - earned * purchase.returned_minor // purchase.total_minor
+        )
+
+    def refusal_return(self, reference: str, amount_minor: int):
+        purchase = self.purchases[reference]
+        if amount_minor > purchase.total_minor - purchase.returned_minor:
+            return ReturnExceedsPurchase
+        points = self.return_points(reference, amount_minor)
+        if points > 0:
+            return self.refusal_reverse(purchase.entry_id, points)
+        return None
+
+    def apply_return(self, reference: str, amount_minor: int, now: datetime) -> int:
+        purchase = self.purchases[reference]
+        points = self.return_points(reference, amount_minor)
+        purchase.returned_minor += amount_minor
+        if points > 0:
+            self._reverse_earning(self.earnings[purchase.entry_id], points, now)
+        return points
+
+    # -- points expiry ---------------------------------------------------------------------
+
+    def apply_expire_points(self, now: datetime) -> int:
+        """Expired lots of members without an expiry-protected status go to
+        program:expired, one entry per member."""
+        members = 0
+        for member in self.members.values():
+            if self.protected(member, now):
+                if any(lot.expires_at <= now for lot in self._open_lots(member)):
+                    self.counts["expiry skipped: protected member"] += 1
+                continue
+            due = [lot for lot in self._open_lots(member) if lot.expires_at <= now]
+            total = sum(lot.remaining for lot in due)
+            if not total:
+                continue
+            for lot in due:
+                lot.remaining = 0
+            member.available -= total
+            self.accounts[(EXPIRED, PTS)] += total
+            self.entries += 1
+            members += 1
+        return members
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def check_internal(self) -> None:
+        for member in self.members.values():
+            assert member.lots_total() == max(member.available, 0), member
+            assert member.pending >= 0 and member.held >= 0, member
+            if not member.clawed:
+                assert member.available >= 0, member
+            if self.daily_limit is not None:
+                assert all(v <= self.daily_limit for v in member.sent_on.values()), member
+        for earning in self.earnings.values():
+            assert 0 <= earning.reversed <= earning.points
+        for redemption in self.redemptions.values():
+            assert 0 <= redemption.reversed <= redemption.points
+        for purchase in self.purchases.values():
+            assert purchase.returned_minor <= purchase.total_minor
+
+
+def day_of(at: datetime) -> date:
+    return at.astimezone(UTC).date()

@@ -4,6 +4,7 @@ else from embedded servers started here."""
 
 import asyncio
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -43,11 +44,11 @@ def server_url():
     if url:
         yield url
         return
-    embedded = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="loyalty-test-pg-")) / "pg", delete_on_stop=True
-    )
+    parent = Path(tempfile.mkdtemp(prefix="loyalty-test-pg-"))
+    embedded = EmbeddedPostgres(parent / "pg", delete_on_stop=True)
     yield embedded.start()
     embedded.stop()
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

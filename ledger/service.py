@@ -8,6 +8,7 @@ locks taken in the order documented in ledger/journal.py.
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -122,7 +123,9 @@ class LedgerService:
         self.config = config or LedgerConfig()
         self.clock = clock
         self.retry = retry or RetryPolicy()
-        self.retries = 0  # transactions run again after a deadlock or lock timeout
+        # Transactions run again, by the SQLSTATE that failed them (40P01
+        # deadlock, 40001 serialization failure, 55P03 lock timeout).
+        self.retries: Counter[str] = Counter()
         self.journal = Journal(self.config.expiry_policy, self.config.hot_slots)
 
     # -- plumbing ---------------------------------------------------------
@@ -145,7 +148,7 @@ class LedgerService:
             except DBAPIError as error:
                 if not is_retryable(error) or attempt == self.retry.attempts:
                     raise
-                self.retries += 1
+                self.retries[sqlstate(error) or "?"] += 1
                 delay = random.uniform(0, self.retry.base_delay * 2 ** (attempt - 1))
                 log.info("transaction retried after %s (attempt %d)", sqlstate(error), attempt)
                 await asyncio.sleep(delay)

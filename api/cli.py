@@ -15,11 +15,18 @@ from api.settings import Settings, SettingsError
 JOBS = ("release-pending", "expire-holds", "expire-points", "requalify-tiers", "purge-idempotency")
 
 
+class _Commands(click.Group):
+    """A configuration error ends any command with one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SettingsError as error:
+            raise click.ClickException(str(error)) from None
+
+
 def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as error:
-        raise click.UsageError(str(error)) from None
+    return Settings.from_env()
 
 
 @contextlib.contextmanager
@@ -32,10 +39,13 @@ def _database(settings: Settings, *, with_redis: bool = False) -> Iterator[Setti
     from api.migrate import upgrade
 
     with contextlib.ExitStack() as stack:
-        if settings.embedded and settings.jwt_secret is None:
+        if settings.embedded:
             from api.auth import dev_secret
 
-            settings = replace(settings, jwt_secret=dev_secret(settings))
+            if settings.jwt_secret is None:
+                settings = replace(settings, jwt_secret=dev_secret(settings, "staff"))
+            if settings.member_jwt_secret is None:
+                settings = replace(settings, member_jwt_secret=dev_secret(settings, "member"))
         if settings.embedded and settings.secret_key is None:
             from api.auth import dev_secret_key
 
@@ -92,7 +102,7 @@ async def _with_ledger(settings: Settings, work):
         await ledger.engine.dispose()
 
 
-@click.group()
+@click.group(cls=_Commands)
 def main() -> None:
     """Loyalty ledger: a double-entry points ledger for coalition programmes."""
 
@@ -114,6 +124,9 @@ def serve(host, port, workers, demo) -> None:
         workers=workers or settings.workers,
     )
     with _database(settings, with_redis=True) as resolved:
+        from api.auth import TokenVerifier
+
+        TokenVerifier(resolved)  # key trouble ends the command here, not in every worker
         if demo:
             _print_balances(asyncio.run(_with_ledger(resolved, _load_demo_with(resolved))))
         # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into
@@ -189,7 +202,13 @@ def verify() -> None:
 
 @main.command()
 @click.option("--sub", "subject", required=True, help="Subject: staff user or member id.")
-@click.option("--role", "roles", multiple=True, help="Role claim (admin, finance); repeatable.")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    help="Role claim, repeatable: admin, finance (a staff token) or member (a member token).",
+)
 @click.option("--ttl", type=int, default=900, show_default=True, help="Lifetime in seconds.")
 @click.option(
     "--private-key",
@@ -198,15 +217,17 @@ def verify() -> None:
 )
 @click.option("--kid", default=None, help="Key id header (for JWKS).")
 def token(subject, roles, ttl, private_key, kid) -> None:
-    """Mint a development JWT the API accepts with the current settings."""
+    """Mint a development JWT the API accepts with the current settings: a
+    member token for --role member (the member key, issuer and audience), a
+    staff token otherwise."""
     from api.auth import mint_token
 
     settings = _settings()
     key = open(private_key).read() if private_key else None
     try:
         click.echo(mint_token(settings, subject, list(roles), ttl, key, kid))
-    except SettingsError as error:
-        raise click.UsageError(str(error)) from None
+    except ValueError as error:  # SettingsError included
+        raise click.ClickException(str(error)) from None
 
 
 async def _job(ledger, name: str) -> int:
@@ -260,21 +281,30 @@ def create_key(partner_id: str) -> None:
 @partner.command("sign")
 @click.option("--key-id", envvar="LOYALTY_KEY_ID", required=True, help="or LOYALTY_KEY_ID")
 @click.option("--secret", envvar="LOYALTY_KEY_SECRET", required=True, help="or LOYALTY_KEY_SECRET")
+@click.option(
+    "--idempotency-key",
+    default="",
+    help="The request's Idempotency-Key (signed, and printed as a header).",
+)
 @click.argument("method")
 @click.argument("target")
 @click.argument("body", required=False, default="")
-def sign_request(key_id: str, secret: str, method: str, target: str, body: str) -> None:
+def sign_request(
+    key_id: str, secret: str, idempotency_key: str, method: str, target: str, body: str
+) -> None:
     """Print the signature headers for METHOD TARGET (path?query) with BODY, one per
-    line, for `curl -H @file` (BODY '-' reads standard input)."""
+    line, for `curl -H @file` (BODY '-' reads standard input); with
+    --idempotency-key, the Idempotency-Key header too, as it was signed."""
     import time
 
     from partners.signing import signed_headers
 
     raw = sys.stdin.buffer.read() if body == "-" else body.encode()
     path, _, query = target.partition("?")
-    for name, value in signed_headers(
-        key_id, secret, method, path, query, raw, time.time()
-    ).items():
+    headers = signed_headers(key_id, secret, method, path, query, raw, time.time(), idempotency_key)
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    for name, value in headers.items():
         click.echo(f"{name}: {value}")
 
 

@@ -1,14 +1,18 @@
 """Partner authentication: the signed-request check, replay refusal and the
 per-partner rate limit, as one guard that runs before the body is decoded.
 
-Replays are refused through Redis (SET NX with a TTL beyond the clock
-tolerance). When Redis is unreachable the check falls back to PostgreSQL
-(table signature_replays), so replays stay refused and partners keep working.
-The rate limit is a Redis fixed window; without Redis it is not enforced
-(the limit protects capacity, not correctness).
+Every accepted signature is recorded in PostgreSQL (table signature_replays,
+kept beyond the clock tolerance; `loyalty jobs run purge-idempotency` deletes
+expired rows), one autocommit INSERT ... ON CONFLICT DO NOTHING: a signature
+seen before is refused whatever happened to Redis meanwhile (a flush, a
+failover to a replica that missed the last writes), which a record in Redis
+alone did not survive.
+
+Rate limits, per partner here and per member (api/routes/member.py) through
+the same `rate_limit`, are a Redis fixed window; without Redis they are not
+enforced (they protect capacity, not correctness).
 """
 
-import logging
 import time
 
 from litestar.connection import ASGIConnection
@@ -25,21 +29,14 @@ from partners.signing import (
     parse_headers,
 )
 
-log = logging.getLogger("loyalty.partner_auth")
 REPLAY_TTL_SECONDS = 900  # beyond the 300 s tolerance either side
 
 
 async def _first_use(connection: ASGIConnection, signature: str) -> bool:
-    state = connection.app.state
-    if state.redis is not None:
-        try:
-            return bool(
-                await state.redis.set(f"replay:{signature}", 1, nx=True, ex=REPLAY_TTL_SECONDS)
-            )
-        except (RedisError, OSError, TimeoutError):
-            log.warning("Redis unreachable: replay check falls back to PostgreSQL")
-    async with state.engine.begin() as conn:
-        inserted = await conn.execute(
+    async with connection.app.state.engine.connect() as conn:
+        # Autocommit: one statement, no BEGIN/COMMIT round trips.
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        inserted = await autocommit.execute(
             text(
                 "INSERT INTO signature_replays (signature, expires_at) VALUES "
                 "(:s, now() + make_interval(secs => :ttl)) ON CONFLICT DO NOTHING RETURNING 1"
@@ -49,25 +46,22 @@ async def _first_use(connection: ASGIConnection, signature: str) -> bool:
         return inserted.first() is not None
 
 
-async def _rate_limit(connection: ASGIConnection, partner_id: str) -> None:
-    state = connection.app.state
-    if state.redis is None:
+async def rate_limit(connection: ASGIConnection, scope: str, limit: int) -> None:
+    """At most `limit` requests per second for `scope` (`partner:ID`, `member:ID`),
+    else `429 rate-limited` with Retry-After. The scope is the key's hash tag."""
+    redis = connection.app.state.redis
+    if redis is None:
         return
-    window = int(time.time())
-    key = f"rate:{{partner:{partner_id}}}:{window}"
+    key = f"rate:{{{scope}}}:{int(time.time())}"
     try:
-        pipe = state.redis.pipeline(transaction=False)
+        pipe = redis.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, 2)
         count, _ = await pipe.execute()
     except (RedisError, OSError, TimeoutError):
         return
-    if count > state.settings.partner_rate_limit:
-        raise ApiError(
-            "rate-limited",
-            f"more than {state.settings.partner_rate_limit} requests per second",
-            retry_after=1,
-        )
+    if count > limit:
+        raise ApiError("rate-limited", f"more than {limit} requests per second", retry_after=1)
 
 
 async def authenticate_partner(connection: ASGIConnection, _: object) -> None:
@@ -87,14 +81,20 @@ async def authenticate_partner(connection: ASGIConnection, _: object) -> None:
             connection.scope.get("query_string", b"").decode(),
             str(timestamp),
             body,
+            connection.headers.get("idempotency-key", ""),
         )
         check_signature(key.secret, canonical, signature)
+        # Before the replay record: a partner over its limit costs no write.
+        await rate_limit(
+            connection,
+            f"partner:{key.partner_id}",
+            connection.app.state.settings.partner_rate_limit,
+        )
         if not await _first_use(connection, signature):
             raise SignatureProblem("signature-replayed", "this signature was used before")
     except SignatureProblem as problem:
         raise ApiError(problem.code, problem.detail) from None
     if key.partner_status != "active":
         raise PartnerSuspended(f"partner {key.partner_id} is suspended")
-    await _rate_limit(connection, key.partner_id)
     connection.state.partner_id = key.partner_id
     connection.state.return_window_days = key.return_window_days

@@ -32,19 +32,30 @@ class Settings:
     db_pool_timeout_seconds: int = 5  # waiting for a pooled connection; beyond it: 503
     db_command_timeout_seconds: int = 30  # one round trip on the wire
     max_body_bytes: int = 1_000_000
+    # Staff tokens (roles admin, finance) and member tokens (the app's) are
+    # signed with keys of their own, so whoever mints one kind cannot mint the
+    # other; their audiences differ, so neither is accepted for the other.
     jwt_algorithms: tuple[str, ...] = ("HS256",)
-    jwt_secret: str | None = None  # HS256; unset in embedded mode: a dev secret in data_dir
+    jwt_secret: str | None = None  # HS*; unset in embedded mode: a dev secret in data_dir
     jwt_public_key_file: Path | None = None  # RS256 / ES256 PEM public key
     jwt_jwks_file: Path | None = None  # RS256 / ES256 JWKS document
     jwt_issuer: str = "loyalty-dev"
     jwt_audience: str = "loyalty-api"
-    jwt_leeway_seconds: int = 30
+    member_jwt_algorithms: tuple[str, ...] = ("HS256",)
+    member_jwt_secret: str | None = None  # unset in embedded mode: a dev secret of its own
+    member_jwt_public_key_file: Path | None = None
+    member_jwt_jwks_file: Path | None = None
+    member_jwt_issuer: str = "loyalty-dev-members"
+    member_jwt_audience: str = "loyalty-members"
+    jwt_leeway_seconds: int = 30  # clock skew allowed on exp, nbf and iat
+    jwt_max_lifetime_seconds: int = 3600  # longest exp - iat accepted (either kind)
     expiry_policy: str = "rolling:36"
     hot_account_slots: int = 8
     hold_ttl_seconds: int = 900
     tier_period: str = "calendar"  # calendar | rolling (12 months)
     secret_key: str | None = None  # Fernet key for partner secrets; embedded: generated
     partner_rate_limit: int = 100  # requests per second per partner
+    member_rate_limit: int = 10  # requests per second per member
     idempotency_retention_days: int = 7
     transfer_min_points: int = 100
     transfer_fee_rate: str = "0"  # share of the amount, in points, rounded up
@@ -77,10 +88,7 @@ class Settings:
             raise SettingsError("LOYALTY_TRANSFER_FEE_RATE is at least 0 and below 1")
         if self.tier_period not in ("calendar", "rolling"):
             raise SettingsError("LOYALTY_TIER_PERIOD is calendar or rolling")
-        allowed = {"HS256", "HS384", "HS512", "RS256", "ES256", "PS256", "EdDSA"}
-        unknown = set(self.jwt_algorithms) - allowed
-        if unknown or not self.jwt_algorithms:
-            raise SettingsError(f"LOYALTY_JWT_ALGORITHMS: unsupported {sorted(unknown)}")
+        self.check_tokens()
         for name in (
             "db_statement_timeout_ms",
             "db_lock_timeout_ms",
@@ -91,6 +99,36 @@ class Settings:
                 raise SettingsError(f"LOYALTY_{name.upper()} must be at least 1")
         if self.hot_account_slots < 1 or self.hot_account_slots > 256:
             raise SettingsError("LOYALTY_HOT_ACCOUNT_SLOTS must be between 1 and 256")
+        for name in ("partner_rate_limit", "member_rate_limit"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"LOYALTY_{name.upper()} must be at least 1")
+
+    def token_keys(self, kind: str) -> "TokenKeys":
+        """How tokens of one kind (`staff` or `member`) are signed and for whom."""
+        prefix = {"staff": "jwt", "member": "member_jwt"}[kind]
+        return TokenKeys(
+            kind=kind,
+            variable=f"LOYALTY_{prefix.upper()}",
+            algorithms=getattr(self, f"{prefix}_algorithms"),
+            secret=getattr(self, f"{prefix}_secret"),
+            public_key_file=getattr(self, f"{prefix}_public_key_file"),
+            jwks_file=getattr(self, f"{prefix}_jwks_file"),
+            issuer=getattr(self, f"{prefix}_issuer"),
+            audience=getattr(self, f"{prefix}_audience"),
+        )
+
+    def check_tokens(self) -> None:
+        """What can be told about the token settings without reading key files
+        (the verifier in api/auth.py checks the keys themselves)."""
+        for kind in ("staff", "member"):
+            self.token_keys(kind).check()
+        if self.jwt_audience == self.member_jwt_audience:
+            # The audience is what keeps a token of one kind off the other's routes.
+            raise SettingsError("LOYALTY_JWT_AUDIENCE and LOYALTY_MEMBER_JWT_AUDIENCE must differ")
+        if self.jwt_leeway_seconds < 0:
+            raise SettingsError("LOYALTY_JWT_LEEWAY_SECONDS must be at least 0")
+        if self.jwt_max_lifetime_seconds < 1:
+            raise SettingsError("LOYALTY_JWT_MAX_LIFETIME_SECONDS must be at least 1")
 
     @property
     def embedded(self) -> bool:
@@ -127,6 +165,43 @@ class Settings:
                 value = ",".join(value)
             result[f"LOYALTY_{spec.name.upper()}"] = str(value)
         return result
+
+
+ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "ES256", "PS256", "EdDSA")
+
+
+@dataclass(frozen=True)
+class TokenKeys:
+    """The keys, algorithms, issuer and audience of one kind of token."""
+
+    kind: str  # staff | member
+    variable: str  # LOYALTY_JWT or LOYALTY_MEMBER_JWT, for messages
+    algorithms: tuple[str, ...]
+    secret: str | None
+    public_key_file: Path | None
+    jwks_file: Path | None
+    issuer: str
+    audience: str
+
+    @property
+    def symmetric(self) -> bool:
+        return all(alg.startswith("HS") for alg in self.algorithms)
+
+    def check(self) -> None:
+        unknown = set(self.algorithms) - set(ALGORITHMS)
+        if unknown or not self.algorithms:
+            raise SettingsError(f"{self.variable}_ALGORITHMS: unsupported {sorted(unknown)}")
+        if any(alg.startswith("HS") for alg in self.algorithms) and not self.symmetric:
+            # Mixing families invites algorithm confusion (RFC 8725 section 3.1).
+            raise SettingsError(f"{self.variable}_ALGORITHMS mixes HMAC and public-key algorithms")
+        if self.symmetric and self.secret is not None:
+            # RFC 7518 section 3.2: a key at least as long as the hash output.
+            needed = max(int(alg[2:]) // 8 for alg in self.algorithms)
+            if len(self.secret.encode()) < needed:
+                raise SettingsError(
+                    f"{self.variable}_SECRET is {len(self.secret.encode())} bytes; "
+                    f"{'/'.join(self.algorithms)} needs at least {needed}"
+                )
 
 
 def _convert(name: str, annotation: object, raw: str) -> object:

@@ -5,8 +5,11 @@
            --headless -u 50 -r 10 -t 60s
 
 Card holders read their balance (served from the Redis cache) and history;
-the drugstore's till sends signed, idempotent earnings. Tokens are signed with
-LOYALTY_JWT_SECRET, or the development secret in .loyalty/.
+the drugstore's till sends signed, idempotent earnings. Member tokens are
+minted as `loyalty token --role member` does, from the same LOYALTY_*
+settings (LOYALTY_MEMBER_JWT_SECRET, or the development secret in .loyalty/).
+Raise LOYALTY_MEMBER_RATE_LIMIT on the server for more than a few users per
+member, or the card holders are mostly answered 429.
 """
 
 import itertools
@@ -15,11 +18,11 @@ import os
 import random
 import time
 import uuid
-from pathlib import Path
 
-import jwt
 from locust import HttpUser, between, task
 
+from api.auth import mint_token
+from api.settings import Settings
 from partners.signing import signed_headers
 
 MEMBERS = ("anna", "ben", "clara")
@@ -27,33 +30,14 @@ CARDS = ("6001000000001", "6001000000002", "6001000000003")
 _references = itertools.count()
 
 
-def _secret() -> str:
-    return (
-        os.environ.get("LOYALTY_JWT_SECRET")
-        or (Path(os.environ.get("LOYALTY_DATA_DIR", ".loyalty")) / "dev-jwt-secret")
-        .read_text()
-        .strip()
-    )
-
-
 class CardHolder(HttpUser):
     wait_time = between(0.05, 0.2)
     weight = 4
 
     def on_start(self) -> None:
-        now = int(time.time())
-        member = random.choice(MEMBERS)
-        token = jwt.encode(
-            {
-                "sub": member,
-                "roles": ["member"],
-                "iss": "loyalty-dev",
-                "aud": "loyalty-api",
-                "iat": now,
-                "exp": now + 3600,
-            },
-            _secret(),
-            algorithm="HS256",
+        settings = Settings.from_env()
+        token = mint_token(
+            settings, random.choice(MEMBERS), ["member"], settings.jwt_max_lifetime_seconds
         )
         self.client.headers["Authorization"] = f"Bearer {token}"
 
@@ -93,6 +77,7 @@ class Till(HttpUser):
             "",
             body,
             time.time(),
+            reference,  # the Idempotency-Key is signed too
         )
         headers.update({"Idempotency-Key": reference, "content-type": "application/json"})
         self.client.post("/v1/partner/earn", data=body, headers=headers, name="/v1/partner/earn")

@@ -1,5 +1,6 @@
 """A small client for partners' developers: an httpx auth class that signs
-every request as the programme expects (see partners/signing.py).
+every request as the programme expects (see partners/signing.py), its
+Idempotency-Key header included, so set that header before sending.
 
     import httpx
     from partners.client import PartnerAuth
@@ -35,6 +36,7 @@ class PartnerAuth(httpx.Auth):
                 request.url.query.decode(),
                 request.content,
                 self.clock(),
+                request.headers.get("Idempotency-Key", ""),
             )
         )
         yield request

@@ -1,13 +1,16 @@
 """Request signing for partner calls: HMAC-SHA256 over a canonical request.
 
-The canonical string is five lines joined by '\\n':
+The canonical string is six lines joined by '\\n' (no newline at the end):
 
     METHOD                 upper case, e.g. POST
-    PATH                   the raw path, e.g. /v1/partner/earn
+    PATH                   the path without the query, percent-decoded, e.g.
+                           /v1/partner/earn
     QUERY                  query parameters sorted by name then value, RFC 3986
                            encoded, joined with '&' (empty line if none)
     TIMESTAMP              Unix seconds, as sent in X-Loyalty-Timestamp
     BODY-SHA256            hex SHA-256 of the raw body (of b'' when there is none)
+    IDEMPOTENCY-KEY        the Idempotency-Key header's value (empty line if none),
+                           so a captured request cannot be re-sent under another key
 
 The signature is the lower-case hex HMAC-SHA256 of that string with the key's
 secret, sent in X-Loyalty-Signature with the key id in X-Loyalty-Key-Id.
@@ -38,9 +41,19 @@ def canonical_query(query: str) -> str:
     return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in pairs)
 
 
-def canonical_request(method: str, path: str, query: str, timestamp: str, body: bytes) -> str:
+def canonical_request(
+    method: str, path: str, query: str, timestamp: str, body: bytes, idempotency_key: str = ""
+) -> str:
+    """The string that is signed; `idempotency_key` is "" when the request has none."""
     return "\n".join(
-        [method.upper(), path, canonical_query(query), timestamp, hashlib.sha256(body).hexdigest()]
+        [
+            method.upper(),
+            path,
+            canonical_query(query),
+            timestamp,
+            hashlib.sha256(body).hexdigest(),
+            idempotency_key,
+        ]
     )
 
 
@@ -49,10 +62,19 @@ def sign(secret: str, canonical: str) -> str:
 
 
 def signed_headers(
-    key_id: str, secret: str, method: str, path: str, query: str, body: bytes, now: float
+    key_id: str,
+    secret: str,
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
+    now: float,
+    idempotency_key: str = "",
 ) -> dict[str, str]:
     timestamp = str(int(now))
-    signature = sign(secret, canonical_request(method, path, query, timestamp, body))
+    signature = sign(
+        secret, canonical_request(method, path, query, timestamp, body, idempotency_key)
+    )
     return {KEY_ID_HEADER: key_id, TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature}
 
 

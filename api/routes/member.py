@@ -1,7 +1,9 @@
-"""Card holders' API for the mobile-app backend (/v1/me, member JWT whose
-`sub` is the member id and whose roles include `member`). A member sees only
-their own data: anything else is a 404. Balances come from the Redis cache
-when it has them."""
+"""Card holders' API for the mobile-app backend (/v1/me, a member token whose
+`sub` is the member id and whose roles include `member`; staff tokens are
+refused). A member sees only their own data: anything else is a 404, and a
+card that cannot receive a transfer is "not found" whether it is unknown or
+blocked. Each member gets LOYALTY_MEMBER_RATE_LIMIT requests per second.
+Balances come from the Redis cache when it has them."""
 
 from datetime import datetime
 from typing import Annotated
@@ -14,6 +16,7 @@ from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from api.deps import SERVICES
 from api.input_guard import IdempotentOperation, PathText
+from api.partner_auth import rate_limit
 from api.problems import ApiError
 from api.strict_body import strict_json_body
 from ledger.accounts import check_id
@@ -22,6 +25,7 @@ from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from ledger.tiers import TierProgress
 from ledger.views import HistoryPage, Receipt
+from partners.errors import CardBlocked, CardNotFound
 from partners.programme import CouponView, Programme
 from partners.registry import Registry
 
@@ -36,9 +40,13 @@ class TransferRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 async def authenticate_member(connection: ASGIConnection, _: object) -> None:
-    principal = connection.app.state.verifier.principal(connection)
+    principal = connection.app.state.verifier.principal(connection, "member")
     principal.require_role("member")
-    connection.state.member_id = check_id("member", principal.subject)
+    member_id = check_id("member", principal.subject)
+    await rate_limit(
+        connection, f"member:{member_id}", connection.app.state.settings.member_rate_limit
+    )
+    connection.state.member_id = member_id
 
 
 def _me(request: Request) -> str:
@@ -104,7 +112,11 @@ async def transfer(
     if not idempotency_key:
         raise ApiError("idempotency-key-missing", "transfers need an Idempotency-Key header")
     me = _me(request)
-    receiver = await registry.member_for_card(data.to_card_number)
+    try:
+        receiver = await registry.member_for_card(data.to_card_number)
+    except (CardNotFound, CardBlocked):
+        # One answer for both: a member must not learn whether a card exists.
+        raise CardNotFound("no card with this number can receive points") from None
     return await ledger.transfer(
         Transfer(me, receiver, data.amount), IdempotencyKey(f"member:{me}", idempotency_key)
     )

@@ -1,4 +1,5 @@
-"""An app on the test database and Redis, with a test client and token minting."""
+"""An app on the test database and Redis, with a test client and token minting
+(`token(subject, roles)`: a member token for the role member, else a staff one)."""
 
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ from api.settings import Settings
 
 SECRET_KEY = "K4cpIiv3R3JWAXbq8kFn2o3VlqK8M2r0E9gr0Hr9lWQ="  # Fernet key for the tests
 SECRET = "test-secret-" + "0123456789abcdef" * 4  # 75 bytes: long enough for HS512
+MEMBER_SECRET = "test-member-secret-" + "fedcba9876543210" * 4  # the members' key, not staff's
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +23,12 @@ def api_settings(database_url, redis_url, tmp_path_factory) -> Settings:
         database_url=database_url,
         redis_url=redis_url,
         jwt_secret=SECRET,
+        member_jwt_secret=MEMBER_SECRET,
         data_dir=tmp_path_factory.mktemp("data"),
         max_body_bytes=64_000,
         secret_key=SECRET_KEY,
         partner_rate_limit=1000,
+        member_rate_limit=1000,
     )
 
 

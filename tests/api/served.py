@@ -20,7 +20,7 @@ import redis.asyncio as redis
 from api.auth import mint_token
 from api.cache import key
 from api.embedded import EmbeddedRedis
-from tests.api.conftest import SECRET, SECRET_KEY
+from tests.api.conftest import MEMBER_SECRET, SECRET, SECRET_KEY
 
 READS = 20
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +98,8 @@ class Service:
                 "LOYALTY_DATABASE_URL": database_url,
                 "LOYALTY_REDIS_URL": self.redis_url,
                 "LOYALTY_JWT_SECRET": SECRET,
+                "LOYALTY_MEMBER_JWT_SECRET": MEMBER_SECRET,
+                "LOYALTY_MEMBER_RATE_LIMIT": "1000",
                 "LOYALTY_SECRET_KEY": SECRET_KEY,
                 "LOYALTY_PORT": str(self.port),
                 "LOYALTY_DATA_DIR": str(tmp / "data"),

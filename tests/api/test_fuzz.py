@@ -31,7 +31,7 @@ from api.embedded import drop_database, ensure_database, with_database
 from api.migrate import upgrade
 from api.settings import Settings
 from partners.signing import signed_headers
-from tests.api.conftest import SECRET, SECRET_KEY
+from tests.api.conftest import MEMBER_SECRET, SECRET, SECRET_KEY
 
 MEMBER = "fuzz-member"
 PARTNER = "fuzz-shop"
@@ -103,6 +103,7 @@ class PartnerSignature(requests.auth.AuthBase):
                 url.query,
                 body,
                 time.time() - next(self.seconds_back),
+                request.headers.get("Idempotency-Key", ""),
             )
         )
         return request
@@ -146,7 +147,10 @@ def openapi_document() -> dict:
     operation. (Schemathesis' lazy `from_fixture` loader fails on pytest 9.)"""
     app = create_app(
         Settings(
-            database_url="postgresql://unused/unused", secret_key=SECRET_KEY, jwt_secret=SECRET
+            database_url="postgresql://unused/unused",
+            secret_key=SECRET_KEY,
+            jwt_secret=SECRET,
+            member_jwt_secret=MEMBER_SECRET,
         )
     )
     return json.loads(encode_json(app.openapi_schema.to_schema()))

@@ -1,6 +1,9 @@
-"""The canonical request and its signature (pure)."""
+"""The canonical request and its signature (pure), and the README's test
+vector checked against the code."""
 
 import hashlib
+import re
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +18,13 @@ from partners.signing import (
     signed_headers,
 )
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
 
 def test_canonical_request_format():
-    canonical = canonical_request("post", "/v1/partner/earn", "b=2&a=1&a=0", "1700000000", b"{}")
+    canonical = canonical_request(
+        "post", "/v1/partner/earn", "b=2&a=1&a=0", "1700000000", b"{}", "K-1"
+    )
     assert canonical == "\n".join(
         [
             "POST",
@@ -25,8 +32,55 @@ def test_canonical_request_format():
             "a=0&a=1&b=2",
             "1700000000",
             hashlib.sha256(b"{}").hexdigest(),
+            "K-1",
         ]
     )
+    without_key = canonical_request("GET", "/p", "", "1700000000", b"")
+    assert without_key.endswith(hashlib.sha256(b"").hexdigest() + "\n")  # an empty last line
+
+
+def test_the_readme_test_vector_matches_the_code():
+    section = README.read_text().split("##### Test vector", 1)[1].split("\n#", 1)[0]
+    inputs = dict(re.findall(r"^\| ([a-z ]+) \| `(.*)` \|$", section, re.MULTILINE))
+    canonical, signature = re.findall(r"```text\n(.*?)\n```", section, re.DOTALL)
+    assert set(inputs) == {
+        "key id",
+        "secret",
+        "method",
+        "path",
+        "query",
+        "timestamp",
+        "idempotency key",
+        "body",
+    }
+    body = inputs["body"].encode()
+    assert (
+        canonical_request(
+            inputs["method"],
+            inputs["path"],
+            inputs["query"],
+            inputs["timestamp"],
+            body,
+            inputs["idempotency key"],
+        )
+        == canonical
+    )
+    assert sign(inputs["secret"], canonical) == signature
+    headers = signed_headers(
+        inputs["key id"],
+        inputs["secret"],
+        inputs["method"],
+        inputs["path"],
+        inputs["query"],
+        body,
+        int(inputs["timestamp"]),
+        inputs["idempotency key"],
+    )
+    assert headers == {
+        "X-Loyalty-Key-Id": inputs["key id"],
+        "X-Loyalty-Timestamp": inputs["timestamp"],
+        "X-Loyalty-Signature": signature,
+    }
 
 
 def test_query_is_sorted_and_rfc3986_encoded():
@@ -34,12 +88,16 @@ def test_query_is_sorted_and_rfc3986_encoded():
 
 
 def test_signature_round_trip_and_tampering():
-    headers = signed_headers("pk_1", "s3cret", "POST", "/p", "", b'{"a":1}', 1700000000)
-    canonical = canonical_request("POST", "/p", "", headers["X-Loyalty-Timestamp"], b'{"a":1}')
+    headers = signed_headers("pk_1", "s3cret", "POST", "/p", "", b'{"a":1}', 1700000000, "K-1")
+    timestamp = headers["X-Loyalty-Timestamp"]
+    canonical = canonical_request("POST", "/p", "", timestamp, b'{"a":1}', "K-1")
     check_signature("s3cret", canonical, headers["X-Loyalty-Signature"])
     with pytest.raises(SignatureProblem) as problem:
         check_signature("s3cret", canonical.replace('"a":1', '"a":2'), sign("other", canonical))
     assert problem.value.code == "signature-invalid"
+    other_key = canonical_request("POST", "/p", "", timestamp, b'{"a":1}', "K-2")
+    with pytest.raises(SignatureProblem):
+        check_signature("s3cret", other_key, headers["X-Loyalty-Signature"])
 
 
 @pytest.mark.parametrize(

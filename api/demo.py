@@ -1,10 +1,14 @@
 """A small, believable demo programme, so a newcomer sees balances at once.
 
 Three tiers (base, silver at 1,000 QP with x1.25, gold at 3,000 QP with x1.5);
-a drugstore (1 point per 2 EUR, vouchers, tobacco and books excluded), a fuel
-station (1 point per 2 EUR, shop x2, cap 500 per transaction) and an airline
-(4 points per EUR, QP by cabin); a running double-points promotion and a 10x
-coupon. Then purchases, a redemption, a hold, a transfer and an adjustment.
+a drugstore (1 point per 2 EUR, vouchers, tobacco and books excluded; billed
+afterwards up to a 50,000 EUR credit limit; its contract has a 14-day return
+window from today on), a fuel station (1 point per 2 EUR, shop x2, cap 500 per
+transaction; prepaid with a 2,500 EUR deposit) and an airline (4 points per
+EUR, QP by cabin; no credit limit); a running double-points promotion and a
+10x coupon. Then purchases (the drugstore's first one from yesterday, reported
+late under the contract then in force), a redemption, a hold, a transfer and
+an adjustment.
 Loading it again posts nothing: a programme that already has the demo members
 is left as it is."""
 
@@ -17,7 +21,7 @@ from ledger.service import LedgerService
 from ledger.views import Balances
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry
+from partners.registry import ContractInput, PartnerInput, Registry
 from partners.rulebook import (
     BurnRuleInput,
     CouponInput,
@@ -46,40 +50,46 @@ CARDS = {
 async def load_demo(ledger: LedgerService, registry: Registry) -> list[tuple[Balances, str]]:
     programme = Programme(ledger)
     if not (await ledger.history(MEMBERS[0], limit=1)).entries:
-        await _register(registry)
-        await _define_programme(Rulebook(ledger), ledger.clock())
-        await _post_demo(ledger, programme)
+        now = ledger.clock()
+        await _register(registry, now)
+        await _define_programme(Rulebook(ledger), now)
+        await _post_demo(ledger, programme, now)
     return [
         (await ledger.balances(member), (await programme.tier_progress(member)).tier.code)
         for member in MEMBERS
     ]
 
 
-async def _register(registry: Registry) -> None:
+async def _register(registry: Registry, now: datetime) -> None:
     contracts = (
         PartnerInput(
             "drugstore",
             "Drugstore",
             price_per_point=Decimal("0.01"),
             redemption_value=Decimal("0.01"),
+            credit_limit_minor=5_000_000,
         ),
         PartnerInput(
             "fuelstation",
             "Fuel station",
-            return_window_days=0,
             price_per_point=Decimal("0.01"),
             redemption_value=Decimal("0.01"),
+            credit_limit_minor=0,
+            deposit_minor=250_000,
         ),
         PartnerInput(
             "skyline",
             "Skyline Airways",
-            return_window_days=14,
             price_per_point=Decimal("0.008"),
             redemption_value=Decimal("0.01"),
         ),
     )
     for contract in contracts:
         await registry.create_partner(contract, ADMIN)
+    # From today the drugstore's points wait out a 14-day return window
+    # (purchases made before keep the terms they were made under).
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    await registry.update_contract("drugstore", ContractInput(today, return_window_days=14), ADMIN)
     for member, cards in CARDS.items():
         for card in cards:
             await registry.issue_card(member, card, ADMIN)
@@ -149,7 +159,8 @@ async def _define_programme(rules: Rulebook, now: datetime) -> None:
             ),
             ADMIN,
         )
-    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    # From the first of yesterday's month: yesterday's drugstore purchase counts.
+    month = (now - timedelta(days=1)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     await rules.create_promotion(
         PromotionInput(
             "DRUGSTORE-DOUBLE",
@@ -184,12 +195,20 @@ def _purchase(partner: str, at: datetime, *lines: tuple[int, str]) -> Purchase:
     return Purchase(partner, at, "EUR", tuple(PurchaseLine(a, c) for a, c in lines))
 
 
-async def _post_demo(ledger: LedgerService, programme: Programme) -> None:
-    now = ledger.clock()
+async def _post_demo(ledger: LedgerService, programme: Programme, now: datetime) -> None:
     earn = programme.earn_purchase
+    # Yesterday's purchase, reported with the drugstore's nightly batch: within
+    # the 30-day late-submission window, under yesterday's contract (no return
+    # window), so its points are available at once.
     await earn(
         "anna",
-        _purchase("drugstore", now, (4599, "groceries"), (3000, "drugstore"), (2000, "vouchers")),
+        _purchase(
+            "drugstore",
+            now - timedelta(days=1),
+            (4599, "groceries"),
+            (3000, "drugstore"),
+            (2000, "vouchers"),
+        ),
         "DS-1001",
         idempotency=_key("ds-1001"),
     )
@@ -213,11 +232,11 @@ async def _post_demo(ledger: LedgerService, programme: Programme) -> None:
         "SK-3002",
         idempotency=_key("sk-3002"),
     )
+    # Today's purchase: the contract's 14-day return window keeps it pending.
     await earn(
         "clara",
         _purchase("drugstore", now, (2000, "groceries")),
         "DS-1002",
-        release_at=now + timedelta(days=14),
         idempotency=_key("ds-1002"),
     )
     await ledger.burn(Burn("anna", "fuelstation", "FS-2002", 40), _key("burn-1"))

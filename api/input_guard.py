@@ -32,7 +32,7 @@ from litestar.params import HeaderParameter, ParameterKwarg, PathParameter
 from litestar.typing import FieldDefinition
 
 from api.problems import ApiError
-from partners.registry import PartnerInput
+from partners.registry import ContractInput, PartnerInput
 from partners.rulebook import TierInput
 from partners.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
@@ -43,11 +43,12 @@ MAX_TEXT_LENGTH = 1_000  # any string in a JSON body (names, reasons, references
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_REPORTED = 20  # offending values named in one answer
 
-# JSON body fields stored in `int` columns (0002 tier_definitions.rank, 0003
-# partners.return_window_days); every other integer column is bigint.
+# JSON body fields stored in `int` columns (0002 tier_definitions.rank, 0005
+# partner_contracts' windows); every other integer column is bigint.
 INT4_BODY_FIELDS: dict[type, tuple[str, ...]] = {
     TierInput: ("rank",),
     PartnerInput: ("return_window_days",),
+    ContractInput: ("return_window_days", "late_submission_days", "future_tolerance_seconds"),
 }
 
 

@@ -97,4 +97,3 @@ async def authenticate_partner(connection: ASGIConnection, _: object) -> None:
     if key.partner_status != "active":
         raise PartnerSuspended(f"partner {key.partner_id} is suspended")
     connection.state.partner_id = key.partner_id
-    connection.state.return_window_days = key.return_window_days

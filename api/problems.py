@@ -79,6 +79,8 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "card-blocked": (422, "Card blocked"),
     "purchase-not-found": (404, "Purchase not found"),
     "return-exceeds-purchase": (422, "Return exceeds what is left of the purchase"),
+    "purchase-time-outside-window": (422, "Purchase time outside the contract's window"),
+    "credit-limit-exceeded": (422, "Partner credit limit exceeded"),
     "idempotency-key-missing": (400, "Idempotency-Key header required"),
     "request-in-flight": (409, "A request with this idempotency key is in flight"),
     "invalid-input": (422, "Input outside what the API accepts"),

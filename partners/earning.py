@@ -3,6 +3,10 @@ rule in force, the offers (promotions and activated coupons) and what the
 member has already earned this period, to lines of points, each with its
 amount, asset, reason and funder. Same input, same output; no I/O.
 
+An offer applies by the purchase time; a promotion that had ended when the
+purchase was reported pays only if it accepts late submissions. A
+partner-funded offer applies only at the partners it names.
+
 Points never come out negative, rounding is explicit (floor by default, so a
 line never gives more than its exact value), caps bound the rule's own points,
 and budgets and per-member limits bound each offer.
@@ -31,6 +35,8 @@ class Purchase:
     occurred_at: datetime
     currency: str
     lines: tuple[PurchaseLine, ...]
+    # When the partner reported it; None: at the purchase time (never late).
+    received_at: datetime | None = None
 
     @property
     def total_minor(self) -> int:
@@ -78,17 +84,32 @@ class Offer:
     exclusive: bool = False
     remaining_budget: int | None = None  # None: unlimited
     member_remaining: int | None = None  # None: unlimited
+    # Pays for a purchase in its window even when reported after it ended.
+    accepts_late_submissions: bool = False
 
     def applies(self, purchase: Purchase, tier: str) -> bool:
         return (
             self.starts_at <= purchase.occurred_at < self.ends_at
-            and (not self.partner_ids or purchase.partner_id in self.partner_ids)
+            and (
+                self.accepts_late_submissions
+                or purchase.received_at is None
+                or purchase.received_at < self.ends_at
+            )
+            and self.pays_at(purchase.partner_id)
             and (not self.tiers or tier in self.tiers)
             and purchase.total_minor >= self.min_spend_minor
             and (
                 not self.categories or any(ln.category in self.categories for ln in purchase.lines)
             )
         )
+
+    def pays_at(self, partner_id: str) -> bool:
+        """An offer naming partners applies only at them; one naming none
+        applies everywhere unless a partner funds it: a partner pays only for
+        offers that name it."""
+        if self.partner_ids:
+            return partner_id in self.partner_ids
+        return self.funder != "partner"
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,3 +78,17 @@ class ReturnExceedsPurchase(LedgerError):
 
 class PurchaseNotFound(LedgerError):
     code = "purchase-not-found"
+
+
+class PurchaseTimeOutsideWindow(LedgerError):
+    """A purchase time the partner's contract does not accept: too far back
+    (the late-submission window) or too far ahead of the server's clock."""
+
+    code = "purchase-time-outside-window"
+
+
+class CreditLimitExceeded(LedgerError):
+    """An earning that would take the partner's outstanding points liability
+    beyond its credit limit (plus deposit)."""
+
+    code = "credit-limit-exceeded"

@@ -2,14 +2,26 @@
 (rules, tier bonus, promotions with budgets, coupons, QP and tier upgrade) is
 one transaction; a quote is the same computation with nothing posted or used.
 
+The partner's contract (partners/registry.py) bounds an earning: the purchase
+time must lie in the contract's submission window, the points wait for the
+return window counted from the purchase but never from before it was
+reported, and the points the partner pays for may not take its liability
+beyond its credit limit. The liability is read from the partner's ledger
+accounts (slot sums, no lock), so accruals at one partner still never queue
+on one row; the price is that earnings running at the same moment are each
+checked against what was committed when they started.
+
 Lock order (after the idempotency key): promotion rows with a budget, then
 the member (the ledger's member lock, see ledger/journal.py), under which the
 member's promotion usage, coupons and tier are read and written, then the
 ledger's hot slots. Promotions without a budget lock nothing global,
-so accruals at a partner do not queue behind a running promotion.
+so accruals at a partner do not queue behind a running promotion; contracts
+and the partner's balances are read without a lock. A return locks the
+purchase row, then the ledger's reversal takes its own rows and the member,
+under whose lock a coupon comes back.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -18,7 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import queries
-from ledger.accounts import check_id, member_account
+from ledger.accounts import check_id, member_account, partner_account
 from ledger.commands import Earn, EarnLine, Reverse
 from ledger.errors import DuplicatePartnerReference
 from ledger.idempotency import IdempotencyKey
@@ -44,11 +56,21 @@ from partners.errors import (
     CurrencyMismatch,
     InvalidPurchase,
     NoRuleInForce,
+    PartnerNotFound,
     PurchaseNotFound,
     ReturnExceedsPurchase,
     UnknownCategory,
 )
 from partners.money import check_currency
+from partners.registry import (
+    Contract,
+    CreditStanding,
+    check_credit,
+    check_purchase_time,
+    contract_in_force,
+    credit_standing,
+    release_time,
+)
 
 MAX_LINES = 200
 MAX_LINE_MINOR = 10**10
@@ -89,6 +111,7 @@ class ReturnReceipt(msgspec.Struct, frozen=True):
     returned_minor: int
     total_minor: int
     balances: Balances
+    coupons_restored: tuple[str, ...] = ()  # usable again: the whole purchase came back
 
 
 class PendingRelease(msgspec.Struct, frozen=True):
@@ -244,14 +267,18 @@ class Programme:
             "month": at.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
             "year": datetime(at.year, 1, 1, tzinfo=UTC),
         }[rule.cap_period]
+        # Net of returns: an earning's rule points less the share of its
+        # points reversed since (entry_reversals: reversed of reversible).
         return (
             await conn.execute(
                 text(
-                    "SELECT coalesce(sum((line->>'amount')::bigint), 0)::bigint "
-                    "FROM journal_entries e, "
-                    "jsonb_array_elements(e.breakdown) AS line WHERE e.kind = 'earn' "
-                    "AND e.member_id = :m AND e.partner_id = :p AND e.effective_at >= :start "
-                    "AND line->>'kind' IN ('base', 'category')"
+                    "SELECT coalesce(sum(r.points - coalesce((SELECT r.points * x.reversed "
+                    "/ x.reversible FROM entry_reversals x WHERE x.entry_id = r.id), 0)), 0)"
+                    "::bigint FROM (SELECT e.id, sum((line->>'amount')::bigint) AS points "
+                    "FROM journal_entries e, jsonb_array_elements(e.breakdown) AS line "
+                    "WHERE e.kind = 'earn' AND e.member_id = :m AND e.partner_id = :p "
+                    "AND e.effective_at >= :start AND line->>'kind' IN ('base', 'category') "
+                    "GROUP BY e.id) AS r"
                 ),
                 {"m": member_id, "p": rule.partner_id, "start": start},
             )
@@ -266,14 +293,18 @@ class Programme:
         lock: bool,
     ) -> _Context:
         at, partner = purchase.occurred_at, purchase.partner_id
+        received = purchase.received_at or at
+        # What the engine would not apply anyway (ended before the purchase was
+        # reported, another partner's) is not read, so its budget is not locked.
         rows = (
             await conn.execute(
                 text(
                     "SELECT * FROM promotions WHERE retired_at IS NULL AND starts_at <= :at "
-                    "AND ends_at > :at AND (cardinality(partner_ids) = 0 OR :p = ANY(partner_ids)) "
+                    "AND ends_at > :at AND (ends_at > :received OR accepts_late_submissions) "
+                    "AND (cardinality(partner_ids) = 0 OR :p = ANY(partner_ids)) "
                     "ORDER BY id"
                 ),
-                {"at": at, "p": partner},
+                {"at": at, "received": received, "p": partner},
             )
         ).all()
         limited = [r for r in rows if r.budget_points is not None or r.per_member_limit]
@@ -366,6 +397,7 @@ class Programme:
         check_id("member", member_id)
         check_purchase(purchase)
         async with self.engine.connect() as conn:
+            purchase, _ = await self._received(conn, purchase)
             rule = await self._rule(conn, purchase)
             tier, _, _ = await self._tier(conn, member_id)
             context = await self._offers(conn, member_id, purchase, coupon_codes, False)
@@ -374,6 +406,52 @@ class Programme:
                 purchase, rule, tier.code, tier.earn_multiplier, context.offers, so_far
             )
             return _view(member_id, purchase, tier, earning)
+
+    async def _received(
+        self, conn: AsyncConnection, purchase: Purchase
+    ) -> tuple[Purchase, Contract | None]:
+        """The purchase as received now (the ledger's clock), once its time is
+        checked against the submission window of the partner's contract in
+        force at the purchase time, with that contract. A partner the registry
+        does not know has no contract to check against."""
+        received_at = self.ledger.clock()
+        contract = await contract_in_force(conn, purchase.partner_id, purchase.occurred_at)
+        if contract is not None:
+            check_purchase_time(contract, purchase.occurred_at, received_at)
+        return replace(purchase, received_at=received_at), contract
+
+    async def _check_credit(
+        self, conn: AsyncConnection, earning: Earning, purchase: Purchase
+    ) -> None:
+        """Refuse the earning if the points the partner pays for take its
+        liability beyond the credit limit in force now."""
+        points = sum(
+            ln.amount for ln in earning.lines if ln.asset == "PTS" and ln.funder == "partner"
+        )
+        if points <= 0:
+            return
+        contract = await contract_in_force(conn, purchase.partner_id, purchase.received_at)
+        if contract is None or contract.credit_limit_minor is None:
+            return
+        check_credit(await self._standing(conn, contract), points)
+
+    async def _standing(self, conn: AsyncConnection, contract: Contract) -> CreditStanding:
+        # The ledger's read of the partner's accounts: sums of their slots, no lock.
+        points = {}
+        for name in ("issued", "redeemed"):
+            address = partner_account(contract.partner_id, name)
+            account = await queries.account_balance(conn, address)
+            points[name] = sum(b.balance for b in account.balances if b.asset == "PTS")
+        return credit_standing(contract, points["issued"], points["redeemed"])
+
+    async def credit(self, partner_id: str) -> CreditStanding:
+        """The partner's liability for the points it issued and what its
+        credit limit (plus deposit) leaves, under the contract in force now."""
+        async with self.engine.connect() as conn:
+            contract = await contract_in_force(conn, partner_id, self.ledger.clock())
+            if contract is None:
+                raise PartnerNotFound(f"no partner {partner_id!r}")
+            return await self._standing(conn, contract)
 
     async def earn_purchase(
         self,
@@ -384,6 +462,10 @@ class Programme:
         release_at: datetime | None = None,
         idempotency: IdempotencyKey | None = None,
     ) -> PurchaseReceipt:
+        """Earn for a purchase. The points wait in `pending` until the later of
+        `release_at` (a caller's own) and the end of the return window of the
+        partner's contract in force at the purchase time, counted from the
+        purchase but never from before it was received."""
         check_id("member", member_id)
         check_purchase(purchase)
         request = {
@@ -395,21 +477,28 @@ class Programme:
         }
 
         async def body(conn: AsyncConnection) -> PurchaseReceipt:
-            rule = await self._rule(conn, purchase)
+            received, contract = await self._received(conn, purchase)
+            if contract is not None:
+                window_end = release_time(contract, purchase.occurred_at, received.received_at)
+                release = _later(release_at, window_end)
+            else:
+                release = release_at
+            rule = await self._rule(conn, received)
             # Locks budgeted promotions, then the member; everything about the
             # member (usage, coupons, tier, caps) is read under that lock, so
             # one member's purchases are evaluated one after another.
-            context = await self._offers(conn, member_id, purchase, coupon_codes, True)
+            context = await self._offers(conn, member_id, received, coupon_codes, True)
             tier, valid_until, tiers = await self._tier(conn, member_id)
             so_far = await self._period_rule_points(conn, member_id, rule, purchase.occurred_at)
             earning = evaluate(
-                purchase, rule, tier.code, tier.earn_multiplier, context.offers, so_far
+                received, rule, tier.code, tier.earn_multiplier, context.offers, so_far
             )
             view = _view(member_id, purchase, tier, earning)
             if not earning.lines:
                 await self._record_purchase(conn, member_id, purchase, partner_reference, None)
                 balances = await self.ledger.balances_in(conn, member_id)
                 return PurchaseReceipt(view, None, balances)
+            await self._check_credit(conn, earning, received)
             receipt = await self.ledger.earn_in(
                 conn,
                 Earn(
@@ -421,7 +510,7 @@ class Programme:
                         for ln in earning.lines
                     ),
                     effective_at=purchase.occurred_at,
-                    release_at=release_at,
+                    release_at=release,
                 ),
             )
             await self._record_purchase(
@@ -485,9 +574,10 @@ class Programme:
         idempotency: IdempotencyKey | None = None,
     ) -> ReturnReceipt:
         """A return of `amount_minor` of a purchase: claws back the matching share
-        of its points, proportional across the earned lines. Returns add up to at
-        most the purchase; the points follow cumulatively, so several partial
-        returns never take back more than was earned."""
+        of its points, proportional across the earned lines (QP included). Returns
+        add up to at most the purchase; the points follow cumulatively, so several
+        partial returns never take back more than was earned. When the whole
+        purchase has come back, the coupons it used are the member's again."""
         if type(amount_minor) is not int or amount_minor <= 0:
             raise InvalidPurchase("a return is a positive amount in minor units")
         request = {
@@ -550,6 +640,9 @@ class Programme:
                         ),
                         f"partner:{partner_id}",
                     )
+            restored: tuple[str, ...] = ()
+            if returned == row.total_minor and row.entry_id is not None:
+                restored = await self._restore_coupons(conn, row.member_id, row.entry_id)
             balances = (
                 receipt.balances if receipt else await self.ledger.balances_in(conn, row.member_id)
             )
@@ -559,9 +652,27 @@ class Programme:
                 returned_minor=returned,
                 total_minor=row.total_minor,
                 balances=balances,
+                coupons_restored=restored,
             )
 
         return await self.ledger.run("return_purchase", request, idempotency, ReturnReceipt, body)
+
+    async def _restore_coupons(self, conn, member_id: str, entry_id: int) -> tuple[str, ...]:
+        """Give back the coupons the earning `entry_id` used. A coupon is used
+        once, for a whole purchase, so only a full return restores it."""
+        # The member's coupons are the member's: under their lock (already held
+        # when the return reversed points; taken here after the purchase row
+        # when it did not).
+        await self.ledger.journal.lock_members(conn, [member_id])
+        rows = await conn.execute(
+            text(
+                "UPDATE member_coupons mc SET used_at = NULL, used_entry_id = NULL "
+                "FROM coupons c WHERE c.id = mc.coupon_id AND mc.member_id = :m "
+                "AND mc.used_entry_id = :e RETURNING c.code"
+            ),
+            {"m": member_id, "e": entry_id},
+        )
+        return tuple(sorted(rows.scalars()))
 
     async def _book_offers(
         self, conn, member_id: str, earning: Earning, context: _Context, entry_id: int
@@ -847,6 +958,10 @@ class Programme:
                 raise CurrencyMismatch(f"partner {partner_id} redeems in {rule.currency}")
             tier, _, _ = await self._tier(conn, member_id)
         return quote_redemption(rule, basket_minor, points, Decimal(tier.burn_discount))
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _coupon_view(row, now: datetime) -> CouponView:

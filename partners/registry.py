@@ -1,5 +1,18 @@
 """The partner registry: partners with their contract, API keys and cards.
 
+A partner's contract (return window, late-submission window, price per point,
+redemption value, credit limit, deposit) is kept as versions, each an
+amendment in force from its `effective_from`: the version in force at a time
+is the newest version whose `effective_from` is not after it (so a later
+version replaces every earlier one from its date on), and for a time before
+every version's date, version 1, the contract the partner was registered
+with. Terms about a purchase (its submission window, its return window) are
+those in force at the purchase time; the credit limit is today's.
+
+The credit arithmetic is plain functions over plain data: a partner's
+outstanding points (issued by it minus redeemed at it) at its price per
+point, rounded up, may not pass its credit limit plus its deposit.
+
 Key secrets are encrypted at rest (Fernet, with the key from configuration)
 and shown once, when created. At most two keys are active per partner, so a
 key can be rotated without downtime; revocation takes effect at once.
@@ -7,10 +20,12 @@ key can be rotated without downtime; revocation takes effect at once.
 
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import msgspec
 from cryptography.fernet import Fernet, InvalidToken
+from msgspec import UNSET, UnsetType
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -19,14 +34,23 @@ from partners.audit import record_change
 from partners.errors import (
     CardBlocked,
     CardNotFound,
+    CreditLimitExceeded,
     InvalidRule,
     KeyNotFound,
     PartnerNotFound,
+    PurchaseTimeOutsideWindow,
     TooManyKeys,
 )
-from partners.money import MINOR_UNIT_EXPONENTS
+from partners.money import MINOR_UNIT_EXPONENTS, to_minor
 
 MAX_ACTIVE_KEYS = 2
+DEFAULT_LATE_SUBMISSION_DAYS = 30
+DEFAULT_FUTURE_TOLERANCE_SECONDS = 300
+MAX_RETURN_WINDOW_DAYS = 365
+MAX_LATE_SUBMISSION_DAYS = 730
+MAX_FUTURE_TOLERANCE_SECONDS = 86_400
+MAX_PRICE_PER_POINT = Decimal(1000)  # currency units; far beyond any real contract
+MAX_MONEY_MINOR = 10**15
 
 
 class PartnerInput(msgspec.Struct, forbid_unknown_fields=True):
@@ -36,10 +60,58 @@ class PartnerInput(msgspec.Struct, forbid_unknown_fields=True):
     return_window_days: int = 0
     price_per_point: Decimal = Decimal(0)  # what the partner pays per point issued (currency units)
     redemption_value: Decimal = Decimal(0)  # what the partner is reimbursed per point redeemed
-    credit_limit_minor: int | None = None
+    credit_limit_minor: int | None = None  # None: no limit
+    deposit_minor: int = 0  # prepaid: a limit of 0 plus a deposit
+    late_submission_days: int = DEFAULT_LATE_SUBMISSION_DAYS  # how far back a purchase may be
+    future_tolerance_seconds: int = DEFAULT_FUTURE_TOLERANCE_SECONDS  # how far ahead (clocks)
+
+
+class ContractInput(msgspec.Struct, forbid_unknown_fields=True):
+    """A new version of a partner's contract, in force from `effective_from`;
+    the terms left out stay as in the version in force at that time."""
+
+    effective_from: datetime
+    return_window_days: int | UnsetType = UNSET
+    price_per_point: Decimal | UnsetType = UNSET
+    redemption_value: Decimal | UnsetType = UNSET
+    credit_limit_minor: int | UnsetType | None = UNSET  # null: no limit
+    deposit_minor: int | UnsetType = UNSET
+    late_submission_days: int | UnsetType = UNSET
+    future_tolerance_seconds: int | UnsetType = UNSET
+
+
+TERMS = (
+    "return_window_days",
+    "price_per_point",
+    "redemption_value",
+    "credit_limit_minor",
+    "deposit_minor",
+    "late_submission_days",
+    "future_tolerance_seconds",
+)
+
+
+class Contract(msgspec.Struct, frozen=True):
+    """One version of a partner's contract."""
+
+    partner_id: str
+    version: int
+    effective_from: datetime
+    currency: str
+    return_window_days: int
+    price_per_point: Decimal
+    redemption_value: Decimal
+    credit_limit_minor: int | None
+    deposit_minor: int
+    late_submission_days: int
+    future_tolerance_seconds: int
+    created_by: str
+    created_at: datetime
 
 
 class PartnerView(msgspec.Struct, frozen=True):
+    """A partner with the terms of the contract version in force now."""
+
     id: str
     name: str
     status: str
@@ -48,6 +120,25 @@ class PartnerView(msgspec.Struct, frozen=True):
     price_per_point: Decimal
     redemption_value: Decimal
     credit_limit_minor: int | None
+    deposit_minor: int
+    late_submission_days: int
+    future_tolerance_seconds: int
+    contract_version: int
+    contract_effective_from: datetime
+
+
+class CreditStanding(msgspec.Struct, frozen=True):
+    """What a partner owes for the points it has issued, against its limit."""
+
+    partner_id: str
+    currency: str
+    contract_version: int
+    price_per_point: Decimal
+    credit_limit_minor: int | None  # None: no limit
+    deposit_minor: int
+    outstanding_points: int  # issued by the partner minus redeemed at it
+    liability_minor: int  # the outstanding points at the price per point, rounded up
+    headroom_minor: int | None  # limit + deposit - liability; None: no limit
 
 
 class KeyView(msgspec.Struct, frozen=True):
@@ -64,7 +155,6 @@ class SigningKey:
     secret: str
     status: str
     partner_status: str
-    return_window_days: int
 
 
 class SecretBox:
@@ -85,17 +175,182 @@ class SecretBox:
             ) from None
 
 
-def _partner(row) -> PartnerView:
-    return PartnerView(
-        row.id,
-        row.name,
-        row.status,
-        row.currency,
-        row.return_window_days,
-        row.price_per_point,
-        row.redemption_value,
-        row.credit_limit_minor,
+# -- the contract's arithmetic (pure) ---------------------------------------------
+
+
+def submission_window(contract: Contract, received_at: datetime) -> tuple[datetime, datetime]:
+    """The purchase times the contract accepts in a call received at `received_at`."""
+    return (
+        received_at - timedelta(days=contract.late_submission_days),
+        received_at + timedelta(seconds=contract.future_tolerance_seconds),
     )
+
+
+def check_purchase_time(contract: Contract, occurred_at: datetime, received_at: datetime) -> None:
+    """Refuse a purchase time outside the submission window (edges included)."""
+    earliest, latest = submission_window(contract, received_at)
+    if not earliest <= occurred_at <= latest:
+        raise PurchaseTimeOutsideWindow(
+            f"partner {contract.partner_id} may report purchases from "
+            f"{contract.late_submission_days} days back to "
+            f"{contract.future_tolerance_seconds} seconds ahead; "
+            f"{occurred_at.isoformat()} is outside {earliest.isoformat()} .. {latest.isoformat()}",
+            earliest=earliest.isoformat(),
+            latest=latest.isoformat(),
+            late_submission_days=contract.late_submission_days,
+            future_tolerance_seconds=contract.future_tolerance_seconds,
+        )
+
+
+def release_time(
+    contract: Contract, occurred_at: datetime, received_at: datetime
+) -> datetime | None:
+    """The end of the return window (None without one): counted from the
+    purchase, but never from before the partner reported it, so a back-dated
+    purchase does not skip the pending period."""
+    if not contract.return_window_days:
+        return None
+    return max(occurred_at, received_at) + timedelta(days=contract.return_window_days)
+
+
+def liability_minor(points: int, price_per_point: Decimal, currency: str) -> int:
+    # Rounded up: what a partner owes is never understated.
+    return to_minor(Decimal(points) * price_per_point, currency, "ceiling")
+
+
+def credit_standing(
+    contract: Contract, issued_balance: int, redeemed_balance: int
+) -> CreditStanding:
+    """The partner's standing from its ledger accounts: `partner:{id}:issued`
+    goes negative by the points it awarded, `partner:{id}:redeemed` positive
+    by the points redeemed at it."""
+    outstanding = -issued_balance - redeemed_balance
+    liability = liability_minor(outstanding, contract.price_per_point, contract.currency)
+    limit = contract.credit_limit_minor
+    return CreditStanding(
+        partner_id=contract.partner_id,
+        currency=contract.currency,
+        contract_version=contract.version,
+        price_per_point=contract.price_per_point,
+        credit_limit_minor=limit,
+        deposit_minor=contract.deposit_minor,
+        outstanding_points=outstanding,
+        liability_minor=liability,
+        headroom_minor=None if limit is None else limit + contract.deposit_minor - liability,
+    )
+
+
+def check_credit(standing: CreditStanding, points: int) -> None:
+    """Refuse `points` more issued by the partner if they take its liability
+    beyond its limit plus deposit."""
+    if standing.credit_limit_minor is None or points <= 0:
+        return
+    allowed = standing.credit_limit_minor + standing.deposit_minor
+    after = liability_minor(
+        standing.outstanding_points + points, standing.price_per_point, standing.currency
+    )
+    if after > allowed:
+        raise CreditLimitExceeded(
+            f"partner {standing.partner_id}: {points} points more would take its liability "
+            f"to {after} minor units of {standing.currency}, beyond its credit limit of "
+            f"{standing.credit_limit_minor} plus deposit of {standing.deposit_minor}",
+            currency=standing.currency,
+            credit_limit_minor=standing.credit_limit_minor,
+            deposit_minor=standing.deposit_minor,
+            liability_minor=standing.liability_minor,
+            headroom_minor=standing.headroom_minor,
+            requested_minor=after - standing.liability_minor,
+        )
+
+
+def _check_terms(terms: dict) -> None:
+    def require(ok: bool, field: str, detail: str) -> None:
+        if not ok:
+            raise InvalidRule(field, detail)
+
+    require(
+        0 <= terms["return_window_days"] <= MAX_RETURN_WINDOW_DAYS,
+        "return_window_days",
+        f"between 0 and {MAX_RETURN_WINDOW_DAYS}",
+    )
+    for field in ("price_per_point", "redemption_value"):
+        value = terms[field]
+        require(
+            value.is_finite() and 0 <= value <= MAX_PRICE_PER_POINT,
+            field,
+            f"between 0 and {MAX_PRICE_PER_POINT}",
+        )
+    limit = terms["credit_limit_minor"]
+    require(
+        limit is None or 0 <= limit <= MAX_MONEY_MINOR,
+        "credit_limit_minor",
+        f"null (no limit) or between 0 and {MAX_MONEY_MINOR}",
+    )
+    require(
+        0 <= terms["deposit_minor"] <= MAX_MONEY_MINOR,
+        "deposit_minor",
+        f"between 0 and {MAX_MONEY_MINOR}",
+    )
+    require(
+        0 <= terms["late_submission_days"] <= MAX_LATE_SUBMISSION_DAYS,
+        "late_submission_days",
+        f"between 0 and {MAX_LATE_SUBMISSION_DAYS}",
+    )
+    require(
+        0 <= terms["future_tolerance_seconds"] <= MAX_FUTURE_TOLERANCE_SECONDS,
+        "future_tolerance_seconds",
+        f"between 0 and {MAX_FUTURE_TOLERANCE_SECONDS}",
+    )
+
+
+# -- reading contracts (also inside other transactions) ----------------------------
+
+# The version in force at {at}: the newest one in force from a time not after
+# it; before every version's date, version 1.
+_IN_FORCE = (
+    "ORDER BY c.effective_from <= {at} DESC, "
+    "CASE WHEN c.effective_from <= {at} THEN c.version END DESC, c.version LIMIT 1"
+)
+_CONTRACT_COLUMNS = (
+    "c.partner_id, c.version, c.effective_from, p.currency, c.return_window_days, "
+    "c.price_per_point, c.redemption_value, c.credit_limit_minor, c.deposit_minor, "
+    "c.late_submission_days, c.future_tolerance_seconds, c.created_by, c.created_at"
+)
+_PARTNER_NOW = (
+    "SELECT p.id, p.name, p.status, p.currency, c.return_window_days, c.price_per_point, "
+    "c.redemption_value, c.credit_limit_minor, c.deposit_minor, c.late_submission_days, "
+    "c.future_tolerance_seconds, c.version AS contract_version, "
+    "c.effective_from AS contract_effective_from FROM partners p CROSS JOIN LATERAL "
+    "(SELECT * FROM partner_contracts c WHERE c.partner_id = p.id "
+    + _IN_FORCE.format(at="now()")
+    + ") c"
+)
+
+
+def _contract(row) -> Contract:
+    return Contract(**{f: getattr(row, f) for f in Contract.__struct_fields__})
+
+
+def _partner(row) -> PartnerView:
+    return PartnerView(**{f: getattr(row, f) for f in PartnerView.__struct_fields__})
+
+
+async def contract_in_force(
+    conn: AsyncConnection, partner_id: str, at: datetime
+) -> Contract | None:
+    """The partner's contract version in force at `at`; None for a partner
+    the registry does not know (rules set up for an id with no contract)."""
+    row = (
+        await conn.execute(
+            text(
+                f"SELECT {_CONTRACT_COLUMNS} FROM partner_contracts c "
+                "JOIN partners p ON p.id = c.partner_id WHERE c.partner_id = :p "
+                + _IN_FORCE.format(at=":at")
+            ),
+            {"p": partner_id, "at": at},
+        )
+    ).first()
+    return None if row is None else _contract(row)
 
 
 class Registry:
@@ -103,45 +358,61 @@ class Registry:
         self.engine = engine
         self.box = box
 
-    # -- partners -------------------------------------------------------------
+    # -- partners and contracts --------------------------------------------------
 
     async def create_partner(self, data: PartnerInput, actor: str) -> PartnerView:
+        """A partner with the first version of its contract, in force from now."""
         check_id("partner", data.id)
         if not data.name.strip():
             raise InvalidRule("name", "is required")
         if data.currency not in MINOR_UNIT_EXPONENTS:
             raise InvalidRule("currency", "unknown currency")
-        if not 0 <= data.return_window_days <= 365:
-            raise InvalidRule("return_window_days", "between 0 and 365")
-        for field in ("price_per_point", "redemption_value"):
-            value = getattr(data, field)
-            if not value.is_finite() or value < 0:
-                raise InvalidRule(field, "must be zero or more")
-        if data.credit_limit_minor is not None and data.credit_limit_minor < 0:
-            raise InvalidRule("credit_limit_minor", "must be zero or more")
+        terms = {field: getattr(data, field) for field in TERMS}
+        _check_terms(terms)
         async with self.engine.begin() as conn:
-            row = (
+            created = (
                 await conn.execute(
                     text(
-                        "INSERT INTO partners (id, name, currency, return_window_days, "
-                        "price_per_point, redemption_value, credit_limit_minor) "
-                        "VALUES (:id, :name, :currency, :return_window_days, "
-                        ":price_per_point, :redemption_value, :credit_limit_minor) "
-                        "ON CONFLICT (id) DO NOTHING RETURNING *"
+                        "INSERT INTO partners (id, name, currency) VALUES (:id, :name, :currency) "
+                        "ON CONFLICT (id) DO NOTHING RETURNING id"
                     ),
-                    msgspec.structs.asdict(data),
+                    {"id": data.id, "name": data.name, "currency": data.currency},
                 )
             ).first()
-            if row is None:
+            if created is None:
                 raise InvalidRule("id", f"partner {data.id!r} exists already")
-            view = _partner(row)
+            await self._insert_contract(conn, data.id, 1, None, terms, actor)
+            view = await self.partner(data.id, conn)
             await record_change(conn, "partner", data.id, "create", actor, None, view)
             return view
 
+    async def _insert_contract(
+        self, conn, partner_id: str, version: int, effective_from, terms: dict, actor: str
+    ) -> None:
+        await conn.execute(
+            text(
+                "INSERT INTO partner_contracts (partner_id, version, effective_from, "
+                + ", ".join(TERMS)
+                + ", created_by) VALUES (:partner_id, :version, "
+                "coalesce(CAST(:effective_from AS timestamptz), now()), "
+                + ", ".join(f":{t}" for t in TERMS)
+                + ", :actor)"
+            ),
+            {
+                **terms,
+                "partner_id": partner_id,
+                "version": version,
+                "effective_from": effective_from,
+                "actor": actor,
+            },
+        )
+
     async def partner(self, partner_id: str, conn: AsyncConnection | None = None) -> PartnerView:
+        """A partner with the terms in force now."""
+
         async def read(c):
             return (
-                await c.execute(text("SELECT * FROM partners WHERE id = :id"), {"id": partner_id})
+                await c.execute(text(_PARTNER_NOW + " WHERE p.id = :id"), {"id": partner_id})
             ).first()
 
         if conn is None:
@@ -153,21 +424,76 @@ class Registry:
             raise PartnerNotFound(f"no partner {partner_id!r}")
         return _partner(row)
 
+    async def partners(self) -> list[PartnerView]:
+        async with self.engine.connect() as conn:
+            return [_partner(r) for r in await conn.execute(text(_PARTNER_NOW + " ORDER BY p.id"))]
+
+    async def contracts(self, partner_id: str) -> list[Contract]:
+        """Every version of the partner's contract, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT {_CONTRACT_COLUMNS} FROM partner_contracts c "
+                        "JOIN partners p ON p.id = c.partner_id WHERE c.partner_id = :p "
+                        "ORDER BY c.version"
+                    ),
+                    {"p": partner_id},
+                )
+            ).all()
+        if not rows:
+            raise PartnerNotFound(f"no partner {partner_id!r}")
+        return [_contract(r) for r in rows]
+
+    async def update_contract(self, partner_id: str, data: ContractInput, actor: str) -> Contract:
+        """A new version of the contract, in force from `data.effective_from`
+        (history kept: earlier versions still apply to purchases made while
+        they were in force). Terms left out are those of the version in force
+        at that date."""
+        if data.effective_from.tzinfo is None:
+            raise InvalidRule("effective_from", "needs a time zone")
+        async with self.engine.begin() as conn:
+            # Versions of one partner are numbered one at a time.
+            locked = (
+                await conn.execute(
+                    text("SELECT id FROM partners WHERE id = :id FOR UPDATE"), {"id": partner_id}
+                )
+            ).first()
+            if locked is None:
+                raise PartnerNotFound(f"no partner {partner_id!r}")
+            before = await contract_in_force(conn, partner_id, data.effective_from)
+            terms = {
+                field: getattr(before, field)
+                if getattr(data, field) is UNSET
+                else getattr(data, field)
+                for field in TERMS
+            }
+            _check_terms(terms)
+            version = (
+                await conn.execute(
+                    text("SELECT max(version) + 1 FROM partner_contracts WHERE partner_id = :p"),
+                    {"p": partner_id},
+                )
+            ).scalar_one()
+            await self._insert_contract(
+                conn, partner_id, version, data.effective_from, terms, actor
+            )
+            after = await contract_in_force(conn, partner_id, data.effective_from)
+            await record_change(
+                conn, "partner_contract", f"{partner_id}/{version}", "create", actor, before, after
+            )
+            return after
+
     async def set_status(self, partner_id: str, status: str, actor: str) -> PartnerView:
         if status not in ("active", "suspended"):
             raise InvalidRule("status", "active or suspended")
         async with self.engine.begin() as conn:
             before = await self.partner(partner_id, conn)
-            row = (
-                await conn.execute(
-                    text(
-                        "UPDATE partners SET status = :s, updated_at = now() WHERE id = :id "
-                        "RETURNING *"
-                    ),
-                    {"s": status, "id": partner_id},
-                )
-            ).one()
-            after = _partner(row)
+            await conn.execute(
+                text("UPDATE partners SET status = :s, updated_at = now() WHERE id = :id"),
+                {"s": status, "id": partner_id},
+            )
+            after = await self.partner(partner_id, conn)
             await record_change(
                 conn, "partner", partner_id, f"status:{status}", actor, before, after
             )
@@ -247,9 +573,8 @@ class Registry:
                 await conn.execute(
                     text(
                         "SELECT k.key_id, k.partner_id, k.secret_encrypted, k.status, "
-                        "p.status AS partner_status, p.return_window_days FROM partner_keys k "
-                        "JOIN partners p "
-                        "ON p.id = k.partner_id WHERE k.key_id = :k"
+                        "p.status AS partner_status FROM partner_keys k "
+                        "JOIN partners p ON p.id = k.partner_id WHERE k.key_id = :k"
                     ),
                     {"k": key_id},
                 )
@@ -262,7 +587,6 @@ class Registry:
             self.box.open(row.secret_encrypted),
             row.status,
             row.partner_status,
-            row.return_window_days,
         )
 
     # -- cards ----------------------------------------------------------------

@@ -67,6 +67,8 @@ class PromotionInput(msgspec.Struct, forbid_unknown_fields=True):
     budget_points: int | None = None
     per_member_limit: int | None = None
     exclusive: bool = False
+    # Pays for purchases in its window reported after it ended (default: not).
+    accepts_late_submissions: bool = False
 
 
 class CouponInput(msgspec.Struct, forbid_unknown_fields=True):
@@ -74,7 +76,8 @@ class CouponInput(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     valid_from: datetime
     valid_to: datetime
-    funder: str = "partner"
+    # Who pays: default the partners it names, or the programme when it names none.
+    funder: str | None = None
     multiplier: Decimal | None = None
     fixed_bonus: int | None = None
     partner_ids: list[str] = []
@@ -390,10 +393,12 @@ class Rulebook:
                     text(
                         "INSERT INTO promotions (code, name, starts_at, ends_at, partner_ids, "
                         "categories, tiers, multiplier, fixed_bonus, min_spend_minor, "
-                        "budget_points, per_member_limit, funder, exclusive, created_by) VALUES "
+                        "budget_points, per_member_limit, funder, exclusive, "
+                        "accepts_late_submissions, created_by) VALUES "
                         "(:code, :name, :starts_at, :ends_at, :partner_ids, :categories, :tiers, "
                         ":multiplier, :fixed_bonus, :min_spend_minor, :budget_points, "
-                        ":per_member_limit, :funder, :exclusive, :actor) "
+                        ":per_member_limit, :funder, :exclusive, :accepts_late_submissions, "
+                        ":actor) "
                         "ON CONFLICT (code) DO NOTHING RETURNING *"
                     ),
                     {**msgspec.structs.asdict(promotion), "actor": actor},
@@ -418,7 +423,17 @@ class Rulebook:
         _require(bool(coupon.name.strip()), "name", "is required")
         _window(coupon.valid_from, coupon.valid_to, "valid_from", "valid_to")
         _offer_value(coupon.multiplier, coupon.fixed_bonus)
+        if coupon.funder is None:
+            coupon = msgspec.structs.replace(
+                coupon, funder="partner" if coupon.partner_ids else "program"
+            )
         _require(coupon.funder in FUNDERS, "funder", "partner or program")
+        # A partner pays only for offers that name it.
+        _require(
+            coupon.funder == "program" or bool(coupon.partner_ids),
+            "partner_ids",
+            "a partner-funded coupon names the partners that pay for it",
+        )
         _require(coupon.min_basket_minor >= 0, "min_basket_minor", "must be zero or more")
         for partner_id in coupon.partner_ids:
             check_id("partner", partner_id)
@@ -672,6 +687,7 @@ def offer_from_promotion(row, member_used: int) -> Offer:
         member_remaining=None
         if row.per_member_limit is None
         else row.per_member_limit - member_used,
+        accepts_late_submissions=row.accepts_late_submissions,
     )
 
 
@@ -688,6 +704,9 @@ def offer_from_coupon(row) -> Offer:
         partner_ids=frozenset(row.partner_ids),
         categories=frozenset(row.categories),
         min_spend_minor=row.min_basket_minor,
+        # A coupon is judged at the purchase time: the member activated it and
+        # used it then, however late the partner reports the purchase.
+        accepts_late_submissions=True,
     )
 
 

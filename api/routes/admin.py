@@ -1,6 +1,7 @@
 """Admin API (staff JWT, role `admin`): the programme's rules as versioned,
-audited data: earn and burn rules per partner, promotions, coupons, tiers;
-and a dry-run quote of what a purchase would earn."""
+audited data: partners and their contract versions, earn and burn rules per
+partner, promotions, coupons, tiers; and a dry-run quote of what a purchase
+would earn."""
 
 from typing import Annotated
 
@@ -14,7 +15,15 @@ from api.deps import SERVICES
 from api.input_guard import PathText, RuleVersion
 from api.strict_body import strict_json_body
 from partners.programme import EarningView, Programme, PurchaseInput
-from partners.registry import KeyView, PartnerInput, PartnerView, Registry
+from partners.registry import (
+    Contract,
+    ContractInput,
+    CreditStanding,
+    KeyView,
+    PartnerInput,
+    PartnerView,
+    Registry,
+)
 from partners.rulebook import (
     BurnRuleInput,
     CouponInput,
@@ -61,9 +70,39 @@ async def create_partner(
     return await registry.create_partner(data, _actor(admin))
 
 
-@get("/partners/{partner_id:str}", summary="A partner and its contract")
+@get("/partners", summary="Every partner, with the contract terms in force now")
+async def list_partners(registry: Partners) -> list[PartnerView]:
+    return await registry.partners()
+
+
+@get("/partners/{partner_id:str}", summary="A partner and the contract terms in force now")
 async def get_partner(partner_id: PathText, registry: Partners) -> PartnerView:
     return await registry.partner(partner_id)
+
+
+@get("/partners/{partner_id:str}/contracts", summary="Every version of a partner's contract")
+async def list_contracts(partner_id: PathText, registry: Partners) -> list[Contract]:
+    return await registry.contracts(partner_id)
+
+
+@post(
+    "/partners/{partner_id:str}/contracts",
+    summary="A new version of a partner's contract, in force from its effective date",
+)
+async def update_contract(
+    partner_id: PathText, data: JSONBody[ContractInput], registry: Partners, admin: Admin
+) -> Contract:
+    return await registry.update_contract(partner_id, data, _actor(admin))
+
+
+@get(
+    "/partners/{partner_id:str}/credit",
+    summary="A partner's points liability against its credit limit and deposit",
+)
+async def partner_credit(
+    partner_id: PathText, programme: NamedDependency[Programme]
+) -> CreditStanding:
+    return await programme.credit(partner_id)
 
 
 @post(
@@ -235,7 +274,11 @@ admin_router = Router(
     path="/v1/admin",
     route_handlers=[
         create_partner,
+        list_partners,
         get_partner,
+        list_contracts,
+        update_contract,
+        partner_credit,
         set_partner_status,
         create_key,
         list_keys,

@@ -1,7 +1,6 @@
 """Partner API (HMAC-signed, /v1/partner): earn, quote, returns, two-phase
-redemption and the till's balance lookup. Every POST needs Idempotency-Key."""
-
-from datetime import timedelta
+redemption, the till's balance lookup and the partner's credit standing.
+Every POST needs Idempotency-Key."""
 
 import msgspec
 from litestar import Request, Response, Router, get, post
@@ -19,7 +18,7 @@ from ledger.views import Balances, HoldView
 from partners.burning import value_of_points
 from partners.errors import InvalidPurchase
 from partners.programme import EarningView, Programme, PurchaseInput, ReturnReceipt
-from partners.registry import Registry
+from partners.registry import CreditStanding, Registry
 from partners.rulebook import burn_rule_in_force
 
 MAX_REFERENCE = 64
@@ -111,11 +110,15 @@ async def earn(request: Request, data: JSONBody[EarnRequest], programme: Program
 
     async def run(key):
         member_id = await _member(request, data.card_number)
-        window = request.state.return_window_days  # read with the signing key
         purchase = data.purchase.to_purchase(partner_id, programme.ledger.clock())
-        release_at = purchase.occurred_at + timedelta(days=window) if window else None
+        # The contract in force at the purchase time decides the submission
+        # window, the return window and the credit limit: the programme reads it.
         return await programme.earn_purchase(
-            member_id, purchase, _reference(data.reference), tuple(data.coupons), release_at, key
+            member_id,
+            purchase,
+            _reference(data.reference),
+            tuple(data.coupons),
+            idempotency=key,
         )
 
     return await idempotent(request, partner_id, run)
@@ -258,9 +261,18 @@ async def till_balance(
     )
 
 
+@get(
+    "/credit",
+    summary="The partner's points liability, credit limit and headroom",
+    operation_class=SignedOperation,
+)
+async def credit(request: Request, programme: Programmes) -> CreditStanding:
+    return await programme.credit(_partner(request))
+
+
 partner_router = Router(
     path="/v1/partner",
-    route_handlers=[earn, quote, return_purchase, authorise, capture, void, till_balance],
+    route_handlers=[earn, quote, return_purchase, authorise, capture, void, till_balance, credit],
     guards=[authenticate_partner, strict_json_body],
     dependencies=SERVICES,
     tags=["partner"],

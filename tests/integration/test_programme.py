@@ -1,12 +1,14 @@
 """The programme against the real PostgreSQL: rules from the rulebook applied
-to earnings, versions by purchase time, quotes, coupons, caps, budgets under
-concurrency, tier upgrades and requalification."""
+to earnings, versions by purchase time, quotes, coupons, caps (net of
+returns), budgets under concurrency, tier upgrades and requalification, and
+a registered partner's contract bounding earnings made through the service."""
 
 import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from ledger.commands import Earn
@@ -18,9 +20,11 @@ from partners.errors import (
     CouponNotUsable,
     CurrencyMismatch,
     NoRuleInForce,
+    PurchaseTimeOutsideWindow,
     UnknownCategory,
 )
 from partners.programme import Programme
+from partners.registry import PartnerInput, Registry, SecretBox
 from partners.rulebook import CouponInput, EarnRuleInput, PromotionInput, Rulebook
 
 FROM = datetime(2024, 1, 1, tzinfo=UTC)
@@ -201,6 +205,45 @@ async def test_cap_per_member_and_period(rules, programme, new_id):
     second = await programme.earn_purchase(member, buy(partner, (16000, "groceries")), "R-2")
     assert first.earning.points == 80
     assert second.earning.points == 20  # only 20 left of the month's 100
+
+
+async def test_the_period_cap_counts_net_of_returns(rules, programme, new_id):
+    partner = await retailer(rules, new_id, cap_per_period=100, cap_period="month")
+    member = new_id()
+    first = await programme.earn_purchase(member, buy(partner, (16000, "groceries")), "R-1")
+    assert first.earning.points == 80
+    await programme.return_purchase(partner, "R-1", "R-1-back", 16000)
+    # The returned purchase no longer counts: the whole cap is there again.
+    second = await programme.earn_purchase(member, buy(partner, (16000, "groceries")), "R-2")
+    assert second.earning.points == 80
+    returned = await programme.return_purchase(partner, "R-2", "R-2-half", 8000)
+    assert returned.points_reversed == 40
+    third = await programme.earn_purchase(member, buy(partner, (16000, "groceries")), "R-3")
+    assert third.earning.points == 60  # 100 less the 40 R-2 kept
+
+
+async def test_a_registered_partners_contract_bounds_earnings(rules, programme, engine, new_id):
+    partner = await retailer(rules, new_id)
+    await Registry(engine, SecretBox(Fernet.generate_key())).create_partner(
+        PartnerInput(partner, "Late shop", return_window_days=7, late_submission_days=1),
+        ADMIN,
+    )
+    member, now = new_id(), datetime.now(UTC)
+    old = buy(partner, (1000, "groceries"), at=now - timedelta(days=2))
+    with pytest.raises(PurchaseTimeOutsideWindow):
+        await programme.quote(member, old)
+    with pytest.raises(PurchaseTimeOutsideWindow):
+        await programme.earn_purchase(member, old, "R-1")
+    # A caller's own release time never cuts the contract's return window short...
+    early = await programme.earn_purchase(
+        member, buy(partner, (1000, "groceries")), "R-1", release_at=now + timedelta(days=1)
+    )
+    assert timedelta(days=7) <= early.release_at - now <= timedelta(days=7, seconds=5)
+    # ...but may make the points wait longer.
+    late = await programme.earn_purchase(
+        member, buy(partner, (1000, "groceries")), "R-2", release_at=now + timedelta(days=20)
+    )
+    assert late.release_at == now + timedelta(days=20)
 
 
 async def test_two_purchases_racing_for_the_last_budget_never_pay_twice(

@@ -1,13 +1,27 @@
-"""The earning engine: worked examples and properties (pure, no database)."""
+"""The earning engine, and the arithmetic of a partner's contract that bounds
+an earning (submission window, release time, credit): worked examples and
+properties (pure, no database)."""
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from partners.earning import EarnRule, Offer, Purchase, PurchaseLine, evaluate
+from partners.errors import CreditLimitExceeded, PurchaseTimeOutsideWindow
 from partners.money import units
+from partners.registry import (
+    Contract,
+    check_credit,
+    check_purchase_time,
+    credit_standing,
+    liability_minor,
+    release_time,
+)
 
 T0 = datetime(2026, 6, 15, 12, tzinfo=UTC)
 RETAIL = EarnRule(
@@ -207,3 +221,152 @@ def test_splitting_a_basket_never_earns_more_than_the_caps_allow(lines, rule, cu
 def test_same_input_same_output():
     p = purchase((4599, "groceries"), (10000, "electronics"))
     assert evaluate(p, RETAIL, offers=[offer()]) == evaluate(p, RETAIL, offers=[offer()])
+
+
+# -- late submissions and who pays ------------------------------------------------------------
+
+
+def test_a_promotion_that_ended_before_the_purchase_was_reported_pays_only_if_it_accepts_late():
+    promo = offer(starts_at=T0 - timedelta(days=7), ends_at=T0 + timedelta(hours=1))
+    bought = purchase((10000, "groceries"))
+    reported = {
+        "never said": None,
+        "while it ran": T0 + timedelta(minutes=59),
+        "as it ended": T0 + timedelta(hours=1),
+        "a week later": T0 + timedelta(days=7),
+    }
+    applies = {
+        name: promo.applies(dataclasses.replace(bought, received_at=at), "base")
+        for name, at in reported.items()
+    }
+    assert applies == {
+        "never said": True,
+        "while it ran": True,
+        "as it ended": False,
+        "a week later": False,
+    }
+    late = dataclasses.replace(promo, accepts_late_submissions=True)
+    assert late.applies(dataclasses.replace(bought, received_at=T0 + timedelta(days=7)), "base")
+    # The purchase time still has to lie in the window.
+    after = purchase((10000, "groceries"), at=T0 + timedelta(hours=1))
+    assert not late.applies(dataclasses.replace(after, received_at=after.occurred_at), "base")
+    earning = evaluate(
+        dataclasses.replace(bought, received_at=T0 + timedelta(days=7)), RETAIL, offers=[promo]
+    )
+    assert earning.points_from("promotion") == 0
+
+
+def test_a_partner_pays_only_for_offers_that_name_it():
+    bought = purchase((10000, "groceries"), partner="shop")
+    assert offer(funder="program").applies(bought, "base")  # programme-wide
+    assert not offer(funder="partner").applies(bought, "base")  # nobody named: nobody pays
+    assert offer(funder="partner", partner_ids=frozenset({"shop"})).applies(bought, "base")
+    assert not offer(funder="partner", partner_ids=frozenset({"other"})).applies(bought, "base")
+    earning = evaluate(bought, RETAIL, offers=[offer("ANY", funder="partner")])
+    assert earning.points_from("promotion") == 0
+
+
+# -- the contract's arithmetic --------------------------------------------------------------
+
+amend = msgspec.structs.replace  # a contract is a frozen msgspec struct
+
+CONTRACT = Contract(
+    partner_id="shop",
+    version=1,
+    effective_from=T0 - timedelta(days=365),
+    currency="EUR",
+    return_window_days=14,
+    price_per_point=Decimal("0.008"),
+    redemption_value=Decimal("0.01"),
+    credit_limit_minor=1000,
+    deposit_minor=0,
+    late_submission_days=30,
+    future_tolerance_seconds=300,
+    created_by="staff:tests",
+    created_at=T0 - timedelta(days=365),
+)
+
+
+def test_the_submission_window_includes_its_edges():
+    for at in (T0 - timedelta(days=30), T0, T0 + timedelta(seconds=300)):
+        check_purchase_time(CONTRACT, at, T0)
+    for at in (
+        T0 - timedelta(days=30, microseconds=1),
+        T0 + timedelta(seconds=300, microseconds=1),
+    ):
+        with pytest.raises(PurchaseTimeOutsideWindow) as refused:
+            check_purchase_time(CONTRACT, at, T0)
+        assert refused.value.extensions["earliest"] == (T0 - timedelta(days=30)).isoformat()
+    strict = amend(CONTRACT, late_submission_days=0, future_tolerance_seconds=0)
+    check_purchase_time(strict, T0, T0)
+    with pytest.raises(PurchaseTimeOutsideWindow):
+        check_purchase_time(strict, T0 - timedelta(seconds=1), T0)
+
+
+def test_the_return_window_counts_from_the_purchase_but_never_before_its_receipt():
+    assert release_time(CONTRACT, T0, T0) == T0 + timedelta(days=14)
+    # Back-dated ten days: still 14 days from the receipt, not 4.
+    assert release_time(CONTRACT, T0 - timedelta(days=10), T0) == T0 + timedelta(days=14)
+    # A till a minute ahead of the server: from the purchase time.
+    ahead = T0 + timedelta(minutes=1)
+    assert release_time(CONTRACT, ahead, T0) == ahead + timedelta(days=14)
+    assert release_time(amend(CONTRACT, return_window_days=0), T0, T0) is None
+
+
+def test_liability_is_rounded_up_and_nets_redemptions():
+    assert liability_minor(1, Decimal("0.008"), "EUR") == 1  # 0.8 cent owed: a cent
+    assert liability_minor(1000, Decimal("0.008"), "EUR") == 800
+    assert liability_minor(-1000, Decimal("0.008"), "EUR") == -800
+    assert liability_minor(1, Decimal("0.008"), "JPY") == 1
+    standing = credit_standing(CONTRACT, issued_balance=-1000, redeemed_balance=250)
+    assert (standing.outstanding_points, standing.liability_minor, standing.headroom_minor) == (
+        750,
+        600,
+        400,
+    )
+    unlimited = credit_standing(amend(CONTRACT, credit_limit_minor=None), -(10**9), 0)
+    assert unlimited.headroom_minor is None
+    check_credit(unlimited, 10**9)  # no limit, nothing refused
+
+
+def test_an_earning_may_reach_the_limit_but_not_pass_it():
+    standing = credit_standing(CONTRACT, issued_balance=-1000, redeemed_balance=0)  # 800 owed
+    check_credit(standing, 250)  # 1,250 points: 1,000 owed, the limit
+    with pytest.raises(CreditLimitExceeded) as refused:
+        check_credit(standing, 251)  # 1,251 points: 1,000.8, rounded up to 1,001
+    assert refused.value.extensions["credit_limit_minor"] == 1000
+    assert refused.value.extensions["headroom_minor"] == 200
+    check_credit(standing, 0)
+
+
+def test_a_prepaid_partner_has_its_deposit_to_spend():
+    prepaid = amend(CONTRACT, credit_limit_minor=0, deposit_minor=400)
+    fresh = credit_standing(prepaid, 0, 0)
+    assert fresh.headroom_minor == 400
+    check_credit(fresh, 500)  # 500 points at 0.008: 4 EUR
+    with pytest.raises(CreditLimitExceeded):
+        check_credit(fresh, 501)
+
+
+@given(
+    issued=st.integers(0, 10**7),
+    redeemed=st.integers(0, 10**7),
+    points=st.integers(1, 10**6),
+    limit=st.integers(0, 10**6),
+    deposit=st.integers(0, 10**5),
+    price=st.decimals("0.001", "0.05", places=3),
+)
+def test_an_accepted_earning_never_leaves_the_liability_beyond_limit_and_deposit(
+    issued, redeemed, points, limit, deposit, price
+):
+    contract = amend(
+        CONTRACT, credit_limit_minor=limit, deposit_minor=deposit, price_per_point=price
+    )
+    before = credit_standing(contract, -issued, redeemed)
+    try:
+        check_credit(before, points)
+    except CreditLimitExceeded:
+        assert liability_minor(before.outstanding_points + points, price, "EUR") > limit + deposit
+        return
+    after = credit_standing(contract, -issued - points, redeemed)
+    assert after.liability_minor <= limit + deposit and after.headroom_minor >= 0

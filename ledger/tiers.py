@@ -126,3 +126,67 @@ def requalify(
     # end of February of the year after this one.
     until = datetime(at.astimezone(UTC).year + 1, 3, 1, tzinfo=UTC)
     return tier, (until if tier.qp_threshold else None)
+
+
+@dataclass(frozen=True, slots=True)
+class TierChange:
+    """A row of the tier history, as a return unwinds it."""
+
+    from_tier: str | None
+    to_tier: str
+    previous_valid_until: datetime | None  # the status's validity before this change
+    changed_at: datetime
+    by_earning: int | None  # the earn entry that caused it (None: requalification, a return)
+    by_return: bool = False  # a return's own change (it undid later ones)
+
+
+def after_return(
+    current: Tier,
+    current_valid_until: datetime | None,
+    period_qp: int,
+    tiers: Sequence[Tier],
+    history: Sequence[TierChange],
+    purchase_entry: int,
+    period: tuple[datetime, datetime],
+) -> tuple[Tier, datetime | None] | None:
+    """The member's status after a return of the purchase earned by
+    `purchase_entry` left `period_qp` in the period, or None if unchanged.
+
+    A status the remaining QP still reach stays. Otherwise the changes that
+    purchase (or a later one of the same period) caused are undone, newest
+    first (`history` is newest first), each giving back the tier and validity
+    from before it, until the status is one the remaining QP reach or one
+    reached otherwise (another period, a requalification): that stays. A
+    change a return already undid is skipped; when undoing a change would go
+    below what the QP reach, the member keeps the tier the QP reach, with the
+    validity that change gave."""
+    supported = tier_for(period_qp, tiers)
+    if supported.rank >= current.rank:
+        return None
+    ordered = ladder(tiers)
+    by_code = {t.code: t for t in ordered}
+    start, end = period
+    tier, until = current, current_valid_until
+    for change in history:
+        if tier.rank <= supported.rank:
+            break
+        if change.by_return or change.to_tier != tier.code:
+            continue  # undone by an earlier return
+        if (
+            change.by_earning is None
+            or change.by_earning < purchase_entry
+            or not start <= change.changed_at < end
+        ):
+            break  # reached otherwise: stays
+        below = by_code.get(change.from_tier or "", ordered[0])
+        if below.rank < supported.rank:
+            tier = supported
+            break
+        if change.previous_valid_until is not None or below.qp_threshold == 0:
+            until = change.previous_valid_until
+        tier = below
+    if tier.qp_threshold == 0:
+        until = None
+    if tier.code == current.code and until == current_valid_until:
+        return None
+    return tier, until

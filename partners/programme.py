@@ -17,8 +17,9 @@ member's promotion usage, coupons and tier are read and written, then the
 ledger's hot slots. Promotions without a budget lock nothing global,
 so accruals at a partner do not queue behind a running promotion; contracts
 and the partner's balances are read without a lock. A return locks the
-purchase row, then the ledger's reversal takes its own rows and the member,
-under whose lock a coupon comes back.
+purchase row, then the budgeted promotions its earning was paid by (id
+order), then the ledger's reversal takes its own rows and the member, under
+whose lock the promotion usage, a coupon and the tier come back.
 """
 
 from dataclasses import dataclass, replace
@@ -30,16 +31,19 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import queries
-from ledger.accounts import check_id, member_account, partner_account
+from ledger.accounts import PTS, check_id, member_account, partner_account
 from ledger.commands import Earn, EarnLine, Reverse
 from ledger.errors import DuplicatePartnerReference
 from ledger.idempotency import IdempotencyKey
+from ledger.lots import prorate
 from ledger.service import LedgerService
 from ledger.tiers import (
     BASE_TIER,
     Tier,
+    TierChange,
     TierProgress,
     after_earning,
+    after_return,
     ladder,
     last_complete_period,
     period_bounds,
@@ -629,6 +633,7 @@ class Programme:
                     - earned * row.returned_minor // row.total_minor
                 )
                 if points > 0:
+                    lines, promotions = await self._promotions_of(conn, row.entry_id)
                     receipt = await self.ledger.reverse_in(
                         conn,
                         Reverse(
@@ -640,6 +645,11 @@ class Programme:
                         ),
                         f"partner:{partner_id}",
                     )
+                    # Under the member's lock (taken by the reversal).
+                    await self._unbook_promotions(
+                        conn, row.member_id, lines, promotions, receipt.entry_id
+                    )
+                    await self._unwind_tier(conn, row, receipt.entry_id, return_reference)
             restored: tuple[str, ...] = ()
             if returned == row.total_minor and row.entry_id is not None:
                 restored = await self._restore_coupons(conn, row.member_id, row.entry_id)
@@ -656,6 +666,139 @@ class Programme:
             )
 
         return await self.ledger.run("return_purchase", request, idempotency, ReturnReceipt, body)
+
+    async def _promotions_of(self, conn, entry_id: int) -> tuple[list[dict], dict[str, tuple]]:
+        """The earning's points lines (in posting order) and the promotions
+        with a budget or a member limit that paid some of them (code -> id,
+        budgeted). The budgeted rows are locked, in id order (after the
+        purchase row, before the member)."""
+        breakdown = (
+            await conn.execute(
+                text("SELECT breakdown FROM journal_entries WHERE id = :e"), {"e": entry_id}
+            )
+        ).scalar_one()
+        lines = [ln for ln in breakdown or () if ln.get("asset") == PTS and ln["amount"] > 0]
+        codes = sorted({ln["source"] for ln in lines if ln.get("kind") == "promotion"})
+        if not codes:
+            return lines, {}
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT id, code, budget_points IS NOT NULL AS budgeted FROM promotions "
+                    "WHERE code = ANY(CAST(:codes AS text[])) "
+                    "AND (budget_points IS NOT NULL OR per_member_limit IS NOT NULL) ORDER BY id"
+                ),
+                {"codes": codes},
+            )
+        ).all()
+        budgeted = [r.id for r in rows if r.budgeted]
+        if budgeted:
+            await conn.execute(
+                text(
+                    "SELECT 1 FROM promotions WHERE id = ANY(CAST(:ids AS bigint[])) "
+                    "ORDER BY id FOR UPDATE"
+                ),
+                {"ids": budgeted},
+            )
+        return lines, {r.code: (r.id, r.budgeted) for r in rows}
+
+    async def _unbook_promotions(
+        self, conn, member_id: str, lines: list[dict], promotions: dict, reversal_id: int
+    ) -> None:
+        """Give back, per promotion, the share of its points the reversal took:
+        the ledger's own proportional split over the earning's lines,
+        cumulative (after the reversal minus before it), so partial returns
+        add up to exactly what the promotion paid."""
+        if not promotions:
+            return
+        (step,) = (
+            await conn.execute(
+                text("SELECT breakdown FROM journal_entries WHERE id = :e"), {"e": reversal_id}
+            )
+        ).scalar_one()
+        before, after, whole = step["before"], step["before"] + step["reversed"], step["of"]
+        sizes = [ln["amount"] for ln in lines]
+        now_shares, was_shares = prorate(sizes, after, whole), prorate(sizes, before, whole)
+        back: dict[str, int] = {}
+        for line, now_share, was_share in zip(lines, now_shares, was_shares, strict=True):
+            if line.get("kind") == "promotion" and line.get("source") in promotions:
+                back[line["source"]] = back.get(line["source"], 0) + now_share - was_share
+        for code, points in sorted(back.items(), key=lambda item: promotions[item[0]][0]):
+            if not points:
+                continue
+            promotion_id, budgeted = promotions[code]
+            if budgeted:
+                await conn.execute(
+                    text("UPDATE promotions SET budget_used = budget_used - :x WHERE id = :id"),
+                    {"x": points, "id": promotion_id},
+                )
+            await conn.execute(
+                text(
+                    "UPDATE promotion_usage SET points = points - :x "
+                    "WHERE promotion_id = :id AND member_id = :m"
+                ),
+                {"x": points, "id": promotion_id, "m": member_id},
+            )
+
+    async def _unwind_tier(self, conn, purchase, reversal_id: int, return_reference: str) -> None:
+        """When the return took the QP of the current qualification period
+        (the purchase's own, while the return falls in it) below the status
+        the member holds, undo the tier changes this purchase or a later one
+        of the period caused (ledger.tiers.after_return)."""
+        now = self.ledger.clock()
+        period = period_bounds(now, self.tier_period)
+        if not period[0] <= purchase.occurred_at < period[1]:
+            return  # a later period's QP: as every QP, it counts where it falls
+        member_id = purchase.member_id
+        qp_back = (
+            await conn.execute(
+                text(
+                    "SELECT coalesce(-sum(amount), 0)::bigint FROM postings "
+                    "WHERE entry_id = :e AND account = :account"
+                ),
+                {"e": reversal_id, "account": member_account(member_id, "qp")},
+            )
+        ).scalar_one()
+        if qp_back <= 0:
+            return
+        tier, valid_until, tiers = await self._tier(conn, member_id, lock=True)
+        period_qp = await self._period_qp(conn, member_id, period)
+        history = [
+            TierChange(
+                r.from_tier,
+                r.to_tier,
+                r.previous_valid_until,
+                r.changed_at,
+                r.entry_id if r.kind == "earn" else None,
+                r.kind == "reverse",
+            )
+            for r in await conn.execute(
+                text(
+                    "SELECT c.from_tier, c.to_tier, c.previous_valid_until, c.changed_at, "
+                    "c.entry_id, e.kind FROM tier_changes c LEFT JOIN journal_entries e "
+                    "ON e.id = c.entry_id WHERE c.member_id = :m ORDER BY c.id DESC"
+                ),
+                {"m": member_id},
+            )
+        ]
+        change = after_return(
+            tier, valid_until, period_qp, tiers, history, purchase.entry_id, period
+        )
+        if change is None:
+            return
+        new, until = change
+        await self._set_tier(
+            conn,
+            member_id,
+            tier.code,
+            new,
+            until,
+            now,
+            reversal_id,
+            f"return {return_reference} of purchase {purchase.partner_reference}: "
+            f"{period_qp} QP left in the period",
+            valid_until,
+        )
 
     async def _restore_coupons(self, conn, member_id: str, entry_id: int) -> tuple[str, ...]:
         """Give back the coupons the earning `entry_id` used. A coupon is used
@@ -732,11 +875,12 @@ class Programme:
             "qualifying points reached the threshold"
             if new.rank > tier.rank
             else "status renewed for another period",
+            valid_until,
         )
         return new.code
 
     async def _set_tier(
-        self, conn, member_id, old_code, new: Tier, until, at, entry_id, reason: str
+        self, conn, member_id, old_code, new: Tier, until, at, entry_id, reason: str, old_until
     ) -> None:
         if new.qp_threshold == 0 and new.code == BASE_TIER.code:
             await conn.execute(
@@ -755,7 +899,8 @@ class Programme:
         await conn.execute(
             text(
                 "INSERT INTO tier_changes (member_id, from_tier, to_tier, reason, changed_at, "
-                "entry_id) VALUES (:m, :old, :new, :reason, :at, :entry)"
+                "entry_id, previous_valid_until) "
+                "VALUES (:m, :old, :new, :reason, :at, :entry, :previous)"
             ),
             {
                 "m": member_id,
@@ -764,6 +909,7 @@ class Programme:
                 "reason": reason,
                 "at": at,
                 "entry": entry_id,
+                "previous": old_until,
             },
         )
 
@@ -887,6 +1033,7 @@ class Programme:
                 now,
                 None,
                 f"requalification: {qp} QP in the last period",
+                valid_until,
             )
             if tier.expiry_protected and not new.expiry_protected:
                 # Status lost: protected points get a fresh validity from today.

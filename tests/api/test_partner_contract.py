@@ -2,8 +2,9 @@
 real PostgreSQL: the purchase-time window, the return window counted from
 receipt, rules and promotions by the purchase time (late submissions), the
 credit limit and a prepaid deposit, returns that give back QP and a used
-coupon, partner-funded offers only at the partners they name, and contract
-versions with effective dates."""
+coupon, partner-funded offers only at the partners they name, contract
+versions with effective dates, and returns that give back the promotion
+budget and member usage they paid for and undo the tier they caused."""
 
 import asyncio
 import dataclasses
@@ -528,3 +529,199 @@ async def test_contract_versions_with_effective_dates(client, open_shop, token, 
     assert (
         await client.get("/v1/admin/partners/nobody-here/contracts", headers=admin)
     ).status_code == 404
+
+
+# -- 6. a return unwinds the promotion and the tier it paid for ---------------------------
+
+
+async def returned(client, shop, reference, return_reference, amount_minor) -> dict:
+    response = await post(
+        client,
+        shop,
+        "/v1/partner/returns",
+        {
+            "reference": reference,
+            "return_reference": return_reference,
+            "amount_minor": amount_minor,
+        },
+    )
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+async def tier_of(client, token, member_id) -> tuple[str, str | None, list[dict]]:
+    response = await client.get(f"/v1/staff/members/{member_id}/tier", headers=token())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    tier = body["progress"]["tier"]
+    return tier["code"], body["progress"]["valid_until"], body["history"]
+
+
+async def test_a_return_after_an_upgrade_moves_the_member_back_and_says_why(
+    client, open_shop, token, programme_tiers
+):
+    shop = await open_shop()  # 1 point and 1 QP per EUR; silver at 1,000 QP
+    earned = await post(client, shop, "/v1/partner/earn", earn_body(shop, "U-1", 120_000))
+    assert earned.json()["new_tier"] == "silver"
+    code, until, _ = await tier_of(client, token, shop.member_id)
+    assert code == "silver" and until is not None
+
+    back = await returned(client, shop, "U-1", "U-1-R1", 30_000)  # 900 QP left
+    assert back["balances"]["qp"] == 900
+    code, until, history = await tier_of(client, token, shop.member_id)
+    assert (code, until) == ("base", None)
+    last = history[-1]
+    assert (last["from_tier"], last["to_tier"]) == ("silver", "base")
+    assert "U-1-R1" in last["reason"] and "return" in last["reason"]
+    assert last["entry_id"] == back["entry_id"]
+    # Earning the QP again upgrades again.
+    again = await post(client, shop, "/v1/partner/earn", earn_body(shop, "U-2", 10_000))
+    assert again.json()["new_tier"] == "silver"
+
+
+async def test_a_return_of_an_earlier_purchase_undoes_a_later_upgrade_of_the_period(
+    client, open_shop, token, programme_tiers
+):
+    shop = await open_shop()
+    await post(client, shop, "/v1/partner/earn", earn_body(shop, "E-1", 50_000))  # 500 QP
+    second = await post(client, shop, "/v1/partner/earn", earn_body(shop, "E-2", 60_000))
+    assert second.json()["new_tier"] == "silver"  # reached by E-2, after E-1
+    await returned(client, shop, "E-1", "E-1-R", 50_000)  # 600 QP left
+    code, _, history = await tier_of(client, token, shop.member_id)
+    assert code == "base" and history[-1]["to_tier"] == "base"
+
+
+async def test_a_tier_held_by_other_qp_stays(client, open_shop, token, programme_tiers):
+    shop = await open_shop()
+    first = await post(client, shop, "/v1/partner/earn", earn_body(shop, "H-1", 110_000))
+    assert first.json()["new_tier"] == "silver"
+    await post(client, shop, "/v1/partner/earn", earn_body(shop, "H-2", 50_000))
+    _, until, history = await tier_of(client, token, shop.member_id)
+    back = await returned(client, shop, "H-2", "H-2-R", 50_000)  # 1,100 QP left: still silver
+    assert back["balances"]["qp"] == 1100
+    code, until_after, history_after = await tier_of(client, token, shop.member_id)
+    assert (code, until_after) == ("silver", until) and history_after == history
+
+
+async def test_going_back_restores_the_status_and_validity_from_before_the_upgrade(
+    client, open_shop, token, engine, programme_tiers
+):
+    """Silver requalified from last year's QP, gold reached by a purchase: a
+    partial return goes back to silver with its old validity; returning the
+    rest leaves silver alone (it was not this purchase's)."""
+    from sqlalchemy import text
+
+    shop = await open_shop()
+    silver_until = datetime(datetime.now(UTC).year + 1, 3, 1, tzinfo=UTC)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO member_tiers (member_id, tier_code, qualified_at, valid_until) "
+                "VALUES (:m, 'silver', :at, :until)"
+            ),
+            {"m": shop.member_id, "at": datetime.now(UTC), "until": silver_until},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO tier_changes (member_id, from_tier, to_tier, reason, changed_at) "
+                "VALUES (:m, 'base', 'silver', 'requalification: 1200 QP', :at)"
+            ),
+            {"m": shop.member_id, "at": datetime.now(UTC) - timedelta(minutes=1)},
+        )
+    gold = await post(client, shop, "/v1/partner/earn", earn_body(shop, "G-1", 310_000))
+    assert gold.json()["new_tier"] == "gold"
+    _, gold_until, _ = await tier_of(client, token, shop.member_id)
+    assert datetime.fromisoformat(gold_until) > silver_until
+
+    await returned(client, shop, "G-1", "G-1-R1", 100_000)  # 2,100 QP: silver
+    code, until, history = await tier_of(client, token, shop.member_id)
+    assert (code, datetime.fromisoformat(until)) == ("silver", silver_until)
+    assert (history[-1]["from_tier"], history[-1]["to_tier"]) == ("gold", "silver")
+
+    await returned(client, shop, "G-1", "G-1-R2", 210_000)  # 0 QP: silver was not G-1's
+    code, until, history_after = await tier_of(client, token, shop.member_id)
+    assert (code, datetime.fromisoformat(until)) == ("silver", silver_until)
+    assert history_after == history
+
+
+async def create_budgeted_promotion(client, token, shop, code, budget, member_limit) -> None:
+    now = datetime.now(UTC)
+    created = await client.post(
+        "/v1/admin/promotions",
+        headers=token(),
+        json={
+            "code": code,
+            "name": "double, budgeted",
+            "starts_at": (now - timedelta(days=1)).isoformat(),
+            "ends_at": (now + timedelta(days=10)).isoformat(),
+            "multiplier": "2",
+            "partner_ids": [shop.partner_id],
+            "budget_points": budget,
+            "per_member_limit": member_limit,
+        },
+    )
+    assert created.status_code == 201, created.text
+
+
+async def promotion_standing(engine, code, member_id) -> tuple[int, int]:
+    from sqlalchemy import text
+
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT p.budget_used, coalesce(u.points, 0) AS used FROM promotions p "
+                    "LEFT JOIN promotion_usage u ON u.promotion_id = p.id AND u.member_id = :m "
+                    "WHERE p.code = :c"
+                ),
+                {"c": code, "m": member_id},
+            )
+        ).one()
+    return row.budget_used, row.used
+
+
+async def test_returns_give_back_the_promotion_budget_and_member_usage_exactly(
+    client, open_shop, token, engine, ledger, new_id
+):
+    shop = await open_shop()
+    code = new_id("GIVE").upper()
+    await create_budgeted_promotion(client, token, shop, code, 10_000, 5_000)
+    earned = await post(client, shop, "/v1/partner/earn", earn_body(shop, "P-1", 9_999, 3_333))
+    lines = earned.json()["earning"]["lines"]
+    promoted = sum(ln["amount"] for ln in lines if ln["source"] == code)
+    assert promoted == 133  # x2: 99 + 33 more on 133.32 EUR
+    assert await promotion_standing(engine, code, shop.member_id) == (promoted, promoted)
+
+    # Several partial returns of odd sizes: after each, what the promotion
+    # still pays is exactly what the ledger's reversals left on
+    # program:promotions (the only programme-funded line of this purchase).
+    given_back = 0
+    for i, amount in enumerate((4_001, 1, 2_999, 3_331, 3_000)):
+        back = await returned(client, shop, "P-1", f"P-1-R{i}", amount)
+        if back["entry_id"] is not None:
+            entry = await ledger.entry(back["entry_id"])
+            given_back += sum(p.amount for p in entry.postings if p.account == "program:promotions")
+        assert await promotion_standing(engine, code, shop.member_id) == (
+            promoted - given_back,
+            promoted - given_back,
+        )
+    assert given_back == promoted  # the whole purchase came back
+    assert await promotion_standing(engine, code, shop.member_id) == (0, 0)
+
+
+async def test_a_full_return_frees_the_budget_and_the_member_limit_for_the_next_purchase(
+    client, open_shop, token, engine, new_id
+):
+    shop = await open_shop()
+    code = new_id("FREE").upper()
+    await create_budgeted_promotion(client, token, shop, code, 50, 50)
+    first = await post(client, shop, "/v1/partner/earn", earn_body(shop, "F-1", 10_000))
+    assert [ln["amount"] for ln in first.json()["earning"]["lines"] if ln["source"] == code] == [
+        50
+    ]  # 100 asked, the budget pays 50
+    exhausted = await post(client, shop, "/v1/partner/earn", earn_body(shop, "F-2", 10_000))
+    assert not [ln for ln in exhausted.json()["earning"]["lines"] if ln["source"] == code]
+    await returned(client, shop, "F-1", "F-1-R", 10_000)
+    assert await promotion_standing(engine, code, shop.member_id) == (0, 0)
+    again = await post(client, shop, "/v1/partner/earn", earn_body(shop, "F-3", 10_000))
+    assert [ln["amount"] for ln in again.json()["earning"]["lines"] if ln["source"] == code] == [50]

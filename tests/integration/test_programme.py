@@ -1,7 +1,8 @@
 """The programme against the real PostgreSQL: rules from the rulebook applied
 to earnings, versions by purchase time, quotes, coupons, caps (net of
-returns), budgets under concurrency, tier upgrades and requalification, and
-a registered partner's contract bounding earnings made through the service."""
+returns), budgets under concurrency (given back by returns racing earnings),
+tier upgrades and requalification, and a registered partner's contract
+bounding earnings made through the service."""
 
 import asyncio
 from datetime import UTC, datetime, timedelta
@@ -330,3 +331,85 @@ async def test_expiry_protected_members_keep_their_points(engine, clock, program
     await timed_ledger.expire_points()
     assert (await timed_ledger.balances(gold)).available == 1500
     assert (await timed_ledger.balances(plain)).available == 0
+
+
+async def test_concurrent_returns_and_earns_keep_the_budget_equal_to_the_promotion_standing(
+    rules, programme, engine, new_id, assert_clean
+):
+    """Purchases and (partial) returns racing under a budgeted promotion: the
+    budget used and every member's usage are what the promotion's lines still
+    stand at, after the reversals (program:promotions pays only this promotion
+    here, so its postings are the promotion's standing)."""
+    partner, now = await retailer(rules, new_id), datetime.now(UTC)
+    code = new_id("RACE").upper()
+    await rules.create_promotion(
+        PromotionInput(
+            code,
+            "double groceries, budgeted",
+            now - timedelta(days=1),
+            now + timedelta(days=1),
+            multiplier=Decimal(2),
+            partner_ids=[partner],
+            categories=["groceries"],
+            budget_points=400,
+            per_member_limit=150,
+        ),
+        ADMIN,
+    )
+    members = [new_id() for _ in range(3)]
+    for i in range(6):  # the purchases the returns come back from
+        await programme.earn_purchase(
+            members[i % 3], buy(partner, (7_777, "groceries"), (1_001, "electronics")), f"P-{i}"
+        )
+
+    async def give_back(i: int) -> None:
+        for part, amount in enumerate((3_001, 2_999, 2_778)):
+            await programme.return_purchase(partner, f"P-{i}", f"P-{i}-R{part}", amount)
+
+    async def earn_more(i: int) -> None:
+        for n in range(3):
+            await programme.earn_purchase(
+                members[i % 3], buy(partner, (5_555, "groceries")), f"N-{i}-{n}"
+            )
+
+    retries = dict(programme.ledger.retries)
+    await asyncio.gather(*(give_back(i) for i in range(4)), *(earn_more(i) for i in range(4)))
+    # One lock order (purchase, budgeted promotions, member): no deadlock, no
+    # serialization failure to retry.
+    for state in ("40P01", "40001"):
+        assert programme.ledger.retries[state] == retries.get(state, 0), programme.ledger.retries
+    async with engine.connect() as conn:
+        used = (
+            await conn.execute(
+                text("SELECT budget_used FROM promotions WHERE code = :c"), {"c": code}
+            )
+        ).scalar_one()
+        usage = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT u.member_id, u.points FROM promotion_usage u JOIN promotions p "
+                        "ON p.id = u.promotion_id WHERE p.code = :c"
+                    ),
+                    {"c": code},
+                )
+            ).all()
+        )
+        standing = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT e.member_id, -sum(p.amount)::bigint FROM postings p "
+                        "JOIN journal_entries e ON e.id = p.entry_id "
+                        "WHERE e.member_id = ANY(CAST(:m AS text[])) "
+                        "AND p.account = 'program:promotions' GROUP BY 1"
+                    ),
+                    {"m": members},
+                )
+            ).all()
+        )
+    assert used == sum(standing.values()) <= 400
+    assert usage == standing and all(v <= 150 for v in usage.values())
+    # The four purchases returned whole gave back everything they got.
+    assert sum(standing.values()) > 0
+    await assert_clean()

@@ -92,6 +92,9 @@ class Member:
     sent_on: Counter = field(default_factory=Counter)  # day -> points sent, fees included
     tier: str = "base"
     tier_valid_until: datetime | None = None
+    # The tier history, oldest first: (from, to, validity before, changed at,
+    # earn entry that caused it or None, whether a return made it).
+    tier_history: list[tuple] = field(default_factory=list)
 
     def lots_total(self) -> int:
         return sum(lot.remaining for lot in self.lots)
@@ -110,6 +113,7 @@ class Earning:
     release_at: datetime | None
     earned_at: datetime
     reversed: int = 0
+    promoted: list[bool] = field(default_factory=list)  # per debit: the promotion's line
 
 
 @dataclass
@@ -295,6 +299,7 @@ class Book:
         now: datetime,
         earned_at: datetime,
         release_at: datetime | None,
+        kinds: list[str] | None = None,  # per line: the engine's kind (promotion...)
     ) -> None:
         """An earning's lines: PTS to pending (release_at in the future) or to
         available (a new lot, expiring from the purchase time), QP to qp."""
@@ -305,14 +310,15 @@ class Book:
         points = sum(amount for asset, amount, _ in lines if asset == PTS)
         qp = sum(amount for asset, amount, _ in lines if asset == QP)
         pending = release_at is not None and release_at > now
-        debits = []
-        for asset, amount, funder in lines:
+        debits, promoted = [], []
+        for i, (asset, amount, funder) in enumerate(lines):
             if asset == QP:
                 self.accounts[(QP_SOURCE, QP)] -= amount
                 continue
             account = f"partner:{self.partner}:issued" if funder == "partner" else PROMOTIONS
             self.accounts[(account, PTS)] -= amount
             debits.append((account, amount))
+            promoted.append(kinds is not None and kinds[i] == "promotion")
         member.qp += qp
         member.qp_by_year[earned_at.year] += qp
         if points and pending:
@@ -328,6 +334,7 @@ class Book:
             points if pending else 0,
             release_at if pending else None,
             earned_at,
+            promoted=promoted,
         )
 
     def due_releases(self, now: datetime) -> list[Earning]:
@@ -353,7 +360,9 @@ class Book:
 
     # -- tiers ---------------------------------------------------------------------
 
-    def apply_tier_after_earning(self, member_id: str, at: datetime) -> str | None:
+    def apply_tier_after_earning(
+        self, member_id: str, at: datetime, entry_id: int | None = None
+    ) -> str | None:
         """Crossing a threshold upgrades at once; reaching the current tier
         again in a later period renews it."""
         member = self.members[member_id]
@@ -366,9 +375,49 @@ class Book:
             reached.rank == current.rank
             and (member.tier_valid_until is None or until > member.tier_valid_until)
         ):
+            member.tier_history.append(
+                (member.tier, reached.code, member.tier_valid_until, at, entry_id, False)
+            )
             member.tier, member.tier_valid_until = reached.code, until
             return reached.code
         return None
+
+    def apply_tier_after_return(self, member_id: str, purchase_entry: int, now: datetime):
+        """A return that took the QP of the current year (the purchase's own)
+        below the status held undoes, newest first, the changes that purchase
+        or a later one of the year caused (each gives back the tier and
+        validity from before it), skipping those an earlier return undid,
+        until the status is one the year's QP reach or one reached otherwise
+        (another year, a requalification), which stays. Undoing past what the
+        QP reach stops at the tier they reach, with the validity it had."""
+        member = self.members[member_id]
+        supported = self.tier_for(member.qp_by_year[now.year])
+        current = self.tier_of(member_id)
+        if supported.rank >= current.rank:
+            return None
+        tier, until = current, member.tier_valid_until
+        for old, new, before, at, by_earning, by_return in reversed(member.tier_history):
+            if tier.rank <= supported.rank:
+                break
+            if by_return or new != tier.code:
+                continue
+            if by_earning is None or by_earning < purchase_entry or at.year != now.year:
+                break
+            below = self.tiers.get(old, BASE)
+            if below.rank < supported.rank:
+                tier = supported
+                break
+            tier, until = below, before
+        if tier.threshold == 0:
+            until = None
+        if (tier.code, until) == (member.tier, member.tier_valid_until):
+            return None
+        member.tier_history.append(
+            (member.tier, tier.code, member.tier_valid_until, now, None, True)
+        )
+        member.tier, member.tier_valid_until = tier.code, until
+        self.counts[f"tier unwound by a return {current.code}->{tier.code}"] += 1
+        return tier.code
 
     def apply_requalify(self, now: datetime) -> list[tuple[str, str, str]]:
         """Members whose status ran out get what the last complete calendar
@@ -382,6 +431,9 @@ class Book:
                 continue
             old = self.tier_of(member.id)
             new = self.tier_for(member.qp_by_year[now.year - 1])
+            member.tier_history.append(
+                (old.code, new.code, member.tier_valid_until, now, None, False)
+            )
             if new.threshold == 0:
                 member.tier, member.tier_valid_until = "base", None
             else:
@@ -594,12 +646,37 @@ class Book:
             return self.refusal_reverse(purchase.entry_id, points)
         return None
 
+    def promotion_reversed(self, earning: Earning, before: int, after: int) -> int:
+        """The promotion's share of the points reversed from `before` to
+        `after` (cumulative, the ledger's largest-remainder split over the lines)."""
+        sizes = [a for _, a in earning.debits]
+        now_shares = prorate(sizes, after, earning.points)
+        was_shares = prorate(sizes, before, earning.points)
+        return sum(
+            now - was
+            for now, was, promoted in zip(now_shares, was_shares, earning.promoted, strict=True)
+            if promoted
+        )
+
     def apply_return(self, reference: str, amount_minor: int, now: datetime) -> int:
+        """A return reverses its share of the points (and QP), gives the
+        promotion back its share of what it paid (budget and the member's
+        usage) and re-evaluates the member's tier."""
         purchase = self.purchases[reference]
         points = self.return_points(reference, amount_minor)
         purchase.returned_minor += amount_minor
         if points > 0:
-            self._reverse_earning(self.earnings[purchase.entry_id], points, now)
+            earning = self.earnings[purchase.entry_id]
+            before = earning.reversed
+            qp = self.reversal_qp(purchase.entry_id, points)
+            self._reverse_earning(earning, points, now)
+            back = self.promotion_reversed(earning, before, before + points)
+            if back:
+                self.promotion_used -= back
+                self.promotion_used_by[purchase.member] -= back
+                self.counts["promotion given back by a return"] += 1
+            if qp and earning.earned_at.year == now.year:
+                self.apply_tier_after_return(purchase.member, purchase.entry_id, now)
         return points
 
     # -- points expiry ---------------------------------------------------------------------

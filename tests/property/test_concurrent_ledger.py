@@ -81,6 +81,7 @@ class EarnInfo:
     qp: int
     debits: list[tuple[str, int]]  # PTS funder postings in order
     reversed: int = 0
+    promoted: list[bool] = field(default_factory=list)  # per debit: the promotion's line
 
 
 @dataclass
@@ -101,12 +102,14 @@ class World:
     sent: Counter = field(default_factory=Counter)  # (member, day) -> points sent with fees
     seen_entries: set[int] = field(default_factory=set)
 
-    def credit_earning(self, entry_id, member, lines) -> None:
+    def credit_earning(self, entry_id, member, lines, promotion=None) -> None:
+        """`lines` are (asset, amount, funder[, source]); `promotion` marks
+        the lines the budgeted promotion paid."""
         if entry_id is None or entry_id in self.seen_entries:
             return
         self.seen_entries.add(entry_id)
-        debits = []
-        for asset, amount, funder in lines:
+        debits, promoted = [], []
+        for asset, amount, funder, *source in lines:
             if asset == "QP":
                 self.qp_earned[member] += amount
                 self.accounts[("program:qp_source", "QP")] -= amount
@@ -117,9 +120,20 @@ class World:
             self.accounts[(account, "PTS")] -= amount
             self.total[member] += amount
             debits.append((account, amount))
+            promoted.append(promotion is not None and source == [promotion])
         points = sum(a for _, a in debits)
-        qp = sum(a for asset, a, _ in lines if asset == "QP")
-        self.earnings[entry_id] = EarnInfo(member, points, qp, debits)
+        qp = sum(ln[1] for ln in lines if ln[0] == "QP")
+        self.earnings[entry_id] = EarnInfo(member, points, qp, debits, promoted=promoted)
+
+    def promotion_back(self, entry_id: int, before: int, reversed_: int) -> int:
+        """The promotion's share of a reversal of `reversed_` points of the
+        earning after `before` were reversed: the ledger's cumulative
+        largest-remainder split over the earning's lines."""
+        earning = self.earnings[entry_id]
+        sizes = [a for _, a in earning.debits]
+        after = prorate(sizes, before + reversed_, earning.points)
+        was = prorate(sizes, before, earning.points)
+        return sum(a - w for a, w, p in zip(after, was, earning.promoted, strict=True) if p)
 
     def expected(self) -> tuple[Counter, Counter, Counter, Counter]:
         """Member points, member QP, QP ever earned and the non-member
@@ -259,8 +273,8 @@ class Driver:
             idempotency=self.key(f"partner:{self.partner}"),
         )
         self.check_breakdown(purchase, receipt.earning)
-        lines_ = [(ln.asset, ln.amount, ln.funder) for ln in receipt.earning.lines]
-        self.world.credit_earning(receipt.entry_id, member, lines_)
+        lines_ = [(ln.asset, ln.amount, ln.funder, ln.source) for ln in receipt.earning.lines]
+        self.world.credit_earning(receipt.entry_id, member, lines_, self.promotion)
         promoted = sum(ln.amount for ln in receipt.earning.lines if ln.source == self.promotion)
         self.world.promotion_paid[member] += promoted
         self.world.purchases[reference] = dict(
@@ -306,6 +320,15 @@ class Driver:
         purchase["points_returned"] += receipt.points_reversed
         if receipt.points_reversed:
             self.world.earnings[purchase["entry_id"]].reversed += receipt.points_reversed
+            # The promotion gets back its share of the points this return
+            # reversed; where the share starts (`before`) depends on the
+            # reversals committed before it, which its entry records.
+            (step,) = (await self.ledger.entry(receipt.entry_id)).breakdown
+            assert step["reversed"] == receipt.points_reversed, step
+            back = self.world.promotion_back(purchase["entry_id"], step["before"], step["reversed"])
+            self.world.promotion_paid[purchase["member"]] -= back
+            if back:
+                self.notes["promotion given back by a return"] += 1
         return receipt
 
     async def op_burn(self, op: Op):
@@ -590,7 +613,8 @@ class Driver:
         for hold_id, hold in world.holds.items():
             assert len(hold["outcomes"]) <= 1, (hold_id, hold)
             assert holds[hold_id] == (hold["outcomes"] or ["expired"])[0], (hold_id, hold)
-        # The promotion: budget and per-member limit, paid exactly as booked.
+        # The promotion: budget and per-member limit, paid exactly as booked,
+        # net of the shares returns gave back.
         assert budget == sum(world.promotion_paid.values()) <= BUDGET
         for member, paid in world.promotion_paid.items():
             assert usage.get(member, 0) == paid <= MEMBER_LIMIT

@@ -12,7 +12,8 @@ expire holds, expire points, requalify tiers). After every step the books are
 compared with a plain Python model (tests/property/model.py): every member's
 available / pending / held / QP, their open lots, holds, tiers, the partner
 and programme accounts their entries touch (program:expired included), the
-promotion budget, the number of entries, and `verify` must be clean.
+promotion budget and every member's usage of it (returns give back their share),
+the number of entries, and `verify` must be clean.
 
 `pytest -s` prints what the runs did (operations by outcome, domain errors by
 kind, paths of interest such as debt, expiry and requalification). For a longer
@@ -118,6 +119,9 @@ SELECT
   (SELECT coalesce(json_agg(json_build_array(member_id, tier_code, valid_until)), '[]')
      FROM member_tiers WHERE member_id = ANY(CAST(:m AS text[]))) AS tiers,
   (SELECT budget_used FROM promotions WHERE code = :c) AS budget,
+  (SELECT coalesce(json_agg(json_build_array(u.member_id, u.points)), '[]')
+     FROM promotion_usage u JOIN promotions p ON p.id = u.promotion_id
+     WHERE p.code = :c AND u.points <> 0) AS usage,
   (SELECT coalesce(json_agg(json_build_array(account, asset, total)), '[]') FROM (
      SELECT account, asset, sum(balance) AS total FROM balances
      WHERE account LIKE 'partner:' || :p || ':%' GROUP BY 1, 2) t) AS partner
@@ -331,13 +335,16 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
                 self.now,
                 purchase.occurred_at,
                 release_at,
+                kinds=[ln.kind for ln in expected.lines],
             )
             promoted = expected.points_from("promotion", self.promotion)
             self.book.promotion_used += promoted
             self.book.promotion_used_by[member] += promoted
             new_tier = None
             if expected.qualifying_points:
-                new_tier = self.book.apply_tier_after_earning(member, purchase.occurred_at)
+                new_tier = self.book.apply_tier_after_earning(
+                    member, purchase.occurred_at, receipt.entry_id
+                )
             assert receipt.new_tier == new_tier, (receipt.new_tier, new_tier)
             self.book.record_purchase(reference, member, receipt.entry_id, purchase.total_minor)
             balances = receipt.balances
@@ -357,7 +364,17 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
         @rule(p=pick, percent=st.integers(1, 120))
         def return_purchase(self, p, percent):
             references = sorted(self.book.purchases)
-            reference = references[p % len(references)]
+            self._return(references[p % len(references)], percent)
+
+        @precondition(lambda self: self.book.purchases)
+        @rule(percent=st.sampled_from([100, 100, 50, 90]))
+        def return_latest_purchase(self, percent):
+            """What a shop sees most: the last purchase (often one that just
+            upgraded the member) comes back, whole or in part."""
+            latest = max(self.book.purchases.values(), key=lambda p: p.entry_id or 0)
+            self._return(latest.reference, percent)
+
+        def _return(self, reference, percent):
             purchase = self.book.purchases[reference]
             left = purchase.total_minor - purchase.returned_minor
             amount = max(1, left * percent // 100)
@@ -372,9 +389,17 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             if self.refused(self.book.refusal_return(reference, amount), call):
                 return
             receipt = self.do(call())
+            history = len(self.book.members[purchase.member].tier_history)
             points = self.book.apply_return(reference, amount, self.now)
             assert receipt.points_reversed == points
             assert (receipt.entry_id is None) == (points == 0)
+            if len(self.book.members[purchase.member].tier_history) > history:
+                # The return's tier change names the return and points at its entry.
+                last = self.do(self.programme.tier_history(purchase.member))[-1]
+                old, new, *_ = self.book.members[purchase.member].tier_history[-1]
+                assert (last["from_tier"], last["to_tier"]) == (old, new), last
+                assert last["entry_id"] == receipt.entry_id, last
+                assert return_reference in last["reason"], last
             self.idempotent.append(("return_purchase", call, receipt))
 
         # -- redemption ----------------------------------------------------------
@@ -637,6 +662,7 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
                     for m, code, until in row.tiers
                 },
                 budget=row.budget,
+                usage={m: points for m, points in row.usage},
                 partner={(a, asset): total for a, asset, total in row.partner},
             )
 
@@ -668,6 +694,10 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             assert db["entries"] == book.entries
             assert db["holds"] == {h.hold_id: h.status for h in book.holds.values()}
             assert db["budget"] == book.promotion_used <= PROMOTION_BUDGET
+            # Per member: what the promotion paid them, net of what returns gave back.
+            used_by = {m: v for m, v in book.promotion_used_by.items() if v}
+            assert db["usage"] == used_by, (db["usage"], used_by)
+            assert all(v <= PROMOTION_MEMBER_LIMIT for v in used_by.values())
             partner_accounts = {
                 k: v for k, v in expected_accounts.items() if k[0].startswith("partner:")
             }

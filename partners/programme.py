@@ -726,19 +726,27 @@ class Programme:
         for code, points in sorted(back.items(), key=lambda item: promotions[item[0]][0]):
             if not points:
                 continue
-            promotion_id, budgeted = promotions[code]
-            if budgeted:
-                await conn.execute(
-                    text("UPDATE promotions SET budget_used = budget_used - :x WHERE id = :id"),
-                    {"x": points, "id": promotion_id},
-                )
-            await conn.execute(
-                text(
-                    "UPDATE promotion_usage SET points = points - :x "
-                    "WHERE promotion_id = :id AND member_id = :m"
-                ),
-                {"x": points, "id": promotion_id, "m": member_id},
-            )
+            promotion_id, _budgeted = promotions[code]
+            await self._count_promotion_points(conn, promotion_id, member_id, -points)
+
+    @staticmethod
+    async def _count_promotion_points(conn, promotion_id: int, member_id: str, points: int) -> None:
+        """Add `points` (negative: give back) to a promotion's budget used, when
+        it has a budget, and to the member's usage of it."""
+        await conn.execute(
+            text(
+                "UPDATE promotions SET budget_used = budget_used + :points WHERE id = :id "
+                "AND budget_points IS NOT NULL"
+            ),
+            {"points": points, "id": promotion_id},
+        )
+        await conn.execute(
+            text(
+                "UPDATE promotion_usage SET points = points + :points "
+                "WHERE promotion_id = :id AND member_id = :m"
+            ),
+            {"points": points, "id": promotion_id, "m": member_id},
+        )
 
     async def _unwind_tier(self, conn, purchase, reversal_id: int, return_reference: str) -> None:
         """When the return took the QP of the current qualification period
@@ -824,20 +832,7 @@ class Programme:
             points = earning.points_from("promotion", code)
             if not points:
                 continue
-            await conn.execute(
-                text(
-                    "UPDATE promotions SET budget_used = budget_used + :points WHERE id = :id "
-                    "AND budget_points IS NOT NULL"
-                ),
-                {"points": points, "id": promotion_id},
-            )
-            await conn.execute(
-                text(
-                    "UPDATE promotion_usage SET points = points + :points "
-                    "WHERE promotion_id = :id AND member_id = :m"
-                ),
-                {"points": points, "id": promotion_id, "m": member_id},
-            )
+            await self._count_promotion_points(conn, promotion_id, member_id, points)
         for code, coupon_id in context.coupons.items():
             if earning.points_from("coupon", code):
                 await conn.execute(

@@ -724,7 +724,7 @@ def test_ledger_state_machine(database_url, programme_tiers, fee_rate):
     # Each step checks the whole database (`verify`), so examples are few and
     # long: the quick profile stays within its time budget, ci goes deeper.
     deep = base.max_examples > 25
-    examples, steps = (26, 60) if deep else (16, 45)
+    examples, steps = (20, 50) if deep else (16, 45)
     if fee_rate != "production":
         examples = examples * 2 // 3
     if os.environ.get("PROPERTY_MACHINE_EXAMPLES"):  # a longer hunt, by hand

@@ -37,9 +37,9 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.database import DatabaseLimits, async_url
+from ledger.database import DatabaseLimits, create_engine
 
 log = logging.getLogger("loyalty.cache")
 
@@ -75,20 +75,7 @@ def token_engine(
     """Connections for the token check: autocommit (no BEGIN/ROLLBACK) and no
     ping on checkout, so a check is exactly one round trip. A connection found
     dead is replaced and the check run once more (`BalanceCache.current_token`)."""
-    limits = limits or DatabaseLimits()
-    return create_async_engine(
-        async_url(database_url),
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=False,
-        pool_timeout=limits.pool_timeout_seconds,
-        isolation_level="AUTOCOMMIT",
-        connect_args={
-            "command_timeout": limits.command_timeout_seconds,
-            "timeout": limits.pool_timeout_seconds,
-            "server_settings": {"statement_timeout": str(limits.statement_timeout_ms)},
-        },
-    )
+    return create_engine(database_url, pool_size=pool_size, limits=limits, autocommit=True)
 
 
 class BalanceSource(Protocol):

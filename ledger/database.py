@@ -38,18 +38,24 @@ def async_url(url: str) -> str:
 
 
 def create_engine(
-    url: str, *, pool_size: int = 10, limits: DatabaseLimits | None = None
+    url: str,
+    *,
+    pool_size: int = 10,
+    limits: DatabaseLimits | None = None,
+    autocommit: bool = False,
 ) -> AsyncEngine:
-    # READ COMMITTED plus explicit row locks (SELECT ... FOR UPDATE in a fixed
-    # order) is the concurrency model; see ledger/journal.py.
+    """The ledger's engine: READ COMMITTED plus explicit row locks (SELECT ...
+    FOR UPDATE in a fixed order) is the concurrency model, see ledger/journal.py.
+    `autocommit`: single-statement reads with no BEGIN/ROLLBACK and no ping on
+    checkout, one round trip each (the caller replaces a connection found dead)."""
     limits = limits or DatabaseLimits()
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=not autocommit,
         pool_timeout=limits.pool_timeout_seconds,
-        isolation_level="READ COMMITTED",
+        isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         connect_args={
             "command_timeout": limits.command_timeout_seconds,
             "timeout": limits.pool_timeout_seconds,  # establishing a connection

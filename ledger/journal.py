@@ -138,6 +138,17 @@ def check_balanced(postings: Sequence[Posting]) -> None:
         raise UnbalancedEntry(f"postings do not sum to zero per asset: {unbalanced}")
 
 
+def _held_members(conn: AsyncConnection, wanted: set[str]) -> set[str]:
+    """The members whose mutex this transaction holds (empty: none yet). A
+    transaction that holds some may not ask for others (`LockOrderError`)."""
+    held: set[str] = conn.info.setdefault(LOCKED_MEMBERS, set())
+    if held and not wanted <= held:
+        raise LockOrderError(
+            f"members {sorted(wanted - held)} asked for after {sorted(held)} were locked"
+        )
+    return held
+
+
 class Journal:
     """Posts entries; holds the pieces of configuration posting depends on."""
 
@@ -155,13 +166,9 @@ class Journal:
         A transaction takes its members once: asking again for members it
         already holds is free, asking for a new one raises `LockOrderError`."""
         wanted = set(member_ids)
-        held: set[str] = conn.info.setdefault(LOCKED_MEMBERS, set())
-        if not wanted or (held and wanted <= held):
+        held = _held_members(conn, wanted)
+        if not wanted or held:
             return {}
-        if held:
-            raise LockOrderError(
-                f"members {sorted(wanted - held)} asked for after {sorted(held)} were locked"
-            )
         accounts = [member_account(m, "available") for m in wanted]
         # ON CONFLICT DO UPDATE (a no-op) locks the row even when another
         # transaction created it after this statement's snapshot.
@@ -192,11 +199,7 @@ class Journal:
         # upsert is its member lock step (each member's available row, the
         # mutex, rides along with a zero change); it returns the new balances,
         # from which the lot effects work under that lock.
-        held: set[str] = conn.info.setdefault(LOCKED_MEMBERS, set())
-        if held and not members <= held:
-            raise LockOrderError(
-                f"members {sorted(members - held)} asked for after {sorted(held)} were locked"
-            )
+        held = _held_members(conn, members)
         member_postings = [p for p in postings if member_of(p.account)]
         if not held:
             member_postings += [

@@ -175,6 +175,18 @@ class SecretBox:
             ) from None
 
 
+async def _lock_partner(conn, partner_id: str) -> None:
+    """Lock the partner's row (its contract versions and keys change one at a
+    time), or PartnerNotFound."""
+    locked = (
+        await conn.execute(
+            text("SELECT id FROM partners WHERE id = :id FOR UPDATE"), {"id": partner_id}
+        )
+    ).first()
+    if locked is None:
+        raise PartnerNotFound(f"no partner {partner_id!r}")
+
+
 # -- the contract's arithmetic (pure) ---------------------------------------------
 
 
@@ -454,13 +466,7 @@ class Registry:
             raise InvalidRule("effective_from", "needs a time zone")
         async with self.engine.begin() as conn:
             # Versions of one partner are numbered one at a time.
-            locked = (
-                await conn.execute(
-                    text("SELECT id FROM partners WHERE id = :id FOR UPDATE"), {"id": partner_id}
-                )
-            ).first()
-            if locked is None:
-                raise PartnerNotFound(f"no partner {partner_id!r}")
+            await _lock_partner(conn, partner_id)
             before = await contract_in_force(conn, partner_id, data.effective_from)
             terms = {
                 field: getattr(before, field)
@@ -503,13 +509,7 @@ class Registry:
 
     async def create_key(self, partner_id: str, actor: str) -> KeyView:
         async with self.engine.begin() as conn:
-            locked = (
-                await conn.execute(
-                    text("SELECT id FROM partners WHERE id = :id FOR UPDATE"), {"id": partner_id}
-                )
-            ).first()
-            if locked is None:
-                raise PartnerNotFound(f"no partner {partner_id!r}")
+            await _lock_partner(conn, partner_id)
             active = (
                 await conn.execute(
                     text(

@@ -22,6 +22,7 @@ from api.routes.staff import staff_router
 from api.settings import Settings, SettingsError
 from ledger.database import create_engine
 from ledger.service import LedgerService
+from members.registry import Members
 from partners.programme import Programme
 from partners.registry import Registry, SecretBox
 from partners.rulebook import Rulebook
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> Litestar:
             settings.balance_cache_ttl_seconds,
         )
         app.state.registry = Registry(engine, SecretBox(settings.secret_key))
+        app.state.members = Members(app.state.ledger, app.state.programme)
         try:
             yield
         finally:

@@ -1,9 +1,10 @@
 """A small, believable demo programme, so a newcomer sees balances at once.
 
-Three tiers (base, silver at 1,000 QP with x1.25, gold at 3,000 QP with x1.5);
-a drugstore (1 point per 2 EUR, vouchers, tobacco and books excluded; billed
-afterwards up to a 50,000 EUR credit limit; its contract has a 14-day return
-window from today on), a fuel station (1 point per 2 EUR, shop x2, cap 500 per
+Three members (anna, ben, clara; anna with two cards); three tiers (base,
+silver at 1,000 QP with x1.25, gold at 3,000 QP with x1.5); a drugstore (1
+point per 2 EUR, vouchers, tobacco and books excluded; billed afterwards up
+to a 50,000 EUR credit limit; its contract has a 14-day return window from
+today on), a fuel station (1 point per 2 EUR, shop x2, cap 500 per
 transaction; prepaid with a 2,500 EUR deposit) and an airline (4 points per
 EUR, QP by cabin; no credit limit); a running double-points promotion and a
 10x coupon. Then purchases (the drugstore's first one from yesterday, reported
@@ -19,6 +20,7 @@ from ledger.commands import Adjust, Authorise, Burn, Transfer
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from ledger.views import Balances
+from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
 from partners.registry import ContractInput, PartnerInput, Registry
@@ -51,6 +53,7 @@ async def load_demo(ledger: LedgerService, registry: Registry) -> list[tuple[Bal
     programme = Programme(ledger)
     if not (await ledger.history(MEMBERS[0], limit=1)).entries:
         now = ledger.clock()
+        await _enrol(Members(ledger, programme))
         await _register(registry, now)
         await _define_programme(Rulebook(ledger), now)
         await _post_demo(ledger, programme, now)
@@ -58,6 +61,11 @@ async def load_demo(ledger: LedgerService, registry: Registry) -> list[tuple[Bal
         (await ledger.balances(member), (await programme.tier_progress(member)).tier.code)
         for member in MEMBERS
     ]
+
+
+async def _enrol(members: Members) -> None:
+    for member in MEMBERS:
+        await members.enrol(MemberInput(member, display_name=member.title()), ADMIN)
 
 
 async def _register(registry: Registry, now: datetime) -> None:

@@ -4,6 +4,7 @@ from litestar import Request
 from litestar.di import Provide
 
 from ledger.service import LedgerService
+from members.registry import Members
 from partners.programme import Programme
 from partners.registry import Registry
 from partners.rulebook import Rulebook
@@ -25,9 +26,14 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
+def _members(request: Request) -> Members:
+    return request.app.state.members
+
+
 SERVICES = {
     "ledger": Provide(_ledger, sync_to_thread=False),
     "rules": Provide(_rulebook, sync_to_thread=False),
     "programme": Provide(_programme, sync_to_thread=False),
     "registry": Provide(_registry, sync_to_thread=False),
+    "members": Provide(_members, sync_to_thread=False),
 }

@@ -28,7 +28,7 @@ from litestar.exceptions import ClientException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import Operation, Schema
 from litestar.openapi.spec import Parameter as OpenAPIParameter
-from litestar.params import HeaderParameter, ParameterKwarg, PathParameter
+from litestar.params import HeaderParameter, ParameterKwarg, PathParameter, QueryParameter
 from litestar.typing import FieldDefinition
 
 from api.problems import ApiError
@@ -66,6 +66,7 @@ def _integer_path_parameter(maximum: int, description: str) -> PathParameter:
 RowId = Annotated[int, _integer_path_parameter(BIGINT_MAX, "A row id (PostgreSQL bigint)")]
 RuleVersion = Annotated[int, _integer_path_parameter(INT4_MAX, "A rule version (PostgreSQL int)")]
 PathText = Annotated[str, PathParameter(min_length=1, max_length=MAX_PARAMETER_LENGTH)]
+SearchText = Annotated[str, QueryParameter(min_length=1, max_length=MAX_PARAMETER_LENGTH)]
 IdempotencyKeyHeader = Annotated[
     str | None,
     HeaderParameter(

@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy import exc as sqlalchemy_errors
 
-from ledger.database import is_invalid_input, is_unavailable, sqlstate
+from ledger.database import is_invalid_input, is_unavailable, refused_party, sqlstate
 from ledger.errors import LedgerError
 
 PROBLEM_JSON = "application/problem+json"
@@ -73,6 +73,12 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "rate-limited": (429, "Too many requests"),
     "partner-suspended": (403, "Partner suspended"),
     "partner-not-found": (404, "Partner not found"),
+    "member-not-found": (404, "Member not found"),
+    "member-not-active": (422, "Member closed or merged"),
+    "member-exists": (409, "Member already enrolled"),
+    "invalid-member": (422, "Invalid member data"),
+    "member-still-active": (409, "Member still active"),
+    "member-accounts-not-settled": (409, "Member's accounts not settled"),
     "too-many-keys": (409, "Too many active keys"),
     "key-not-found": (404, "Key not found"),
     "card-not-found": (404, "Card not found"),
@@ -219,6 +225,8 @@ def _database_refused_input(request: Request, error: BaseException) -> Response:
 def _unexpected(request: Request, error: Exception) -> Response:
     """A database or network failure by its kind (503 or 422); anything else
     is a bug: a 500 with its traceback in the log."""
+    if (refusal := refused_party(error)) is not None:
+        return _domain(request, refusal)
     if is_unavailable(error):
         return _database_unavailable(request, error)
     if is_invalid_input(error):

@@ -3,11 +3,16 @@ the time limits every connection runs under, and the classification of
 database failures into "retry the transaction", "the database is not
 available right now" and "the input was not valid for a column"."""
 
+import contextlib
+import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
 from sqlalchemy import exc
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ledger.errors import LedgerError, MemberNotActive, MemberNotFound, PartnerNotFound
 
 # Deadlock, serialization failure, lock wait over lock_timeout: the whole
 # transaction rolled back and may run again.
@@ -77,6 +82,55 @@ def sqlstate(error: BaseException) -> str | None:
         if isinstance(code, str):
             return code
     return None
+
+
+_MISSING_KEY = re.compile(r"\)=\((.*)\) is not present")
+
+
+def refused_party(error: BaseException) -> LedgerError | None:
+    """The domain error behind a write the database refused because it named
+    an unknown or inactive member or an unregistered partner: the registry's
+    triggers (SQLSTATE LM404 unknown member, LM409 member not active, LP404
+    unknown partner) and its foreign keys (23503 on a `*_member_fk` or
+    `*_partner_fk` constraint). None for anything else."""
+    state = sqlstate(error)
+    orig = getattr(error, "orig", None)
+    driver = getattr(orig, "__cause__", None) or orig
+    party = getattr(driver, "detail", None) or "?"
+    if state == "23503":
+        constraint = getattr(driver, "constraint_name", None) or ""
+        found = _MISSING_KEY.search(party)
+        party = found.group(1) if found else "?"
+        if constraint.endswith("_member_fk"):
+            state = "LM404"
+        elif constraint.endswith("_partner_fk"):
+            state = "LP404"
+    if state == "LM404":
+        return MemberNotFound(f"no enrolled member {party!r}", member_id=party)
+    if state == "LM409":
+        status = getattr(driver, "hint", None) or "not active"
+        return MemberNotActive(
+            f"member {party!r} is {status}: its accounts take no postings",
+            member_id=party,
+            member_status=status,
+        )
+    if state == "LP404":
+        return PartnerNotFound(f"no registered partner {party!r}", partner_id=party)
+    return None
+
+
+@contextlib.asynccontextmanager
+async def begin(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`engine.begin()` for writes outside the ledger's retried transactions:
+    a write refused for naming an unknown or inactive party raises its domain
+    error (see `refused_party`), after the rollback."""
+    try:
+        async with engine.begin() as conn:
+            yield conn
+    except exc.DBAPIError as error:
+        if (refusal := refused_party(error)) is not None:
+            raise refusal from None
+        raise
 
 
 def is_retryable(error: BaseException) -> bool:

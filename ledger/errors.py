@@ -89,6 +89,31 @@ class RequestInFlight(LedgerError):
     code = "request-in-flight"
 
 
+class MemberNotFound(LedgerError):
+    """The id names no enrolled member."""
+
+    code = "member-not-found"
+
+
+class MemberNotActive(LedgerError):
+    """The member was closed or merged into another: its accounts take no postings."""
+
+    code = "member-not-active"
+
+
+class MemberAccountsNotSettled(LedgerError):
+    """A member's accounts cannot be closed or merged as they stand: open
+    holds, a debt, or (when closing without forfeiting) points left."""
+
+    code = "member-accounts-not-settled"
+
+
+class PartnerNotFound(LedgerError):
+    """The id names no registered partner."""
+
+    code = "partner-not-found"
+
+
 class LockOrderError(RuntimeError):
     """A programming error, not a domain error: a transaction asked for a
     member's lock after it had locked others (see ledger/journal.py)."""

@@ -87,7 +87,25 @@ class ConsumeLots:
     takes: tuple[tuple[int, int], ...]
 
 
-LotEffect = NewLot | RestoreLots | Spend | Clawback | ConsumeLots
+@dataclass(frozen=True, slots=True)
+class CarriedLot:
+    amount: int
+    earned_at: datetime
+    expires_at: datetime | None
+    earn_entry_id: int | None
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class CarryLots:
+    """Credit: these lots, moved from another member (a merge), each keeping
+    its earning time, expiry and earning; debt is repaid from the soonest
+    expiring first."""
+
+    lots: tuple[CarriedLot, ...]
+
+
+LotEffect = NewLot | RestoreLots | Spend | Clawback | ConsumeLots | CarryLots
 
 
 @dataclass(slots=True)
@@ -136,6 +154,10 @@ def check_balanced(postings: Sequence[Posting]) -> None:
     unbalanced = {asset: total for asset, total in totals.items() if total}
     if unbalanced:
         raise UnbalancedEntry(f"postings do not sum to zero per asset: {unbalanced}")
+
+
+def _soonest_expiry_first(lot: CarriedLot) -> tuple[bool, datetime]:
+    return (lot.expires_at is None, lot.expires_at or lot.earned_at)
 
 
 def _held_members(conn: AsyncConnection, wanted: set[str]) -> set[str]:
@@ -293,7 +315,7 @@ class Journal:
                     )
                 prefer = effect.earn_entry_id if isinstance(effect, Clawback) else None
                 takes, _debt = allocate_debit(
-                    await self._open_lots(conn, member_id), -delta, prefer_earning=prefer
+                    await self.open_lots(conn, member_id), -delta, prefer_earning=prefer
                 )
             for lot_id, take in takes:
                 move(lot_id, -take)
@@ -307,6 +329,21 @@ class Journal:
         if isinstance(effect, NewLot):
             new_lots.add(await self._new_lot(conn, entry_id, member_id, into_lots, effect, move))
             return
+        if isinstance(effect, CarryLots):
+            if sum(lot.amount for lot in effect.lots) != delta:
+                raise InvalidAmount("carried lots must add up to the credit")
+            repay = delta - into_lots
+            for lot in sorted(effect.lots, key=_soonest_expiry_first):
+                kept = lot.amount - min(repay, lot.amount)
+                repay -= lot.amount - kept
+                if kept:
+                    new = NewLot(lot.source, lot.earned_at, lot.earn_entry_id)
+                    new_lots.add(
+                        await self._new_lot(
+                            conn, entry_id, member_id, kept, new, move, lot.expires_at
+                        )
+                    )
+            return
         consumed = await self._consumed_lots(conn, effect.origin_entry_id)
         given, unplaced = allocate_restore(consumed, into_lots)
         for lot_id, amount in given:
@@ -315,8 +352,11 @@ class Journal:
             fallback = NewLot("restore", now)
             new_lots.add(await self._new_lot(conn, entry_id, member_id, unplaced, fallback, move))
 
-    async def _new_lot(self, conn, entry_id, member_id, amount, effect: NewLot, move) -> int:
-        """Insert a lot holding `amount` (its creating movement is recorded too)."""
+    async def _new_lot(
+        self, conn, entry_id, member_id, amount, effect: NewLot, move, expires_at=...
+    ) -> int:
+        """Insert a lot holding `amount` (its creating movement is recorded too),
+        expiring by the expiry policy unless `expires_at` is given."""
         lot_id = (
             await conn.execute(
                 text(
@@ -333,7 +373,9 @@ class Journal:
                     else (entry_id if effect.source == "earn" else None),
                     "amount": amount,
                     "earned_at": effect.earned_at,
-                    "expires_at": self.expiry_policy.expires_at(effect.earned_at),
+                    "expires_at": self.expiry_policy.expires_at(effect.earned_at)
+                    if expires_at is ...
+                    else expires_at,
                     "source": effect.source,
                 },
             )
@@ -341,7 +383,7 @@ class Journal:
         move(lot_id, amount)
         return lot_id
 
-    async def _open_lots(self, conn: AsyncConnection, member_id: str) -> list[OpenLot]:
+    async def open_lots(self, conn: AsyncConnection, member_id: str) -> list[OpenLot]:
         rows = await conn.execute(
             text(
                 "SELECT id, remaining, expires_at, earn_entry_id FROM lots "

@@ -1,6 +1,6 @@
 """Domain errors of programme rules and partners, each with a stable `code`."""
 
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, PartnerNotFound  # noqa: F401 (raised by both)
 
 
 class InvalidRule(LedgerError):
@@ -46,10 +46,6 @@ class RuleNotFound(LedgerError):
 
 class InvalidPurchase(LedgerError):
     code = "invalid-purchase"
-
-
-class PartnerNotFound(LedgerError):
-    code = "partner-not-found"
 
 
 class PartnerSuspended(LedgerError):

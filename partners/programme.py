@@ -644,6 +644,7 @@ class Programme:
                             reason=f"return of {amount_minor} of {row.total_minor} ({reference})",
                         ),
                         f"partner:{partner_id}",
+                        member_now=row.member_id,  # after a merge: the member merged into
                     )
                     # Under the member's lock (taken by the reversal).
                     await self._unbook_promotions(
@@ -908,6 +909,87 @@ class Programme:
             },
         )
 
+    # -- closing and merging members ------------------------------------------------
+
+    async def close_member_in(self, conn, member_id: str, at: datetime, entry_id) -> None:
+        """A closed member keeps no status and no usable card (under its lock)."""
+        tier, valid_until, _tiers = await self._tier(conn, member_id, lock=True)
+        if tier.code != BASE_TIER.code or valid_until is not None:
+            await self._set_tier(
+                conn,
+                member_id,
+                tier.code,
+                BASE_TIER,
+                None,
+                at,
+                entry_id,
+                "account closed",
+                valid_until,
+            )
+        await conn.execute(
+            text(
+                "UPDATE cards SET status = 'blocked', blocked_at = :at "
+                "WHERE member_id = :m AND status = 'active'"
+            ),
+            {"m": member_id, "at": at},
+        )
+
+    async def merge_members_in(
+        self, conn, source: str, target: str, at: datetime, entry_id
+    ) -> dict[str, object]:
+        """What belongs to the person moves with the points (both members are
+        locked by the ledger's merge): the higher of the two tiers with its
+        validity, the cards, unused coupons, promotion usage (so a per-member
+        limit still counts what the person was given) and the purchases a
+        partner may still return (returns then take back from `target`)."""
+        theirs, their_until, _ = await self._tier(conn, source, lock=True)
+        ours, our_until, _ = await self._tier(conn, target, lock=True)
+        reason = f"merged with {source}"
+        if _stronger_status(theirs.rank, their_until, ours.rank, our_until):
+            await self._set_tier(
+                conn, target, ours.code, theirs, their_until, at, entry_id, reason, our_until
+            )
+            kept = theirs.code
+        else:
+            kept = ours.code
+        if theirs.code != BASE_TIER.code or their_until is not None:
+            await self._set_tier(
+                conn,
+                source,
+                theirs.code,
+                BASE_TIER,
+                None,
+                at,
+                entry_id,
+                f"merged into {target}",
+                their_until,
+            )
+        moved = {"tier": kept}
+        for label, statement in (
+            ("cards", "UPDATE cards SET member_id = :t WHERE member_id = :s"),
+            (
+                "coupons",
+                "UPDATE member_coupons mc SET member_id = :t WHERE member_id = :s "
+                "AND used_at IS NULL AND NOT EXISTS (SELECT 1 FROM member_coupons o "
+                "WHERE o.member_id = :t AND o.coupon_id = mc.coupon_id)",
+            ),
+            (
+                "promotion_usage",
+                "INSERT INTO promotion_usage (promotion_id, member_id, points) "
+                "SELECT promotion_id, :t, points FROM promotion_usage WHERE member_id = :s "
+                "ON CONFLICT (promotion_id, member_id) DO UPDATE "
+                "SET points = promotion_usage.points + EXCLUDED.points",
+            ),
+            (
+                "purchases",
+                "UPDATE partner_purchases SET member_id = :t WHERE member_id = :s "
+                "AND returned_minor < total_minor",
+            ),
+        ):
+            result = await conn.execute(text(statement), {"s": source, "t": target})
+            moved[label] = result.rowcount
+        return moved
+
     # -- the card holder's view ----------------------------------------------------
 
     async def balance_view(
@@ -1100,6 +1182,16 @@ class Programme:
                 raise CurrencyMismatch(f"partner {partner_id} redeems in {rule.currency}")
             tier, _, _ = await self._tier(conn, member_id)
         return quote_redemption(rule, basket_minor, points, Decimal(tier.burn_discount))
+
+
+def _stronger_status(rank, until, other_rank, other_until) -> bool:
+    """Whether one status beats another: a higher tier, or the same tier valid
+    for longer (no end date is longest)."""
+    if rank != other_rank:
+        return rank > other_rank
+    if until is None:
+        return other_until is not None
+    return other_until is not None and until > other_until
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:

@@ -30,6 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.accounts import check_id
+from ledger.database import begin
 from partners.audit import record_change
 from partners.errors import (
     CardBlocked,
@@ -381,7 +382,7 @@ class Registry:
             raise InvalidRule("currency", "unknown currency")
         terms = {field: getattr(data, field) for field in TERMS}
         _check_terms(terms)
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             created = (
                 await conn.execute(
                     text(
@@ -464,7 +465,7 @@ class Registry:
         at that date."""
         if data.effective_from.tzinfo is None:
             raise InvalidRule("effective_from", "needs a time zone")
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             # Versions of one partner are numbered one at a time.
             await _lock_partner(conn, partner_id)
             before = await contract_in_force(conn, partner_id, data.effective_from)
@@ -493,7 +494,7 @@ class Registry:
     async def set_status(self, partner_id: str, status: str, actor: str) -> PartnerView:
         if status not in ("active", "suspended"):
             raise InvalidRule("status", "active or suspended")
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             before = await self.partner(partner_id, conn)
             await conn.execute(
                 text("UPDATE partners SET status = :s, updated_at = now() WHERE id = :id"),
@@ -508,7 +509,7 @@ class Registry:
     # -- keys -----------------------------------------------------------------
 
     async def create_key(self, partner_id: str, actor: str) -> KeyView:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await _lock_partner(conn, partner_id)
             active = (
                 await conn.execute(
@@ -539,7 +540,7 @@ class Registry:
             return KeyView(key_id, partner_id, "active", secret)
 
     async def revoke_key(self, partner_id: str, key_id: str, actor: str) -> KeyView:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             row = (
                 await conn.execute(
                     text(
@@ -595,7 +596,7 @@ class Registry:
         check_id("member", member_id)
         if not card_number.isdigit() or not 8 <= len(card_number) <= 19:
             raise InvalidRule("card_number", "8 to 19 digits")
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             row = (
                 await conn.execute(
                     text(
@@ -613,7 +614,7 @@ class Registry:
             return dict(row._mapping)
 
     async def block_card(self, member_id: str, card_number: str, actor: str) -> dict:
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             row = (
                 await conn.execute(
                     text(

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import check_id
+from ledger.database import begin
 from ledger.service import LedgerService
 from ledger.tiers import Tier
 from partners.audit import record_change
@@ -214,7 +215,7 @@ class Rulebook:
         _require(
             rule.cap_period in (None, "day", "month", "year"), "cap_period", "day, month or year"
         )
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await self._check_categories(conn, "category_multipliers", rule.category_multipliers)
             await self._check_categories(conn, "excluded_categories", rule.excluded_categories)
             await self._check_categories(conn, "category_qp", rule.category_qp)
@@ -264,7 +265,7 @@ class Rulebook:
             "max_basket_share",
             "must be above 0 and at most 1",
         )
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             version = await self._next_version(conn, "burn_rules", partner_id)
             row = (
                 await conn.execute(
@@ -311,7 +312,7 @@ class Rulebook:
 
     async def retire_rule(self, table: str, partner_id: str, version: int, actor: str) -> dict:
         entity = table.removesuffix("s")
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             before = (
                 await conn.execute(
                     text(
@@ -362,7 +363,7 @@ class Rulebook:
         )
         for partner_id in promotion.partner_ids:
             check_id("partner", partner_id)
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await self._check_categories(conn, "categories", promotion.categories)
             await self._check_tiers(conn, promotion.tiers)
             if promotion.exclusive:
@@ -437,7 +438,7 @@ class Rulebook:
         _require(coupon.min_basket_minor >= 0, "min_basket_minor", "must be zero or more")
         for partner_id in coupon.partner_ids:
             check_id("partner", partner_id)
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await self._check_categories(conn, "categories", coupon.categories)
             row = (
                 await conn.execute(
@@ -460,7 +461,7 @@ class Rulebook:
     async def issue_coupon(self, code: str, member_ids: list[str], actor: str) -> int:
         for member_id in member_ids:
             check_id("member", member_id)
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             coupon_id = (
                 await conn.execute(
                     text("SELECT id FROM coupons WHERE code = :code AND retired_at IS NULL"),
@@ -491,7 +492,7 @@ class Rulebook:
 
     async def retire_offer(self, table: str, code: str, actor: str) -> dict:
         entity = table.removesuffix("s")
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             before = (
                 await conn.execute(
                     text(f"SELECT * FROM {table} WHERE code = :code FOR UPDATE"), {"code": code}
@@ -532,7 +533,7 @@ class Rulebook:
             "burn_discount",
             "must be at least 0 and below 1",
         )
-        async with self.engine.begin() as conn:
+        async with begin(self.engine) as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('tiers'))"))
             before = (
                 await conn.execute(

@@ -86,8 +86,47 @@ def ledger(engine) -> LedgerService:
 
 @pytest.fixture
 def new_id():
+    """A fresh id (a reference, a key, a name); members and partners come from
+    `new_member` and `new_partner`, which register them."""
+
     def make(prefix: str = "m") -> str:
         return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    return make
+
+
+@pytest.fixture
+def new_member(engine, new_id):
+    """`await new_member()`: a freshly enrolled, active member's id."""
+    from members.registry import MemberInput, Members
+    from partners.programme import Programme
+
+    ledger = LedgerService(engine)
+    members = Members(ledger, Programme(ledger))
+
+    async def make(prefix: str = "m") -> str:
+        return (await members.enrol(MemberInput(id=new_id(prefix)), "staff:tests")).id
+
+    return make
+
+
+TEST_SECRET_KEY = "K4cpIiv3R3JWAXbq8kFn2o3VlqK8M2r0E9gr0Hr9lWQ="  # Fernet key for the tests
+
+
+@pytest.fixture
+def new_partner(engine, new_id):
+    """`await new_partner(**terms)`: a freshly registered, active partner's id
+    (EUR, contract terms as given, else the defaults)."""
+    from partners.registry import PartnerInput, Registry, SecretBox
+
+    registry = Registry(engine, SecretBox(TEST_SECRET_KEY))
+
+    async def make(prefix: str = "p", **terms) -> str:
+        partner_id = new_id(prefix)
+        await registry.create_partner(
+            PartnerInput(id=partner_id, name=partner_id, **terms), "staff:tests"
+        )
+        return partner_id
 
     return make
 

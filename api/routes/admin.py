@@ -1,7 +1,7 @@
-"""Admin API (staff JWT, role `admin`): the programme's rules as versioned,
-audited data: partners and their contract versions, earn and burn rules per
-partner, promotions, coupons, tiers; and a dry-run quote of what a purchase
-would earn."""
+"""Admin API (staff JWT, role `admin`): the programme's parties and rules as
+audited data: members (enrol, find, close, merge, erase, cards), partners and
+their contract versions and keys, earn and burn rules per partner,
+promotions, coupons, tiers; and a dry-run quote of what a purchase would earn."""
 
 from typing import Annotated
 
@@ -12,8 +12,20 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from api.auth import Principal, provide_principal, require_staff
 from api.deps import SERVICES
-from api.input_guard import PathText, RuleVersion
+from api.input_guard import PathText, RuleVersion, SearchText
 from api.strict_body import strict_json_body
+from members.registry import (
+    CloseInput,
+    Closure,
+    MemberEvent,
+    MemberInput,
+    MemberPage,
+    Members,
+    MemberView,
+    MergeInput,
+    Merger,
+    ProfileInput,
+)
 from partners.programme import EarningView, Programme, PurchaseInput
 from partners.registry import (
     Contract,
@@ -61,6 +73,84 @@ class CardRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 Partners = NamedDependency[Registry]
+Registry_ = NamedDependency[Members]
+
+
+@post("/members", summary="Enrol a member (without an id, a member number is assigned)")
+async def enrol_member(data: JSONBody[MemberInput], members: Registry_, admin: Admin) -> MemberView:
+    return await members.enrol(data, _actor(admin))
+
+
+@get(
+    "/members",
+    summary="Find members: by id prefix, card number, e-mail or status; in id order, paged",
+)
+async def search_members(
+    members: Registry_,
+    prefix: SearchText | None = None,
+    card: SearchText | None = None,
+    email: SearchText | None = None,
+    status: SearchText | None = None,
+    after: SearchText | None = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+) -> MemberPage:
+    return await members.search(
+        prefix=prefix, card=card, email=email, status=status, after=after, limit=limit
+    )
+
+
+@get("/members/{member_id:str}", summary="A member's registry record")
+async def get_member(member_id: PathText, members: Registry_) -> MemberView:
+    return await members.member(member_id)
+
+
+@put("/members/{member_id:str}/profile", summary="Replace a member's profile fields")
+async def update_profile(
+    member_id: PathText, data: JSONBody[ProfileInput], members: Registry_, admin: Admin
+) -> MemberView:
+    return await members.update_profile(member_id, data, _actor(admin))
+
+
+@post(
+    "/members/{member_id:str}/close",
+    status_code=200,
+    summary="Close an account: points left forfeited or the close refused, as asked",
+)
+async def close_member(
+    member_id: PathText, data: JSONBody[CloseInput], members: Registry_, admin: Admin
+) -> Closure:
+    return await members.close(member_id, data, _actor(admin))
+
+
+@post(
+    "/members/{member_id:str}/merge",
+    status_code=200,
+    summary="Merge this account into another account of the same person",
+)
+async def merge_member(
+    member_id: PathText, data: JSONBody[MergeInput], members: Registry_, admin: Admin
+) -> Merger:
+    return await members.merge(member_id, data, _actor(admin))
+
+
+@post(
+    "/members/{member_id:str}/erase",
+    status_code=200,
+    summary="Erase a closed account's personal data (GDPR art. 17); the journal stays",
+)
+async def erase_member(member_id: PathText, members: Registry_, admin: Admin) -> MemberView:
+    return await members.erase(member_id, _actor(admin))
+
+
+@get("/members/{member_id:str}/events", summary="What happened to a member, by whom")
+async def member_events(member_id: PathText, members: Registry_) -> list[MemberEvent]:
+    return await members.events(member_id)
+
+
+@get("/members/{member_id:str}/cards", summary="A member's cards")
+async def member_cards(member_id: PathText, registry: Partners, members: Registry_) -> list[dict]:
+    await members.member(member_id)
+    return await registry.cards(member_id)
 
 
 @post("/partners", summary="Register a partner with its contract")
@@ -273,6 +363,15 @@ async def quote(data: JSONBody[QuoteRequest], programme: NamedDependency[Program
 admin_router = Router(
     path="/v1/admin",
     route_handlers=[
+        enrol_member,
+        search_members,
+        get_member,
+        update_profile,
+        close_member,
+        merge_member,
+        erase_member,
+        member_events,
+        member_cards,
         create_partner,
         list_partners,
         get_partner,

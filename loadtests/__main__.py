@@ -72,6 +72,25 @@ def report(name: str, count: int, elapsed: float, latencies: list[float]) -> flo
     return rate
 
 
+async def enrol(engine, partners: list[str], members: list[str]) -> None:
+    """The parties a benchmark posts to: partners registered through the
+    registry, members enrolled in bulk (one statement, as a member import would)."""
+    from cryptography.fernet import Fernet
+
+    from partners.registry import PartnerInput, Registry, SecretBox
+
+    registry = Registry(engine, SecretBox(Fernet.generate_key()))
+    for partner in partners:
+        await registry.create_partner(PartnerInput(partner, partner), "bench")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO members (id, enrolled_by) SELECT unnest(CAST(:ids AS text[])), 'bench'"
+            ),
+            {"ids": members},
+        )
+
+
 async def bench_earn(url: str, members: int, concurrency: int, duration: float) -> None:
     engine = create_engine(url, pool_size=concurrency)
     ledger = LedgerService(engine)
@@ -83,6 +102,7 @@ async def bench_earn(url: str, members: int, concurrency: int, duration: float) 
     async with engine.begin() as conn:
         for statement in BASELINE_SCHEMA:
             await conn.execute(text(statement))
+    await enrol(engine, [partner], [f"m{i}" for i in range(members)])
 
     async def bare_transfer(i: int) -> None:
         member = f"member:b{random.randrange(members)}:available"
@@ -150,6 +170,7 @@ async def bench_balance(
     )
     run = uuid.uuid4().hex[:8]
     ids = [f"bal-{run}-{i}" for i in range(members)]
+    await enrol(engine, ["bench"], ids)
     try:
         for start in range(0, members, 200):
             await asyncio.gather(

@@ -11,8 +11,8 @@ from litestar.testing import AsyncTestClient
 from api.app import create_app
 from api.auth import mint_token
 from api.settings import Settings
+from tests.conftest import TEST_SECRET_KEY as SECRET_KEY
 
-SECRET_KEY = "K4cpIiv3R3JWAXbq8kFn2o3VlqK8M2r0E9gr0Hr9lWQ="  # Fernet key for the tests
 SECRET = "test-secret-" + "0123456789abcdef" * 4  # 75 bytes: long enough for HS512
 MEMBER_SECRET = "test-member-secret-" + "fedcba9876543210" * 4  # the members' key, not staff's
 

@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 
-async def test_earn_rule_versions_quote_and_audit(client, token, new_id, programme_tiers):
-    partner, member = new_id("shop"), new_id()
+async def test_earn_rule_versions_quote_and_audit(
+    client, token, new_member, new_partner, programme_tiers
+):
+    partner, member = await new_partner("shop"), await new_member()
     admin = token()
     body = {
         "valid_from": "2024-01-01T00:00:00Z",
@@ -67,9 +69,9 @@ async def test_earn_rule_versions_quote_and_audit(client, token, new_id, program
     ],
 )
 async def test_invalid_earn_rules_are_422_naming_the_field(
-    client, token, new_id, body, problem, field
+    client, token, new_partner, body, problem, field
 ):
-    partner = new_id("shop")
+    partner = await new_partner("shop")
     base = {"valid_from": "2024-01-01T00:00:00Z", "currency": "EUR", "points_per_unit": "1"}
     response = await client.post(
         f"/v1/admin/partners/{partner}/earn-rules", headers=token(), json={**base, **body}
@@ -81,8 +83,8 @@ async def test_invalid_earn_rules_are_422_naming_the_field(
     assert listed.json() == []
 
 
-async def test_overlapping_exclusive_promotions_are_refused(client, token, new_id):
-    partner, now = new_id("shop"), datetime.now(UTC)
+async def test_overlapping_exclusive_promotions_are_refused(client, token, new_id, new_partner):
+    partner, now = await new_partner("shop"), datetime.now(UTC)
 
     def promo(code, start, days):
         return {
@@ -111,7 +113,7 @@ async def test_overlapping_exclusive_promotions_are_refused(client, token, new_i
     assert after.status_code == 201
 
 
-async def test_tiers_coupons_and_roles(client, token, new_id, programme_tiers):
+async def test_tiers_coupons_and_roles(client, token, new_id, new_member, programme_tiers):
     tiers = (await client.get("/v1/admin/tiers", headers=token())).json()
     assert [t["code"] for t in tiers][:2] == ["silver", "gold"]
     bad = await client.put(
@@ -134,15 +136,18 @@ async def test_tiers_coupons_and_roles(client, token, new_id, programme_tiers):
         },
     )
     assert created.status_code == 201, created.text
+    first, second = await new_member(), await new_member()
     issued = await client.post(
-        f"/v1/admin/coupons/{code}/issue", headers=token(), json={"member_ids": ["m1", "m2", "m1"]}
+        f"/v1/admin/coupons/{code}/issue",
+        headers=token(),
+        json={"member_ids": [first, second, first]},
     )
     assert issued.json() == {"issued": 2}
     finance = token("fiona", roles=("finance",))
     assert (await client.get("/v1/admin/tiers", headers=finance)).status_code == 403
 
 
-async def test_partners_keys_and_cards_over_http(client, token, new_id):
+async def test_partners_keys_and_cards_over_http(client, token, new_id, new_member):
     admin, partner = token(), new_id("shop")
     created = await client.post(
         "/v1/admin/partners",
@@ -186,7 +191,7 @@ async def test_partners_keys_and_cards_over_http(client, token, new_id):
     assert [a["action"] for a in audit] == ["status:suspended", "create"]
 
     member, number = (
-        new_id(),
+        await new_member(),
         "4" + new_id("").replace("-", "")[:10].translate(str.maketrans("abcdef", "123456")),
     )
     issued = await client.post(
@@ -199,9 +204,9 @@ async def test_partners_keys_and_cards_over_http(client, token, new_id):
     assert (missing.status_code, missing.json()["type"]) == (404, "/problems/partner-not-found")
 
 
-async def test_staff_see_a_members_tier(client, token, new_id):
+async def test_staff_see_a_members_tier(client, token, new_member):
     response = await client.get(
-        f"/v1/staff/members/{new_id()}/tier", headers=token("fiona", roles=("finance",))
+        f"/v1/staff/members/{await new_member()}/tier", headers=token("fiona", roles=("finance",))
     )
     assert response.status_code == 200
     assert response.json()["progress"]["tier"]["code"] in ("base", "silver", "gold")

@@ -41,11 +41,11 @@ async def other_instance(database_url, api_settings, redis_url):
 
 
 @pytest.fixture
-async def pair(engine, new_id):
+async def pair(engine, new_member):
     """A member with 1,000 points (posted by the ledger directly, as a job or
     a partner would) and another member's card to send points to."""
     registry = Registry(engine, SecretBox(SECRET_KEY))
-    sender, receiver = new_id(), new_id()
+    sender, receiver = await new_member(), await new_member()
     receiver_card = str(uuid.uuid4().int)[:16]
     await registry.issue_card(sender, str(uuid.uuid4().int)[:16], "staff:tests")
     await registry.issue_card(receiver, receiver_card, "staff:tests")

@@ -18,10 +18,10 @@ from tests.api.conftest import SECRET_KEY
 CROSSINGS = 20
 
 
-async def test_crossing_transfers_between_two_members_all_succeed(service, engine, new_id):
+async def test_crossing_transfers_between_two_members_all_succeed(service, engine, new_member):
     registry = Registry(engine, SecretBox(SECRET_KEY))
     ledger = LedgerService(engine, LedgerConfig())
-    members = [new_id(), new_id()]
+    members = [await new_member(), await new_member()]
     cards = {}
     for member in members:
         cards[member] = str(uuid.uuid4().int)[:16]

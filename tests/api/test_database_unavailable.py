@@ -21,6 +21,10 @@ from api.embedded import EmbeddedPostgres
 from api.migrate import upgrade
 from api.problems import EXCEPTION_HANDLERS
 from ledger.commands import Adjust
+from ledger.database import create_engine
+from ledger.service import LedgerService
+from members.registry import MemberInput, Members
+from partners.programme import Programme
 
 PROBLEM = "application/problem+json"
 
@@ -61,8 +65,8 @@ class LogRecords(logging.Handler):
 
 
 @pytest.fixture
-async def member(ledger, new_id) -> str:
-    member_id = new_id()
+async def member(ledger, new_member) -> str:
+    member_id = await new_member()
     await ledger.adjust(Adjust(member_id, 100, "opening balance"), "staff:tests")
     return member_id
 
@@ -151,6 +155,16 @@ async def test_an_exhausted_pool_is_a_503(api_settings, engine, ledger, token, m
     assert served.json()["balances"]["available"] == 80
 
 
+async def enrol(database_url: str, member_id: str) -> None:
+    """Enrol a member in a database other than the tests' own."""
+    engine = create_engine(database_url)
+    try:
+        ledger = LedgerService(engine)
+        await Members(ledger, Programme(ledger)).enrol(MemberInput(id=member_id), "staff:tests")
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture
 def private_postgres():
     """A PostgreSQL server of this test's own, to stop and start again."""
@@ -173,6 +187,7 @@ async def test_postgres_stopped_mid_run_is_a_503_and_the_pool_recovers(
     api_settings, token, private_postgres
 ):
     server, url = private_postgres
+    await enrol(url, "outage-1")
     settings = dataclasses.replace(
         api_settings, database_url=url, redis_url=None, db_pool_timeout_seconds=2
     )

@@ -30,6 +30,10 @@ from api.auth import mint_token
 from api.embedded import drop_database, ensure_database, with_database
 from api.migrate import upgrade
 from api.settings import Settings
+from ledger.database import create_engine
+from ledger.service import LedgerService
+from members.registry import MemberInput, Members
+from partners.programme import Programme
 from partners.signing import signed_headers
 from tests.api.conftest import MEMBER_SECRET, SECRET, SECRET_KEY
 
@@ -111,10 +115,21 @@ class PartnerSignature(requests.auth.AuthBase):
         return request
 
 
+async def enrol(database_url: str, member_id: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        ledger = LedgerService(engine)
+        await Members(ledger, Programme(ledger)).enrol(MemberInput(id=member_id), "staff:fuzz")
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture(scope="module")
-def credentials(live_api, api_settings) -> dict:
-    """A partner with rules and a key, and a funded member with a card, set up
-    through the admin API, so generated requests can reach real data."""
+def credentials(live_api, api_settings, fuzz_database_url) -> dict:
+    """A partner with rules and a key, and an enrolled, funded member with a
+    card, set up (but for the enrolment) through the admin API, so generated
+    requests can reach real data."""
+    asyncio.run(enrol(fuzz_database_url, MEMBER))
     admin = {"Authorization": "Bearer " + mint_token(api_settings, "fuzzer", ["admin"])}
     member = {"Authorization": "Bearer " + mint_token(api_settings, MEMBER, ["member"])}
     with requests.Session() as http:

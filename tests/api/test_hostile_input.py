@@ -35,8 +35,8 @@ def assert_invalid_input(response) -> dict:
 
 
 @pytest.fixture
-async def funded_member(client, token, ledger, new_id) -> str:
-    member = new_id()
+async def funded_member(client, token, ledger, new_member) -> str:
+    member = await new_member()
     response = await client.post(
         "/v1/staff/adjustments",
         headers=token(),
@@ -232,9 +232,11 @@ async def test_a_nul_in_a_card_number_issues_and_earns_nothing(
     assert (await ledger.balances(funded_member)).available == 500
 
 
-async def test_a_nul_in_a_json_key_or_nested_value_is_invalid_input(client, token, shop):
+async def test_a_nul_in_a_json_key_or_nested_value_is_invalid_input(
+    client, token, shop, funded_member
+):
     quote = {
-        "member_id": "m1",
+        "member_id": funded_member,
         "partner_id": shop["partner_id"],
         "purchase": {"currency": "EUR", "lines": [{"amount_minor": 100, "category": "a\u0000"}]},
     }

@@ -32,10 +32,10 @@ def card() -> str:
 
 
 @pytest.fixture
-async def member(engine, new_id):
-    """A member with a card, and a helper for their bearer header."""
+async def member(engine, new_member):
+    """An enrolled member with a card, and the card registry."""
     registry = Registry(engine, SecretBox(SECRET_KEY))
-    member_id, number = new_id(), card()
+    member_id, number = await new_member(), card()
     await registry.issue_card(member_id, number, "staff:tests")
     return member_id, number, registry
 
@@ -57,10 +57,10 @@ async def balance(client, headers):
 
 
 async def test_cache_miss_then_hit_and_refresh_after_every_kind_of_posting(
-    client, token, member, engine, new_id
+    client, token, member, engine, new_partner
 ):
     member_id, _, _ = member
-    headers, partner = me(token, member_id), new_id("p")
+    headers, partner = me(token, member_id), await new_partner()
     ledger = writer(engine)
     assert (await balance(client, headers))[0] == "miss"
     assert (await balance(client, headers))[0] == "hit"
@@ -86,19 +86,20 @@ async def test_cache_miss_then_hit_and_refresh_after_every_kind_of_posting(
 
 
 async def test_pending_releases_expiring_points_and_tier_are_in_the_view(
-    client, token, member, engine, new_id
+    client, token, member, engine, new_partner
 ):
     member_id, _, _ = member
     ledger = writer(engine)
     release = datetime.now(UTC) + timedelta(days=14)
-    await ledger.earn(Earn.simple(member_id, new_id("p"), "R-1", 80, release_at=release))
+    partner = await new_partner()
+    await ledger.earn(Earn.simple(member_id, partner, "R-1", 80, release_at=release))
     _, view = await balance(client, me(token, member_id))
     assert view["pending"] == 80
     assert view["pending_releases"][0]["points"] == 80
     assert view["tier"]["code"] == "base" and view["expiring"] == []
 
 
-async def test_a_tier_change_alone_is_a_miss(client, token, member, engine, new_id):
+async def test_a_tier_change_alone_is_a_miss(client, token, member, engine):
     member_id, _, _ = member
     headers = me(token, member_id)
     await writer(engine).adjust(Adjust(member_id, 40, "start"), "staff:t")
@@ -197,10 +198,10 @@ async def test_redis_going_away_and_coming_back(api_settings, token, member, eng
         server.remove()
 
 
-async def test_history_tier_coupons_and_cards(client, token, member, ledger, new_id):
+async def test_history_tier_coupons_and_cards(client, token, member, ledger, new_id, new_partner):
     member_id, number, _ = member
     headers = me(token, member_id)
-    partner = new_id("p")
+    partner = await new_partner()
     for i in range(3):
         await ledger.earn(Earn.simple(member_id, partner, f"R-{i}", 10 + i))
     page = (await client.get("/v1/me/history?limit=2", headers=headers)).json()
@@ -237,9 +238,9 @@ async def test_history_tier_coupons_and_cards(client, token, member, ledger, new
     assert blocked.json()["status"] == "blocked"
 
 
-async def test_a_member_cannot_reach_another_members_data(client, token, member, new_id):
+async def test_a_member_cannot_reach_another_members_data(client, token, member, new_member):
     _, other_card, _ = member
-    intruder = new_id()
+    intruder = await new_member()
     headers = me(token, intruder)
     response = await client.post(f"/v1/me/cards/{other_card}/block", headers=headers)
     assert (response.status_code, response.json()["type"]) == (404, "/problems/card-not-found")
@@ -251,10 +252,12 @@ async def test_a_member_cannot_reach_another_members_data(client, token, member,
     assert staff_on_member_api.json()["type"] == "/problems/token-wrong-audience"
 
 
-async def test_transfers_follow_the_rules_and_are_idempotent(client, token, member, engine, new_id):
+async def test_transfers_follow_the_rules_and_are_idempotent(
+    client, token, member, engine, new_member
+):
     ledger = writer(engine)
     member_id, _, registry = member
-    receiver, receiver_card = new_id(), card()
+    receiver, receiver_card = await new_member(), card()
     await registry.issue_card(receiver, receiver_card, "staff:t")
     await ledger.adjust(Adjust(member_id, 30_000, "start"), "staff:t")
     headers = {**me(token, member_id), "Idempotency-Key": "t-1"}

@@ -36,9 +36,9 @@ class Shop:
 
 
 @pytest.fixture
-async def shop(engine, ledger, new_id) -> Shop:
+async def shop(engine, ledger, new_id, new_member) -> Shop:
     registry = Registry(engine, SecretBox(SECRET_KEY))
-    partner_id, member_id = new_id("shop"), new_id()
+    partner_id, member_id = new_id("shop"), await new_member()
     await registry.create_partner(PartnerInput(partner_id, "Test shop"), "staff:tests")
     rules = Rulebook(ledger)
     await rules.create_earn_rule(partner_id, EarnRuleInput(FROM, "EUR", Decimal(1)), "staff:tests")
@@ -450,10 +450,11 @@ async def test_stored_responses_are_purged_after_the_retention(client, shop, eng
 
 
 async def test_points_wait_in_pending_for_the_partners_return_window(
-    client, engine, ledger, new_id
+    client, engine, ledger, new_id, new_member
 ):
     registry = Registry(engine, SecretBox(SECRET_KEY))
-    partner_id, member_id, number = new_id("shop"), new_id(), str(uuid.uuid4().int)[:16]
+    partner_id, member_id = new_id("shop"), await new_member()
+    number = str(uuid.uuid4().int)[:16]
     await registry.create_partner(
         PartnerInput(partner_id, "Online shop", return_window_days=14), "staff:tests"
     )

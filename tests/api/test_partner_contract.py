@@ -46,13 +46,13 @@ def card_number() -> str:
 
 
 @pytest.fixture
-def open_shop(client, token, engine, ledger, new_id):
+def open_shop(client, token, engine, ledger, new_id, new_member):
     """A partner registered through the admin API with the contract terms
     given, earning 1 point (and 1 QP) per EUR, redeeming 100 points per EUR,
-    with a key and a member holding a card."""
+    with a key and an enrolled member holding a card."""
 
     async def make(earn_rule=None, **terms) -> Shop:
-        partner_id, member_id = new_id("shop"), new_id()
+        partner_id, member_id = new_id("shop"), await new_member()
         created = await client.post(
             "/v1/admin/partners",
             headers=token(),

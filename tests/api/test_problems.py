@@ -19,6 +19,11 @@ async def _adjust(client, headers, body=None, content=None):
     )
 
 
+@pytest.fixture
+async def member(new_member) -> str:
+    return await new_member()
+
+
 @pytest.mark.parametrize(
     ("content", "status", "problem"),
     [
@@ -39,23 +44,25 @@ async def _adjust(client, headers, body=None, content=None):
     ],
 )
 async def test_bad_bodies_get_problems_and_post_nothing(
-    client, token, ledger, content, status, problem
+    client, token, ledger, member, content, status, problem
 ):
+    # An enrolled member: the body alone is what is wrong.
+    content = content.replace(b'"m1"', b'"' + member.encode() + b'"')
     response = await _adjust(client, token(), content=content)
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(PROBLEM)
     body = response.json()
     assert body["type"] == f"/problems/{problem}"
     assert body["status"] == status and body["title"] and body["detail"]
-    assert (await ledger.balances("m1")).available == 0
+    assert (await ledger.balances(member)).available == 0
 
 
-async def test_unknown_entry_and_account(client, token):
+async def test_unknown_entry_and_account(client, token, member):
     missing = await client.get("/v1/staff/entries/987654321", headers=token())
     assert (missing.status_code, missing.json()["type"]) == (404, "/problems/entry-not-found")
     bad = await client.get("/v1/staff/accounts/bank:x:y/balance", headers=token())
     assert (bad.status_code, bad.json()["type"]) == (422, "/problems/invalid-account")
-    cursor = await client.get("/v1/staff/members/m1/history?cursor=zzz", headers=token())
+    cursor = await client.get(f"/v1/staff/members/{member}/history?cursor=zzz", headers=token())
     assert (cursor.status_code, cursor.json()["type"]) == (400, "/problems/invalid-cursor")
     route = await client.get("/v1/nowhere")
     assert (route.status_code, route.json()["type"]) == (404, "/problems/not-found")

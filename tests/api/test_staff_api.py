@@ -3,8 +3,10 @@
 from ledger.commands import Earn
 
 
-async def test_adjustment_then_balance_entry_and_history(client, token, ledger, new_id):
-    member = new_id()
+async def test_adjustment_then_balance_entry_and_history(
+    client, token, ledger, new_member, new_partner
+):
+    member = await new_member()
     response = await client.post(
         "/v1/staff/adjustments",
         headers=token(),
@@ -27,7 +29,7 @@ async def test_adjustment_then_balance_entry_and_history(client, token, ledger, 
     assert entry["posted_by"] == "staff:alice" and entry["reason"] == "welcome bonus"
     assert sorted(p["amount"] for p in entry["postings"]) == [-40, 40]
 
-    await ledger.earn(Earn.simple(member, new_id("p"), "r-1", 10))
+    await ledger.earn(Earn.simple(member, await new_partner(), "r-1", 10))
     history = (
         await client.get(f"/v1/staff/members/{member}/history?limit=1", headers=token())
     ).json()
@@ -41,8 +43,8 @@ async def test_adjustment_then_balance_entry_and_history(client, token, ledger, 
     assert [e["kind"] for e in rest["entries"]] == ["adjust"] and rest["next_cursor"] is None
 
 
-async def test_idempotent_adjustment_over_http(client, token, new_id):
-    member = new_id()
+async def test_idempotent_adjustment_over_http(client, token, new_member):
+    member = await new_member()
     headers = {**token(), "Idempotency-Key": "adj-1"}
     body = {"member_id": member, "amount": 5, "reason": "goodwill"}
     first = await client.post("/v1/staff/adjustments", headers=headers, json=body)
@@ -56,9 +58,9 @@ async def test_idempotent_adjustment_over_http(client, token, new_id):
     assert changed.json()["type"] == "/problems/idempotency-key-reused"
 
 
-async def test_finance_reads_but_cannot_adjust(client, token, new_id):
+async def test_finance_reads_but_cannot_adjust(client, token, new_member):
     finance = token("fiona", roles=("finance",))
-    member = new_id()
+    member = await new_member()
     assert (
         await client.get(f"/v1/staff/members/{member}/balances", headers=finance)
     ).status_code == 200
@@ -71,8 +73,8 @@ async def test_finance_reads_but_cannot_adjust(client, token, new_id):
     assert response.json()["type"] == "/problems/missing-role"
 
 
-async def test_staff_reversal(client, token, ledger, new_id):
-    member, partner = new_id(), new_id("p")
+async def test_staff_reversal(client, token, ledger, new_member, new_partner):
+    member, partner = await new_member(), await new_partner()
     earned = await ledger.earn(Earn.simple(member, partner, "r-1", 90))
     response = await client.post(
         "/v1/staff/reversals",

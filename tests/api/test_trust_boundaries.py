@@ -66,8 +66,8 @@ def problem_type(response) -> str:
     return response.json()["type"].removeprefix("/problems/")
 
 
-async def test_member_and_staff_tokens_do_not_cross(client, token, new_id):
-    member = token(new_id(), roles=("member",))
+async def test_member_and_staff_tokens_do_not_cross(client, token, new_member):
+    member = token(await new_member(), roles=("member",))
     assert (await client.get("/v1/me/balance", headers=member)).status_code == 200
     for response in (
         await client.get(STAFF_ROUTE, headers=member),
@@ -89,8 +89,8 @@ async def test_member_and_staff_tokens_do_not_cross(client, token, new_id):
     assert (no_role.status_code, problem_type(no_role)) == (403, "missing-role")
 
 
-async def test_the_token_command_mints_either_kind(client, new_id):
-    member_id = new_id()
+async def test_the_token_command_mints_either_kind(client, new_member):
+    member_id = await new_member()
     minted = cli("token", "--sub", member_id, "--role", "member")
     assert minted.exit_code == 0, minted.output
     member = {"Authorization": f"Bearer {minted.output.strip()}"}
@@ -218,10 +218,11 @@ async def test_the_idempotency_key_is_under_the_signature(client, shop, ledger):
 
 
 async def test_a_transfer_does_not_tell_an_unknown_card_from_a_blocked_one(
-    client, token, engine, ledger, new_id
+    client, token, engine, ledger, new_member
 ):
     registry = Registry(engine, SecretBox(SECRET_KEY))
-    sender, other, blocked_card = new_id(), new_id(), str(uuid.uuid4().int)[:16]
+    sender, other = await new_member(), await new_member()
+    blocked_card = str(uuid.uuid4().int)[:16]
     await registry.issue_card(other, blocked_card, "staff:tests")
     await registry.block_card(other, blocked_card, "staff:tests")
     await ledger.adjust(Adjust(sender, 1000, "start"), "staff:tests")
@@ -238,9 +239,10 @@ async def test_a_transfer_does_not_tell_an_unknown_card_from_a_blocked_one(
     assert (await ledger.balances(sender)).available == 1000
 
 
-async def test_member_routes_are_rate_limited_per_member(api_settings, token, new_id):
+async def test_member_routes_are_rate_limited_per_member(api_settings, token, new_member):
     limited = dataclasses.replace(api_settings, member_rate_limit=3)
-    busy, other = token(new_id(), roles=("member",)), token(new_id(), roles=("member",))
+    busy = token(await new_member(), roles=("member",))
+    other = token(await new_member(), roles=("member",))
     async with AsyncTestClient(create_app(limited)) as client:
         responses = [await client.get("/v1/me/balance", headers=busy) for _ in range(8)]
         neighbour = await client.get("/v1/me/balance", headers=other)

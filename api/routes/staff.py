@@ -16,6 +16,7 @@ from ledger.commands import Adjust, Reverse
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from ledger.views import AccountBalance, EntryView, HistoryPage, MemberBalances, Receipt
+from members.registry import Members
 from partners.programme import Programme
 
 
@@ -34,6 +35,7 @@ class ReversalRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 Ledger = NamedDependency[LedgerService]
 Staff = NamedDependency[Principal]
+Registry = NamedDependency[Members]  # reads of an id no member has: 404 member-not-found
 
 
 def _key(principal: Principal, key: str | None) -> IdempotencyKey | None:
@@ -54,8 +56,10 @@ async def get_entry(entry_id: RowId, ledger: Ledger) -> EntryView:
 async def member_balances(
     member_id: PathText,
     ledger: Ledger,
+    members: Registry,
     expiring_within_days: Annotated[int, QueryParameter(ge=1, le=3660)] = 90,
 ) -> MemberBalances:
+    await members.member(member_id)
     return await ledger.member_balances(member_id, expiring_within_days)
 
 
@@ -63,15 +67,20 @@ async def member_balances(
 async def member_history(
     member_id: PathText,
     ledger: Ledger,
+    members: Registry,
     limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     cursor: FromQuery[str | None] = None,
     kind: FromQuery[list[str] | None] = None,
 ) -> HistoryPage:
+    await members.member(member_id)
     return await ledger.history(member_id, limit=limit, cursor=cursor, kinds=tuple(kind or ()))
 
 
 @get("/members/{member_id:str}/tier", summary="A member's tier, progress and tier history")
-async def member_tier(member_id: PathText, programme: NamedDependency[Programme]) -> dict:
+async def member_tier(
+    member_id: PathText, programme: NamedDependency[Programme], members: Registry
+) -> dict:
+    await members.member(member_id)
     return {
         "progress": await programme.tier_progress(member_id),
         "history": await programme.tier_history(member_id),

@@ -102,8 +102,9 @@ async def test_writes_naming_unknown_parties_are_refused_and_write_nothing(
         json={"member_id": ghost, "amount": 500, "reason": "typo"},
     )
     assert (adjusted.status_code, problem_type(adjusted)) == (404, "member-not-found")
-    balances = (await client.get(f"/v1/staff/members/{ghost}/balances", headers=admin)).json()
-    assert balances["balances"]["available"] == 0
+    for read in ("balances", "history", "tier"):
+        answer = await client.get(f"/v1/staff/members/{ghost}/{read}", headers=admin)
+        assert (answer.status_code, problem_type(answer)) == (404, "member-not-found")
     card = await client.post(
         f"/v1/admin/members/{ghost}/cards",
         headers=admin,

@@ -32,7 +32,7 @@ from tests.api.conftest import MEMBER_SECRET, SECRET, SECRET_KEY
 
 shop = test_partner_api.shop  # the fixture: a partner with rules, a key and a card
 earn_body = test_partner_api.earn_body
-STAFF_ROUTE = "/v1/staff/members/someone/balances"
+STAFF_ROUTE = "/v1/staff/accounts/program:expired/balance"
 
 
 def bearer(secret: str, kind: str = "staff", **claims) -> dict[str, str]:

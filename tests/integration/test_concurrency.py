@@ -10,8 +10,10 @@ from ledger.errors import InsufficientPoints, RequestInFlight
 from ledger.idempotency import IdempotencyKey
 
 
-async def test_fifty_concurrent_burns_of_one_point_on_ten_points(ledger, new_id, assert_clean):
-    member, partner = new_id(), new_id("p")
+async def test_fifty_concurrent_burns_of_one_point_on_ten_points(
+    ledger, new_member, new_partner, assert_clean
+):
+    member, partner = await new_member(), await new_partner()
     await ledger.earn(Earn.simple(member, partner, "r1", 10))
 
     async def burn(i: int):
@@ -29,10 +31,10 @@ async def test_fifty_concurrent_burns_of_one_point_on_ten_points(ledger, new_id,
 
 
 async def test_concurrent_accruals_from_one_partner_spread_over_slots(
-    ledger, new_id, engine, assert_clean
+    ledger, new_member, new_partner, engine, assert_clean
 ):
-    partner = new_id("p")
-    members = [new_id() for _ in range(40)]
+    partner = await new_partner()
+    members = [await new_member() for _ in range(40)]
     await asyncio.gather(*(ledger.earn(Earn.simple(m, partner, f"r-{m}", 7, 1)) for m in members))
     async with engine.connect() as conn:
         slots = (
@@ -48,8 +50,8 @@ async def test_concurrent_accruals_from_one_partner_spread_over_slots(
     await assert_clean()
 
 
-async def test_crossing_transfers_do_not_deadlock(ledger, new_id, assert_clean):
-    a, b, partner = new_id(), new_id(), new_id("p")
+async def test_crossing_transfers_do_not_deadlock(ledger, new_member, new_partner, assert_clean):
+    a, b, partner = await new_member(), await new_member(), await new_partner()
     await ledger.earn(Earn.simple(a, partner, "ra", 100))
     await ledger.earn(Earn.simple(b, partner, "rb", 100))
     moves = [Transfer(a, b, 1) if i % 2 else Transfer(b, a, 1) for i in range(40)]
@@ -58,8 +60,8 @@ async def test_crossing_transfers_do_not_deadlock(ledger, new_id, assert_clean):
     await assert_clean()
 
 
-async def test_the_same_idempotency_key_racing_posts_once(ledger, new_id, engine):
-    member, partner = new_id(), new_id("p")
+async def test_the_same_idempotency_key_racing_posts_once(ledger, new_member, new_partner, engine):
+    member, partner = await new_member(), await new_partner()
     key = IdempotencyKey(f"partner:{partner}", "race")
     outcomes = await asyncio.gather(
         *(ledger.earn(Earn.simple(member, partner, "r1", 25), key) for _ in range(10)),

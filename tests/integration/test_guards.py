@@ -18,8 +18,8 @@ from ledger.errors import InvalidAccount, InvalidAmount, LockOrderError
 from ledger.journal import EntryDraft, NewLot, Posting
 
 
-async def test_posting_points_to_a_members_qp_account_is_refused(ledger, new_id):
-    member = new_id()
+async def test_posting_points_to_a_members_qp_account_is_refused(ledger, new_member):
+    member = await new_member()
     with pytest.raises(InvalidAccount, match="holds QP only"):
         await ledger.post_entry(
             PostEntry(
@@ -34,8 +34,8 @@ async def test_posting_points_to_a_members_qp_account_is_refused(ledger, new_id)
     assert (await ledger.balances(member)).qp == 0
 
 
-async def test_the_database_refuses_a_member_account_with_the_other_asset(engine, new_id):
-    member = new_id()
+async def test_the_database_refuses_a_member_account_with_the_other_asset(engine, new_member):
+    member = await new_member()
     async with engine.connect() as conn:
         with pytest.raises(IntegrityError, match="balances_member_asset"):
             await conn.execute(
@@ -47,8 +47,10 @@ async def test_the_database_refuses_a_member_account_with_the_other_asset(engine
             )
 
 
-async def test_held_and_pending_never_go_below_zero_in_the_database(ledger, engine, new_id):
-    member, partner = new_id(), new_id("p")
+async def test_held_and_pending_never_go_below_zero_in_the_database(
+    ledger, engine, new_member, new_partner
+):
+    member, partner = await new_member(), await new_partner()
     await ledger.earn(Earn.simple(member, partner, "r1", 50))
     for account in ("held", "pending"):
         async with engine.connect() as conn:
@@ -63,8 +65,8 @@ async def test_held_and_pending_never_go_below_zero_in_the_database(ledger, engi
                 )
 
 
-async def test_a_posting_on_available_without_its_lots_is_refused(ledger, engine, new_id):
-    member = new_id()
+async def test_a_posting_on_available_without_its_lots_is_refused(ledger, engine, new_member):
+    member = await new_member()
     draft = EntryDraft(
         kind="adjust",
         postings=[
@@ -81,8 +83,10 @@ async def test_a_posting_on_available_without_its_lots_is_refused(ledger, engine
     assert (await ledger.balances(member)).available == 0
 
 
-async def test_the_database_refuses_available_points_that_are_not_in_lots(engine, new_id, ledger):
-    member, partner = new_id(), new_id("p")
+async def test_the_database_refuses_available_points_that_are_not_in_lots(
+    engine, new_member, new_partner, ledger
+):
+    member, partner = await new_member(), await new_partner()
     await ledger.earn(Earn.simple(member, partner, "r1", 40))
     async with engine.connect() as conn:
         with pytest.raises(IntegrityError, match="available points but 40 in lots"):
@@ -94,8 +98,8 @@ async def test_the_database_refuses_available_points_that_are_not_in_lots(engine
     assert (await ledger.balances(member)).available == 40
 
 
-async def test_a_transaction_takes_its_members_once(ledger, new_id):
-    first, second = new_id(), new_id()
+async def test_a_transaction_takes_its_members_once(ledger, new_member, new_partner):
+    first, second, partner = await new_member(), await new_member(), await new_partner()
 
     async def two_steps(conn):
         await ledger.journal.lock_members(conn, [first])
@@ -114,10 +118,10 @@ async def test_a_transaction_takes_its_members_once(ledger, new_id):
                 kind="earn",
                 postings=[
                     Posting(f"member:{second}:available", "PTS", 5),
-                    Posting("partner:p-guard:issued", "PTS", -5),
+                    Posting(f"partner:{partner}:issued", "PTS", -5),
                 ],
                 effective_at=now,
-                posted_by="partner:p-guard",
+                posted_by=f"partner:{partner}",
                 member_id=second,
                 lot_effects={second: NewLot("earn", now)},
             ),
@@ -129,11 +133,13 @@ async def test_a_transaction_takes_its_members_once(ledger, new_id):
     assert (await ledger.balances(second)).available == 0
 
 
-async def test_a_deadlocked_transaction_runs_again_instead_of_failing(ledger, engine, new_id):
+async def test_a_deadlocked_transaction_runs_again_instead_of_failing(
+    ledger, engine, new_member, new_partner
+):
     """Two transactions that lock two members' rows in opposite orders (what
     the lock order forbids, forced here with raw SQL): PostgreSQL breaks the
     deadlock by failing one; the service runs that one again and both commit."""
-    a, b, partner = new_id(), new_id(), new_id("p")
+    a, b, partner = await new_member(), await new_member(), await new_partner()
     await ledger.earn(Earn.simple(a, partner, "ra", 10))
     await ledger.earn(Earn.simple(b, partner, "rb", 10))
     both_hold_one = asyncio.Barrier(2)
@@ -159,10 +165,12 @@ async def test_a_deadlocked_transaction_runs_again_instead_of_failing(ledger, en
     assert ledger.retries["40P01"] == before + 1
 
 
-async def test_contention_that_outlives_the_retries_reaches_the_caller(ledger, engine, new_id):
+async def test_contention_that_outlives_the_retries_reaches_the_caller(
+    ledger, engine, new_member, new_partner
+):
     """A row held longer than lock_timeout through every attempt: the caller
     gets the lock-timeout error (the API answers it with a 503)."""
-    member, partner = new_id(), new_id("p")
+    member, partner = await new_member(), await new_partner()
     await ledger.earn(Earn.simple(member, partner, "r1", 10))
     async with engine.connect() as holder:
         await holder.execute(

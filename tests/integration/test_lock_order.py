@@ -133,8 +133,8 @@ def figures_table():
             print(f"  {name:<{width}}  {figures}")
 
 
-async def fund(ledger: LedgerService, new_id, count: int, partner: str) -> list[str]:
-    members = [new_id() for _ in range(count)]
+async def fund(ledger: LedgerService, new_member, count: int, partner: str) -> list[str]:
+    members = [await new_member() for _ in range(count)]
     for member in members:
         await ledger.earn(Earn.simple(member, partner, f"fund-{member}", FUNDS))
     return members
@@ -150,9 +150,9 @@ async def redeemed(ledger: LedgerService, partner: str) -> int:
     return (await ledger.account_balance(f"partner:{partner}:redeemed")).balances[0].balance
 
 
-async def shop(ledger: LedgerService, new_id, qp_per_unit: Decimal = Decimal(0)) -> str:
+async def shop(ledger: LedgerService, new_partner, qp_per_unit: Decimal = Decimal(0)) -> str:
     """A partner earning 1 point (and `qp_per_unit` QP) per EUR."""
-    partner = new_id("shop")
+    partner = await new_partner("shop")
     await Rulebook(ledger).create_earn_rule(
         partner,
         EarnRuleInput(datetime(2024, 1, 1, tzinfo=UTC), "EUR", Decimal(1), qp_per_unit=qp_per_unit),
@@ -188,9 +188,11 @@ def burns(ledger: LedgerService, member: str, partner: str, count: int, amount: 
     ]
 
 
-async def test_transfers_crossing_between_two_members(engine, new_id, assert_clean):
+async def test_transfers_crossing_between_two_members(
+    engine, new_member, new_partner, assert_clean
+):
     ledger = production_ledger(engine)
-    a, b = await fund(ledger, new_id, 2, new_id("p"))
+    a, b = await fund(ledger, new_member, 2, await new_partner())
     race = Race("transfer A->B vs B->A", ledger)
     for _ in range(ROUNDS):
         await race.run(transfers(ledger, a, b, 16))
@@ -200,10 +202,10 @@ async def test_transfers_crossing_between_two_members(engine, new_id, assert_cle
     race.finish()
 
 
-async def test_burns_crossing_transfers(engine, new_id, assert_clean):
+async def test_burns_crossing_transfers(engine, new_member, new_partner, assert_clean):
     ledger = production_ledger(engine)
-    partner = new_id("p")
-    a, b = await fund(ledger, new_id, 2, partner)
+    partner = await new_partner()
+    a, b = await fund(ledger, new_member, 2, partner)
     race = Race("burn vs transfer", ledger)
     burned = 0
     for _ in range(ROUNDS):
@@ -232,10 +234,12 @@ async def hold_resolutions(engine, hold_ids: list[int]) -> dict[int, int]:
         return {r.hold_id: int(r.released) for r in rows}
 
 
-async def test_authorise_void_and_capture_on_one_members_holds(engine, new_id, assert_clean):
+async def test_authorise_void_and_capture_on_one_members_holds(
+    engine, new_member, new_partner, assert_clean
+):
     ledger = production_ledger(engine)
-    partner = new_id("p")
-    (member,) = await fund(ledger, new_id, 1, partner)
+    partner = await new_partner()
+    (member,) = await fund(ledger, new_member, 1, partner)
     race = Race("authorise vs void vs capture (full, partial)", ledger)
     captured, resolved = 0, []
 
@@ -271,11 +275,11 @@ async def test_authorise_void_and_capture_on_one_members_holds(engine, new_id, a
     assert balances.held == 100 * 6 * ROUNDS  # the holds authorised during the race
 
 
-async def test_captures_crossing_the_hold_expiry_job(engine, new_id, assert_clean):
+async def test_captures_crossing_the_hold_expiry_job(engine, new_member, new_partner, assert_clean):
     clock = Clock()
     ledger = production_ledger(engine, clock)
-    partner = new_id("p")
-    (member,) = await fund(ledger, new_id, 1, partner)
+    partner = await new_partner()
+    (member,) = await fund(ledger, new_member, 1, partner)
     race = Race("capture vs expire_holds", ledger)
     captured, short, long = 0, [], []
     for _ in range(ROUNDS):
@@ -314,11 +318,13 @@ async def test_captures_crossing_the_hold_expiry_job(engine, new_id, assert_clea
     assert balances.held == 0
 
 
-async def test_purchase_returns_crossing_burns(engine, new_id, programme_tiers, assert_clean):
+async def test_purchase_returns_crossing_burns(
+    engine, new_member, new_partner, programme_tiers, assert_clean
+):
     ledger = production_ledger(engine)
     programme = Programme(ledger, Settings().tier_period)
-    partner = await shop(ledger, new_id)
-    (member,) = await fund(ledger, new_id, 1, partner)
+    partner = await shop(ledger, new_partner)
+    (member,) = await fund(ledger, new_member, 1, partner)
     race = Race("return_purchase vs burn", ledger)
     earned = burned = returned = 0
     for _ in range(ROUNDS):
@@ -353,11 +359,11 @@ async def test_purchase_returns_crossing_burns(engine, new_id, programme_tiers, 
     race.finish()
 
 
-async def test_pending_release_job_crossing_burns(engine, new_id, assert_clean):
+async def test_pending_release_job_crossing_burns(engine, new_member, new_partner, assert_clean):
     clock = Clock()
     ledger = production_ledger(engine, clock)
-    partner = new_id("p")
-    (member,) = await fund(ledger, new_id, 1, partner)
+    partner = await new_partner()
+    (member,) = await fund(ledger, new_member, 1, partner)
     race = Race("release_pending vs burn", ledger)
     pending = burned = 0
     for _ in range(ROUNDS):
@@ -386,10 +392,10 @@ async def test_pending_release_job_crossing_burns(engine, new_id, assert_clean):
     assert balances.pending == 0
 
 
-async def test_reversals_crossing_burns(engine, new_id, assert_clean):
+async def test_reversals_crossing_burns(engine, new_member, new_partner, assert_clean):
     ledger = production_ledger(engine)
-    partner = new_id("p")
-    (member,) = await fund(ledger, new_id, 1, partner)
+    partner = await new_partner()
+    (member,) = await fund(ledger, new_member, 1, partner)
     race = Race("reverse vs burn", ledger)
     expected = FUNDS
     for _ in range(ROUNDS):
@@ -421,9 +427,9 @@ async def test_reversals_crossing_burns(engine, new_id, assert_clean):
     race.finish()
 
 
-async def test_adjustments_crossing_transfers(engine, new_id, assert_clean):
+async def test_adjustments_crossing_transfers(engine, new_member, new_partner, assert_clean):
     ledger = production_ledger(engine)
-    a, b = await fund(ledger, new_id, 2, new_id("p"))
+    a, b = await fund(ledger, new_member, 2, await new_partner())
     race = Race("adjust vs transfer", ledger)
     adjusted = 0
     for _ in range(ROUNDS):
@@ -440,10 +446,12 @@ async def test_adjustments_crossing_transfers(engine, new_id, assert_clean):
     race.finish()
 
 
-async def test_the_expiry_job_crossing_earns_and_burns(engine, new_id, assert_clean):
+async def test_the_expiry_job_crossing_earns_and_burns(
+    engine, new_member, new_partner, assert_clean
+):
     ledger = production_ledger(engine)
-    partner = new_id("p")
-    members = await fund(ledger, new_id, 4, partner)
+    partner = await new_partner()
+    members = await fund(ledger, new_member, 4, partner)
     long_ago = datetime.now(UTC) - timedelta(days=4 * 365)  # its lots expired a year ago
     race = Race("expire_points vs earn/burn", ledger)
     credited = dict.fromkeys(members, FUNDS)
@@ -504,11 +512,13 @@ async def test_the_expiry_job_crossing_earns_and_burns(engine, new_id, assert_cl
     assert still_open == 0  # no expired points left behind
 
 
-async def test_programme_earnings_crossing_transfers(engine, new_id, programme_tiers, assert_clean):
+async def test_programme_earnings_crossing_transfers(
+    engine, new_member, new_partner, programme_tiers, assert_clean
+):
     ledger = production_ledger(engine)
     programme = Programme(ledger, Settings().tier_period)
-    partner = await shop(ledger, new_id)
-    a, b = await fund(ledger, new_id, 2, partner)
+    partner = await shop(ledger, new_partner)
+    a, b = await fund(ledger, new_member, 2, partner)
     race = Race("earn_purchase vs transfer", ledger)
     earned = 0
     for _ in range(ROUNDS):
@@ -534,18 +544,18 @@ async def test_programme_earnings_crossing_transfers(engine, new_id, programme_t
 
 
 async def test_concurrent_earnings_cross_the_silver_threshold_once(
-    engine, new_id, programme_tiers, assert_clean
+    engine, new_member, new_partner, programme_tiers, assert_clean
 ):
     """Silver at 1,000 QP (x1.25): eight 200-EUR purchases of one member at
     once, 200 QP each. The fifth to book crosses the threshold; the three after
     it earn the silver bonus; the history shows one upgrade."""
     ledger = production_ledger(engine)
     programme = Programme(ledger, Settings().tier_period)
-    partner = await shop(ledger, new_id, qp_per_unit=Decimal(1))
+    partner = await shop(ledger, new_partner, qp_per_unit=Decimal(1))
     race = Race("tier crossing (8 programme earns per member)", ledger)
     rounds = []
     for _ in range(ROUNDS):
-        members = [new_id() for _ in range(4)]
+        members = [await new_member() for _ in range(4)]
         rounds.append(
             (
                 members,

@@ -39,8 +39,10 @@ from ledger.errors import (
 from ledger.idempotency import IdempotencyKey
 
 
-async def test_earn_credits_available_and_debits_the_partner(ledger, new_id, assert_clean):
-    member, partner = new_id(), new_id("p")
+async def test_earn_credits_available_and_debits_the_partner(
+    ledger, new_member, new_partner, assert_clean
+):
+    member, partner = await new_member(), await new_partner()
     receipt = await ledger.earn(Earn.simple(member, partner, "r1", 120, 12))
     assert (receipt.balances.available, receipt.balances.qp) == (120, 12)
     entry = await ledger.entry(receipt.entry_id)
@@ -55,8 +57,8 @@ async def test_earn_credits_available_and_debits_the_partner(ledger, new_id, ass
     await assert_clean()
 
 
-async def test_programme_funded_lines_debit_promotions(ledger, new_id):
-    member, partner = new_id(), new_id("p")
+async def test_programme_funded_lines_debit_promotions(ledger, new_member, new_partner):
+    member, partner = await new_member(), await new_partner()
     lines = (EarnLine(100), EarnLine(50, reason="promotion double-points", funder="program"))
     receipt = await ledger.earn(Earn(member, partner, "r1", lines))
     assert receipt.balances.available == 150
@@ -66,9 +68,9 @@ async def test_programme_funded_lines_debit_promotions(ledger, new_id):
 
 
 async def test_pending_points_are_released_after_the_return_window(
-    timed_ledger, clock, new_id, assert_clean
+    timed_ledger, clock, new_member, new_partner, assert_clean
 ):
-    member, partner = new_id(), new_id("p")
+    member, partner = await new_member(), await new_partner()
     receipt = await timed_ledger.earn(
         Earn.simple(member, partner, "r1", 80, release_at=clock.now + timedelta(days=14))
     )
@@ -81,8 +83,8 @@ async def test_pending_points_are_released_after_the_return_window(
     await assert_clean()
 
 
-async def test_burn_cannot_overdraw(ledger, new_id):
-    member, partner = new_id(), new_id("p")
+async def test_burn_cannot_overdraw(ledger, new_member, new_partner):
+    member, partner = await new_member(), await new_partner()
     await ledger.earn(Earn.simple(member, partner, "r1", 10))
     with pytest.raises(InsufficientPoints) as error:
         await ledger.burn(Burn(member, partner, "b1", 11))
@@ -91,8 +93,10 @@ async def test_burn_cannot_overdraw(ledger, new_id):
     assert receipt.balances.available == 0
 
 
-async def test_hold_capture_partially_returns_the_rest(ledger, new_id, assert_clean):
-    member, partner = new_id(), new_id("p")
+async def test_hold_capture_partially_returns_the_rest(
+    ledger, new_member, new_partner, assert_clean
+):
+    member, partner = await new_member(), await new_partner()
     await ledger.earn(Earn.simple(member, partner, "r1", 100))
     hold = await ledger.authorise(Authorise(member, partner, 60))
     assert (hold.balances.available, hold.balances.held) == (40, 60)
@@ -108,20 +112,20 @@ async def test_hold_capture_partially_returns_the_rest(ledger, new_id, assert_cl
     await assert_clean()
 
 
-async def test_capture_checks(ledger, new_id):
-    member, partner = new_id(), new_id("p")
+async def test_capture_checks(ledger, new_member, new_partner):
+    member, partner = await new_member(), await new_partner()
     await ledger.earn(Earn.simple(member, partner, "r1", 100))
     hold = await ledger.authorise(Authorise(member, partner, 30))
     with pytest.raises(CaptureExceedsHold):
         await ledger.capture(Capture(hold.hold.hold_id, partner, 31))
     with pytest.raises(HoldNotFound):  # another partner cannot see it
-        await ledger.capture(Capture(hold.hold.hold_id, new_id("p"), 10))
+        await ledger.capture(Capture(hold.hold.hold_id, await new_partner(), 10))
     voided = await ledger.void(Void(hold.hold.hold_id, partner))
     assert (voided.balances.available, voided.balances.held) == (100, 0)
 
 
-async def test_holds_expire(timed_ledger, clock, new_id, assert_clean):
-    member, partner = new_id(), new_id("p")
+async def test_holds_expire(timed_ledger, clock, new_member, new_partner, assert_clean):
+    member, partner = await new_member(), await new_partner()
     await timed_ledger.earn(Earn.simple(member, partner, "r1", 100))
     hold = await timed_ledger.authorise(Authorise(member, partner, 70, expires_in_seconds=60))
     clock.advance(seconds=61)
@@ -134,8 +138,10 @@ async def test_holds_expire(timed_ledger, clock, new_id, assert_clean):
     await assert_clean()
 
 
-async def test_transfer_moves_points_with_fresh_validity(timed_ledger, clock, new_id, engine):
-    sender, receiver, partner = new_id(), new_id(), new_id("p")
+async def test_transfer_moves_points_with_fresh_validity(
+    timed_ledger, clock, new_member, new_partner, engine
+):
+    sender, receiver, partner = await new_member(), await new_member(), await new_partner()
     await timed_ledger.earn(Earn.simple(sender, partner, "r1", 100))
     clock.advance(days=400)
     receipt = await timed_ledger.transfer(Transfer(sender, receiver, 60))
@@ -156,8 +162,8 @@ async def test_transfer_moves_points_with_fresh_validity(timed_ledger, clock, ne
         await timed_ledger.transfer(Transfer(sender, receiver, 41))
 
 
-async def test_adjustment_needs_a_reason_and_cannot_overdraw(ledger, new_id):
-    member = new_id()
+async def test_adjustment_needs_a_reason_and_cannot_overdraw(ledger, new_member):
+    member = await new_member()
     with pytest.raises(ReasonRequired):
         Adjust(member, 10, "  ")
     receipt = await ledger.adjust(Adjust(member, 25, "goodwill: late delivery"), "staff:alice")
@@ -172,8 +178,8 @@ async def test_adjustment_needs_a_reason_and_cannot_overdraw(ledger, new_id):
         await ledger.adjust(Adjust(member, -26, "correction"), "staff:alice")
 
 
-async def test_generic_entries_stay_off_member_points_accounts(ledger, new_id):
-    partner = new_id("p")
+async def test_generic_entries_stay_off_member_points_accounts(ledger, new_member, new_partner):
+    member, partner = await new_member(), await new_partner()
     receipt = await ledger.post_entry(
         PostEntry(
             (
@@ -189,7 +195,7 @@ async def test_generic_entries_stay_off_member_points_accounts(ledger, new_id):
         await ledger.post_entry(
             PostEntry(
                 (
-                    PostingInput("member:m1:available", "PTS", 5),
+                    PostingInput(f"member:{member}:available", "PTS", 5),
                     PostingInput("program:adjustments", "PTS", -5),
                 ),
                 "sneaky",
@@ -218,8 +224,8 @@ async def test_amounts_are_positive_integers():
         Burn("m1", "p1", "b", True)  # bool is no amount
 
 
-async def test_partner_reference_is_unique_per_partner_forever(ledger, new_id):
-    member, partner, other = new_id(), new_id("p"), new_id("p")
+async def test_partner_reference_is_unique_per_partner_forever(ledger, new_member, new_partner):
+    member, partner, other = await new_member(), await new_partner(), await new_partner()
     await ledger.earn(Earn.simple(member, partner, "R-1", 10))
     with pytest.raises(DuplicatePartnerReference):
         await ledger.earn(Earn.simple(member, partner, "R-1", 10))
@@ -227,8 +233,10 @@ async def test_partner_reference_is_unique_per_partner_forever(ledger, new_id):
     assert (await ledger.balances(member)).available == 20
 
 
-async def test_idempotent_retry_returns_the_first_result_and_posts_once(ledger, new_id, engine):
-    member, partner = new_id(), new_id("p")
+async def test_idempotent_retry_returns_the_first_result_and_posts_once(
+    ledger, new_member, new_partner, engine
+):
+    member, partner = await new_member(), await new_partner()
     key = IdempotencyKey(f"partner:{partner}", "k-1")
     first = await ledger.earn(Earn.simple(member, partner, "r1", 10), key)
     again = await ledger.earn(Earn.simple(member, partner, "r1", 10), key)
@@ -241,8 +249,10 @@ async def test_idempotent_retry_returns_the_first_result_and_posts_once(ledger, 
     assert other.balances.available == 9
 
 
-async def test_reversal_of_an_earning_within_pending(timed_ledger, clock, new_id, assert_clean):
-    member, partner = new_id(), new_id("p")
+async def test_reversal_of_an_earning_within_pending(
+    timed_ledger, clock, new_member, new_partner, assert_clean
+):
+    member, partner = await new_member(), await new_partner()
     earned = await timed_ledger.earn(
         Earn.simple(member, partner, "r1", 100, 10, release_at=clock.now + timedelta(days=30))
     )
@@ -260,9 +270,9 @@ async def test_reversal_of_an_earning_within_pending(timed_ledger, clock, new_id
 
 
 async def test_reversed_burn_restores_lots_with_their_original_expiry(
-    timed_ledger, clock, new_id, engine, assert_clean
+    timed_ledger, clock, new_member, new_partner, engine, assert_clean
 ):
-    member, partner = new_id(), new_id("p")
+    member, partner = await new_member(), await new_partner()
     await timed_ledger.earn(Earn.simple(member, partner, "r1", 50))
     clock.advance(days=100)
     await timed_ledger.earn(Earn.simple(member, partner, "r2", 50))
@@ -286,9 +296,9 @@ async def test_reversed_burn_restores_lots_with_their_original_expiry(
 
 
 async def test_refunded_points_past_their_expiry_are_expired_by_the_next_run(
-    timed_ledger, clock, new_id, assert_clean
+    timed_ledger, clock, new_member, new_partner, assert_clean
 ):
-    member, partner = new_id(), new_id("p")
+    member, partner = await new_member(), await new_partner()
     await timed_ledger.earn(Earn.simple(member, partner, "r1", 50))
     burned = await timed_ledger.burn(Burn(member, partner, "b1", 50))
     clock.advance(days=365 * 4)
@@ -305,8 +315,10 @@ async def test_refunded_points_past_their_expiry_are_expired_by_the_next_run(
     await assert_clean()
 
 
-async def test_reversing_a_capture_returns_points_to_available(ledger, new_id, assert_clean):
-    member, partner = new_id(), new_id("p")
+async def test_reversing_a_capture_returns_points_to_available(
+    ledger, new_member, new_partner, assert_clean
+):
+    member, partner = await new_member(), await new_partner()
     await ledger.earn(Earn.simple(member, partner, "r1", 100))
     hold = await ledger.authorise(Authorise(member, partner, 80))
     captured = await ledger.capture(Capture(hold.hold.hold_id, partner, 50))
@@ -319,8 +331,10 @@ async def test_reversing_a_capture_returns_points_to_available(ledger, new_id, a
     await assert_clean()
 
 
-async def test_expired_lots_move_to_breakage(timed_ledger, clock, new_id, assert_clean):
-    member, partner = new_id(), new_id("p")
+async def test_expired_lots_move_to_breakage(
+    timed_ledger, clock, new_member, new_partner, assert_clean
+):
+    member, partner = await new_member(), await new_partner()
     await timed_ledger.earn(Earn.simple(member, partner, "r1", 70))
     clock.advance(days=200)
     await timed_ledger.earn(Earn.simple(member, partner, "r2", 30))
@@ -337,8 +351,8 @@ async def test_expired_lots_move_to_breakage(timed_ledger, clock, new_id, assert
     await assert_clean()
 
 
-async def test_history_is_newest_first_with_a_stable_cursor(ledger, new_id):
-    member, partner = new_id(), new_id("p")
+async def test_history_is_newest_first_with_a_stable_cursor(ledger, new_member, new_partner):
+    member, partner = await new_member(), await new_partner()
     ids = [
         (await ledger.earn(Earn.simple(member, partner, f"r{i}", 10 + i))).entry_id
         for i in range(5)
@@ -354,8 +368,10 @@ async def test_history_is_newest_first_with_a_stable_cursor(ledger, new_id):
     assert burns.entries == ()
 
 
-async def test_database_refuses_unbalanced_entries_and_edits(engine, ledger, new_id):
-    receipt = await ledger.earn(Earn.simple(new_id(), new_id("p"), "r1", 10))
+async def test_database_refuses_unbalanced_entries_and_edits(
+    engine, ledger, new_member, new_partner
+):
+    receipt = await ledger.earn(Earn.simple(await new_member(), await new_partner(), "r1", 10))
     async with engine.connect() as conn:
         entry_id = (
             await conn.execute(

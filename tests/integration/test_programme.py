@@ -48,8 +48,13 @@ def buy(partner, *lines, at=None, currency="EUR") -> Purchase:
     )
 
 
-async def retailer(rules, new_id, **overrides) -> str:
-    partner = new_id("shop")
+async def retailer(rules, new_partner, **overrides) -> str:
+    partner = await new_partner("shop")
+    await retail_rule(rules, partner, **overrides)
+    return partner
+
+
+async def retail_rule(rules, partner, **overrides) -> None:
     rule = dict(
         category_multipliers={"electronics": Decimal(2)},
         excluded_categories=["vouchers"],
@@ -57,13 +62,12 @@ async def retailer(rules, new_id, **overrides) -> str:
     )
     rule.update(overrides)
     await rules.create_earn_rule(partner, EarnRuleInput(FROM, "EUR", Decimal("0.5"), **rule), ADMIN)
-    return partner
 
 
 async def test_an_earning_posts_every_line_to_its_funder(
-    rules, programme, ledger, new_id, assert_clean
+    rules, programme, ledger, new_member, new_partner, new_id, assert_clean
 ):
-    partner, member = await retailer(rules, new_id), new_id()
+    partner, member = await retailer(rules, new_partner), await new_member()
     code = new_id("PROMO").upper()
     now = datetime.now(UTC)
     await rules.create_promotion(
@@ -104,13 +108,19 @@ async def test_an_earning_posts_every_line_to_its_funder(
     await assert_clean()
 
 
-async def test_the_rule_in_force_at_the_purchase_time_applies(rules, programme, new_id):
-    partner, member = new_id("shop"), new_id()
+async def test_the_rule_in_force_at_the_purchase_time_applies(
+    rules, timed_ledger, clock, programme_tiers, new_member, new_partner
+):
+    # A registered partner's contract takes purchases reported at most 30 days
+    # late: the ledger's clock receives each one shortly after it was made.
+    programme = Programme(timed_ledger)
+    partner, member = await new_partner("shop"), await new_member()
     switch = datetime(2026, 7, 1, tzinfo=UTC)
     await rules.create_earn_rule(
         partner, EarnRuleInput(FROM, "EUR", Decimal(1), valid_to=switch), ADMIN
     )
     await rules.create_earn_rule(partner, EarnRuleInput(switch, "EUR", Decimal(3)), ADMIN)
+    clock.now = switch
     before = await programme.earn_purchase(
         member, buy(partner, (1000, "groceries"), at=switch - timedelta(seconds=1)), "R-1"
     )
@@ -119,23 +129,27 @@ async def test_the_rule_in_force_at_the_purchase_time_applies(rules, programme, 
     )
     assert (before.earning.points, before.earning.rule_version) == (10, 1)
     assert (after.earning.points, after.earning.rule_version) == (30, 2)
+    clock.now = FROM
     with pytest.raises(NoRuleInForce):
         await programme.quote(member, buy(partner, (1000, "groceries"), at=FROM - timedelta(1)))
     await rules.retire_rule("earn_rules", partner, 2, ADMIN)
+    clock.now = switch
     with pytest.raises(NoRuleInForce):
         await programme.quote(member, buy(partner, (1000, "groceries"), at=switch))
 
 
-async def test_bad_purchases_are_refused(rules, programme, new_id):
-    partner, member = await retailer(rules, new_id), new_id()
+async def test_bad_purchases_are_refused(rules, programme, new_member, new_partner):
+    partner, member = await retailer(rules, new_partner), await new_member()
     with pytest.raises(CurrencyMismatch):
         await programme.quote(member, buy(partner, (1000, "groceries"), currency="USD"))
     with pytest.raises(UnknownCategory):
         await programme.quote(member, buy(partner, (1000, "spaceships")))
 
 
-async def test_a_quote_matches_the_earning_and_uses_no_budget(rules, programme, engine, new_id):
-    partner, member = await retailer(rules, new_id), new_id()
+async def test_a_quote_matches_the_earning_and_uses_no_budget(
+    rules, programme, engine, new_member, new_partner, new_id
+):
+    partner, member = await retailer(rules, new_partner), await new_member()
     code, now = new_id("Q").upper(), datetime.now(UTC)
     await rules.create_promotion(
         PromotionInput(
@@ -170,8 +184,10 @@ async def test_a_quote_matches_the_earning_and_uses_no_budget(rules, programme, 
     assert used == 25
 
 
-async def test_coupons_are_activated_before_use_and_used_once(rules, programme, new_id):
-    partner, member = await retailer(rules, new_id), new_id()
+async def test_coupons_are_activated_before_use_and_used_once(
+    rules, programme, new_member, new_partner, new_id
+):
+    partner, member = await retailer(rules, new_partner), await new_member()
     code, now = new_id("C").upper(), datetime.now(UTC)
     await rules.create_coupon(
         CouponInput(
@@ -195,22 +211,22 @@ async def test_coupons_are_activated_before_use_and_used_once(rules, programme, 
     with pytest.raises(CouponNotUsable, match="already used"):
         await programme.earn_purchase(member, purchase, "R-3", (code,))
     with pytest.raises(CouponNotFound):
-        await programme.activate_coupon(new_id(), code)
+        await programme.activate_coupon(await new_member(), code)
     assert [c.status for c in await programme.coupons(member)] == ["used"]
 
 
-async def test_cap_per_member_and_period(rules, programme, new_id):
-    partner = await retailer(rules, new_id, cap_per_period=100, cap_period="month")
-    member = new_id()
+async def test_cap_per_member_and_period(rules, programme, new_member, new_partner):
+    partner = await retailer(rules, new_partner, cap_per_period=100, cap_period="month")
+    member = await new_member()
     first = await programme.earn_purchase(member, buy(partner, (16000, "groceries")), "R-1")
     second = await programme.earn_purchase(member, buy(partner, (16000, "groceries")), "R-2")
     assert first.earning.points == 80
     assert second.earning.points == 20  # only 20 left of the month's 100
 
 
-async def test_the_period_cap_counts_net_of_returns(rules, programme, new_id):
-    partner = await retailer(rules, new_id, cap_per_period=100, cap_period="month")
-    member = new_id()
+async def test_the_period_cap_counts_net_of_returns(rules, programme, new_member, new_partner):
+    partner = await retailer(rules, new_partner, cap_per_period=100, cap_period="month")
+    member = await new_member()
     first = await programme.earn_purchase(member, buy(partner, (16000, "groceries")), "R-1")
     assert first.earning.points == 80
     await programme.return_purchase(partner, "R-1", "R-1-back", 16000)
@@ -223,13 +239,16 @@ async def test_the_period_cap_counts_net_of_returns(rules, programme, new_id):
     assert third.earning.points == 60  # 100 less the 40 R-2 kept
 
 
-async def test_a_registered_partners_contract_bounds_earnings(rules, programme, engine, new_id):
-    partner = await retailer(rules, new_id)
+async def test_a_registered_partners_contract_bounds_earnings(
+    rules, programme, engine, new_id, new_member
+):
+    partner = new_id("shop")
     await Registry(engine, SecretBox(Fernet.generate_key())).create_partner(
         PartnerInput(partner, "Late shop", return_window_days=7, late_submission_days=1),
         ADMIN,
     )
-    member, now = new_id(), datetime.now(UTC)
+    await retail_rule(rules, partner)
+    member, now = await new_member(), datetime.now(UTC)
     old = buy(partner, (1000, "groceries"), at=now - timedelta(days=2))
     with pytest.raises(PurchaseTimeOutsideWindow):
         await programme.quote(member, old)
@@ -248,9 +267,9 @@ async def test_a_registered_partners_contract_bounds_earnings(rules, programme, 
 
 
 async def test_two_purchases_racing_for_the_last_budget_never_pay_twice(
-    rules, programme, engine, new_id, assert_clean
+    rules, programme, engine, new_member, new_partner, new_id, assert_clean
 ):
-    partner, now = await retailer(rules, new_id), datetime.now(UTC)
+    partner, now = await retailer(rules, new_partner), datetime.now(UTC)
     code = new_id("B").upper()
     await rules.create_promotion(
         PromotionInput(
@@ -264,10 +283,11 @@ async def test_two_purchases_racing_for_the_last_budget_never_pay_twice(
         ),
         ADMIN,
     )
+    buyers = [await new_member() for _ in range(6)]
     receipts = await asyncio.gather(
         *(
-            programme.earn_purchase(new_id(), buy(partner, (1000, "groceries")), f"R-{i}")
-            for i in range(6)
+            programme.earn_purchase(buyer, buy(partner, (1000, "groceries")), f"R-{i}")
+            for i, buyer in enumerate(buyers)
         )
     )
     paid = sum(ln.amount for r in receipts for ln in r.earning.lines if ln.source == code)
@@ -282,9 +302,11 @@ async def test_two_purchases_racing_for_the_last_budget_never_pay_twice(
     await assert_clean()
 
 
-async def test_crossing_a_threshold_upgrades_at_once_and_is_recorded(rules, programme, new_id):
-    partner = await retailer(rules, new_id, qp_per_unit=Decimal(1))
-    member = new_id()
+async def test_crossing_a_threshold_upgrades_at_once_and_is_recorded(
+    rules, programme, new_member, new_partner
+):
+    partner = await retailer(rules, new_partner, qp_per_unit=Decimal(1))
+    member = await new_member()
     first = await programme.earn_purchase(member, buy(partner, (100000, "groceries")), "R-1")
     assert first.new_tier == "silver" and first.earning.tier == "base"
     second = await programme.earn_purchase(member, buy(partner, (10000, "groceries")), "R-2")
@@ -302,11 +324,11 @@ async def test_crossing_a_threshold_upgrades_at_once_and_is_recorded(rules, prog
 
 
 async def test_requalification_lowers_a_status_that_was_not_earned_again(
-    timed_ledger, clock, programme_tiers, new_id, engine
+    timed_ledger, clock, programme_tiers, new_member, new_partner, engine
 ):
     rules, programme = Rulebook(timed_ledger), Programme(timed_ledger)
-    partner = await retailer(rules, new_id, qp_per_unit=Decimal(1))
-    member = new_id()
+    partner = await retailer(rules, new_partner, qp_per_unit=Decimal(1))
+    member = await new_member()
     await programme.earn_purchase(member, buy(partner, (100000, "groceries"), at=clock.now), "R-1")
     assert (await programme.tier_progress(member)).tier.code == "silver"
     clock.now = datetime(clock.now.year + 2, 3, 1, 1, tzinfo=UTC)
@@ -316,13 +338,15 @@ async def test_requalification_lowers_a_status_that_was_not_earned_again(
     assert history[-1]["to_tier"] == "base" and "requalification" in history[-1]["reason"]
 
 
-async def test_expiry_protected_members_keep_their_points(engine, clock, programme_tiers, new_id):
+async def test_expiry_protected_members_keep_their_points(
+    engine, clock, programme_tiers, new_member, new_partner
+):
     # 12-month expiry, so points expire while the gold status (to end of
     # February of the year after next) still holds.
     timed_ledger = LedgerService(engine, LedgerConfig(RollingToQuarterEnd(12)), clock=clock)
     rules, programme = Rulebook(timed_ledger), Programme(timed_ledger)
-    partner = await retailer(rules, new_id, qp_per_unit=Decimal(1))
-    gold, plain = new_id(), new_id()
+    partner = await retailer(rules, new_partner, qp_per_unit=Decimal(1))
+    gold, plain = await new_member(), await new_member()
     clock.now = datetime(2026, 5, 10, tzinfo=UTC)  # lots expire 1 July 2027, gold lasts to 2028
     await programme.earn_purchase(gold, buy(partner, (300000, "groceries"), at=clock.now), "R-1")
     await timed_ledger.earn(Earn.simple(plain, partner, "R-2", 100))
@@ -334,13 +358,13 @@ async def test_expiry_protected_members_keep_their_points(engine, clock, program
 
 
 async def test_concurrent_returns_and_earns_keep_the_budget_equal_to_the_promotion_standing(
-    rules, programme, engine, new_id, assert_clean
+    rules, programme, engine, new_member, new_partner, new_id, assert_clean
 ):
     """Purchases and (partial) returns racing under a budgeted promotion: the
     budget used and every member's usage are what the promotion's lines still
     stand at, after the reversals (program:promotions pays only this promotion
     here, so its postings are the promotion's standing)."""
-    partner, now = await retailer(rules, new_id), datetime.now(UTC)
+    partner, now = await retailer(rules, new_partner), datetime.now(UTC)
     code = new_id("RACE").upper()
     await rules.create_promotion(
         PromotionInput(
@@ -356,7 +380,7 @@ async def test_concurrent_returns_and_earns_keep_the_budget_equal_to_the_promoti
         ),
         ADMIN,
     )
-    members = [new_id() for _ in range(3)]
+    members = [await new_member() for _ in range(3)]
     for i in range(6):  # the purchases the returns come back from
         await programme.earn_purchase(
             members[i % 3], buy(partner, (7_777, "groceries"), (1_001, "electronics")), f"P-{i}"

@@ -9,8 +9,7 @@ open holds, transfers, tiers, purchases, idempotency keys, one member with
 years of history), runs each operation once through the real services while
 recording every statement with its parameters, then asks PostgreSQL for the
 plan of each statement with those same parameters (`EXPLAIN`: nothing runs
-twice). The deferred triggers' queries, which no client sends, are explained
-too.
+twice). The triggers' queries, which no client sends, are explained too.
 """
 
 import asyncio
@@ -33,9 +32,12 @@ from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
+from partners.registry import PartnerInput, Registry, SecretBox
 from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
+from tests.conftest import TEST_SECRET_KEY
 
 MEMBERS = 100_000
+PARTNERS = 50
 HEAVY = "seed-000100"  # a member with years of history
 # Tables that grow with members or entries: none may be read whole, by a Seq
 # Scan or by an index scan without an index condition.
@@ -51,6 +53,7 @@ GROWING = frozenset(
         "member_tiers",
         "tier_changes",
         "partner_purchases",
+        "members",
         "idempotency_keys",
         "entry_reversals",
     }
@@ -94,9 +97,12 @@ VALUES ('silver', 'Silver', 1, 1000, 1.25, 0.05, false, 'seed'),
        ('gold', 'Gold', 2, 3000, 1.5, 0.10, true, 'seed');
 CREATE TEMP TABLE seed AS
 SELECT i, 'seed-' || lpad(i::text, 6, '0') AS m, 'seed-' || lpad((i + 1)::text, 6, '0') AS next,
-       'seedp-' || (i % 50) AS p,
+       'seedp-' || (i % {partners}) AS p,
        now() - (i % 300) * interval '1 day' AS at1, now() - (i % 30) * interval '1 day' AS at2
 FROM generate_series(1, {n}) AS i;
+-- Every seeded member is enrolled (the partners are registered before the seed).
+INSERT INTO members (id, enrolled_by)
+SELECT m, 'seed' FROM seed;
 
 INSERT INTO journal_entries (id, kind, member_id, partner_id, partner_reference, hold_id,
     effective_at, created_at, posted_by, breakdown) OVERRIDING SYSTEM VALUE
@@ -234,7 +240,8 @@ END $$;
 RESET session_replication_role;
 """
 
-# What the deferred triggers run at commit (migrations 0001 and 0004).
+# What the triggers run: the deferred ones at commit (migrations 0001 and
+# 0004), the party checks on every balance row and entry written (0007).
 TRIGGER_QUERIES = [
     (
         "trigger check_entry_balances",
@@ -257,6 +264,16 @@ TRIGGER_QUERIES = [
         "SELECT coalesce(sum(remaining), 0) FROM lots WHERE member_id = $1 AND remaining > 0",
         ("seed-000101",),
     ),
+    (
+        "trigger check_member_active",
+        "SELECT status FROM members WHERE id = $1",
+        ("seed-000101",),
+    ),
+    (
+        "trigger check_partner_registered",
+        "SELECT 1 FROM partners WHERE id = $1",
+        ("seedp-1",),
+    ),
 ]
 
 
@@ -265,7 +282,7 @@ def member(i: int) -> str:
 
 
 def partner(i: int) -> str:
-    return f"seedp-{i % 50}"
+    return f"seedp-{i % PARTNERS}"
 
 
 def entry(kind: str, i: int) -> int:
@@ -389,9 +406,18 @@ def seeded_url(server_url):
         upgrade(url)
 
         async def seed() -> None:
+            engine = create_engine(url, pool_size=1)
+            try:
+                registry = Registry(engine, SecretBox(TEST_SECRET_KEY))
+                for i in range(PARTNERS):
+                    await registry.create_partner(
+                        PartnerInput(id=partner(i), name=partner(i)), "staff:tests"
+                    )
+            finally:
+                await engine.dispose()
             conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
             try:
-                await conn.execute(SEED.format(n=MEMBERS))
+                await conn.execute(SEED.format(n=MEMBERS, partners=PARTNERS))
                 # Statistics and the visibility map, as autovacuum keeps them.
                 await conn.execute("VACUUM ANALYZE")
             finally:

@@ -46,10 +46,12 @@ from ledger.errors import LedgerError
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from ledger.verify import verify
+from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine, evaluate
 from partners.programme import Programme
+from partners.registry import PartnerInput, Registry, SecretBox
 from partners.rulebook import Rulebook
-from tests.conftest import Clock
+from tests.conftest import TEST_SECRET_KEY, Clock
 from tests.property.model import prorate
 from tests.property.shop import ADMIN, create_shop
 
@@ -192,6 +194,13 @@ class Driver:
     # -- set-up -----------------------------------------------------------------
 
     async def set_up(self) -> None:
+        # The partner registered (default contract) and the members enrolled.
+        await Registry(self.engine, SecretBox(TEST_SECRET_KEY)).create_partner(
+            PartnerInput(id=self.partner, name=self.partner), ADMIN
+        )
+        members = Members(self.ledger, self.programme)
+        for member in self.members:
+            await members.enrol(MemberInput(id=member), ADMIN)
         rules = Rulebook(self.ledger)
         valid_from = START - timedelta(days=1)
         self.rule, self.offer = await create_shop(

@@ -25,12 +25,12 @@ from tests.property.shop import ADMIN
 
 
 @pytest.fixture
-async def shop(engine, clock, programme_tiers, new_id):
+async def shop(engine, clock, programme_tiers, new_partner):
     """A partner earning 1 point and 1 QP per EUR, the production ledger on a
     test clock, and a way to buy there."""
     ledger = LedgerService(engine, Settings().ledger_config(), clock=clock)
     programme = Programme(ledger)
-    partner = new_id("shop")
+    partner = await new_partner("shop")
     await Rulebook(ledger).create_earn_rule(
         partner,
         EarnRuleInput(datetime(2020, 1, 1, tzinfo=UTC), "EUR", Decimal(1), qp_per_unit=Decimal(1)),
@@ -44,9 +44,9 @@ async def shop(engine, clock, programme_tiers, new_id):
     return partner, ledger, programme, buy
 
 
-async def test_a_return_in_the_next_year_does_not_break_the_next_purchase(shop, clock, new_id):
+async def test_a_return_in_the_next_year_does_not_break_the_next_purchase(shop, clock, new_member):
     partner, _, programme, buy = shop
-    member = new_id()
+    member = await new_member()
     clock.now = datetime(2026, 12, 20, 12, tzinfo=UTC)
     await buy(member, 100, "P-1")  # 100 points, 100 QP in 2026
     clock.now = datetime(2027, 1, 10, 12, tzinfo=UTC)
@@ -56,10 +56,10 @@ async def test_a_return_in_the_next_year_does_not_break_the_next_purchase(shop, 
 
 
 async def test_protected_members_keep_points_given_back_after_their_lots_expiry(
-    shop, clock, new_id
+    shop, clock, new_member
 ):
     partner, ledger, _, buy = shop
-    member = new_id()
+    member = await new_member()
     clock.now = datetime(2026, 5, 10, tzinfo=UTC)
     assert (await buy(member, 3000, "G-1")).new_tier == "gold"  # lot expires 2029-07-01
     clock.now = datetime(2028, 5, 10, tzinfo=UTC)
@@ -75,9 +75,9 @@ async def test_protected_members_keep_points_given_back_after_their_lots_expiry(
     assert (voided.balances.available, refunded.balances.available) == (before, before)
 
 
-async def test_requalification_on_1_january_uses_the_last_complete_year(shop, clock, new_id):
+async def test_requalification_on_1_january_uses_the_last_complete_year(shop, clock, new_member):
     _, _, programme, buy = shop
-    member = new_id()
+    member = await new_member()
     clock.now = datetime(2029, 6, 1, tzinfo=UTC)
     assert (await buy(member, 3000, "A-1")).new_tier == "gold"  # status to 2031-03-01
     clock.now = datetime(2030, 6, 1, tzinfo=UTC)
@@ -88,9 +88,9 @@ async def test_requalification_on_1_january_uses_the_last_complete_year(shop, cl
     assert (await programme.tier_progress(member)).tier.code == "base"
 
 
-async def test_requalification_on_29_february_does_not_crash(shop, clock, new_id):
+async def test_requalification_on_29_february_does_not_crash(shop, clock, new_member):
     partner, ledger, programme, buy = shop
-    member = new_id()
+    member = await new_member()
     clock.now = datetime(2029, 6, 1, tzinfo=UTC)
     assert (await buy(member, 1000, "B-1")).new_tier == "silver"  # status to 2031-03-01
     clock.now = datetime(2031, 6, 1, tzinfo=UTC)

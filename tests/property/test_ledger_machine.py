@@ -51,11 +51,13 @@ from ledger.expiry import RollingToQuarterEnd
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from ledger.verify import verify
+from members.registry import MemberInput, Members
 from partners import rulebook
 from partners.earning import EarnRule, Offer, Purchase, PurchaseLine, evaluate
 from partners.programme import Programme
+from partners.registry import PartnerInput, Registry, SecretBox
 from partners.rulebook import Rulebook
-from tests.conftest import Clock
+from tests.conftest import TEST_SECRET_KEY, Clock
 from tests.property.model import PTS, QP, Book, TierDef
 from tests.property.shop import ADMIN, create_shop
 
@@ -213,7 +215,7 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             # A distinct release time per earning, so releases happen in a known order.
             return self.now + delta + timedelta(seconds=next(self.seq) % 3600)
 
-        # -- set-up: the start time, the partner's rule and a promotion ----------
+        # -- set-up: the parties, the start time, the partner's rule and a promotion
 
         @initialize(
             start_day=st.integers(0, 4 * 365),
@@ -223,6 +225,14 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             ),
         )
         def start(self, start_day, minute, amounts):
+            # The partner registered (default contract) and the members enrolled.
+            registry = Registry(self.engine, SecretBox(TEST_SECRET_KEY))
+            self.runner.run(
+                registry.create_partner(PartnerInput(id=self.partner, name=self.partner), ADMIN)
+            )
+            members = Members(self.ledger, self.programme)
+            for member in self.members:
+                self.runner.run(members.enrol(MemberInput(id=member), ADMIN))
             self.clock.now = EPOCH + timedelta(days=start_day, minutes=minute)
             valid_from = self.now - timedelta(days=1)
             self.earn_rule, self.offer = self.do(

@@ -5,8 +5,10 @@ earning. Every step's balances are asserted."""
 from ledger.commands import Burn, Earn, Reverse
 
 
-async def test_return_with_points_already_spent_then_debt_repaid(ledger, new_id, assert_clean):
-    member, shop_a, shop_b = new_id(), new_id("a"), new_id("b")
+async def test_return_with_points_already_spent_then_debt_repaid(
+    ledger, new_member, new_partner, assert_clean
+):
+    member, shop_a, shop_b = await new_member(), await new_partner("a"), await new_partner("b")
 
     # 1. Buys for 200 EUR at partner A: earns 100 points.
     purchase = await ledger.earn(Earn.simple(member, shop_a, "A-1001", 100))

@@ -3,14 +3,18 @@ than they change.
 
 One hash per member, `bal:{member:ID}` (the hash tag keeps it on one slot of a
 Redis Cluster), with fields `view` (the JSON the API answers), `versions` and
-`tier` (the view's token, see `Programme.balance_token`) and `at` (when its
-build started, Unix seconds).
+`tier` (the view's token, see `Programme.balance_token`), `at` (when its
+build started) and `until` (when it stops being served, Unix seconds).
 
 The cache never decides freshness on its own: every read asks Redis for the
 hash and PostgreSQL for the member's current token at the same time (one
 indexed statement on an autocommit connection, one round trip) and answers
-the cached view only when its token is the current one and it was built
-within the TTL (time alone moves points into the 90-day expiry window).
+the cached view only when its token is the current one and its `until` has
+not come. `until` is the earlier of the TTL (an upper bound on how long an
+entry lives) and the time the view changes by time alone: when a lot's
+expiry comes into the 90-day window (the view's source says when). So a
+member whose balance does not change is served from Redis until then, however
+long ago the last write was.
 Anything else (no entry, another token, too old, Redis down, slow, restarted
 from an old snapshot, flushed, or shared with instances that never told it
 anything) builds the view from PostgreSQL in one snapshot, answers it and
@@ -31,6 +35,8 @@ is trusted without the check.
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
 
 import msgspec
@@ -46,7 +52,7 @@ log = logging.getLogger("loyalty.cache")
 Token = tuple[int, int]
 
 # KEYS[1] = the member's hash
-# ARGV = versions, tier change, the view, built at (s), key TTL (ms)
+# ARGV = versions, tier change, the view, built at (s), key TTL (ms), served until (s)
 FILL = """
 local have = redis.call('HMGET', KEYS[1], 'versions', 'tier', 'at')
 local versions, tier, at = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
@@ -56,12 +62,13 @@ if hv and ht and hv >= versions and ht >= tier then
   if hat and hat >= at then return 0 end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'view', ARGV[3], 'versions', ARGV[1], 'tier', ARGV[2], 'at', ARGV[4])
+redis.call('HSET', KEYS[1], 'view', ARGV[3], 'versions', ARGV[1], 'tier', ARGV[2], 'at', ARGV[4],
+           'until', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-FIELDS = ("view", "versions", "tier", "at")
+FIELDS = ("view", "versions", "tier", "until")
 WARN_EVERY_SECONDS = 10.0
 
 
@@ -81,7 +88,7 @@ def token_engine(
 class BalanceSource(Protocol):
     """What the cache needs from the book of record (`partners.programme.Programme`)."""
 
-    async def balance_view(self, member_id: str) -> tuple[object, Token]: ...
+    async def balance_view(self, member_id: str) -> tuple[object, Token, datetime | None]: ...
 
     async def balance_token(self, member_id: str, conn: AsyncConnection | None = None) -> Token: ...
 
@@ -92,12 +99,14 @@ class BalanceCache:
         redis: Redis | None,
         source: BalanceSource,
         engine: AsyncEngine | None = None,
-        ttl_seconds: int = 60,
+        ttl_seconds: int = 3600,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
         self.source = source
         self.engine = engine  # for the token check; None: the source's own connections
         self.ttl = ttl_seconds
+        self.clock = clock
         self._fill = redis.register_script(FILL) if redis is not None else None
         self._warned_at = float("-inf")
         self.hits = self.misses = 0
@@ -106,7 +115,7 @@ class BalanceCache:
         """The member's balance view as JSON, and whether it came from Redis."""
         if self.redis is None:
             return await self._build(member_id, fill=False), False
-        started = time.time()
+        started = self.clock()
         cached, token = await asyncio.gather(self._get(member_id), self.current_token(member_id))
         if cached is not None and self._valid(cached, token, started):
             self.hits += 1
@@ -128,21 +137,23 @@ class BalanceCache:
         raise AssertionError("unreachable")
 
     def _valid(self, cached: list, token: Token, now: float) -> bool:
-        view, versions, tier, built_at = cached
+        view, versions, tier, until = cached
         if view is None:
             return False
         try:
-            same = (int(versions), int(tier)) == token
-            return same and abs(now - float(built_at)) < self.ttl
+            return (int(versions), int(tier)) == token and now < float(until)
         except (TypeError, ValueError):
             return False
 
     async def _build(self, member_id: str, fill: bool) -> bytes:
-        built_at = time.time()
-        view, token = await self.source.balance_view(member_id)
+        built_at = self.clock()
+        view, token, changes_at = await self.source.balance_view(member_id)
         body = msgspec.json.encode(view)
         if fill:
-            await self.fill(member_id, token, body, built_at)
+            until = built_at + self.ttl
+            if changes_at is not None:
+                until = min(until, changes_at.timestamp())
+            await self.fill(member_id, token, body, built_at, until)
         return body
 
     async def _get(self, member_id: str) -> list | None:
@@ -153,12 +164,15 @@ class BalanceCache:
             self._failed(error)
             return None
 
-    async def fill(self, member_id: str, token: Token, view: bytes, built_at: float) -> bool:
+    async def fill(
+        self, member_id: str, token: Token, view: bytes, built_at: float, until: float
+    ) -> bool:
+        """Store a view built at `built_at`, to be served until `until`."""
         if self._fill is None:
             return False
         try:
-            ttl_ms = max(1, int(self.ttl * 1000))
-            args = [token[0], token[1], view, repr(built_at), ttl_ms]
+            ttl_ms = max(1, int((until - self.clock()) * 1000))
+            args = [token[0], token[1], view, repr(built_at), ttl_ms, repr(until)]
             return bool(await self._fill(keys=[key(member_id)], args=args))
         except (RedisError, OSError, TimeoutError) as error:
             self._failed(error)

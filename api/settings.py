@@ -60,7 +60,7 @@ class Settings:
     transfer_min_points: int = 100
     transfer_fee_rate: str = "0"  # share of the amount, in points, rounded up
     transfer_daily_limit: int = 20_000
-    balance_cache_ttl_seconds: int = 60
+    balance_cache_ttl_seconds: int = 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -60,16 +60,24 @@ async def member_balances(
     conn: AsyncConnection, member_id: str, now: datetime, within_days: int
 ) -> MemberBalances:
     check_id("member", member_id)
+    window = timedelta(days=within_days)
+    # Open lots by expiry date: few rows (expiry dates fall on period ends).
     rows = await conn.execute(
         text(
             "SELECT expires_at, sum(remaining) AS points FROM lots "
-            "WHERE member_id = :member_id AND remaining > 0 AND expires_at <= :until "
+            "WHERE member_id = :member_id AND remaining > 0 AND expires_at IS NOT NULL "
             "GROUP BY expires_at ORDER BY expires_at"
         ),
-        {"member_id": member_id, "until": now + timedelta(days=within_days)},
+        {"member_id": member_id},
     )
-    expiring = tuple(ExpiringPoints(r.expires_at, int(r.points)) for r in rows)
-    return MemberBalances(await balances(conn, member_id), expiring, within_days)
+    expiring, changes_at = [], None
+    for r in rows:
+        if r.expires_at <= now + window:
+            expiring.append(ExpiringPoints(r.expires_at, int(r.points)))
+        else:
+            changes_at = r.expires_at - window
+            break
+    return MemberBalances(await balances(conn, member_id), tuple(expiring), within_days, changes_at)
 
 
 async def account_balance(conn: AsyncConnection, address: str) -> AccountBalance:

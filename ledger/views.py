@@ -25,6 +25,9 @@ class MemberBalances(msgspec.Struct, frozen=True):
     balances: Balances
     expiring: tuple[ExpiringPoints, ...]
     expiring_within_days: int
+    # When `expiring` next changes with nothing posted (a lot's expiry comes
+    # within the window); None: not before the next posting.
+    expiring_changes_at: datetime | None = None
 
     @property
     def expiring_total(self) -> int:

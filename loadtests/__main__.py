@@ -181,7 +181,7 @@ async def bench_balance(
             )
 
         async def uncached(i: int) -> None:
-            view, _ = await programme.balance_view(random.choice(ids))
+            view, _, _ = await programme.balance_view(random.choice(ids))
             msgspec.json.encode(view)
 
         async def cached(i: int) -> None:

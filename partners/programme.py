@@ -994,9 +994,11 @@ class Programme:
 
     async def balance_view(
         self, member_id: str, within_days: int = 90
-    ) -> tuple[BalanceView, tuple[int, int]]:
+    ) -> tuple[BalanceView, tuple[int, int], datetime | None]:
         """Balances, pending releases, expiring points and tier from one snapshot,
-        with the view's token (`balance_token`) read in that same snapshot."""
+        with the view's token (`balance_token`) read in that same snapshot, and
+        the time the view next changes by time alone (None: not before the
+        token changes)."""
         check_id("member", member_id)
         now = self.ledger.clock()
         async with self.engine.connect() as conn:
@@ -1025,7 +1027,7 @@ class Programme:
             within_days,
             TierStatus(tier.code, tier.name, valid_until),
         )
-        return view, token
+        return view, token, summary.expiring_changes_at
 
     # Everything in a balance view changes with one of these: every posting to a
     # member account bumps that balance row's version (lots, pending releases and

@@ -122,12 +122,13 @@ class Source:
 
     def __init__(self) -> None:
         self.token = (0, 0)
+        self.changes_at = None  # when the view changes by time alone
 
     async def balance_token(self, member_id, conn=None):
         return self.token
 
     async def balance_view(self, member_id):
-        return {"token": list(self.token)}, self.token
+        return {"token": list(self.token)}, self.token, self.changes_at
 
 
 async def test_the_fill_guard_and_the_token_check(redis_url, new_id):
@@ -135,13 +136,14 @@ async def test_the_fill_guard_and_the_token_check(redis_url, new_id):
     source = Source()
     cache = BalanceCache(client, source, ttl_seconds=60)
     member_id, now = new_id(), time.time()
+    until = now + 60
     try:
-        assert await cache.fill(member_id, (7, 2), b'{"v": 7}', now)
-        assert not await cache.fill(member_id, (6, 2), b'{"v": 6}', now + 1)  # a slow reader
-        assert not await cache.fill(member_id, (7, 1), b'{"v": 7.1}', now + 1)
-        assert not await cache.fill(member_id, (7, 2), b'{"v": "older"}', now - 1)
-        assert await cache.fill(member_id, (7, 2), b'{"v": "later"}', now + 1)  # a refresh
-        assert await cache.fill(member_id, (8, 1), b'{"v": 8}', now)  # not older in both
+        assert await cache.fill(member_id, (7, 2), b'{"v": 7}', now, until)
+        assert not await cache.fill(member_id, (6, 2), b'{"v": 6}', now + 1, until)  # slow reader
+        assert not await cache.fill(member_id, (7, 1), b'{"v": 7.1}', now + 1, until)
+        assert not await cache.fill(member_id, (7, 2), b'{"v": "older"}', now - 1, until)
+        assert await cache.fill(member_id, (7, 2), b'{"v": "later"}', now + 1, until)  # refresh
+        assert await cache.fill(member_id, (8, 1), b'{"v": 8}', now, until)  # not older in both
         source.token = (8, 1)
         assert await cache.balance(member_id) == (b'{"v": 8}', True)
         source.token = (9, 1)  # committed, and nobody told Redis
@@ -150,6 +152,43 @@ async def test_the_fill_guard_and_the_token_check(redis_url, new_id):
         await client.hset(key(member_id), mapping={"versions": 8})  # an old snapshot's entry
         assert (await cache.balance(member_id))[1] is False
         assert await cache.balance(member_id) == (b'{"token":[9,1]}', True)
+    finally:
+        await client.delete(key(member_id))
+        await client.aclose()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_an_unchanged_balance_is_served_from_redis_until_time_changes_it(redis_url, new_id):
+    """Minutes after the last write the view still hits, with the default TTL;
+    a write, or a lot's expiry coming into the window, makes the next read a miss."""
+    client, source, clock = redis.from_url(redis_url), Source(), FakeClock()
+    cache = BalanceCache(client, source, clock=clock)
+    member_id = new_id()
+    source.token = (3, 0)
+    try:
+        assert (await cache.balance(member_id))[1] is False
+        clock.now += 120  # two minutes, no write
+        assert (await cache.balance(member_id))[1] is True
+        clock.now += 1800
+        assert (await cache.balance(member_id))[1] is True
+        source.token = (4, 0)  # a write
+        assert (await cache.balance(member_id))[1] is False
+        assert (await cache.balance(member_id))[1] is True
+        # A lot's expiry enters the 90-day window in 10 minutes: served until then.
+        source.token = (5, 0)
+        source.changes_at = datetime.fromtimestamp(clock.now + 600, UTC)
+        assert (await cache.balance(member_id))[1] is False
+        clock.now += 599
+        assert (await cache.balance(member_id))[1] is True
+        clock.now += 2
+        assert (await cache.balance(member_id))[1] is False
     finally:
         await client.delete(key(member_id))
         await client.aclose()

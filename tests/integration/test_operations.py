@@ -332,7 +332,7 @@ async def test_reversing_a_capture_returns_points_to_available(
 
 
 async def test_expired_lots_move_to_breakage(
-    timed_ledger, clock, new_member, new_partner, assert_clean
+    timed_ledger, clock, new_member, new_partner, assert_clean, engine
 ):
     member, partner = await new_member(), await new_partner()
     await timed_ledger.earn(Earn.simple(member, partner, "r1", 70))
@@ -340,6 +340,16 @@ async def test_expired_lots_move_to_breakage(
     await timed_ledger.earn(Earn.simple(member, partner, "r2", 30))
     soon = await timed_ledger.member_balances(member, within_days=365 * 3)
     assert soon.expiring_total == 70
+    # The list changes by time alone when the second lot comes into the window.
+    async with engine.connect() as conn:
+        second = (
+            await conn.execute(
+                text("SELECT expires_at FROM lots WHERE member_id = :m AND amount = 30"),
+                {"m": member},
+            )
+        ).scalar_one()
+    assert soon.expiring_changes_at == second - timedelta(days=365 * 3)
+    assert (await timed_ledger.member_balances(member)).expiring_changes_at is not None
     clock.advance(days=365 * 3 - 100)
     assert await timed_ledger.expire_points() >= 1
     balances = await timed_ledger.balances(member)

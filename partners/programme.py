@@ -299,16 +299,25 @@ class Programme:
         at, partner = purchase.occurred_at, purchase.partner_id
         received = purchase.received_at or at
         # What the engine would not apply anyway (ended before the purchase was
-        # reported, another partner's) is not read, so its budget is not locked.
+        # reported, another partner's, none of the basket's categories, spend
+        # below its minimum) is not read, so its budget is not locked: a basket
+        # a promotion cannot pay for never waits on that promotion's row.
         rows = (
             await conn.execute(
                 text(
                     "SELECT * FROM promotions WHERE retired_at IS NULL AND starts_at <= :at "
                     "AND ends_at > :at AND (ends_at > :received OR accepts_late_submissions) "
                     "AND (cardinality(partner_ids) = 0 OR :p = ANY(partner_ids)) "
-                    "ORDER BY id"
+                    "AND (cardinality(categories) = 0 OR categories && CAST(:cats AS text[])) "
+                    "AND min_spend_minor <= :total ORDER BY id"
                 ),
-                {"at": at, "received": received, "p": partner},
+                {
+                    "at": at,
+                    "received": received,
+                    "p": partner,
+                    "cats": sorted({line.category for line in purchase.lines}),
+                    "total": purchase.total_minor,
+                },
             )
         ).all()
         limited = [r for r in rows if r.budget_points is not None or r.per_member_limit]

@@ -437,3 +437,36 @@ async def test_concurrent_returns_and_earns_keep_the_budget_equal_to_the_promoti
     # The four purchases returned whole gave back everything they got.
     assert sum(standing.values()) > 0
     await assert_clean()
+
+
+async def test_a_basket_a_budgeted_promotion_cannot_pay_for_never_waits_on_it(
+    rules, programme, engine, new_member, new_partner, new_id
+):
+    partner, member, now = await retailer(rules, new_partner), await new_member(), datetime.now(UTC)
+    code = new_id("DRUG").upper()
+    await rules.create_promotion(
+        PromotionInput(
+            code,
+            "double drugstore products",
+            now - timedelta(days=1),
+            now + timedelta(days=1),
+            multiplier=Decimal(2),
+            partner_ids=[partner],
+            categories=["drugstore"],
+            budget_points=10_000,
+        ),
+        ADMIN,
+    )
+    async with engine.begin() as holder:
+        # Another earning holds the promotion's budget row...
+        await holder.execute(
+            text("SELECT 1 FROM promotions WHERE code = :c FOR UPDATE"), {"c": code}
+        )
+        # ...and a groceries-only basket at the same partner goes through meanwhile.
+        receipt = await asyncio.wait_for(
+            programme.earn_purchase(member, buy(partner, (2000, "groceries")), new_id("R")),
+            timeout=2,
+        )
+        assert receipt.earning.points == 10
+    promoted = await programme.earn_purchase(member, buy(partner, (2000, "drugstore")), new_id("R"))
+    assert promoted.earning.points == 20

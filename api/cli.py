@@ -141,6 +141,8 @@ def serve(host, port, workers, demo) -> None:
     """Serve the HTTP API (embedded PostgreSQL and Redis when none is configured)."""
     import uvicorn
 
+    from api.http_protocol import PROTOCOL
+
     settings = _settings()
     settings = replace(
         settings,
@@ -167,12 +169,17 @@ def serve(host, port, workers, demo) -> None:
                 port=resolved.port,
                 workers=resolved.workers,
                 log_level="info",
+                http=PROTOCOL,
             )
         else:
             from api.app import create_app
 
             uvicorn.run(
-                create_app(resolved), host=resolved.host, port=resolved.port, log_level="info"
+                create_app(resolved),
+                host=resolved.host,
+                port=resolved.port,
+                log_level="info",
+                http=PROTOCOL,
             )
 
 

@@ -1,7 +1,10 @@
 """A plain-Python model of the loyalty ledger and programme, for the property
 tests. It knows the documented rules (README, DESIGN.md) and nothing of the
 database: balances, lots with their expiry, debt, pending points, holds,
-reversals, transfer rules, tiers and the promotion budget.
+reversals, transfer rules, tiers, the promotion budget, and members leaving
+(closed, their points forfeited or the close refused) or merged into another
+(points lot by lot, pending, QP day by day, the stronger status, purchases
+still returnable), after which nothing posts to them.
 
 Each operation is split in two: `refusal_*` says which domain error the real
 service must raise (None: it must succeed), `apply_*` changes the model as the
@@ -21,6 +24,8 @@ from ledger.errors import (
     HoldExpired,
     HoldNotOpen,
     InsufficientPoints,
+    MemberAccountsNotSettled,
+    MemberNotActive,
     NotReversible,
     ReversalExceedsOriginal,
     SameMember,
@@ -89,12 +94,20 @@ class Member:
     lots: list[Lot] = field(default_factory=list)
     clawed: bool = False  # a return took points already released or spent
     qp_by_year: Counter = field(default_factory=Counter)  # calendar year -> QP booked
+    qp_by_day: Counter = field(default_factory=Counter)  # UTC day -> QP booked (merges move it)
     sent_on: Counter = field(default_factory=Counter)  # day -> points sent, fees included
     tier: str = "base"
     tier_valid_until: datetime | None = None
     # The tier history, oldest first: (from, to, validity before, changed at,
     # earn entry that caused it or None, whether a return made it).
     tier_history: list[tuple] = field(default_factory=list)
+    status: str = "active"  # closed, merged: its accounts take no postings
+    merged_into: str | None = None
+    merged_from: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
 
     def lots_total(self) -> int:
         return sum(lot.remaining for lot in self.lots)
@@ -105,7 +118,7 @@ class Earning:
     """An earn entry: what it credited and who paid, for reversals."""
 
     entry_id: int
-    member: str
+    member: str  # the entry's member (a reversal by entry posts to it)
     points: int  # PTS credited: the reversible whole
     qp: int
     debits: list[tuple[str, int]]  # the PTS funder postings, in posting order
@@ -114,6 +127,12 @@ class Earning:
     earned_at: datetime
     reversed: int = 0
     promoted: list[bool] = field(default_factory=list)  # per debit: the promotion's line
+    # Who holds its points now: `member`, or the member it was merged into
+    # (pending points are released, and a purchase's return takes back, there).
+    holder: str = ""
+
+    def __post_init__(self) -> None:
+        self.holder = self.holder or self.member
 
 
 @dataclass
@@ -140,7 +159,7 @@ class Hold:
 @dataclass
 class PurchaseRecord:
     reference: str
-    member: str
+    member: str  # who a return takes back from: the buyer, or whom it was merged into
     entry_id: int | None
     total_minor: int
     returned_minor: int = 0
@@ -161,7 +180,9 @@ class Book:
         transfer_daily_limit: int | None,
         tiers: list[TierDef],
     ) -> None:
-        self.members = {m: Member(m) for m in members}
+        self.members: dict[str, Member] = {}
+        for member in members:
+            self.add_member(member)
         self.counts: Counter = Counter()  # outcome counters for the report
         self.partner = partner
         self.expiry_months = expiry_months
@@ -181,6 +202,11 @@ class Book:
         self.promotion_used: int = 0
         self.promotion_used_by: Counter = Counter()
         self.other_entries: list[int] = []  # holds, voids, transfers, adjustments
+
+    def add_member(self, member_id: str) -> None:
+        """An enrolment: a member with nothing yet."""
+        assert member_id not in self.members
+        self.members[member_id] = Member(member_id)
 
     # -- helpers --------------------------------------------------------------
 
@@ -212,6 +238,15 @@ class Book:
 
     def _open_lots(self, member: Member) -> list[Lot]:
         return [lot for lot in member.lots if lot.remaining > 0]
+
+    def refusal_inactive(self, *member_ids: str):
+        """A closed or merged member's accounts take no postings."""
+        return MemberNotActive if any(not self.members[m].active for m in member_ids) else None
+
+    def _book_qp(self, member: Member, qp: int, at: datetime) -> None:
+        member.qp += qp
+        member.qp_by_year[at.year] += qp
+        member.qp_by_day[day_of(at)] += qp
 
     # -- lot effects ------------------------------------------------------------
 
@@ -319,8 +354,7 @@ class Book:
             self.accounts[(account, PTS)] -= amount
             debits.append((account, amount))
             promoted.append(kinds is not None and kinds[i] == "promotion")
-        member.qp += qp
-        member.qp_by_year[earned_at.year] += qp
+        self._book_qp(member, qp, earned_at)
         if points and pending:
             member.pending += points
         elif points:
@@ -350,7 +384,7 @@ class Book:
     def apply_release_pending(self, now: datetime) -> int:
         released = 0
         for earning in self.due_releases(now):
-            member = self.members[earning.member]
+            member = self.members[earning.holder]
             member.pending -= earning.pending
             self._credit_new_lot(member, earning.pending, earning.earned_at, earning.entry_id)
             earning.pending = 0
@@ -447,9 +481,16 @@ class Book:
             changes.append((member.id, old.code, new.code))
         return changes
 
+    def refusal_earn(self, member_id: str):
+        return self.refusal_inactive(member_id)
+
     # -- redemption -------------------------------------------------------------------
 
     def refusal_spend(self, member_id: str, amount: int):
+        """The member's lock comes first (the database refuses an inactive
+        member's balance row), the balance check after it."""
+        if self.refusal_inactive(member_id):
+            return MemberNotActive
         return InsufficientPoints if self.members[member_id].available < amount else None
 
     def apply_burn(self, member_id: str, amount: int, entry_id: int) -> None:
@@ -520,6 +561,8 @@ class Book:
             return SameMember
         if amount < self.transfer_min:
             return TransferRefused
+        if self.refusal_inactive(sender, receiver):  # locked before the day is counted
+            return MemberNotActive
         fee = self.fee(amount)
         if (
             self.daily_limit is not None
@@ -541,7 +584,9 @@ class Book:
         return fee
 
     def refusal_adjust(self, member_id: str, amount: int):
-        return self.refusal_spend(member_id, -amount) if amount < 0 else None
+        if amount < 0:
+            return self.refusal_spend(member_id, -amount)
+        return self.refusal_inactive(member_id)
 
     def apply_adjust(self, member_id: str, amount: int, entry_id: int, now: datetime) -> None:
         member = self.members[member_id]
@@ -556,6 +601,15 @@ class Book:
     # -- reversals ------------------------------------------------------------------------
 
     def refusal_reverse(self, entry_id: int, amount: int | None):
+        """What the entry allows is checked first; the reversal then posts to
+        the entry's member, which must still be active."""
+        error = self._refusal_reversal(entry_id, amount)
+        if error is not None:
+            return error
+        original = self.earnings.get(entry_id) or self.redemptions.get(entry_id)
+        return self.refusal_inactive(original.member)
+
+    def _refusal_reversal(self, entry_id: int, amount: int | None):
         original = self.earnings.get(entry_id) or self.redemptions.get(entry_id)
         if original is None:
             return NotReversible
@@ -598,11 +652,10 @@ class Book:
         whole = earning.points
         earning.reversed = after
         assert after <= whole
-        member = self.members[earning.member]
+        member = self.members[earning.holder]
         qp = earning.qp * after // whole - earning.qp * before // whole
         if qp:
-            member.qp -= qp
-            member.qp_by_year[now.year] -= qp
+            self._book_qp(member, -qp, now)
             if member.qp_by_year[now.year] < 0:
                 self.counts["a year's QP went negative"] += 1
             self.accounts[(QP_SOURCE, QP)] += qp
@@ -643,7 +696,12 @@ class Book:
             return ReturnExceedsPurchase
         points = self.return_points(reference, amount_minor)
         if points > 0:
-            return self.refusal_reverse(purchase.entry_id, points)
+            # Posted to whoever holds the purchase now (after a merge: the survivor).
+            return self._refusal_reversal(purchase.entry_id, points) or self.refusal_inactive(
+                purchase.member
+            )
+        if purchase.returned_minor + amount_minor == purchase.total_minor and purchase.entry_id:
+            return self.refusal_inactive(purchase.member)  # its coupons go back, under its lock
         return None
 
     def promotion_reversed(self, earning: Earning, before: int, after: int) -> int:
@@ -679,6 +737,120 @@ class Book:
                 self.apply_tier_after_return(purchase.member, purchase.entry_id, now)
         return points
 
+    # -- members leaving: closing and merging ------------------------------------------------
+
+    def _settled(self, member: Member) -> bool:
+        """No points held by open authorisations, no debt."""
+        return member.held == 0 and member.available >= 0
+
+    def _drop_status(self, member: Member, now: datetime) -> None:
+        if member.tier != "base" or member.tier_valid_until is not None:
+            member.tier_history.append(
+                (member.tier, "base", member.tier_valid_until, now, None, False)
+            )
+            member.tier, member.tier_valid_until = "base", None
+
+    def refusal_close(self, member_id: str, balance: str):
+        """Open holds and debt always refuse a close; points left refuse it
+        unless they are forfeited."""
+        member = self.members[member_id]
+        if not member.active:
+            return MemberNotActive
+        if not self._settled(member):
+            return MemberAccountsNotSettled
+        if balance == "refuse" and member.available + member.pending:
+            return MemberAccountsNotSettled
+        return None
+
+    def apply_close(self, member_id: str, now: datetime) -> int:
+        """Available and pending points go to program:expired in one entry
+        (none when nothing is left; the pending earnings are never released);
+        the status goes; QP stay where they are. Returns the points forfeited."""
+        member = self.members[member_id]
+        points = member.available + member.pending
+        if points:
+            for lot in self._open_lots(member):
+                lot.remaining = 0
+            for earning in self.earnings.values():
+                if earning.holder == member_id:
+                    earning.pending = 0
+            member.available = member.pending = 0
+            self.accounts[(EXPIRED, PTS)] += points
+            self.entries += 1
+        self._drop_status(member, now)
+        member.status = "closed"
+        return points
+
+    def refusal_merge(self, source_id: str, target_id: str):
+        if source_id == target_id:
+            return SameMember
+        if self.refusal_inactive(source_id, target_id):
+            return MemberNotActive
+        return None if self._settled(self.members[source_id]) else MemberAccountsNotSettled
+
+    def apply_merge(self, source_id: str, target_id: str, now: datetime) -> dict:
+        """Everything `source` holds moves to `target`: in one entry its
+        available points, lot by lot with each lot's expiry (soonest-expiring
+        first; they repay the target's debt first), and its pending points
+        (their earnings are released to `target`); then its QP, one entry per
+        day it was booked on; the stronger status (a higher tier, or the same
+        one valid longer); the promotion's usage (added to the target's, the
+        source's row stays); the purchases not wholly returned. Returns what
+        the merge should report: entries, the points entry's new lots, the
+        purchases moved and the tier kept."""
+        source, target = self.members[source_id], self.members[target_id]
+        entries = 0
+        carried: list[Lot] = []
+        if source.available or source.pending:
+            entries += 1
+            repay = min(source.available, max(-target.available, 0))
+            if repay:
+                self.counts["merge repaid the survivor's debt"] += 1
+            target.available += source.available
+            for lot in sorted(self._open_lots(source), key=lambda lot: (lot.expires_at, lot.id)):
+                kept = lot.remaining - min(repay, lot.remaining)
+                repay -= lot.remaining - kept
+                lot.remaining = 0
+                if kept:
+                    carried.append(Lot(next(self.lot_ids), kept, lot.expires_at, lot.earn_entry))
+            target.lots += carried
+            target.pending += source.pending
+            if source.pending:
+                self.counts["merge moved pending points"] += 1
+            source.available = source.pending = 0
+        for earning in self.earnings.values():
+            if earning.holder == source_id:
+                earning.holder = target_id
+        for day, qp in sorted(source.qp_by_day.items()):
+            if qp:
+                entries += 1
+                at = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                self._book_qp(target, qp, at)
+                self._book_qp(source, -qp, at)
+        self.entries += entries
+        theirs, ours = self.tier_of(source_id), self.tier_of(target_id)
+        if stronger_status(
+            theirs.rank, source.tier_valid_until, ours.rank, target.tier_valid_until
+        ):
+            target.tier_history.append(
+                (target.tier, source.tier, target.tier_valid_until, now, None, False)
+            )
+            target.tier, target.tier_valid_until = source.tier, source.tier_valid_until
+            self.counts["merge kept the source's status"] += 1
+        self._drop_status(source, now)
+        if self.promotion_used_by[source_id]:
+            self.promotion_used_by[target_id] += self.promotion_used_by[source_id]
+        moved = [
+            p
+            for p in self.purchases.values()
+            if p.member == source_id and p.returned_minor < p.total_minor
+        ]
+        for purchase in moved:
+            purchase.member = target_id
+        source.status, source.merged_into = "merged", target_id
+        target.merged_from.append(source_id)
+        return {"entries": entries, "lots": carried, "purchases": len(moved), "tier": target.tier}
+
     # -- points expiry ---------------------------------------------------------------------
 
     def apply_expire_points(self, now: datetime) -> int:
@@ -707,6 +879,12 @@ class Book:
     def check_internal(self) -> None:
         for member in self.members.values():
             assert member.lots_total() == max(member.available, 0), member
+            assert member.qp == sum(member.qp_by_day.values()) == sum(member.qp_by_year.values())
+            if not member.active:
+                assert (member.available, member.pending, member.held) == (0, 0, 0), member
+                assert (member.tier, member.tier_valid_until) == ("base", None), member
+            if member.status == "merged":
+                assert member.qp == 0, member
             assert member.pending >= 0 and member.held >= 0, member
             if not member.clawed:
                 assert member.available >= 0, member
@@ -722,3 +900,12 @@ class Book:
 
 def day_of(at: datetime) -> date:
     return at.astimezone(UTC).date()
+
+
+def stronger_status(rank, until, other_rank, other_until) -> bool:
+    """A higher tier, or the same tier valid longer (no end date is longest)."""
+    if rank != other_rank:
+        return rank > other_rank
+    if until is None:
+        return other_until is not None
+    return other_until is not None and until > other_until

@@ -7,13 +7,17 @@ Random sequences of: earn (pending and available), the programme's earn path
 (rule, tier ladder, budgeted promotion), purchase returns, burn, authorise /
 capture (full, partial) / void, transfers, reversals (full, partial) of
 earnings and redemptions, adjustments, idempotent retries and reused keys,
-a clock moving by minutes, days and months, and the jobs (release pending,
-expire holds, expire points, requalify tiers). After every step the books are
+a clock moving by minutes, days and months, the jobs (release pending,
+expire holds, expire points, requalify tiers), and members leaving: closed
+(points forfeited, or the close refused while any are left; open holds and
+debt always refuse it) or merged into another (lots keep their expiry; pending,
+QP, status and returnable purchases follow), after which every posting to
+them is refused; a fresh member may then take the seat. After every step the books are
 compared with a plain Python model (tests/property/model.py): every member's
 available / pending / held / QP, their open lots, holds, tiers, the partner
 and programme accounts their entries touch (program:expired included), the
 promotion budget and every member's usage of it (returns give back their share),
-the number of entries, and `verify` must be clean.
+the number of entries, every member's status, and `verify` must be clean.
 
 `pytest -s` prints what the runs did (operations by outcome, domain errors by
 kind, paths of interest such as debt, expiry and requalification). For a longer
@@ -51,7 +55,7 @@ from ledger.expiry import RollingToQuarterEnd
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from ledger.verify import verify
-from members.registry import MemberInput, Members
+from members.registry import CloseInput, MemberInput, Members, MergeInput
 from partners import rulebook
 from partners.earning import EarnRule, Offer, Purchase, PurchaseLine, evaluate
 from partners.programme import Programme
@@ -61,7 +65,7 @@ from tests.conftest import TEST_SECRET_KEY, Clock
 from tests.property.model import PTS, QP, Book, TierDef
 from tests.property.shop import ADMIN, create_shop
 
-MEMBERS = 3
+MEMBERS = 3  # seats: the members the rules pick (a fresh one may replace one who left)
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 CATEGORIES = ("groceries", "electronics", "vouchers")
@@ -80,6 +84,10 @@ purchase_lines = st.lists(
     max_size=3,
 )
 small_or_large = st.one_of(st.integers(1, 400), st.integers(400, 15_000))
+opening_balance = small_or_large | st.integers(15_000, 45_000)
+# After a member leaves: None keeps the seat theirs (what is asked of them is
+# refused), a number enrols a fresh member there with that opening balance.
+successor = st.none() | opening_balance
 
 
 def production_settings(fee_rate: str) -> Settings:
@@ -103,8 +111,8 @@ async def load_tiers(database_url: str) -> list[TierDef]:
 
 
 # What the invariants read, in one round trip: our members' balances, open lots,
-# holds and tiers; the non-member side of their entries; the number of their
-# entries; the partner's balances and the promotion's budget used.
+# holds, tiers and statuses; the non-member side of their entries; the number of
+# their entries; the partner's balances and the promotion's budget used.
 OURS = "SELECT DISTINCT entry_id FROM postings WHERE member_id = ANY(CAST(:m AS text[]))"
 SNAPSHOT = f"""
 SELECT
@@ -120,6 +128,8 @@ SELECT
      FROM holds WHERE member_id = ANY(CAST(:m AS text[]))) AS holds,
   (SELECT coalesce(json_agg(json_build_array(member_id, tier_code, valid_until)), '[]')
      FROM member_tiers WHERE member_id = ANY(CAST(:m AS text[]))) AS tiers,
+  (SELECT coalesce(json_agg(json_build_array(id, status, merged_into)), '[]')
+     FROM members WHERE id = ANY(CAST(:m AS text[]))) AS statuses,
   (SELECT budget_used FROM promotions WHERE code = :c) AS budget,
   (SELECT coalesce(json_agg(json_build_array(u.member_id, u.points)), '[]')
      FROM promotion_usage u JOIN promotions p ON p.id = u.promotion_id
@@ -131,7 +141,7 @@ SELECT
 
 
 JOBS = ("release-pending", "expire-holds", "expire-points", "requalify-tiers")
-UNCOUNTED = {"snapshot", "verify", "entry", "dispose"}
+UNCOUNTED = {"snapshot", "verify", "entry", "dispose", "merged_lots"}
 totals: Counter = Counter()  # outcomes over all examples of a run, for the report
 
 
@@ -152,7 +162,8 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             run = self.run_id = uuid.uuid4().hex[:8]
             self.partner = f"mp-{run}"
             self.promotion = f"MP-{run}".upper()
-            self.members = [f"mm-{run}-{i}" for i in range(MEMBERS)]
+            self.members = [f"mm-{run}-{i}" for i in range(MEMBERS)]  # the seats
+            self.enrolled = list(self.members)  # everyone, in enrolment order
             self.seq = itertools.count()
             self.book = Book(
                 self.members,
@@ -183,6 +194,9 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             totals.update(self.book.counts)
             self.do(self.engine.dispose())
             self.runner.close()
+
+        def active(self, member: str) -> bool:
+            return self.book.members[member].active
 
         def ref(self, prefix: str) -> str:
             return f"{prefix}-{next(self.seq)}"
@@ -220,9 +234,7 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
         @initialize(
             start_day=st.integers(0, 4 * 365),
             minute=st.integers(0, 24 * 60 - 1),
-            amounts=st.lists(
-                small_or_large | st.integers(15_000, 45_000), min_size=MEMBERS, max_size=MEMBERS
-            ),
+            amounts=st.lists(opening_balance, min_size=MEMBERS, max_size=MEMBERS),
         )
         def start(self, start_day, minute, amounts):
             # The partner registered (default contract) and the members enrolled.
@@ -230,9 +242,9 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             self.runner.run(
                 registry.create_partner(PartnerInput(id=self.partner, name=self.partner), ADMIN)
             )
-            members = Members(self.ledger, self.programme)
+            self.registry = Members(self.ledger, self.programme)
             for member in self.members:
-                self.runner.run(members.enrol(MemberInput(id=member), ADMIN))
+                self.runner.run(self.registry.enrol(MemberInput(id=member), ADMIN))
             self.clock.now = EPOCH + timedelta(days=start_day, minutes=minute)
             valid_from = self.now - timedelta(days=1)
             self.earn_rule, self.offer = self.do(
@@ -248,14 +260,17 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             )
             # Opening balances, so that spending and transfers mostly go through.
             for member, points in zip(self.members, amounts, strict=True):
-                reference = self.ref("opening")
-                receipt = self.do(
-                    self.ledger.earn(Earn.simple(member, self.partner, reference, points))
-                )
-                self.book.apply_earn(
-                    member, receipt.entry_id, [(PTS, points, "partner")], self.now, self.now, None
-                )
+                self.opening(member, points)
             self.ready = True
+
+        def opening(self, member: str, points: int) -> None:
+            reference = self.ref("opening")
+            receipt = self.do(
+                self.ledger.earn(Earn.simple(member, self.partner, reference, points))
+            )
+            self.book.apply_earn(
+                member, receipt.entry_id, [(PTS, points, "partner")], self.now, self.now, None
+            )
 
         # -- earning ------------------------------------------------------------
 
@@ -280,6 +295,8 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
                     key,
                 )
 
+            if self.refused(self.book.refusal_earn(member), call):
+                return
             receipt = self.do(call())
             lines = [(PTS, points, "partner")] + ([(QP, qp, "program")] if qp else [])
             self.book.apply_earn(member, receipt.entry_id, lines, self.now, self.now, release_at)
@@ -330,6 +347,8 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
                     idempotency=key,
                 )
 
+            if self.refused(self.book.refusal_earn(member), call):
+                return
             receipt = self.do(call())
             got = [
                 (ln.kind, ln.asset, ln.amount, ln.funder, ln.source) for ln in receipt.earning.lines
@@ -416,7 +435,9 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
 
         @rule(m=member_index, amount=small_or_large)
         def burn(self, m, amount):
-            member = self.members[m]
+            self._burn(self.members[m], amount)
+
+        def _burn(self, member, amount):
             reference = self.ref("burn")
             key = self.key()
 
@@ -578,8 +599,8 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
         @precondition(lambda self: self.book.other_entries)
         @rule(p=pick, as_partner=st.booleans())
         def reverse_what_cannot_be_reversed(self, p, as_partner):
-            """Holds, voids, transfers and adjustments are not reversible; a
-            partner cannot reverse another's (or nobody's) entry."""
+            """Holds, voids, transfers, adjustments, forfeits and merges are not
+            reversible; a partner cannot reverse another's (or nobody's) entry."""
             entry_id = self.book.other_entries[p % len(self.book.other_entries)]
             entry = self.do(self.ledger.entry(entry_id))
             partner = self.partner if as_partner else None
@@ -587,6 +608,97 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             with pytest.raises(error):
                 self.do(self.ledger.reverse(Reverse(entry_id, partner_id=partner), ADMIN))
             self.book.counts[error.__name__] += 1
+
+        # -- members leaving: closing, merging, and a fresh member in the seat -------
+
+        @rule(
+            m=member_index,
+            balance=st.sampled_from(["forfeit", "refuse"]),
+            spend_first=st.booleans(),
+            then=successor,
+        )
+        def close(self, m, balance, spend_first, then):
+            """Close an account: points left are forfeited to program:expired, or
+            (refuse) the close is refused while any are left; open holds and a
+            debt always refuse it. `spend_first`: the member redeems what is
+            available first, as a member leaving does."""
+            member = self.members[m]
+            model = self.book.members[member]
+            if spend_first and model.active and model.available > 0:
+                self._burn(member, model.available)
+            command = CloseInput("property test", balance)
+            call = lambda: self.registry.close(member, command, ADMIN)  # noqa: E731
+            if self.refused(self.book.refusal_close(member, balance), call):
+                return
+            closure = self.do(call())
+            points = self.book.apply_close(member, self.now)
+            assert closure.member.status == "closed"
+            assert (closure.forfeit_entry_id is None) == (points == 0)
+            if points:
+                self.book.other_entries.append(closure.forfeit_entry_id)
+                self.book.counts["closed, points forfeited"] += 1
+            else:
+                self.book.counts[f"closed with nothing left ({balance})"] += 1
+            if then is not None:
+                self._enrol(m, then)
+
+        @rule(
+            a=member_index,
+            offset=st.one_of(st.just(0), *[st.integers(1, MEMBERS - 1)] * 3),
+            then=successor,
+        )
+        def merge(self, a, offset, then):
+            """One person's two accounts become one: `a`'s into another's
+            (offset 0: into itself, refused). Refused while `a` has open holds
+            or a debt, or either member has left."""
+            source, target = self.members[a], self.members[(a + offset) % MEMBERS]
+            command = MergeInput(target, "property test")
+            call = lambda: self.registry.merge(source, command, ADMIN)  # noqa: E731
+            if self.refused(self.book.refusal_merge(source, target), call):
+                return
+            merger = self.do(call())
+            moved = self.book.apply_merge(source, target, self.now)
+            assert (merger.source.status, merger.source.merged_into) == ("merged", target)
+            assert merger.target.status == "active"
+            assert len(merger.entry_ids) == moved["entries"], (merger.entry_ids, moved)
+            assert merger.moved["purchases"] == moved["purchases"], (merger.moved, moved)
+            assert merger.moved["tier"] == moved["tier"], (merger.moved, moved)
+            if moved["lots"]:
+                # The lots the merge opened at the target: each with the expiry
+                # of the source's lot it carries (soonest first).
+                created = self.do(self.merged_lots(merger.entry_ids[0]))
+                assert created == [(lot.remaining, lot.expires_at) for lot in moved["lots"]]
+                self.book.counts["merge carried lots"] += 1
+            self.book.other_entries.extend(merger.entry_ids)
+            if then is not None:
+                self._enrol(a, then)
+
+        async def merged_lots(self, entry_id: int) -> list[tuple[int, datetime]]:
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT remaining, expires_at FROM lots WHERE source_entry_id = :e "
+                        "ORDER BY id"
+                    ),
+                    {"e": entry_id},
+                )
+                return [(r.remaining, r.expires_at) for r in rows]
+
+        @precondition(lambda self: not all(self.active(m) for m in self.members))
+        @rule(p=pick, points=opening_balance)
+        def enrol(self, p, points):
+            """A fresh member takes the seat of one who left."""
+            seats = [i for i, member in enumerate(self.members) if not self.active(member)]
+            self._enrol(seats[p % len(seats)], points)
+
+        def _enrol(self, seat: int, points: int) -> None:
+            member = f"mm-{self.run_id}-{len(self.enrolled)}"
+            view = self.do(self.registry.enrol(MemberInput(id=member), ADMIN))
+            assert (view.id, view.status) == (member, "active")
+            self.enrolled.append(member)
+            self.book.add_member(member)
+            self.members[seat] = member
+            self.opening(member, points)
 
         # -- idempotency -----------------------------------------------------------------
 
@@ -652,13 +764,14 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             async with self.engine.connect() as conn:
                 row = (
                     await conn.execute(
-                        text(SNAPSHOT), {"m": self.members, "p": self.partner, "c": self.promotion}
+                        text(SNAPSHOT),
+                        {"m": self.enrolled, "p": self.partner, "c": self.promotion},
                     )
                 ).one()
-            balances = {m: {} for m in self.members}
+            balances = {m: {} for m in self.enrolled}
             for member_id, account, balance in row.balances:
                 balances[member_id][account.rsplit(":", 1)[1]] = balance
-            lots = {m: [] for m in self.members}
+            lots = {m: [] for m in self.enrolled}
             for member_id, remaining, expires_at in row.lots:
                 lots[member_id].append((remaining, datetime.fromisoformat(expires_at)))
             return dict(
@@ -671,6 +784,7 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
                     m: (code, until and datetime.fromisoformat(until))
                     for m, code, until in row.tiers
                 },
+                statuses={m: (status, into) for m, status, into in row.statuses},
                 budget=row.budget,
                 usage={m: points for m, points in row.usage},
                 partner={(a, asset): total for a, asset, total in row.partner},
@@ -703,11 +817,19 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
             assert {k: v for k, v in db["accounts"].items() if v} == expected_accounts
             assert db["entries"] == book.entries
             assert db["holds"] == {h.hold_id: h.status for h in book.holds.values()}
+            assert db["statuses"] == {
+                m: (member.status, member.merged_into) for m, member in book.members.items()
+            }
             assert db["budget"] == book.promotion_used <= PROMOTION_BUDGET
-            # Per member: what the promotion paid them, net of what returns gave back.
+            # Per member: what the promotion paid them, net of what returns gave
+            # back (a merge adds the source's to the survivor's).
             used_by = {m: v for m, v in book.promotion_used_by.items() if v}
             assert db["usage"] == used_by, (db["usage"], used_by)
-            assert all(v <= PROMOTION_MEMBER_LIMIT for v in used_by.values())
+            assert all(
+                v <= PROMOTION_MEMBER_LIMIT
+                for m, v in used_by.items()
+                if not book.members[m].merged_from
+            )
             partner_accounts = {
                 k: v for k, v in expected_accounts.items() if k[0].startswith("partner:")
             }

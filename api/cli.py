@@ -469,6 +469,12 @@ _TERMS = (
     click.option("--deposit-minor", type=click.IntRange(0), default=None),
     click.option("--late-submission-days", type=click.IntRange(0, 730), default=None),
     click.option("--future-tolerance-seconds", type=click.IntRange(0, 86400), default=None),
+    click.option(
+        "--requests-per-second",
+        type=click.IntRange(1, 1_000_000),
+        default=None,
+        help="Signed calls per second (default: LOYALTY_PARTNER_RATE_LIMIT).",
+    ),
 )
 
 

@@ -8,9 +8,10 @@ seen before is refused whatever happened to Redis meanwhile (a flush, a
 failover to a replica that missed the last writes), which a record in Redis
 alone did not survive.
 
-Rate limits, per partner here and per member (api/routes/member.py) through
-the same `rate_limit`, are a Redis fixed window; without Redis they are not
-enforced (they protect capacity, not correctness).
+Rate limits, per partner here (the contract's `requests_per_second`, else
+the service's default) and per member (api/routes/member.py) through the same
+`rate_limit`, are a Redis fixed window, one pipelined round trip; without
+Redis they are not enforced (they protect capacity, not correctness).
 """
 
 import time
@@ -88,7 +89,7 @@ async def authenticate_partner(connection: ASGIConnection, _: object) -> None:
         await rate_limit(
             connection,
             f"partner:{key.partner_id}",
-            connection.app.state.settings.partner_rate_limit,
+            key.requests_per_second or connection.app.state.settings.partner_rate_limit,
         )
         if not await _first_use(connection, signature):
             raise SignatureProblem("signature-replayed", "this signature was used before")

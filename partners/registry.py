@@ -52,6 +52,7 @@ MAX_LATE_SUBMISSION_DAYS = 730
 MAX_FUTURE_TOLERANCE_SECONDS = 86_400
 MAX_PRICE_PER_POINT = Decimal(1000)  # currency units; far beyond any real contract
 MAX_MONEY_MINOR = 10**15
+MAX_REQUESTS_PER_SECOND = 1_000_000
 
 
 class PartnerInput(msgspec.Struct, forbid_unknown_fields=True):
@@ -65,6 +66,7 @@ class PartnerInput(msgspec.Struct, forbid_unknown_fields=True):
     deposit_minor: int = 0  # prepaid: a limit of 0 plus a deposit
     late_submission_days: int = DEFAULT_LATE_SUBMISSION_DAYS  # how far back a purchase may be
     future_tolerance_seconds: int = DEFAULT_FUTURE_TOLERANCE_SECONDS  # how far ahead (clocks)
+    requests_per_second: int | None = None  # signed calls; None: the service's default
 
 
 class ContractInput(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,6 +81,7 @@ class ContractInput(msgspec.Struct, forbid_unknown_fields=True):
     deposit_minor: int | UnsetType = UNSET
     late_submission_days: int | UnsetType = UNSET
     future_tolerance_seconds: int | UnsetType = UNSET
+    requests_per_second: int | UnsetType | None = UNSET  # null: the service's default
 
 
 TERMS = (
@@ -89,6 +92,7 @@ TERMS = (
     "deposit_minor",
     "late_submission_days",
     "future_tolerance_seconds",
+    "requests_per_second",
 )
 
 
@@ -106,6 +110,7 @@ class Contract(msgspec.Struct, frozen=True):
     deposit_minor: int
     late_submission_days: int
     future_tolerance_seconds: int
+    requests_per_second: int | None
     created_by: str
     created_at: datetime
 
@@ -124,6 +129,7 @@ class PartnerView(msgspec.Struct, frozen=True):
     deposit_minor: int
     late_submission_days: int
     future_tolerance_seconds: int
+    requests_per_second: int | None
     contract_version: int
     contract_effective_from: datetime
 
@@ -156,6 +162,7 @@ class SigningKey:
     secret: str
     status: str
     partner_status: str
+    requests_per_second: int | None  # the contract's in force now; None: the default
 
 
 class SecretBox:
@@ -314,6 +321,12 @@ def _check_terms(terms: dict) -> None:
         "future_tolerance_seconds",
         f"between 0 and {MAX_FUTURE_TOLERANCE_SECONDS}",
     )
+    rate = terms["requests_per_second"]
+    require(
+        rate is None or 1 <= rate <= MAX_REQUESTS_PER_SECOND,
+        "requests_per_second",
+        f"null (the service's default) or between 1 and {MAX_REQUESTS_PER_SECOND}",
+    )
 
 
 # -- reading contracts (also inside other transactions) ----------------------------
@@ -327,12 +340,13 @@ _IN_FORCE = (
 _CONTRACT_COLUMNS = (
     "c.partner_id, c.version, c.effective_from, p.currency, c.return_window_days, "
     "c.price_per_point, c.redemption_value, c.credit_limit_minor, c.deposit_minor, "
-    "c.late_submission_days, c.future_tolerance_seconds, c.created_by, c.created_at"
+    "c.late_submission_days, c.future_tolerance_seconds, c.requests_per_second, "
+    "c.created_by, c.created_at"
 )
 _PARTNER_NOW = (
     "SELECT p.id, p.name, p.status, p.currency, c.return_window_days, c.price_per_point, "
     "c.redemption_value, c.credit_limit_minor, c.deposit_minor, c.late_submission_days, "
-    "c.future_tolerance_seconds, c.version AS contract_version, "
+    "c.future_tolerance_seconds, c.requests_per_second, c.version AS contract_version, "
     "c.effective_from AS contract_effective_from FROM partners p CROSS JOIN LATERAL "
     "(SELECT * FROM partner_contracts c WHERE c.partner_id = p.id "
     + _IN_FORCE.format(at="now()")
@@ -574,7 +588,10 @@ class Registry:
                 await conn.execute(
                     text(
                         "SELECT k.key_id, k.partner_id, k.secret_encrypted, k.status, "
-                        "p.status AS partner_status FROM partner_keys k "
+                        "p.status AS partner_status, (SELECT c.requests_per_second "
+                        "FROM partner_contracts c WHERE c.partner_id = p.id "
+                        + _IN_FORCE.format(at="now()")
+                        + ") AS requests_per_second FROM partner_keys k "
                         "JOIN partners p ON p.id = k.partner_id WHERE k.key_id = :k"
                     ),
                     {"k": key_id},
@@ -588,6 +605,7 @@ class Registry:
             self.box.open(row.secret_encrypted),
             row.status,
             row.partner_status,
+            row.requests_per_second,
         )
 
     # -- cards ----------------------------------------------------------------

@@ -725,3 +725,35 @@ async def test_a_full_return_frees_the_budget_and_the_member_limit_for_the_next_
     assert await promotion_standing(engine, code, shop.member_id) == (0, 0)
     again = await post(client, shop, "/v1/partner/earn", earn_body(shop, "F-3", 10_000))
     assert [ln["amount"] for ln in again.json()["earning"]["lines"] if ln["source"] == code] == [50]
+
+
+# -- the request rate is a contract term ----------------------------------------------
+
+
+async def test_a_partners_request_rate_is_its_contracts(client, token, open_shop):
+    """The test service's default is 1,000 signed calls a second; a contract of
+    3 refuses the fourth in a second with 429, and a new version raises it."""
+    shop = await open_shop(requests_per_second=3)
+    answers = [(await client.get("/v1/partner/credit", auth=shop.auth())) for _ in range(8)]
+    statuses = [a.status_code for a in answers]
+    limited = [a for a in answers if a.status_code == 429]
+    assert statuses.count(200) >= 3 and limited, statuses  # 8 calls span at most 2 seconds
+    assert problem_type(limited[0]) == "rate-limited"
+    assert limited[0].headers["retry-after"] == "1"
+    raised = await client.post(
+        f"/v1/admin/partners/{shop.partner_id}/contracts",
+        headers=token(),
+        json={"effective_from": datetime.now(UTC).isoformat(), "requests_per_second": 100},
+    )
+    assert raised.status_code == 201 and raised.json()["requests_per_second"] == 100
+    await asyncio.sleep(1)
+    again = [
+        (await client.get("/v1/partner/credit", auth=shop.auth())).status_code for _ in range(8)
+    ]
+    assert again == [200] * 8
+    refused = await client.post(
+        f"/v1/admin/partners/{shop.partner_id}/contracts",
+        headers=token(),
+        json={"effective_from": datetime.now(UTC).isoformat(), "requests_per_second": 0},
+    )
+    assert (refused.status_code, refused.json()["field"]) == (422, "requests_per_second")

@@ -156,6 +156,42 @@ def check_balanced(postings: Sequence[Posting]) -> None:
         raise UnbalancedEntry(f"postings do not sum to zero per asset: {unbalanced}")
 
 
+def _check_draft(draft: EntryDraft) -> None:
+    check_balanced(draft.postings)
+    for posting in draft.postings:
+        if posting.account.endswith(":available") and (
+            member_of(posting.account) not in draft.lot_effects
+        ):
+            raise InvalidAmount(f"a posting on {posting.account} needs a lot effect")
+
+
+def _reads_lots(effect: LotEffect) -> bool:
+    """Whether working out the effect reads the member's lots as they are now."""
+    return isinstance(effect, (Spend, Clawback, RestoreLots))
+
+
+class _LotWork:
+    """What a call's lot effects do, collected to be written all at once."""
+
+    def __init__(self) -> None:
+        # (member, entry, earning, amount, earned at, expires at, source)
+        self.created: list[tuple] = []
+        # (entry, lot, amount, origin entry)
+        self.moved: list[tuple[int, int, int, int | None]] = []
+
+    def new(self, entry_id, member_id, amount, effect: NewLot, policy, expires_at=...) -> None:
+        earning = effect.earn_entry_id
+        if earning is None and effect.source == "earn":
+            earning = entry_id  # this entry is the earning
+        expiry = policy.expires_at(effect.earned_at) if expires_at is ... else expires_at
+        self.created.append(
+            (member_id, entry_id, earning, amount, effect.earned_at, expiry, effect.source)
+        )
+
+    def move(self, entry_id: int, lot_id: int, amount: int, origin: int | None = None) -> None:
+        self.moved.append((entry_id, lot_id, amount, origin))
+
+
 def _soonest_expiry_first(lot: CarriedLot) -> tuple[bool, datetime]:
     return (lot.expires_at is None, lot.expires_at or lot.earned_at)
 
@@ -208,98 +244,148 @@ class Journal:
         return {r.member_id: BalanceRow(r.balance, r.version) for r in rows}
 
     async def post(self, conn: AsyncConnection, draft: EntryDraft, now: datetime) -> PostedEntry:
-        check_balanced(draft.postings)
-        postings = list(draft.postings)
-        members = {m for p in postings if (m := member_of(p.account))} | set(draft.lot_effects)
-        for posting in postings:
-            if posting.account.endswith(":available") and (
-                member_of(posting.account) not in draft.lot_effects
-            ):
-                raise InvalidAmount(f"a posting on {posting.account} needs a lot effect")
-        entry_id = await self._insert_entry(conn, draft)
+        """Post one entry (`post_many` of one); a partner reference used before
+        raises `DuplicatePartnerReference`."""
+        (result,) = await self.post_many(conn, [draft], now)
+        if isinstance(result, DuplicatePartnerReference):
+            raise result
+        return result
+
+    async def post_many(
+        self, conn: AsyncConnection, drafts: Sequence[EntryDraft], now: datetime
+    ) -> list[PostedEntry | DuplicatePartnerReference]:
+        """Post entries with a constant number of statements, whatever their
+        number: entries, member balances (one row change per account and
+        asset), hot slots, new lots with their creating movements, movements
+        of existing lots, postings. One result per draft, in order: the
+        posted entry, or `DuplicatePartnerReference` for a draft whose
+        partner reference was used before (also earlier in the same call);
+        such a draft posts nothing and the others post as if it were absent.
+
+        A member whose draft's lot effect reads the member's lots (a debit
+        that may not overdraw, a clawback, a restoration) may have only that
+        one draft in a call; credits and given debits (NewLot, CarryLots,
+        ConsumeLots) may repeat, and apply in draft order."""
+        for draft in drafts:
+            _check_draft(draft)
+        entry_ids = await self._insert_entries(conn, drafts)
+        live = [(d, e) for d, e in zip(drafts, entry_ids, strict=True) if e is not None]
+        members = {
+            m for d, _ in live for m in ({member_of(p.account) for p in d.postings} - {None})
+        } | {m for d, _ in live for m in d.lot_effects}
         # Member rows first: when the transaction holds no member yet, this
         # upsert is its member lock step (each member's available row, the
         # mutex, rides along with a zero change); it returns the new balances,
         # from which the lot effects work under that lock.
         held = _held_members(conn, members)
-        member_postings = [p for p in postings if member_of(p.account)]
+        member_postings = [p for d, _ in live for p in d.postings if member_of(p.account)]
         if not held:
             member_postings += [
                 Posting(member_account(m, "available"), PTS, 0) for m in sorted(members)
             ]
             held.update(members)
         balances = await self._apply_balances(conn, member_postings)
-        movements: list[dict[str, object]] = []
-        new_lots: set[int] = set()
-        for member_id, effect in sorted(draft.lot_effects.items()):
-            account = member_account(member_id, "available")
-            delta = sum(p.amount for p in postings if p.account == account and p.asset == PTS)
-            before = balances[(account, PTS)].balance - delta
-            await self._apply_lot_effect(
-                conn, entry_id, member_id, effect, delta, before, now, movements, new_lots
+        lots = _LotWork()
+        running = {
+            m: balances[(member_account(m, "available"), PTS)].balance
+            - sum(
+                p.amount
+                for d, _ in live
+                for p in d.postings
+                if p.account == member_account(m, "available") and p.asset == PTS
             )
+            for m in {m for d, _ in live for m in d.lot_effects}
+        }
+        reads = [m for d, _ in live for m, e in d.lot_effects.items() if _reads_lots(e)]
+        if len(reads) != len(set(reads)) or any(
+            sum(m in d.lot_effects for d, _ in live) > 1 for m in reads
+        ):
+            raise ValueError("a member whose lot effect reads its lots has one draft per call")
+        for draft, entry_id in live:
+            for member_id, effect in sorted(draft.lot_effects.items()):
+                account = member_account(member_id, "available")
+                delta = sum(
+                    p.amount for p in draft.postings if p.account == account and p.asset == PTS
+                )
+                await self._resolve_lot_effect(
+                    conn, lots, entry_id, member_id, effect, delta, running[member_id], now
+                )
+                running[member_id] += delta
         # Then the hot slots, in address order.
-        await self._apply_balances(conn, [p for p in postings if not member_of(p.account)])
-        await self._insert_movements(conn, movements, new_lots)
-        await self._insert_postings(conn, entry_id, postings)
-        return PostedEntry(entry_id, balances)
-
-    async def _insert_entry(self, conn: AsyncConnection, draft: EntryDraft) -> int:
-        entry_id = (
-            await conn.execute(
-                text(
-                    "INSERT INTO journal_entries (kind, member_id, partner_id, "
-                    "partner_reference, reverses_entry_id, hold_id, effective_at, "
-                    "posted_by, reason, breakdown) VALUES (:kind, :member_id, "
-                    ":partner_id, :partner_reference, :reverses_entry_id, :hold_id, "
-                    ":effective_at, :posted_by, :reason, CAST(:breakdown AS jsonb)) "
-                    "ON CONFLICT (partner_id, partner_reference) "
-                    "WHERE partner_reference IS NOT NULL DO NOTHING RETURNING id"
-                ),
-                {
-                    "kind": draft.kind,
-                    "member_id": draft.member_id,
-                    "partner_id": draft.partner_id,
-                    "partner_reference": draft.partner_reference,
-                    "reverses_entry_id": draft.reverses_entry_id,
-                    "hold_id": draft.hold_id,
-                    "effective_at": draft.effective_at,
-                    "posted_by": draft.posted_by,
-                    "reason": draft.reason,
-                    "breakdown": msgspec.json.encode(list(draft.breakdown)).decode(),
-                },
+        await self._apply_balances(
+            conn, [p for d, _ in live for p in d.postings if not member_of(p.account)]
+        )
+        await self._write_lots(conn, lots)
+        await self._insert_postings(conn, live)
+        posted = {e: PostedEntry(e, balances) for _, e in live}
+        return [
+            posted[e]
+            if e is not None
+            else DuplicatePartnerReference(
+                f"partner {d.partner_id} already used reference {d.partner_reference!r}",
+                partner_reference=d.partner_reference,
             )
-        ).scalar_one_or_none()
-        if entry_id is None:
-            raise DuplicatePartnerReference(
-                f"partner {draft.partner_id} already used reference {draft.partner_reference!r}",
-                partner_reference=draft.partner_reference,
-            )
-        return entry_id
+            for d, e in zip(drafts, entry_ids, strict=True)
+        ]
 
-    async def _apply_lot_effect(
+    async def _insert_entries(
+        self, conn: AsyncConnection, drafts: Sequence[EntryDraft]
+    ) -> list[int | None]:
+        """Insert the entries; each draft's entry id, or None where its partner
+        reference was taken. Ids are drawn per input row and joined back by
+        position, so the mapping does not depend on the order of RETURNING."""
+        rows = await conn.execute(
+            text(
+                "WITH input AS MATERIALIZED (SELECT t.*, "
+                "nextval('journal_entries_id_seq') AS id FROM unnest("
+                "CAST(:kinds AS text[]), CAST(:members AS text[]), CAST(:partners AS text[]), "
+                "CAST(:references AS text[]), CAST(:reverses AS bigint[]), "
+                "CAST(:holds AS bigint[]), CAST(:effective AS timestamptz[]), "
+                "CAST(:posted_by AS text[]), CAST(:reasons AS text[]), "
+                "CAST(:breakdowns AS text[])) WITH ORDINALITY AS t(kind, member_id, "
+                "partner_id, partner_reference, reverses_entry_id, hold_id, effective_at, "
+                "posted_by, reason, breakdown, n)), "
+                "inserted AS (INSERT INTO journal_entries (id, kind, member_id, partner_id, "
+                "partner_reference, reverses_entry_id, hold_id, effective_at, posted_by, "
+                "reason, breakdown) OVERRIDING SYSTEM VALUE SELECT id, kind, member_id, "
+                "partner_id, partner_reference, reverses_entry_id, hold_id, effective_at, "
+                "posted_by, reason, CAST(breakdown AS jsonb) FROM input ORDER BY n "
+                "ON CONFLICT (partner_id, partner_reference) "
+                "WHERE partner_reference IS NOT NULL DO NOTHING RETURNING id) "
+                "SELECT inserted.id FROM input LEFT JOIN inserted USING (id) ORDER BY input.n"
+            ),
+            {
+                "kinds": [d.kind for d in drafts],
+                "members": [d.member_id for d in drafts],
+                "partners": [d.partner_id for d in drafts],
+                "references": [d.partner_reference for d in drafts],
+                "reverses": [d.reverses_entry_id for d in drafts],
+                "holds": [d.hold_id for d in drafts],
+                "effective": [d.effective_at for d in drafts],
+                "posted_by": [d.posted_by for d in drafts],
+                "reasons": [d.reason for d in drafts],
+                "breakdowns": [msgspec.json.encode(list(d.breakdown)).decode() for d in drafts],
+            },
+        )
+        return [r.id for r in rows]
+
+    async def _resolve_lot_effect(
         self,
         conn: AsyncConnection,
+        lots: "_LotWork",
         entry_id: int,
         member_id: str,
         effect: LotEffect,
         delta: int,
         balance: int,
         now: datetime,
-        movements: list[dict[str, object]],
-        new_lots: set[int],
     ) -> None:
-        """Move the member's lots for a change of `delta` to `available`.
+        """Work out what a change of `delta` to the member's `available` does to
+        its lots (written later, all at once, by `_write_lots`).
 
         Points given back to a lot whose expiry passed meanwhile stay in that
         lot: the next expiry run moves them to program:expired, unless the
         member is protected from expiry then, like any other expired lot."""
-
-        def move(lot_id: int, amount: int, origin: int | None = None) -> None:
-            movements.append(
-                {"entry_id": entry_id, "lot_id": lot_id, "amount": amount, "origin": origin}
-            )
-
         if isinstance(effect, (Spend, Clawback, ConsumeLots)):
             if delta >= 0:
                 raise InvalidAmount("a debit lot effect needs a debit of available points")
@@ -318,7 +404,7 @@ class Journal:
                     await self.open_lots(conn, member_id), -delta, prefer_earning=prefer
                 )
             for lot_id, take in takes:
-                move(lot_id, -take)
+                lots.move(entry_id, lot_id, -take)
             return
 
         if delta <= 0:
@@ -327,7 +413,7 @@ class Journal:
         if into_lots == 0:
             return
         if isinstance(effect, NewLot):
-            new_lots.add(await self._new_lot(conn, entry_id, member_id, into_lots, effect, move))
+            lots.new(entry_id, member_id, into_lots, effect, self.expiry_policy)
             return
         if isinstance(effect, CarryLots):
             if sum(lot.amount for lot in effect.lots) != delta:
@@ -338,50 +424,14 @@ class Journal:
                 repay -= lot.amount - kept
                 if kept:
                     new = NewLot(lot.source, lot.earned_at, lot.earn_entry_id)
-                    new_lots.add(
-                        await self._new_lot(
-                            conn, entry_id, member_id, kept, new, move, lot.expires_at
-                        )
-                    )
+                    lots.new(entry_id, member_id, kept, new, self.expiry_policy, lot.expires_at)
             return
         consumed = await self._consumed_lots(conn, effect.origin_entry_id)
         given, unplaced = allocate_restore(consumed, into_lots)
         for lot_id, amount in given:
-            move(lot_id, amount, effect.origin_entry_id)
+            lots.move(entry_id, lot_id, amount, effect.origin_entry_id)
         if unplaced:
-            fallback = NewLot("restore", now)
-            new_lots.add(await self._new_lot(conn, entry_id, member_id, unplaced, fallback, move))
-
-    async def _new_lot(
-        self, conn, entry_id, member_id, amount, effect: NewLot, move, expires_at=...
-    ) -> int:
-        """Insert a lot holding `amount` (its creating movement is recorded too),
-        expiring by the expiry policy unless `expires_at` is given."""
-        lot_id = (
-            await conn.execute(
-                text(
-                    "INSERT INTO lots (member_id, source_entry_id, earn_entry_id, amount, "
-                    "remaining, earned_at, expires_at, source) VALUES (:member_id, :entry_id, "
-                    ":earn_entry_id, :amount, :amount, :earned_at, :expires_at, :source) "
-                    "RETURNING id"
-                ),
-                {
-                    "member_id": member_id,
-                    "entry_id": entry_id,
-                    "earn_entry_id": effect.earn_entry_id
-                    if effect.earn_entry_id is not None
-                    else (entry_id if effect.source == "earn" else None),
-                    "amount": amount,
-                    "earned_at": effect.earned_at,
-                    "expires_at": self.expiry_policy.expires_at(effect.earned_at)
-                    if expires_at is ...
-                    else expires_at,
-                    "source": effect.source,
-                },
-            )
-        ).scalar_one()
-        move(lot_id, amount)
-        return lot_id
+            lots.new(entry_id, member_id, unplaced, NewLot("restore", now), self.expiry_policy)
 
     async def open_lots(self, conn: AsyncConnection, member_id: str) -> list[OpenLot]:
         rows = await conn.execute(
@@ -408,22 +458,51 @@ class Journal:
         )
         return [ConsumedLot(r.id, r.outstanding, r.expires_at) for r in rows]
 
-    async def _insert_movements(self, conn: AsyncConnection, movements, new_lots: set[int]) -> None:
-        """Record lot movements and apply them to existing lots (new lots were
-        inserted holding their amount)."""
-        if not movements:
+    async def _write_lots(self, conn: AsyncConnection, lots: "_LotWork") -> None:
+        """New lots with their creating movements in one statement; movements of
+        existing lots in one more, and their remaining points in a third."""
+        if lots.created:
+            columns = list(zip(*lots.created, strict=True))
+            await conn.execute(
+                text(
+                    "WITH created AS (INSERT INTO lots (member_id, source_entry_id, "
+                    "earn_entry_id, amount, remaining, earned_at, expires_at, source) "
+                    "SELECT m, e, ee, a, a, ea, x, s FROM unnest(CAST(:members AS text[]), "
+                    "CAST(:entries AS bigint[]), CAST(:earnings AS bigint[]), "
+                    "CAST(:amounts AS bigint[]), CAST(:earned AS timestamptz[]), "
+                    "CAST(:expires AS timestamptz[]), CAST(:sources AS text[])) "
+                    "AS t(m, e, ee, a, ea, x, s) RETURNING id, source_entry_id, amount) "
+                    "INSERT INTO lot_movements (entry_id, lot_id, amount) "
+                    "SELECT source_entry_id, id, amount FROM created"
+                ),
+                {
+                    "members": list(columns[0]),
+                    "entries": list(columns[1]),
+                    "earnings": list(columns[2]),
+                    "amounts": list(columns[3]),
+                    "earned": list(columns[4]),
+                    "expires": list(columns[5]),
+                    "sources": list(columns[6]),
+                },
+            )
+        if not lots.moved:
             return
         await conn.execute(
             text(
                 "INSERT INTO lot_movements (entry_id, lot_id, amount, origin_entry_id) "
-                "VALUES (:entry_id, :lot_id, :amount, :origin)"
+                "SELECT * FROM unnest(CAST(:entries AS bigint[]), CAST(:lots AS bigint[]), "
+                "CAST(:amounts AS bigint[]), CAST(:origins AS bigint[]))"
             ),
-            movements,
+            {
+                "entries": [m[0] for m in lots.moved],
+                "lots": [m[1] for m in lots.moved],
+                "amounts": [m[2] for m in lots.moved],
+                "origins": [m[3] for m in lots.moved],
+            },
         )
         net: dict[int, int] = defaultdict(int)
-        for movement in movements:
-            if movement["lot_id"] not in new_lots:
-                net[movement["lot_id"]] += movement["amount"]
+        for _, lot_id, amount, _ in lots.moved:
+            net[lot_id] += amount
         changed = sorted((lot_id, amount) for lot_id, amount in net.items() if amount)
         if changed:
             await conn.execute(
@@ -435,20 +514,22 @@ class Journal:
                 {"ids": [i for i, _ in changed], "amounts": [a for _, a in changed]},
             )
 
-    async def _insert_postings(self, conn, entry_id: int, postings: Sequence[Posting]) -> None:
+    async def _insert_postings(self, conn, live: Sequence[tuple[EntryDraft, int]]) -> None:
+        rows = [(e, p) for d, e in live for p in d.postings]
+        if not rows:
+            return
         await conn.execute(
             text(
                 "INSERT INTO postings (entry_id, account, asset, amount, member_id) "
-                "SELECT :entry_id, a, s, v, m FROM unnest(CAST(:accounts AS text[]), "
-                "CAST(:assets AS text[]), CAST(:amounts AS bigint[]), CAST(:members AS text[])) "
-                "AS t(a, s, v, m)"
+                "SELECT * FROM unnest(CAST(:entries AS bigint[]), CAST(:accounts AS text[]), "
+                "CAST(:assets AS text[]), CAST(:amounts AS bigint[]), CAST(:members AS text[]))"
             ),
             {
-                "entry_id": entry_id,
-                "accounts": [p.account for p in postings],
-                "assets": [p.asset for p in postings],
-                "amounts": [p.amount for p in postings],
-                "members": [member_of(p.account) for p in postings],
+                "entries": [e for e, _ in rows],
+                "accounts": [p.account for _, p in rows],
+                "assets": [p.asset for _, p in rows],
+                "amounts": [p.amount for _, p in rows],
+                "members": [member_of(p.account) for _, p in rows],
             },
         )
 

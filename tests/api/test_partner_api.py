@@ -128,8 +128,9 @@ async def test_key_rotation_with_overlap_then_revocation(client, shop):
     await shop.registry.revoke_key(shop.partner_id, shop.key_id, "staff:tests")
     revoked = await client.get(path, auth=shop.auth(clock=lambda: time.time() - 1))
     assert (revoked.status_code, revoked.json()["type"]) == (401, "/problems/key-revoked")
-    # Signed a second apart: the same request twice in one second is a replay.
-    assert (await client.get(path, auth=new.auth(clock=lambda: time.time() - 1))).status_code == 200
+    # Signed seconds earlier: the same request at the same second is a replay
+    # (a second apart was not enough when the first call fell on the next second).
+    assert (await client.get(path, auth=new.auth(clock=lambda: time.time() - 7))).status_code == 200
 
 
 async def test_idempotent_retry_changed_payload_and_concurrency(client, shop, ledger, engine):

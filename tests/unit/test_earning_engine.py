@@ -282,6 +282,7 @@ CONTRACT = Contract(
     deposit_minor=0,
     late_submission_days=30,
     future_tolerance_seconds=300,
+    requests_per_second=None,
     created_by="staff:tests",
     created_at=T0 - timedelta(days=365),
 )

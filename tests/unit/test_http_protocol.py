@@ -25,7 +25,7 @@ class Transport:
         return False
 
 
-def test_connections_accepted_on_a_multi_worker_socket_get_tcp_nodelay():
+async def test_connections_accepted_on_a_multi_worker_socket_get_tcp_nodelay():
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # proto 0, as uvicorn binds
     listener.bind(("127.0.0.1", 0))
     listener.listen()

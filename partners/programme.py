@@ -177,6 +177,21 @@ def _view(member_id: str, purchase: Purchase, tier: Tier, earning: Earning) -> E
     )
 
 
+MAX_REFERENCE = 64
+
+
+def check_reference(value: str, field: str = "reference") -> str:
+    """A partner's reference: 1 to 64 printable characters."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_REFERENCE
+        or not (value.isprintable())
+    ):
+        raise InvalidPurchase(f"{field} is 1-{MAX_REFERENCE} printable characters", field=field)
+    return value
+
+
 def check_purchase(purchase: Purchase) -> None:
     check_id("partner", purchase.partner_id)
     check_currency(purchase.currency)
@@ -490,63 +505,74 @@ class Programme:
         }
 
         async def body(conn: AsyncConnection) -> PurchaseReceipt:
-            received, contract = await self._received(conn, purchase)
-            if contract is not None:
-                window_end = release_time(contract, purchase.occurred_at, received.received_at)
-                release = _later(release_at, window_end)
-            else:
-                release = release_at
-            rule = await self._rule(conn, received)
-            # Locks budgeted promotions, then the member; everything about the
-            # member (usage, coupons, tier, caps) is read under that lock, so
-            # one member's purchases are evaluated one after another.
-            context = await self._offers(conn, member_id, received, coupon_codes, True)
-            tier, valid_until, tiers = await self._tier(conn, member_id)
-            so_far = await self._period_rule_points(conn, member_id, rule, purchase.occurred_at)
-            earning = evaluate(
-                received, rule, tier.code, tier.earn_multiplier, context.offers, so_far
-            )
-            view = _view(member_id, purchase, tier, earning)
-            if not earning.lines:
-                await self._record_purchase(conn, member_id, purchase, partner_reference, None)
-                balances = await self.ledger.balances_in(conn, member_id)
-                return PurchaseReceipt(view, None, balances)
-            await self._check_credit(conn, earning, received)
-            receipt = await self.ledger.earn_in(
-                conn,
-                Earn(
-                    member_id,
-                    purchase.partner_id,
-                    partner_reference,
-                    tuple(
-                        EarnLine(ln.amount, ln.asset, ln.reason, ln.funder, ln.kind, ln.source)
-                        for ln in earning.lines
-                    ),
-                    effective_at=purchase.occurred_at,
-                    release_at=release,
-                ),
-            )
-            await self._record_purchase(
-                conn, member_id, purchase, partner_reference, receipt.entry_id
-            )
-            await self._book_offers(conn, member_id, earning, context, receipt.entry_id)
-            new_tier = None
-            if earning.qualifying_points:
-                new_tier = await self._maybe_upgrade(
-                    conn,
-                    member_id,
-                    tier,
-                    valid_until,
-                    tiers,
-                    purchase.occurred_at,
-                    receipt.entry_id,
-                )
-            # A tier change moves no points: the receipt's balances are current.
-            return PurchaseReceipt(
-                view, receipt.entry_id, receipt.balances, receipt.release_at, new_tier
+            return await self.earn_in(
+                conn, member_id, purchase, partner_reference, coupon_codes, release_at
             )
 
         return await self.ledger.run("earn_purchase", request, idempotency, PurchaseReceipt, body)
+
+    async def earn_in(
+        self,
+        conn: AsyncConnection,
+        member_id: str,
+        purchase: Purchase,
+        partner_reference: str,
+        coupon_codes: tuple[str, ...],
+        release_at: datetime | None,
+    ) -> PurchaseReceipt:
+        """One earning inside the caller's transaction (a single earn's own, or
+        a batch's, which holds the budgets and members already)."""
+        received, contract = await self._received(conn, purchase)
+        if contract is not None:
+            window_end = release_time(contract, purchase.occurred_at, received.received_at)
+            release = _later(release_at, window_end)
+        else:
+            release = release_at
+        rule = await self._rule(conn, received)
+        # Locks budgeted promotions, then the member; everything about the
+        # member (usage, coupons, tier, caps) is read under that lock, so
+        # one member's purchases are evaluated one after another.
+        context = await self._offers(conn, member_id, received, coupon_codes, True)
+        tier, valid_until, tiers = await self._tier(conn, member_id)
+        so_far = await self._period_rule_points(conn, member_id, rule, purchase.occurred_at)
+        earning = evaluate(received, rule, tier.code, tier.earn_multiplier, context.offers, so_far)
+        view = _view(member_id, purchase, tier, earning)
+        if not earning.lines:
+            await self._record_purchase(conn, member_id, purchase, partner_reference, None)
+            balances = await self.ledger.balances_in(conn, member_id)
+            return PurchaseReceipt(view, None, balances)
+        await self._check_credit(conn, earning, received)
+        receipt = await self.ledger.earn_in(
+            conn,
+            Earn(
+                member_id,
+                purchase.partner_id,
+                partner_reference,
+                tuple(
+                    EarnLine(ln.amount, ln.asset, ln.reason, ln.funder, ln.kind, ln.source)
+                    for ln in earning.lines
+                ),
+                effective_at=purchase.occurred_at,
+                release_at=release,
+            ),
+        )
+        await self._record_purchase(conn, member_id, purchase, partner_reference, receipt.entry_id)
+        await self._book_offers(conn, member_id, earning, context, receipt.entry_id)
+        new_tier = None
+        if earning.qualifying_points:
+            new_tier = await self._maybe_upgrade(
+                conn,
+                member_id,
+                tier,
+                valid_until,
+                tiers,
+                purchase.occurred_at,
+                receipt.entry_id,
+            )
+        # A tier change moves no points: the receipt's balances are current.
+        return PurchaseReceipt(
+            view, receipt.entry_id, receipt.balances, receipt.release_at, new_tier
+        )
 
     async def _record_purchase(
         self, conn, member_id: str, purchase: Purchase, reference: str, entry_id: int | None

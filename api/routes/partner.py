@@ -2,6 +2,8 @@
 redemption, the till's balance lookup and the partner's credit standing.
 Every POST needs Idempotency-Key."""
 
+from typing import Annotated
+
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
@@ -11,17 +13,24 @@ from api.deps import SERVICES
 from api.input_guard import PathText, RowId, SignedIdempotentOperation, SignedOperation
 from api.partner_auth import authenticate_partner
 from api.partner_requests import idempotent
+from api.problems import problem
 from api.strict_body import strict_json_body
 from ledger.commands import Authorise, Capture, Void
 from ledger.service import LedgerService
 from ledger.views import Balances, HoldView
+from partners.batch import MAX_BATCH_ITEMS, EarnItem, earn_batch
 from partners.burning import value_of_points
 from partners.errors import InvalidPurchase
-from partners.programme import EarningView, Programme, PurchaseInput, ReturnReceipt
+from partners.programme import (
+    EarningView,
+    Programme,
+    PurchaseInput,
+    PurchaseReceipt,
+    ReturnReceipt,
+    check_reference,
+)
 from partners.registry import CreditStanding, Registry
 from partners.rulebook import burn_rule_in_force
-
-MAX_REFERENCE = 64
 
 
 class EarnRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -29,6 +38,25 @@ class EarnRequest(msgspec.Struct, forbid_unknown_fields=True):
     reference: str  # the partner's transaction reference, unique forever
     purchase: PurchaseInput
     coupons: list[str] = []
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    items: Annotated[list[EarnItem], msgspec.Meta(min_length=1, max_length=MAX_BATCH_ITEMS)]
+
+
+class BatchItemResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    reference: str
+    status: int  # 201 posted; otherwise the problem's status
+    receipt: PurchaseReceipt | None = None
+    problem: dict | None = None  # RFC 9457, as a single call would have answered
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    results: list[BatchItemResult]  # one per item, in the order sent
+    posted: int
+    duplicates: int
+    rejected: int
+    points: int
 
 
 class QuoteRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,12 +117,6 @@ def _partner(request: Request) -> str:
     return request.state.partner_id
 
 
-def _reference(value: str, field: str = "reference") -> str:
-    if not value or len(value) > MAX_REFERENCE or not value.isprintable():
-        raise InvalidPurchase(f"{field} is 1-{MAX_REFERENCE} printable characters")
-    return value
-
-
 async def _member(request: Request, card_number: str) -> str:
     registry: Registry = request.app.state.registry
     return await registry.member_for_card(card_number)
@@ -116,12 +138,43 @@ async def earn(request: Request, data: JSONBody[EarnRequest], programme: Program
         return await programme.earn_purchase(
             member_id,
             purchase,
-            _reference(data.reference),
+            check_reference(data.reference),
             tuple(data.coupons),
             idempotency=key,
         )
 
     return await idempotent(request, partner_id, run)
+
+
+@post(
+    "/earnings/batch",
+    status_code=200,
+    summary="Award points for up to 1,000 purchases, each with its own outcome",
+    operation_class=SignedIdempotentOperation,
+)
+async def earn_batch_route(
+    request: Request, data: JSONBody[BatchRequest], programme: Programmes
+) -> Response:
+    partner_id = _partner(request)
+
+    async def run(key) -> BatchResult:
+        receipt = await earn_batch(programme, partner_id, data.items, idempotency=key)
+        results = []
+        for outcome in receipt.outcomes:
+            if outcome.error is None:
+                results.append(BatchItemResult(outcome.reference, 201, receipt=outcome.receipt))
+                continue
+            answer = problem(
+                outcome.error.code, outcome.error.detail, extensions=outcome.error.extensions
+            )
+            results.append(
+                BatchItemResult(outcome.reference, answer.status_code, problem=answer.content)
+            )
+        return BatchResult(
+            results, receipt.posted, receipt.duplicates, receipt.rejected, receipt.points
+        )
+
+    return await idempotent(request, partner_id, run, status_code=200)
 
 
 @post(
@@ -161,8 +214,8 @@ async def return_purchase(
         )
         return await programme.return_purchase(
             partner_id,
-            _reference(data.reference),
-            _reference(data.return_reference, "return_reference"),
+            check_reference(data.reference),
+            check_reference(data.return_reference, "return_reference"),
             amount,
             key,
         )
@@ -190,7 +243,7 @@ async def authorise(
                 member_id,
                 partner_id,
                 quote.points,
-                _reference(data.reference),
+                check_reference(data.reference),
                 data.expires_in_seconds,
             ),
             key,
@@ -214,7 +267,7 @@ async def capture(
     partner_id = _partner(request)
 
     async def run(key) -> RedemptionReceipt:
-        reference = _reference(data.reference) if data.reference else None
+        reference = check_reference(data.reference) if data.reference else None
         receipt = await ledger.capture(Capture(hold_id, partner_id, data.points, reference), key)
         return RedemptionReceipt(receipt.entry_id, receipt.hold, None, None, receipt.balances)
 
@@ -272,7 +325,17 @@ async def credit(request: Request, programme: Programmes) -> CreditStanding:
 
 partner_router = Router(
     path="/v1/partner",
-    route_handlers=[earn, quote, return_purchase, authorise, capture, void, till_balance, credit],
+    route_handlers=[
+        earn,
+        earn_batch_route,
+        quote,
+        return_purchase,
+        authorise,
+        capture,
+        void,
+        till_balance,
+        credit,
+    ],
     guards=[authenticate_partner, strict_json_body],
     dependencies=SERVICES,
     tags=["partner"],

@@ -473,3 +473,38 @@ async def test_points_wait_in_pending_for_the_partners_return_window(
     )
     release = datetime.fromisoformat(response.json()["release_at"])
     assert timedelta(days=13) < release - datetime.now(UTC) <= timedelta(days=14)
+
+
+async def test_a_batch_of_earnings_over_http(client, shop, ledger):
+    """Signed like every partner call; each item answered in order, as a single
+    call would have been; the whole batch idempotent under its key."""
+    items = [
+        earn_body(shop, "BATCH-1", 1000),
+        earn_body(shop, "BATCH-2", 2500),
+        earn_body(shop, "BATCH-1", 700),  # the reference again
+        {**earn_body(shop, "BATCH-3", 300), "card_number": "0000000000000000"},
+        earn_body(shop, "BATCH-4", 500, currency="ZZZ"),
+    ]
+    first = await post(client, shop, "/v1/partner/earnings/batch", {"items": items}, key="night-1")
+    assert first.status_code == 200, first.text
+    answer = first.json()
+    assert [r["status"] for r in answer["results"]] == [201, 201, 409, 404, 422]
+    assert [r["reference"] for r in answer["results"]] == [
+        "BATCH-1", "BATCH-2", "BATCH-1", "BATCH-3", "BATCH-4"
+    ]  # fmt: skip
+    assert answer["results"][0]["receipt"]["earning"]["points"] == 10
+    assert answer["results"][2]["problem"]["type"] == "/problems/duplicate-partner-reference"
+    assert answer["results"][3]["problem"]["type"] == "/problems/card-not-found"
+    assert (answer["posted"], answer["duplicates"], answer["rejected"], answer["points"]) == (
+        2,
+        1,
+        2,
+        35,
+    )
+    assert (await ledger.balances(shop.member_id)).available == 35
+    await asyncio.sleep(1.05)  # a retry is signed anew
+    again = await post(client, shop, "/v1/partner/earnings/batch", {"items": items}, key="night-1")
+    assert again.json() == answer and again.headers["idempotent-replayed"] == "true"
+    assert (await ledger.balances(shop.member_id)).available == 35
+    empty = await post(client, shop, "/v1/partner/earnings/batch", {"items": []})
+    assert empty.status_code == 400 and empty.json()["type"] == "/problems/validation-error"

@@ -1,0 +1,219 @@
+"""Batch earning against the real PostgreSQL: the same purchases earned one by
+one at one partner and as one batch at an identical partner post the same
+postings, line for line (rules, category multipliers, tier bonus after an
+upgrade inside the batch, a budgeted promotion running out, caps, the
+pending window); a batch with duplicate references, unknown and blocked
+cards and bad lines posts the good items once and reports the rest."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from partners.batch import MAX_BATCH_ITEMS, EarnItem, earn_batch
+from partners.errors import InvalidPurchase
+from partners.programme import Programme, PurchaseInput, PurchaseLineInput
+from partners.registry import Registry, SecretBox
+from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from tests.conftest import TEST_SECRET_KEY
+
+ADMIN = "staff:tests"
+FROM = datetime(2024, 1, 1, tzinfo=UTC)
+CATEGORIES = ("groceries", "electronics", "vouchers", "drugstore")
+
+
+def card_number() -> str:
+    return "8" + str(uuid.uuid4().int)[:15]
+
+
+async def twin_partners(ledger, new_partner, new_id, budget: int) -> tuple[str, str]:
+    """Two partners with the same contract, rule and (own) budgeted promotion."""
+    rules, now = Rulebook(ledger), datetime.now(UTC)
+    partners = []
+    for _ in range(2):
+        partner = await new_partner(return_window_days=7)
+        await rules.create_earn_rule(
+            partner,
+            EarnRuleInput(
+                FROM,
+                "EUR",
+                Decimal("0.5"),
+                category_multipliers={"electronics": Decimal(2)},
+                excluded_categories=["vouchers"],
+                qp_per_unit=Decimal(1),
+                cap_per_transaction=400,
+            ),
+            ADMIN,
+        )
+        await rules.create_promotion(
+            PromotionInput(
+                new_id("TWIN").upper(),
+                "double drugstore",
+                now - timedelta(days=1),
+                now + timedelta(days=1),
+                multiplier=Decimal(2),
+                partner_ids=[partner],
+                categories=["drugstore"],
+                budget_points=budget,
+            ),
+            ADMIN,
+        )
+        partners.append(partner)
+    return partners[0], partners[1]
+
+
+async def members_with_cards(engine, new_member, count: int) -> list[tuple[str, str]]:
+    registry = Registry(engine, SecretBox(TEST_SECRET_KEY))
+    holders = []
+    for _ in range(count):
+        member, card = await new_member(), card_number()
+        await registry.issue_card(member, card, ADMIN)
+        holders.append((member, card))
+    return holders
+
+
+async def postings_of(engine, entry_id: int | None, names: dict[str, str]) -> list[tuple]:
+    """An entry's postings with party ids replaced by their role in the test."""
+    if entry_id is None:
+        return []
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT account, asset, amount FROM postings WHERE entry_id = :e ORDER BY id"),
+            {"e": entry_id},
+        )
+        result = []
+        for r in rows:
+            account = r.account
+            for real, role in names.items():
+                account = account.replace(f":{real}:", f":{role}:")
+            result.append((account, r.asset, r.amount))
+        return sorted(result)
+
+
+purchases = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # which member
+        st.lists(
+            st.tuples(st.integers(0, 120_000), st.sampled_from(CATEGORIES)), min_size=1, max_size=3
+        ),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+# Every example enrols its own members and partners, so the function-scoped
+# fixtures (factories) are safe to share between examples.
+@settings(max_examples=20, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(basket=purchases)
+async def test_a_batch_posts_what_the_same_purchases_earn_one_by_one(
+    basket, ledger, engine, new_member, new_partner, new_id, programme_tiers
+):
+    programme = Programme(ledger)
+    single, batched = await twin_partners(ledger, new_partner, new_id, budget=150)
+    one_by_one = await members_with_cards(engine, new_member, 4)
+    together = await members_with_cards(engine, new_member, 4)
+    items = [
+        EarnItem(
+            card_number=together[who][1],
+            reference=f"B-{index}",
+            purchase=PurchaseInput("EUR", [PurchaseLineInput(a, c) for a, c in lines]),
+        )
+        for index, (who, lines) in enumerate(basket)
+    ]
+    expected = []
+    for index, (who, _lines) in enumerate(basket):
+        member = one_by_one[who][0]
+        purchase = items[index].purchase.to_purchase(single, datetime.now(UTC))
+        receipt = await programme.earn_purchase(member, purchase, f"S-{index}")
+        names = {single: "shop", member: f"m{who}"}
+        expected.append(
+            (
+                [(ln.amount, ln.kind, ln.asset, ln.funder) for ln in receipt.earning.lines],
+                receipt.new_tier,
+                await postings_of(engine, receipt.entry_id, names),
+            )
+        )
+
+    batch = await earn_batch(programme, batched, items)
+
+    assert (batch.posted, batch.duplicates, batch.rejected) == (len(items), 0, 0)
+    got = []
+    for (who, _), outcome in zip(basket, batch.outcomes, strict=True):
+        receipt = outcome.receipt
+        names = {batched: "shop", together[who][0]: f"m{who}"}
+        got.append(
+            (
+                [(ln.amount, ln.kind, ln.asset, ln.funder) for ln in receipt.earning.lines],
+                receipt.new_tier,
+                await postings_of(engine, receipt.entry_id, names),
+            )
+        )
+    assert got == expected
+    for (member_a, _), (member_b, _) in zip(one_by_one, together, strict=True):
+        a, b = await ledger.balances(member_a), await ledger.balances(member_b)
+        assert (a.available, a.pending, a.qp) == (b.available, b.pending, b.qp)
+
+
+async def test_bad_items_are_reported_and_the_good_ones_post_once(
+    ledger, engine, new_member, new_partner, new_id, assert_clean
+):
+    programme = Programme(ledger)
+    partner, _ = await twin_partners(ledger, new_partner, new_id, budget=10_000)
+    (member, card), (blocked_member, blocked_card) = await members_with_cards(engine, new_member, 2)
+    await Registry(engine, SecretBox(TEST_SECRET_KEY)).block_card(
+        blocked_member, blocked_card, ADMIN
+    )
+    groceries = PurchaseInput("EUR", [PurchaseLineInput(2000, "groceries")])
+    await earn_batch(programme, partner, [EarnItem(card, "OLD-1", groceries)])
+
+    def item(reference, card=card, purchase=groceries, coupons=()):
+        return EarnItem(card, reference, purchase, list(coupons))
+
+    items = [
+        item("N-1"),
+        item("OLD-1"),  # used by an earlier call
+        item("N-2"),
+        item("N-2"),  # twice in this batch: the second is the duplicate
+        item("N-3", card="9999999999999999"),
+        item("N-4", card=blocked_card),
+        item("N-5", purchase=PurchaseInput("EUR", [PurchaseLineInput(-5, "groceries")])),
+        item("N-6", purchase=PurchaseInput("XXX", [PurchaseLineInput(500, "groceries")])),
+        item("N-7", coupons=["NO-SUCH-COUPON"]),
+        item("x" * 65),
+        item("N-8"),
+    ]
+    batch = await earn_batch(programme, partner, items)
+    codes = [o.error.code if o.error else "posted" for o in batch.outcomes]
+    assert codes == [
+        "posted",
+        "duplicate-partner-reference",
+        "posted",
+        "duplicate-partner-reference",
+        "card-not-found",
+        "card-blocked",
+        "invalid-purchase",
+        "unknown-currency",
+        "coupon-not-found",
+        "invalid-purchase",
+        "posted",
+    ]
+    assert (batch.posted, batch.duplicates, batch.rejected, batch.points) == (3, 2, 6, 30)
+    assert (await ledger.balances(member)).pending == 40  # OLD-1 and the three posted
+    async with engine.connect() as conn:
+        purchases = (
+            await conn.execute(
+                text("SELECT count(*) FROM partner_purchases WHERE partner_id = :p"),
+                {"p": partner},
+            )
+        ).scalar_one()
+    assert purchases == 4
+    with pytest.raises(InvalidPurchase):
+        await earn_batch(programme, partner, [])
+    with pytest.raises(InvalidPurchase):
+        await earn_batch(programme, partner, [item(f"M-{i}") for i in range(MAX_BATCH_ITEMS + 1)])
+    await assert_clean()

@@ -4,14 +4,19 @@ its own reference and its own outcome.
 One transaction for the batch, under the batch's idempotency key: the cards
 are resolved in one statement; then, in the ledger's lock order, the
 budgeted promotions that may pay for any of the purchases (own rows, id
-order) and every member of the batch (one statement, address order) are
-locked once; then each purchase is earned exactly as a single earn is
-(`Programme._earn_in`: contract window, rule and offers at the purchase time,
-tier, caps, budgets, coupons, credit limit, pending window, tier upgrade), in
-a savepoint of its own, so one bad item (a duplicate reference, an unknown
-card, a bad line, an exhausted credit limit) rolls back alone and is
-reported, and never rejects the others. A member with several purchases in
-the batch earns them in the batch's order, as if they had come one by one.
+order), the members' registry rows (shared: a close or merge waits for the
+batch, or the batch sees it) and every active member of the batch (one
+statement, address order) are locked once; then each purchase is earned
+exactly as a single earn is (`Programme.earn_in`: contract window, rule and
+offers at the purchase time, tier, caps, budgets, coupons, credit limit,
+pending window, tier upgrade). One bad item (a duplicate reference, an
+unknown card, a closed member, a bad line, an exhausted credit limit) is
+reported and never rejects the others: every refusal an earning can meet
+comes before it writes anything (a partner reference is claimed by the
+entry's own insert, which skips a taken one), so no savepoint is needed, and
+none is taken (a transaction with more than 64 subtransactions slows down
+for everything it reads). A member with several purchases in the batch earns
+them in the batch's order, as if they had come one by one.
 
 The price of one transaction: while a batch runs, single earnings of its
 members, and those a budgeted promotion of the batch may pay for, wait for it
@@ -22,11 +27,9 @@ from datetime import datetime
 
 import msgspec
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.database import refused_party
-from ledger.errors import DuplicatePartnerReference, LedgerError
+from ledger.errors import DuplicatePartnerReference, LedgerError, MemberNotActive
 from ledger.idempotency import IdempotencyKey
 from partners.earning import Purchase
 from partners.errors import CardBlocked, CardNotFound, InvalidPurchase
@@ -83,6 +86,19 @@ async def _cards(conn: AsyncConnection, numbers: list[str]) -> dict[str, tuple[s
     return {r.card_number: (r.member_id, r.status) for r in rows}
 
 
+async def _member_statuses(conn: AsyncConnection, member_ids: set[str]) -> dict[str, str]:
+    """The members' registry status, their rows share-locked (a close or a
+    merge of one of them waits for the batch to end)."""
+    rows = await conn.execute(
+        text(
+            "SELECT id, status FROM members WHERE id = ANY(CAST(:ids AS text[])) "
+            'ORDER BY id COLLATE "C" FOR SHARE'
+        ),
+        {"ids": sorted(member_ids)},
+    )
+    return {r.id: r.status for r in rows}
+
+
 async def _lock_budgets(conn: AsyncConnection, partner_id: str, purchases: list[Purchase]) -> None:
     """Every budgeted promotion one of the purchases could be paid by (a
     superset of what each earning locks), in id order, before any member."""
@@ -131,22 +147,25 @@ async def earn_batch(
                 outcomes[index] = ItemOutcome(item.reference, error=_error(error))
         if ready:
             await _lock_budgets(conn, partner_id, [purchase for _, _, purchase in ready])
+            statuses = await _member_statuses(conn, {m for _, m, _ in ready})
+            for index, member_id, _ in ready:
+                if statuses.get(member_id) != "active":
+                    error = MemberNotActive(
+                        f"member {member_id!r} is {statuses.get(member_id, 'not enrolled')}",
+                        member_id=member_id,
+                    )
+                    outcomes[index] = ItemOutcome(items[index].reference, error=_error(error))
+            ready = [r for r in ready if outcomes[r[0]] is None]
             await programme.ledger.journal.lock_members(conn, {m for _, m, _ in ready})
         for index, member_id, purchase in ready:
             item = items[index]
             try:
-                async with conn.begin_nested():
-                    receipt = await programme.earn_in(
-                        conn, member_id, purchase, item.reference, tuple(item.coupons), None
-                    )
+                receipt = await programme.earn_in(
+                    conn, member_id, purchase, item.reference, tuple(item.coupons), None
+                )
                 outcomes[index] = ItemOutcome(item.reference, receipt=receipt)
             except LedgerError as error:
                 outcomes[index] = ItemOutcome(item.reference, error=_error(error))
-            except DBAPIError as error:
-                refusal = refused_party(error)
-                if refusal is None:
-                    raise
-                outcomes[index] = ItemOutcome(item.reference, error=_error(refusal))
         done = [o for o in outcomes if o is not None]
         duplicate = DuplicatePartnerReference.code
         return BatchReceipt(

@@ -53,6 +53,7 @@ from ledger.tiers import (
 from ledger.views import Balances, ExpiringPoints
 from partners import rulebook
 from partners.burning import RedemptionQuote, quote_redemption
+from partners.definitions import DefinitionCache, Definitions
 from partners.earning import Earning, Offer, Purchase, PurchaseLine, evaluate
 from partners.errors import (
     CouponNotFound,
@@ -213,11 +214,13 @@ class Programme:
         self.ledger = ledger
         self.engine = ledger.engine
         self.tier_period = tier_period
+        self.definitions = DefinitionCache()
 
     # -- reading --------------------------------------------------------------
 
-    async def _rule(self, conn: AsyncConnection, purchase: Purchase):
-        rule = await rulebook.earn_rule_in_force(conn, purchase.partner_id, purchase.occurred_at)
+    @staticmethod
+    def _rule(defs: Definitions, purchase: Purchase):
+        rule = defs.earn_rule_in_force(purchase.partner_id, purchase.occurred_at)
         if rule is None:
             raise NoRuleInForce(
                 f"partner {purchase.partner_id} has no earn rule in force at "
@@ -228,20 +231,13 @@ class Programme:
                 f"partner {purchase.partner_id} earns on {rule.currency}, not {purchase.currency}"
             )
         categories = sorted({line.category for line in purchase.lines})
-        known = set(
-            (
-                await conn.execute(
-                    text("SELECT code FROM categories WHERE code = ANY(CAST(:c AS text[]))"),
-                    {"c": categories},
-                )
-            ).scalars()
-        )
-        if unknown := [c for c in categories if c not in known]:
+        if unknown := [c for c in categories if c not in defs.categories]:
             raise UnknownCategory("lines.category", f"unknown categories {unknown}")
         return rule
 
-    async def _tier(self, conn: AsyncConnection, member_id: str, lock: bool = False):
-        tiers = await rulebook.tiers(conn)
+    async def _tier(self, conn: AsyncConnection, member_id: str, lock: bool = False, tiers=None):
+        if tiers is None:
+            tiers = await rulebook.tiers(conn)
         row = (
             await conn.execute(
                 text(
@@ -306,6 +302,7 @@ class Programme:
     async def _offers(
         self,
         conn,
+        defs: Definitions,
         member_id: str,
         purchase: Purchase,
         coupon_codes: tuple[str, ...],
@@ -317,41 +314,25 @@ class Programme:
         # reported, another partner's, none of the basket's categories, spend
         # below its minimum) is not read, so its budget is not locked: a basket
         # a promotion cannot pay for never waits on that promotion's row.
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT * FROM promotions WHERE retired_at IS NULL AND starts_at <= :at "
-                    "AND ends_at > :at AND (ends_at > :received OR accepts_late_submissions) "
-                    "AND (cardinality(partner_ids) = 0 OR :p = ANY(partner_ids)) "
-                    "AND (cardinality(categories) = 0 OR categories && CAST(:cats AS text[])) "
-                    "AND min_spend_minor <= :total ORDER BY id"
-                ),
-                {
-                    "at": at,
-                    "received": received,
-                    "p": partner,
-                    "cats": sorted({line.category for line in purchase.lines}),
-                    "total": purchase.total_minor,
-                },
-            )
-        ).all()
+        rows = defs.promotions_for(
+            partner, at, received, {line.category for line in purchase.lines}, purchase.total_minor
+        )
         limited = [r for r in rows if r.budget_points is not None or r.per_member_limit]
-        if lock and limited:
-            ids = [r.id for r in limited if r.budget_points is not None]
-            if ids:  # budgets are shared: lock those rows, in id order, and re-read them
-                fresh = {
-                    r.id: r
-                    for r in (
-                        await conn.execute(
-                            text(
-                                "SELECT * FROM promotions WHERE id = ANY(CAST(:ids AS bigint[])) "
-                                "ORDER BY id FOR UPDATE"
-                            ),
-                            {"ids": ids},
-                        )
+        ids = [r.id for r in limited if r.budget_points is not None]
+        if ids:  # budgets move with every earning: re-read them (locked when earning)
+            fresh = {
+                r.id: r
+                for r in (
+                    await conn.execute(
+                        text(
+                            "SELECT * FROM promotions WHERE id = ANY(CAST(:ids AS bigint[])) "
+                            "ORDER BY id" + (" FOR UPDATE" if lock else "")
+                        ),
+                        {"ids": ids},
                     )
-                }
-                rows = [fresh.get(r.id, r) for r in rows]
+                )
+            }
+            rows = [fresh.get(r.id, r) for r in rows]
         if lock:
             await self.ledger.journal.lock_members(conn, [member_id])
         if lock and limited:
@@ -425,31 +406,30 @@ class Programme:
         check_id("member", member_id)
         check_purchase(purchase)
         async with self.engine.connect() as conn:
-            purchase, _ = await self._received(conn, purchase)
-            rule = await self._rule(conn, purchase)
-            tier, _, _ = await self._tier(conn, member_id)
-            context = await self._offers(conn, member_id, purchase, coupon_codes, False)
+            defs = await self.definitions.get(conn, self.ledger.clock())
+            purchase, _ = self._received(defs, purchase)
+            rule = self._rule(defs, purchase)
+            tier, _, _ = await self._tier(conn, member_id, tiers=defs.tiers)
+            context = await self._offers(conn, defs, member_id, purchase, coupon_codes, False)
             so_far = await self._period_rule_points(conn, member_id, rule, purchase.occurred_at)
             earning = evaluate(
                 purchase, rule, tier.code, tier.earn_multiplier, context.offers, so_far
             )
             return _view(member_id, purchase, tier, earning)
 
-    async def _received(
-        self, conn: AsyncConnection, purchase: Purchase
-    ) -> tuple[Purchase, Contract | None]:
+    def _received(self, defs: Definitions, purchase: Purchase) -> tuple[Purchase, Contract | None]:
         """The purchase as received now (the ledger's clock), once its time is
         checked against the submission window of the partner's contract in
         force at the purchase time, with that contract. A partner the registry
         does not know has no contract to check against."""
         received_at = self.ledger.clock()
-        contract = await contract_in_force(conn, purchase.partner_id, purchase.occurred_at)
+        contract = defs.contract_in_force(purchase.partner_id, purchase.occurred_at)
         if contract is not None:
             check_purchase_time(contract, purchase.occurred_at, received_at)
         return replace(purchase, received_at=received_at), contract
 
     async def _check_credit(
-        self, conn: AsyncConnection, earning: Earning, purchase: Purchase
+        self, conn: AsyncConnection, defs: Definitions, earning: Earning, purchase: Purchase
     ) -> None:
         """Refuse the earning if the points the partner pays for take its
         liability beyond the credit limit in force now."""
@@ -458,7 +438,7 @@ class Programme:
         )
         if points <= 0:
             return
-        contract = await contract_in_force(conn, purchase.partner_id, purchase.received_at)
+        contract = defs.contract_in_force(purchase.partner_id, purchase.received_at)
         if contract is None or contract.credit_limit_minor is None:
             return
         check_credit(await self._standing(conn, contract), points)
@@ -522,18 +502,19 @@ class Programme:
     ) -> PurchaseReceipt:
         """One earning inside the caller's transaction (a single earn's own, or
         a batch's, which holds the budgets and members already)."""
-        received, contract = await self._received(conn, purchase)
+        defs = await self.definitions.get(conn, self.ledger.clock())
+        received, contract = self._received(defs, purchase)
         if contract is not None:
             window_end = release_time(contract, purchase.occurred_at, received.received_at)
             release = _later(release_at, window_end)
         else:
             release = release_at
-        rule = await self._rule(conn, received)
+        rule = self._rule(defs, received)
         # Locks budgeted promotions, then the member; everything about the
         # member (usage, coupons, tier, caps) is read under that lock, so
         # one member's purchases are evaluated one after another.
-        context = await self._offers(conn, member_id, received, coupon_codes, True)
-        tier, valid_until, tiers = await self._tier(conn, member_id)
+        context = await self._offers(conn, defs, member_id, received, coupon_codes, True)
+        tier, valid_until, tiers = await self._tier(conn, member_id, tiers=defs.tiers)
         so_far = await self._period_rule_points(conn, member_id, rule, purchase.occurred_at)
         earning = evaluate(received, rule, tier.code, tier.earn_multiplier, context.offers, so_far)
         view = _view(member_id, purchase, tier, earning)
@@ -541,7 +522,7 @@ class Programme:
             await self._record_purchase(conn, member_id, purchase, partner_reference, None)
             balances = await self.ledger.balances_in(conn, member_id)
             return PurchaseReceipt(view, None, balances)
-        await self._check_credit(conn, earning, received)
+        await self._check_credit(conn, defs, earning, received)
         receipt = await self.ledger.earn_in(
             conn,
             Earn(

@@ -380,6 +380,20 @@ async def contract_in_force(
     return None if row is None else _contract(row)
 
 
+async def contracts_by_partner(conn: AsyncConnection) -> dict[str, list[Contract]]:
+    """Every contract version of every partner, by partner, oldest first."""
+    rows = await conn.execute(
+        text(
+            f"SELECT {_CONTRACT_COLUMNS} FROM partner_contracts c "
+            "JOIN partners p ON p.id = c.partner_id ORDER BY c.partner_id, c.version"
+        )
+    )
+    contracts: dict[str, list[Contract]] = {}
+    for row in rows:
+        contracts.setdefault(row.partner_id, []).append(_contract(row))
+    return contracts
+
+
 class Registry:
     def __init__(self, engine: AsyncEngine, box: SecretBox) -> None:
         self.engine = engine

@@ -611,8 +611,10 @@ async def earn_rule_in_force(
     conn: AsyncConnection, partner_id: str, at: datetime
 ) -> EarnRule | None:
     row = await _row_in_force(conn, "earn_rules", partner_id, at)
-    if row is None:
-        return None
+    return None if row is None else earn_rule_from_row(row)
+
+
+def earn_rule_from_row(row) -> EarnRule:
     return EarnRule(
         partner_id=row.partner_id,
         version=row.version,

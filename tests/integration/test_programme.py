@@ -470,3 +470,34 @@ async def test_a_basket_a_budgeted_promotion_cannot_pay_for_never_waits_on_it(
         assert receipt.earning.points == 10
     promoted = await programme.earn_purchase(member, buy(partner, (2000, "drugstore")), new_id("R"))
     assert promoted.earning.points == 20
+
+
+async def test_a_warm_definition_cache_sees_every_admin_change_at_once(
+    rules, programme, ledger, engine, new_member, new_partner, new_id
+):
+    """The programme caches contracts, rules, categories, tiers and promotions
+    per process; an admin's change (here through another Rulebook, as another
+    worker would) bumps the definitions' version, so the next earning uses it."""
+    partner, member = await retailer(rules, new_partner), await new_member()
+    first = await programme.earn_purchase(member, buy(partner, (2000, "groceries")), "R-1")
+    assert (first.earning.rule_version, first.earning.points) == (1, 10)
+    other_worker = Rulebook(LedgerService(engine))
+    await other_worker.create_earn_rule(
+        partner, EarnRuleInput(datetime.now(UTC), "EUR", Decimal(3)), ADMIN
+    )
+    second = await programme.earn_purchase(member, buy(partner, (2000, "groceries")), "R-2")
+    assert (second.earning.rule_version, second.earning.points) == (2, 60)
+    code = new_id("FLASH").upper()
+    now = datetime.now(UTC)
+    await other_worker.create_promotion(
+        PromotionInput(
+            code, "flash", now - timedelta(minutes=1), now + timedelta(hours=1),
+            fixed_bonus=7, partner_ids=[partner],
+        ),
+        ADMIN,
+    )  # fmt: skip
+    third = await programme.earn_purchase(member, buy(partner, (2000, "groceries")), "R-3")
+    assert ("promotion", 7) in [(ln.kind, ln.amount) for ln in third.earning.lines]
+    await other_worker.retire_offer("promotions", code, ADMIN)
+    fourth = await programme.earn_purchase(member, buy(partner, (2000, "groceries")), "R-4")
+    assert fourth.earning.points == 60

@@ -863,9 +863,7 @@ class Programme:
     async def _maybe_upgrade(
         self, conn, member_id: str, tier: Tier, valid_until, tiers, at: datetime, entry_id: int
     ) -> str | None:
-        await conn.execute(
-            text("SELECT 1 FROM member_tiers WHERE member_id = :m FOR UPDATE"), {"m": member_id}
-        )
+        # No lock of its own: every tier change holds the member's mutex.
         change = after_earning(
             tier,
             valid_until,

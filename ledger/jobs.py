@@ -1,174 +1,306 @@
 """The ledger's scheduled jobs: pending points released when their return window
-has passed, expired holds voided, expired lots moved to program:expired. Each
-is resumable and safe to run concurrently. Part of `LedgerService`."""
+has passed, expired holds voided, expired lots moved to program:expired. Part
+of `LedgerService`.
+
+Set-based: each transaction takes a batch of due rows (up to `job_batch`, a
+thousand), locks what it needs in a constant number of statements and posts
+the batch's entries with `Journal.post_many`; the entries are the same as one
+at a time (one `release` per earning, one `void` per hold, one `expire` per
+member and run). Each batch commits on its own (retried by `atomically`),
+so a run is resumable: a rerun finds only what is left. Several runners may
+share a run: pending earnings and holds are claimed with SKIP LOCKED, members
+due for expiry by their mutex row with SKIP LOCKED; nothing is done twice, and
+every lock is taken in the order of ledger/journal.py (own rows, then the
+members in one statement, then hot slots).
+"""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account, program_account
 from ledger.journal import (
+    LOCKED_MEMBERS,
     ConsumeLots,
     EntryDraft,
     NewLot,
+    PostedEntry,
     Posting,
+    RestoreLots,
 )
 from ledger.redemption import HOLD_COLUMNS
+
+# A member is protected from expiry while an expiry-protected tier is valid.
+PROTECTED = (
+    "EXISTS (SELECT 1 FROM member_tiers mt JOIN tier_definitions t ON t.code = mt.tier_code "
+    "WHERE mt.member_id = {member} AND t.expiry_protected "
+    "AND (mt.valid_until IS NULL OR mt.valid_until > :now))"
+)
+
+# Members with due lots, first expiring first (a window of lots scanned by the
+# expiry index), of which those whose mutex is free are taken without waiting
+# (FOR NO KEY UPDATE: the lock a balance upsert takes; SKIP LOCKED: a member
+# another runner or an operation holds is left for a later batch).
+DUE_MEMBERS = (
+    "WITH due AS MATERIALIZED (SELECT DISTINCT member_id FROM (SELECT l.member_id "
+    "FROM lots l WHERE l.remaining > 0 AND l.expires_at <= :now "
+    f"AND NOT {PROTECTED.format(member='l.member_id')} "
+    "ORDER BY l.expires_at LIMIT :window) AS first_due), "
+    "claimed AS MATERIALIZED (SELECT b.member_id FROM balances b WHERE b.account = ANY("
+    "ARRAY(SELECT format('member:%s:available', member_id) FROM due)) "
+    "AND b.asset = 'PTS' AND b.slot = 0 "
+    "ORDER BY b.account LIMIT :size FOR NO KEY UPDATE SKIP LOCKED) "
+    "SELECT due.member_id, claimed.member_id IS NOT NULL AS claimed "
+    "FROM due LEFT JOIN claimed USING (member_id)"
+)
+
+# The due lots of members whose mutex this transaction holds, read again under it.
+DUE_LOTS = (
+    "SELECT l.member_id, l.id, l.remaining, l.expires_at FROM lots l "
+    "WHERE l.member_id = ANY(CAST(:members AS text[])) AND l.remaining > 0 "
+    f"AND l.expires_at <= :now AND NOT {PROTECTED.format(member='l.member_id')} "
+    "ORDER BY l.member_id, l.expires_at, l.id"
+)
 
 
 class ScheduledJobs:
     """release_pending, expire_holds, expire_points (mixed into `LedgerService`)."""
 
+    # Due rows per transaction. A batch holds its members' mutexes until it
+    # commits (a fraction of a second for a thousand), so an operation on one
+    # of them waits well under the lock timeout.
+    job_batch = 1_000
+    # Drafts per `post_many` call inside a batch (see `_post_all`).
+    post_chunk = 50
+
+    async def _post_all(
+        self, conn: AsyncConnection, drafts: Sequence[EntryDraft], now: datetime
+    ) -> list[PostedEntry]:
+        """Post the drafts of a batch whose members this transaction already
+        holds, `post_chunk` drafts per `post_many` call: its statements per call
+        are few, but its bookkeeping in Python grows with the call's members
+        times its postings (the running balance per member sums every posting
+        of the call), so a call of a thousand drafts costs more than twenty of
+        fifty."""
+        posted: list[PostedEntry] = []
+        for start in range(0, len(drafts), self.post_chunk):
+            for result in await self.journal.post_many(
+                conn, drafts[start : start + self.post_chunk], now
+            ):
+                if not isinstance(result, PostedEntry):  # jobs post no partner reference
+                    raise result
+                posted.append(result)
+        return posted
+
+    # -- pending points -----------------------------------------------------
+
     async def release_pending(self, limit: int = 1000) -> int:
-        """Move points whose return window has passed from pending to available.
-
-        One transaction per earning (each touches one member), so the job never
-        holds two members' locks; SKIP LOCKED lets several runners share the work."""
+        """Move points whose return window has passed from pending to available,
+        one `release` entry per earning, a batch of earnings per transaction."""
         released = 0
+        while released < limit:
+            size = min(self.job_batch, limit - released)
+            count = await self.atomically(lambda conn, n=size: self._release_batch(conn, n))
+            if not count:
+                break
+            released += count
+        return released
 
-        async def release_one(conn: AsyncConnection) -> bool:
-            now = self.clock()
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT earn_entry_id, member_id, remaining, earned_at "
-                        "FROM pending_points WHERE release_entry_id IS NULL "
-                        "AND remaining > 0 AND release_at <= :now "
-                        "ORDER BY release_at LIMIT 1 FOR UPDATE SKIP LOCKED"
-                    ),
-                    {"now": now},
-                )
-            ).first()
-            if row is None:
-                return False
-            posted = await self.journal.post(
-                conn,
+    async def _release_batch(self, conn: AsyncConnection, size: int) -> int:
+        now = self.clock()
+        # Own rows first: the due earnings no other runner has taken.
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT earn_entry_id, member_id, remaining, earned_at, release_at "
+                    "FROM pending_points WHERE release_entry_id IS NULL "
+                    "AND remaining > 0 AND release_at <= :now "
+                    "ORDER BY release_at LIMIT :size FOR UPDATE SKIP LOCKED"
+                ),
+                {"now": now, "size": size},
+            )
+        ).all()
+        if not rows:
+            return 0
+        rows.sort(key=lambda r: (r.release_at, r.earn_entry_id))
+        # Then their members, all at once (a member may have several earnings:
+        # their lots are made in release order, after any debt is repaid).
+        await self.journal.lock_members(conn, {r.member_id for r in rows})
+        posted = await self._post_all(
+            conn,
+            [
                 EntryDraft(
                     kind="release",
                     postings=[
-                        Posting(member_account(row.member_id, "pending"), PTS, -row.remaining),
-                        Posting(member_account(row.member_id, "available"), PTS, row.remaining),
+                        Posting(member_account(r.member_id, "pending"), PTS, -r.remaining),
+                        Posting(member_account(r.member_id, "available"), PTS, r.remaining),
                     ],
                     effective_at=now,
                     posted_by="job:release-pending",
-                    member_id=row.member_id,
-                    reason=f"return window of entry {row.earn_entry_id} passed",
-                    lot_effects={row.member_id: NewLot("earn", row.earned_at, row.earn_entry_id)},
-                ),
-                now,
-            )
-            await conn.execute(
-                text(
-                    "UPDATE pending_points SET remaining = 0, release_entry_id = :entry "
-                    "WHERE earn_entry_id = :earn"
-                ),
-                {"entry": posted.entry_id, "earn": row.earn_entry_id},
-            )
-            return True
+                    member_id=r.member_id,
+                    reason=f"return window of entry {r.earn_entry_id} passed",
+                    lot_effects={r.member_id: NewLot("earn", r.earned_at, r.earn_entry_id)},
+                )
+                for r in rows
+            ],
+            now,
+        )
+        await conn.execute(
+            text(
+                "UPDATE pending_points p SET remaining = 0, release_entry_id = r.entry "
+                "FROM unnest(CAST(:earnings AS bigint[]), CAST(:entries AS bigint[])) "
+                "AS r(earning, entry) WHERE p.earn_entry_id = r.earning"
+            ),
+            {
+                "earnings": [r.earn_entry_id for r in rows],
+                "entries": [p.entry_id for p in posted],
+            },
+        )
+        return len(rows)
 
-        while released < limit and await self.atomically(release_one):
-            released += 1
-        return released
+    # -- holds --------------------------------------------------------------
 
     async def expire_holds(self, limit: int = 1000) -> int:
-        """Return the points of holds past their expiry (one transaction per hold)."""
+        """Return the points of holds past their expiry (a `void` entry per
+        hold, refilling the lots it took), a batch of holds per transaction."""
         expired = 0
-
-        async def expire_one(conn: AsyncConnection) -> bool:
-            now = self.clock()
-            hold = (
-                await conn.execute(
-                    text(
-                        f"SELECT {HOLD_COLUMNS} FROM holds WHERE status = 'open' "
-                        "AND expires_at <= :now ORDER BY expires_at LIMIT 1 "
-                        "FOR UPDATE SKIP LOCKED"
-                    ),
-                    {"now": now},
-                )
-            ).first()
-            if hold is None:
-                return False
-            await self._release_hold(
-                conn, hold, hold.amount, now, "job:expire-holds", f"hold {hold.id} expired"
-            )
-            await self._resolve_hold(conn, hold.id, "expired", 0, now)
-            return True
-
-        while expired < limit and await self.atomically(expire_one):
-            expired += 1
+        while expired < limit:
+            size = min(self.job_batch, limit - expired)
+            count = await self.atomically(lambda conn, n=size: self._expire_holds_batch(conn, n))
+            if not count:
+                break
+            expired += count
         return expired
+
+    async def _expire_holds_batch(self, conn: AsyncConnection, size: int) -> int:
+        now = self.clock()
+        holds = (
+            await conn.execute(
+                text(
+                    f"SELECT {HOLD_COLUMNS} FROM holds WHERE status = 'open' "
+                    "AND expires_at <= :now ORDER BY expires_at LIMIT :size "
+                    "FOR UPDATE SKIP LOCKED"
+                ),
+                {"now": now, "size": size},
+            )
+        ).all()
+        if not holds:
+            return 0
+        holds.sort(key=lambda h: (h.expires_at, h.id))
+        await self.journal.lock_members(conn, {h.member_id for h in holds})
+        # Refilling a hold's lots reads them, so `post_many` takes one such
+        # draft per member: a member's holds go in rounds, in expiry order.
+        rounds: list[list] = []
+        seen: dict[str, int] = defaultdict(int)
+        for hold in holds:
+            number = seen[hold.member_id]
+            seen[hold.member_id] += 1
+            if number == len(rounds):
+                rounds.append([])
+            rounds[number].append(hold)
+        for round_holds in rounds:
+            # The same entry as a void (Redemptions._release_hold).
+            await self._post_all(
+                conn,
+                [
+                    EntryDraft(
+                        kind="void",
+                        postings=[
+                            Posting(member_account(h.member_id, "held"), PTS, -h.amount),
+                            Posting(member_account(h.member_id, "available"), PTS, h.amount),
+                        ],
+                        effective_at=now,
+                        posted_by="job:expire-holds",
+                        member_id=h.member_id,
+                        partner_id=h.partner_id,
+                        reason=f"hold {h.id} expired",
+                        hold_id=h.id,
+                        lot_effects={h.member_id: RestoreLots(h.authorise_entry_id)},
+                    )
+                    for h in round_holds
+                ],
+                now,
+            )
+        await conn.execute(
+            text(
+                "UPDATE holds SET status = 'expired', captured = 0, resolved_at = :now "
+                "WHERE id = ANY(CAST(:ids AS bigint[]))"
+            ),
+            {"now": now, "ids": [h.id for h in holds]},
+        )
+        return len(holds)
 
     # -- expiry -------------------------------------------------------------
 
     async def expire_points(self, limit: int = 10_000) -> int:
-        """Move what is left of expired lots to program:expired, one member per
-        transaction (resumable: a rerun finds only what is still left)."""
+        """Move what is left of expired lots to program:expired: one `expire`
+        entry per member (all its due lots), a batch of members per transaction,
+        until none is due (resumable: a rerun finds only what is still left).
+        Members of an expiry-protected tier keep their points."""
         members_done = 0
         while members_done < limit:
-            async with self.engine.connect() as conn:
-                # Members of an expiry-protected tier keep their points.
-                result = await conn.execute(
-                    text(
-                        "SELECT DISTINCT member_id FROM lots WHERE remaining > 0 "
-                        "AND expires_at <= :now AND NOT EXISTS ("
-                        "  SELECT 1 FROM member_tiers mt JOIN tier_definitions t "
-                        "  ON t.code = mt.tier_code WHERE mt.member_id = lots.member_id "
-                        "  AND t.expiry_protected "
-                        "  AND (mt.valid_until IS NULL OR mt.valid_until > :now)) "
-                        "LIMIT 500"
-                    ),
-                    {"now": self.clock()},
-                )
-                due = result.scalars().all()
-            if not due:
+            size = min(self.job_batch, limit - members_done)
+            done = await self.atomically(lambda conn, n=size: self._expire_points_batch(conn, n))
+            if done is None:
                 break
-            for member_id in due:
-                await self._expire_member(member_id)
-                members_done += 1
+            members_done += done
         return members_done
 
-    async def _expire_member(self, member_id: str) -> None:
-        async def expire(conn: AsyncConnection) -> None:
-            now = self.clock()
-            account = member_account(member_id, "available")
-            await self.journal.lock_members(conn, [member_id])
-            lots = (
-                await conn.execute(
-                    text(
-                        "SELECT id, remaining, expires_at FROM lots WHERE member_id = :member_id "
-                        "AND remaining > 0 AND expires_at <= :now ORDER BY expires_at, id"
-                    ),
-                    {"member_id": member_id, "now": now},
-                )
-            ).all()
-            total = sum(lot.remaining for lot in lots)
-            if not total:
-                return
-            await self.journal.post(
-                conn,
+    async def _expire_points_batch(self, conn: AsyncConnection, size: int) -> int | None:
+        """Expire a batch of members; None when no member is due."""
+        now = self.clock()
+        found = (
+            await conn.execute(text(DUE_MEMBERS), {"now": now, "window": 2 * size, "size": size})
+        ).all()
+        if not found:
+            return None
+        members = [r.member_id for r in found if r.claimed]
+        if members:
+            # Their mutexes are held, taken above without waiting. The journal
+            # records them as `lock_members` would (without writing the rows
+            # again), so this transaction can ask for no other member.
+            conn.info[LOCKED_MEMBERS].update(members)
+        else:
+            # Every due member is busy (another runner's batch, an operation):
+            # wait for them like any transaction, all at once in address order.
+            members = sorted(r.member_id for r in found)[:size]
+            await self.journal.lock_members(conn, members)
+        # Read again under the mutex: another runner may have expired them, a
+        # member may have become protected since.
+        lots = (await conn.execute(text(DUE_LOTS), {"members": members, "now": now})).all()
+        by_member: dict[str, list] = defaultdict(list)
+        for lot in lots:
+            by_member[lot.member_id].append(lot)
+        policy = self.config.expiry_policy.describe()
+        drafts = []
+        for member_id, due in by_member.items():
+            total = sum(lot.remaining for lot in due)
+            drafts.append(
                 EntryDraft(
                     kind="expire",
                     postings=[
-                        Posting(account, PTS, -total),
+                        Posting(member_account(member_id, "available"), PTS, -total),
                         Posting(program_account("expired"), PTS, total),
                     ],
                     effective_at=now,
                     posted_by="job:expire-points",
                     member_id=member_id,
-                    reason=f"{len(lots)} lot(s) reached their expiry "
-                    f"({self.config.expiry_policy.describe()})",
+                    reason=f"{len(due)} lot(s) reached their expiry ({policy})",
                     breakdown=[
                         {
                             "lot_id": lot.id,
                             "points": lot.remaining,
                             "expires_at": lot.expires_at.isoformat(),
                         }
-                        for lot in lots
+                        for lot in due
                     ],
                     lot_effects={
-                        member_id: ConsumeLots(tuple((lot.id, lot.remaining) for lot in lots))
+                        member_id: ConsumeLots(tuple((lot.id, lot.remaining) for lot in due))
                     },
-                ),
-                now,
+                )
             )
-
-        await self.atomically(expire)
+        await self._post_all(conn, drafts, now)
+        return len(drafts)

@@ -241,6 +241,12 @@ def main() -> None:
     balance.add_argument("--members", type=int, default=2_000)
     balance.add_argument("--concurrency", type=int, default=16)
     balance.add_argument("--duration", type=float, default=10.0)
+    expire = sub.add_parser("expire", help="expire-points against bare INSERT ... SELECT + UPDATE")
+    expire.add_argument("--members", type=int, default=100_000, help="the issue's figure: 1000000")
+    batch = sub.add_parser("batch", help="batch earn against COPY of the same rows")
+    batch.add_argument("--members", type=int, default=10_000)
+    batch.add_argument("--batch", type=int, default=1_000)
+    batch.add_argument("--batches", type=int, default=10)
     args = parser.parse_args()
 
     server = os.environ.get("LOYALTY_BENCH_DATABASE_URL") or os.environ.get("LOYALTY_DATABASE_URL")
@@ -259,6 +265,14 @@ def main() -> None:
         upgrade(url)
         if args.scenario == "earn":
             asyncio.run(bench_earn(url, args.members, args.concurrency, args.duration))
+        elif args.scenario == "batch":
+            from loadtests.batch_bench import bench_batch
+
+            asyncio.run(bench_batch(url, args.members, args.batch, args.batches))
+        elif args.scenario == "expire":
+            from loadtests.jobs_bench import bench_expire
+
+            asyncio.run(bench_expire(url, args.members))
         else:
             redis_url = os.environ.get("LOYALTY_BENCH_REDIS_URL") or os.environ.get(
                 "LOYALTY_REDIS_URL"

@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account, program_account
 from ledger.journal import (
-    LOCKED_MEMBERS,
     ConsumeLots,
     EntryDraft,
     NewLot,
@@ -41,20 +40,12 @@ PROTECTED = (
 )
 
 # Members with due lots, first expiring first (a window of lots scanned by the
-# expiry index), of which those whose mutex is free are taken without waiting
-# (FOR NO KEY UPDATE: the lock a balance upsert takes; SKIP LOCKED: a member
-# another runner or an operation holds is left for a later batch).
+# expiry index).
 DUE_MEMBERS = (
-    "WITH due AS MATERIALIZED (SELECT DISTINCT member_id FROM (SELECT l.member_id "
+    "SELECT DISTINCT member_id FROM (SELECT l.member_id "
     "FROM lots l WHERE l.remaining > 0 AND l.expires_at <= :now "
     f"AND NOT {PROTECTED.format(member='l.member_id')} "
-    "ORDER BY l.expires_at LIMIT :window) AS first_due), "
-    "claimed AS MATERIALIZED (SELECT b.member_id FROM balances b WHERE b.account = ANY("
-    "ARRAY(SELECT format('member:%s:available', member_id) FROM due)) "
-    "AND b.asset = 'PTS' AND b.slot = 0 "
-    "ORDER BY b.account LIMIT :size FOR NO KEY UPDATE SKIP LOCKED) "
-    "SELECT due.member_id, claimed.member_id IS NOT NULL AS claimed "
-    "FROM due LEFT JOIN claimed USING (member_id)"
+    "ORDER BY l.expires_at LIMIT :window) AS first_due"
 )
 
 # The due lots of members whose mutex this transaction holds, read again under it.
@@ -74,17 +65,13 @@ class ScheduledJobs:
     # of them waits well under the lock timeout.
     job_batch = 1_000
     # Drafts per `post_many` call inside a batch (see `_post_all`).
-    post_chunk = 50
+    post_chunk = 1_000
 
     async def _post_all(
         self, conn: AsyncConnection, drafts: Sequence[EntryDraft], now: datetime
     ) -> list[PostedEntry]:
         """Post the drafts of a batch whose members this transaction already
-        holds, `post_chunk` drafts per `post_many` call: its statements per call
-        are few, but its bookkeeping in Python grows with the call's members
-        times its postings (the running balance per member sums every posting
-        of the call), so a call of a thousand drafts costs more than twenty of
-        fifty."""
+        holds, `post_chunk` drafts per `post_many` call."""
         posted: list[PostedEntry] = []
         for start in range(0, len(drafts), self.post_chunk):
             for result in await self.journal.post_many(
@@ -252,21 +239,20 @@ class ScheduledJobs:
     async def _expire_points_batch(self, conn: AsyncConnection, size: int) -> int | None:
         """Expire a batch of members; None when no member is due."""
         now = self.clock()
-        found = (
-            await conn.execute(text(DUE_MEMBERS), {"now": now, "window": 2 * size, "size": size})
-        ).all()
-        if not found:
+        due = (
+            (await conn.execute(text(DUE_MEMBERS), {"now": now, "window": 2 * size}))
+            .scalars()
+            .all()
+        )
+        if not due:
             return None
-        members = [r.member_id for r in found if r.claimed]
-        if members:
-            # Their mutexes are held, taken above without waiting. The journal
-            # records them as `lock_members` would (without writing the rows
-            # again), so this transaction can ask for no other member.
-            conn.info[LOCKED_MEMBERS].update(members)
-        else:
-            # Every due member is busy (another runner's batch, an operation):
-            # wait for them like any transaction, all at once in address order.
-            members = sorted(r.member_id for r in found)[:size]
+        # The due members whose mutex is free, taken without waiting (a member
+        # another runner or an operation holds is left for a later batch)...
+        members = await self.journal.claim_members(conn, due, size)
+        if not members:
+            # ...unless every one is busy: then wait for them like any
+            # transaction, all at once in address order.
+            members = sorted(due)[:size]
             await self.journal.lock_members(conn, members)
         # Read again under the mutex: another runner may have expired them, a
         # member may have become protected since.

@@ -243,6 +243,30 @@ class Journal:
         held.update(wanted)
         return {r.member_id: BalanceRow(r.balance, r.version) for r in rows}
 
+    async def claim_members(
+        self, conn: AsyncConnection, member_ids: Iterable[str], limit: int
+    ) -> list[str]:
+        """Take the mutex of at most `limit` of these members, those no other
+        transaction holds, without waiting (address order, SKIP LOCKED: a job
+        sharing its work with other runners). The claimed are held as
+        `lock_members` holds them; a member without an `available` row has
+        nothing to claim. Like `lock_members`, once per transaction."""
+        wanted = set(member_ids)
+        held = _held_members(conn, wanted)
+        if not wanted or held:
+            raise LockOrderError("members are claimed once, before any other member lock")
+        rows = await conn.execute(
+            text(
+                "SELECT member_id FROM balances WHERE account = ANY(CAST(:accounts AS text[])) "
+                "AND asset = 'PTS' AND slot = 0 "
+                'ORDER BY account COLLATE "C" LIMIT :limit FOR NO KEY UPDATE SKIP LOCKED'
+            ),
+            {"accounts": [member_account(m, "available") for m in wanted], "limit": limit},
+        )
+        claimed = [r.member_id for r in rows]
+        held.update(claimed)
+        return claimed
+
     async def post(self, conn: AsyncConnection, draft: EntryDraft, now: datetime) -> PostedEntry:
         """Post one entry (`post_many` of one); a partner reference used before
         raises `DuplicatePartnerReference`."""
@@ -286,20 +310,27 @@ class Journal:
             held.update(members)
         balances = await self._apply_balances(conn, member_postings)
         lots = _LotWork()
-        running = {
-            m: balances[(member_account(m, "available"), PTS)].balance
-            - sum(
-                p.amount
-                for d, _ in live
-                for p in d.postings
-                if p.account == member_account(m, "available") and p.asset == PTS
-            )
-            for m in {m for d, _ in live for m in d.lot_effects}
-        }
-        reads = [m for d, _ in live for m, e in d.lot_effects.items() if _reads_lots(e)]
-        if len(reads) != len(set(reads)) or any(
-            sum(m in d.lot_effects for d, _ in live) > 1 for m in reads
-        ):
+        # Each member's available balance before the call, and how many of the
+        # call's drafts touch its lots (one pass over the postings and effects).
+        running: dict[str, int] = {}
+        drafts_of: dict[str, int] = defaultdict(int)
+        reads_of: set[str] = set()
+        for draft, _ in live:
+            for member_id, effect in draft.lot_effects.items():
+                drafts_of[member_id] += 1
+                if _reads_lots(effect):
+                    reads_of.add(member_id)
+                if member_id not in running:
+                    running[member_id] = balances[
+                        (member_account(member_id, "available"), PTS)
+                    ].balance
+        for draft, _ in live:
+            for p in draft.postings:
+                if p.asset == PTS and p.account.endswith(":available"):
+                    member_id = member_of(p.account)
+                    if member_id in running:
+                        running[member_id] -= p.amount
+        if any(drafts_of[m] > 1 for m in reads_of):
             raise ValueError("a member whose lot effect reads its lots has one draft per call")
         for draft, entry_id in live:
             for member_id, effect in sorted(draft.lot_effects.items()):

@@ -382,24 +382,37 @@ async def test_database_refuses_unbalanced_entries_and_edits(
     engine, ledger, new_member, new_partner
 ):
     receipt = await ledger.earn(Earn.simple(await new_member(), await new_partner(), "r1", 10))
+    # Checked when the statement inserting an entry's postings ends.
+    for postings, refusal in (
+        ("(:e, 'program:adjustments', 'PTS', 5), (:e, 'program:expired', 'PTS', -4)", "balance"),
+        ("(:e, 'program:adjustments', 'PTS', 5)", "fewer than two postings"),
+    ):
+        async with engine.connect() as conn:
+            entry_id = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO journal_entries (kind, effective_at, posted_by, reason) "
+                        "VALUES ('adjust', now(), 'test', 'test') RETURNING id"
+                    )
+                )
+            ).scalar_one()
+            with pytest.raises(DBAPIError, match=refusal):
+                await conn.execute(
+                    text(
+                        f"INSERT INTO postings (entry_id, account, asset, amount) VALUES {postings}"
+                    ),
+                    {"e": entry_id},
+                )
+    # A posting added to an entry already posted unbalances it: refused too.
     async with engine.connect() as conn:
-        entry_id = (
+        with pytest.raises(DBAPIError, match="does not balance"):
             await conn.execute(
                 text(
-                    "INSERT INTO journal_entries (kind, effective_at, posted_by, reason) "
-                    "VALUES ('adjust', now(), 'test', 'test') RETURNING id"
-                )
+                    "INSERT INTO postings (entry_id, account, asset, amount) "
+                    "VALUES (:e, 'program:expired', 'PTS', 3)"
+                ),
+                {"e": receipt.entry_id},
             )
-        ).scalar_one()
-        await conn.execute(
-            text(
-                "INSERT INTO postings (entry_id, account, asset, amount) VALUES "
-                "(:e, 'program:adjustments', 'PTS', 5), (:e, 'program:expired', 'PTS', -4)"
-            ),
-            {"e": entry_id},
-        )
-        with pytest.raises(DBAPIError, match="does not balance"):
-            await conn.commit()
     for statement in (
         "UPDATE postings SET amount = 1 WHERE entry_id = :e",
         "DELETE FROM journal_entries WHERE id = :e",

@@ -385,6 +385,8 @@ class Book:
         released = 0
         for earning in self.due_releases(now):
             member = self.members[earning.holder]
+            if earning.holder != earning.member:
+                self.counts["released to the survivor of a merge"] += 1
             member.pending -= earning.pending
             self._credit_new_lot(member, earning.pending, earning.earned_at, earning.entry_id)
             earning.pending = 0
@@ -725,6 +727,8 @@ class Book:
         purchase.returned_minor += amount_minor
         if points > 0:
             earning = self.earnings[purchase.entry_id]
+            if purchase.member != earning.member:
+                self.counts["return took back from the survivor of a merge"] += 1
             before = earning.reversed
             qp = self.reversal_qp(purchase.entry_id, points)
             self._reverse_earning(earning, points, now)
@@ -739,9 +743,13 @@ class Book:
 
     # -- members leaving: closing and merging ------------------------------------------------
 
-    def _settled(self, member: Member) -> bool:
+    def _settled(self, member: Member, action: str) -> bool:
         """No points held by open authorisations, no debt."""
-        return member.held == 0 and member.available >= 0
+        for unsettled, why in ((member.held, "open holds"), (member.available < 0, "debt")):
+            if unsettled:
+                self.counts[f"{action} refused: {why}"] += 1
+                return False
+        return True
 
     def _drop_status(self, member: Member, now: datetime) -> None:
         if member.tier != "base" or member.tier_valid_until is not None:
@@ -756,9 +764,10 @@ class Book:
         member = self.members[member_id]
         if not member.active:
             return MemberNotActive
-        if not self._settled(member):
+        if not self._settled(member, "close"):
             return MemberAccountsNotSettled
         if balance == "refuse" and member.available + member.pending:
+            self.counts["close refused: points left"] += 1
             return MemberAccountsNotSettled
         return None
 
@@ -786,7 +795,7 @@ class Book:
             return SameMember
         if self.refusal_inactive(source_id, target_id):
             return MemberNotActive
-        return None if self._settled(self.members[source_id]) else MemberAccountsNotSettled
+        return None if self._settled(self.members[source_id], "merge") else MemberAccountsNotSettled
 
     def apply_merge(self, source_id: str, target_id: str, now: datetime) -> dict:
         """Everything `source` holds moves to `target`: in one entry its

@@ -65,6 +65,9 @@ def create_engine(
             "command_timeout": limits.command_timeout_seconds,
             "timeout": limits.pool_timeout_seconds,  # establishing a connection
             "server_settings": {
+                # Periods (tier years, expiry dates, days of a transfer limit) are
+                # UTC: date arithmetic in SQL must not follow the server's zone.
+                "TimeZone": "UTC",
                 "statement_timeout": str(limits.statement_timeout_ms),
                 "lock_timeout": str(limits.lock_timeout_ms),
                 # A transaction left open by a crashed worker frees its locks.

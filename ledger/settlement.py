@@ -116,8 +116,9 @@ class Settlements:
         """Move everything `source` holds to `target`, inside the caller's
         transaction: available points lot by lot (each lot keeps its earning
         time and expiry), pending points with their earnings (released to
-        `target` when their window passes), and QP, day by day at the time it
-        was earned (so tier periods count it where they did). Returns the
+        `target` when their window passes), and QP, one entry per time it was
+        earned at, dated then (so every tier period, calendar or rolling,
+        counts it where it did). Returns the
         `merge` entries posted. Refused while `source` has open holds or a debt."""
         if source == target:
             raise SameMember("a member cannot be merged into itself")
@@ -188,23 +189,23 @@ class Settlements:
                 now,
                 [{"available": balances.available, "pending": balances.pending, "from": source}],
             )
-        qp_days = await conn.execute(
+        qp_times = await conn.execute(
             text(
-                "SELECT max(e.effective_at) AS at, sum(p.amount)::bigint AS qp FROM postings p "
+                "SELECT e.effective_at AS at, sum(p.amount)::bigint AS qp FROM postings p "
                 "JOIN journal_entries e ON e.id = p.entry_id "
                 "WHERE p.member_id = :m AND p.account = :account "
-                "GROUP BY date_trunc('day', e.effective_at) HAVING sum(p.amount) <> 0 ORDER BY 1"
+                "GROUP BY e.effective_at HAVING sum(p.amount) <> 0 ORDER BY 1"
             ),
             {"m": source, "account": member_account(source, "qp")},
         )
-        for day in qp_days.all():
+        for earned in qp_times.all():
             await post(
                 [
-                    Posting(member_account(source, "qp"), QP, -day.qp),
-                    Posting(member_account(target, "qp"), QP, day.qp),
+                    Posting(member_account(source, "qp"), QP, -earned.qp),
+                    Posting(member_account(target, "qp"), QP, earned.qp),
                 ],
                 {},
-                day.at,
-                [{"qp": day.qp, "from": source}],
+                earned.at,
+                [{"qp": earned.qp, "from": source}],
             )
         return entries

@@ -339,3 +339,24 @@ async def test_erasure_keeps_the_journal_and_forgets_the_person(
     assert [e.kind for e in history.entries] == ["forfeit", "earn"]
     events = await members.events(member_id)
     assert "bea" not in str([e.detail for e in events]).lower()
+
+
+async def test_merged_qp_keep_the_times_they_were_earned_at(
+    ledger, members, new_member, new_partner, new_id, engine
+):
+    """A rolling tier period may start in the middle of a day: QP move dated at
+    their own times (and in UTC whatever the server's zone), not per day."""
+    partner, source, target = await new_partner(), await new_member(), await new_member()
+    morning = datetime(2025, 6, 1, 8, tzinfo=UTC)
+    evening = datetime(2025, 6, 1, 20, tzinfo=UTC)
+    for at, qp in ((morning, 900), (evening, 100)):
+        await ledger.earn(Earn.simple(source, partner, new_id("r"), 10, qp, effective_at=at))
+    merger = await members.merge(source, MergeInput(target, "same person"), ADMIN)
+    moved = await rows(
+        engine,
+        "SELECT e.effective_at, p.amount FROM journal_entries e JOIN postings p "
+        "ON p.entry_id = e.id WHERE e.id = ANY(:ids) AND p.account = :qp ORDER BY 1",
+        ids=merger.entry_ids,
+        qp=f"member:{target}:qp",
+    )
+    assert [(r.effective_at, r.amount) for r in moved] == [(morning, 900), (evening, 100)]

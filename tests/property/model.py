@@ -3,7 +3,7 @@ tests. It knows the documented rules (README, DESIGN.md) and nothing of the
 database: balances, lots with their expiry, debt, pending points, holds,
 reversals, transfer rules, tiers, the promotion budget, and members leaving
 (closed, their points forfeited or the close refused) or merged into another
-(points lot by lot, pending, QP day by day, the stronger status, purchases
+(points lot by lot, pending, QP by the time it was earned, the stronger status, purchases
 still returnable), after which nothing posts to them.
 
 Each operation is split in two: `refusal_*` says which domain error the real
@@ -15,7 +15,7 @@ compute the points of a purchase; everything posted from them is modelled here.
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from itertools import count
 
@@ -94,7 +94,7 @@ class Member:
     lots: list[Lot] = field(default_factory=list)
     clawed: bool = False  # a return took points already released or spent
     qp_by_year: Counter = field(default_factory=Counter)  # calendar year -> QP booked
-    qp_by_day: Counter = field(default_factory=Counter)  # UTC day -> QP booked (merges move it)
+    qp_by_time: Counter = field(default_factory=Counter)  # effective time -> QP (merges move it)
     sent_on: Counter = field(default_factory=Counter)  # day -> points sent, fees included
     tier: str = "base"
     tier_valid_until: datetime | None = None
@@ -246,7 +246,7 @@ class Book:
     def _book_qp(self, member: Member, qp: int, at: datetime) -> None:
         member.qp += qp
         member.qp_by_year[at.year] += qp
-        member.qp_by_day[day_of(at)] += qp
+        member.qp_by_time[at] += qp
 
     # -- lot effects ------------------------------------------------------------
 
@@ -802,7 +802,7 @@ class Book:
         available points, lot by lot with each lot's expiry (soonest-expiring
         first; they repay the target's debt first), and its pending points
         (their earnings are released to `target`); then its QP, one entry per
-        day it was booked on; the stronger status (a higher tier, or the same
+        time it was booked at; the stronger status (a higher tier, or the same
         one valid longer); the promotion's usage (added to the target's, the
         source's row stays); the purchases not wholly returned. Returns what
         the merge should report: entries, the points entry's new lots, the
@@ -830,10 +830,9 @@ class Book:
         for earning in self.earnings.values():
             if earning.holder == source_id:
                 earning.holder = target_id
-        for day, qp in sorted(source.qp_by_day.items()):
+        for at, qp in sorted(source.qp_by_time.items()):
             if qp:
                 entries += 1
-                at = datetime(day.year, day.month, day.day, tzinfo=UTC)
                 self._book_qp(target, qp, at)
                 self._book_qp(source, -qp, at)
         self.entries += entries
@@ -888,7 +887,7 @@ class Book:
     def check_internal(self) -> None:
         for member in self.members.values():
             assert member.lots_total() == max(member.available, 0), member
-            assert member.qp == sum(member.qp_by_day.values()) == sum(member.qp_by_year.values())
+            assert member.qp == sum(member.qp_by_time.values()) == sum(member.qp_by_year.values())
             if not member.active:
                 assert (member.available, member.pending, member.held) == (0, 0, 0), member
                 assert (member.tier, member.tier_valid_until) == ("base", None), member
@@ -905,10 +904,6 @@ class Book:
             assert 0 <= redemption.reversed <= redemption.points
         for purchase in self.purchases.values():
             assert purchase.returned_minor <= purchase.total_minor
-
-
-def day_of(at: datetime) -> date:
-    return at.astimezone(UTC).date()
 
 
 def stronger_status(rank, until, other_rank, other_until) -> bool:

@@ -92,7 +92,7 @@ successor = st.none() | opening_balance
 # Before a merge: (points, QP, seconds ago) the source earned, reported only
 # now. Their lots expire before older ones (lot order is not expiry order) and
 # their QP fall on the same day, other days of the month, other years (a merge
-# moves QP day by day).
+# moves QP dated at the times it was earned).
 DAY = 86_400
 late_earnings = st.lists(
     st.tuples(

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.errors import DuplicatePartnerReference, LedgerError, MemberNotActive
 from ledger.idempotency import IdempotencyKey
 from partners.earning import Purchase
-from partners.errors import CardBlocked, CardNotFound, InvalidPurchase
+from partners.errors import InvalidPurchase
 from partners.programme import (
     Programme,
     PurchaseInput,
@@ -40,6 +40,7 @@ from partners.programme import (
     check_purchase,
     check_reference,
 )
+from partners.registry import card_holders, holder_of
 
 MAX_BATCH_ITEMS = 1000
 
@@ -73,17 +74,6 @@ class BatchReceipt(msgspec.Struct, frozen=True):
 
 def _error(error: LedgerError) -> ItemError:
     return ItemError(error.code, error.detail, dict(error.extensions))
-
-
-async def _cards(conn: AsyncConnection, numbers: list[str]) -> dict[str, tuple[str, str]]:
-    rows = await conn.execute(
-        text(
-            "SELECT card_number, member_id, status FROM cards "
-            "WHERE card_number = ANY(CAST(:cards AS text[]))"
-        ),
-        {"cards": numbers},
-    )
-    return {r.card_number: (r.member_id, r.status) for r in rows}
 
 
 async def _member_statuses(conn: AsyncConnection, member_ids: set[str]) -> dict[str, str]:
@@ -129,17 +119,13 @@ async def earn_batch(
 
     async def body(conn: AsyncConnection) -> BatchReceipt:
         now: datetime = programme.ledger.clock()
-        cards = await _cards(conn, sorted({item.card_number for item in items}))
+        cards = await card_holders(conn, sorted({item.card_number for item in items}))
         outcomes: list[ItemOutcome | None] = [None] * len(items)
         ready: list[tuple[int, str, Purchase]] = []
         for index, item in enumerate(items):
             try:
                 check_reference(item.reference)
-                member_id, status = cards.get(item.card_number, (None, None))
-                if member_id is None:
-                    raise CardNotFound("unknown card number")
-                if status != "active":
-                    raise CardBlocked("this card is blocked")
+                member_id = holder_of(item.card_number, cards)
                 purchase = item.purchase.to_purchase(partner_id, now)
                 check_purchase(purchase)
                 ready.append((index, member_id, purchase))

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.tiers import Tier
 from partners import rulebook
 from partners.earning import EarnRule
-from partners.registry import Contract, contracts_by_partner
+from partners.registry import Contract, contracts_by_partner, version_in_force
 
 # Ended promotions stay cached as long as a purchase may still be reported
 # into their window (the longest late-submission window of any contract).
@@ -39,13 +39,7 @@ class Definitions:
     _rules: dict[int, EarnRule] = field(default_factory=dict)
 
     def contract_in_force(self, partner_id: str, at: datetime) -> Contract | None:
-        """The newest version in force from a time not after `at`; before
-        every version's date, version 1 (as partners.registry.contract_in_force)."""
-        versions = self.contracts.get(partner_id)
-        if not versions:
-            return None
-        in_force = [c for c in versions if c.effective_from <= at]
-        return max(in_force, key=lambda c: c.version) if in_force else versions[0]
+        return version_in_force(self.contracts.get(partner_id, []), at)
 
     def earn_rule_in_force(self, partner_id: str, at: datetime) -> EarnRule | None:
         """The highest version whose window holds `at`, not retired."""
@@ -86,17 +80,16 @@ class DefinitionCache:
         current = self._current
         if current is not None and current.version == version:
             return current
-        fresh = await _load(conn, now)
+        fresh = await _load(conn, now, version)
         if self._current is None or fresh.version >= self._current.version:
             self._current = fresh
         return fresh
 
 
-async def _load(conn: AsyncConnection, now: datetime) -> Definitions:
-    # The version first: what is read after it is at least that new (a change
-    # committed meanwhile is read under the older number, and read again by
-    # the next earning, which sees the number moved).
-    version = (await conn.execute(text("SELECT version FROM definition_versions"))).scalar_one()
+async def _load(conn: AsyncConnection, now: datetime, version: int) -> Definitions:
+    # `version` was read first: what is read after it is at least that new (a
+    # change committed meanwhile is read under the older number, and read
+    # again by the next earning, which sees the number moved).
     contracts = await contracts_by_partner(conn)
     rules: dict[str, list] = {}
     for row in await conn.execute(

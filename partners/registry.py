@@ -354,6 +354,37 @@ _PARTNER_NOW = (
 )
 
 
+def version_in_force(versions: list[Contract], at: datetime) -> Contract | None:
+    """`_IN_FORCE` over versions already read (oldest first): the newest one
+    in force from a time not after `at`; before every version's date, version 1."""
+    in_force = [c for c in versions if c.effective_from <= at]
+    if in_force:
+        return max(in_force, key=lambda c: c.version)
+    return versions[0] if versions else None
+
+
+async def card_holders(conn: AsyncConnection, numbers: list[str]) -> dict[str, tuple[str, str]]:
+    """Card number -> (member, card status), for the cards that exist."""
+    rows = await conn.execute(
+        text(
+            "SELECT card_number, member_id, status FROM cards "
+            "WHERE card_number = ANY(CAST(:cards AS text[]))"
+        ),
+        {"cards": numbers},
+    )
+    return {r.card_number: (r.member_id, r.status) for r in rows}
+
+
+def holder_of(card_number: str, holders: dict[str, tuple[str, str]]) -> str:
+    """The member behind an active card (a blocked card cannot earn or burn)."""
+    member_id, status = holders.get(card_number, (None, None))
+    if member_id is None:
+        raise CardNotFound("unknown card number")
+    if status != "active":
+        raise CardBlocked("this card is blocked")
+    return member_id
+
+
 def _contract(row) -> Contract:
     return Contract(**{f: getattr(row, f) for f in Contract.__struct_fields__})
 
@@ -679,14 +710,4 @@ class Registry:
     async def member_for_card(self, card_number: str) -> str:
         """The member behind an active card (a blocked card cannot earn or burn)."""
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text("SELECT member_id, status FROM cards WHERE card_number = :c"),
-                    {"c": card_number},
-                )
-            ).first()
-        if row is None:
-            raise CardNotFound("unknown card number")
-        if row.status != "active":
-            raise CardBlocked("this card is blocked")
-        return row.member_id
+            return holder_of(card_number, await card_holders(conn, [card_number]))

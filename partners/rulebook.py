@@ -607,13 +607,6 @@ async def _row_in_force(conn: AsyncConnection, table: str, partner_id: str, at: 
     ).first()
 
 
-async def earn_rule_in_force(
-    conn: AsyncConnection, partner_id: str, at: datetime
-) -> EarnRule | None:
-    row = await _row_in_force(conn, "earn_rules", partner_id, at)
-    return None if row is None else earn_rule_from_row(row)
-
-
 def earn_rule_from_row(row) -> EarnRule:
     return EarnRule(
         partner_id=row.partner_id,

@@ -64,23 +64,18 @@ class ScheduledJobs:
     # commits (a fraction of a second for a thousand), so an operation on one
     # of them waits well under the lock timeout.
     job_batch = 1_000
-    # Drafts per `post_many` call inside a batch (see `_post_all`).
-    post_chunk = 1_000
 
     async def _post_all(
         self, conn: AsyncConnection, drafts: Sequence[EntryDraft], now: datetime
     ) -> list[PostedEntry]:
         """Post the drafts of a batch whose members this transaction already
-        holds, `post_chunk` drafts per `post_many` call."""
-        posted: list[PostedEntry] = []
-        for start in range(0, len(drafts), self.post_chunk):
-            for result in await self.journal.post_many(
-                conn, drafts[start : start + self.post_chunk], now
-            ):
-                if not isinstance(result, PostedEntry):  # jobs post no partner reference
-                    raise result
-                posted.append(result)
-        return posted
+        holds, in one `post_many` call (jobs post no partner reference, so
+        every result is a posted entry)."""
+        posted = await self.journal.post_many(conn, drafts, now)
+        for result in posted:
+            if not isinstance(result, PostedEntry):
+                raise result
+        return posted  # type: ignore[return-value]
 
     # -- pending points -----------------------------------------------------
 

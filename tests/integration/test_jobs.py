@@ -47,9 +47,9 @@ class Member:
         return bool(self.old) and not (self.protected or self.debt)
 
 
-def small_batches(ledger: LedgerService, batch: int = 37, chunk: int = 11) -> LedgerService:
-    """Many batches, and several `post_many` calls per batch, on few rows."""
-    ledger.job_batch, ledger.post_chunk = batch, chunk
+def small_batches(ledger: LedgerService, batch: int = 37) -> LedgerService:
+    """Many batches on few rows."""
+    ledger.job_batch = batch
     return ledger
 
 
@@ -196,7 +196,7 @@ async def test_two_runners_share_each_job_and_do_nothing_twice(
 ):
     def runner() -> LedgerService:
         config = LedgerConfig(expiry_policy=RollingToQuarterEnd(36))
-        return small_batches(LedgerService(engine, config, clock=clock), batch=13, chunk=5)
+        return small_batches(LedgerService(engine, config, clock=clock), batch=13)
 
     first, second = runner(), runner()
     partner = await new_partner()

@@ -3,20 +3,21 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as redis
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import TokenVerifier
-from api.cache import BalanceCache, token_engine
+from api.cache import BalanceCache, connect_redis, token_engine
 from api.input_guard import reject_hostile_input
 from api.problems import EXCEPTION_HANDLERS
+from api.replica import ReplicaReads
 from api.routes.admin import admin_router
 from api.routes.health import live, ready
 from api.routes.member import member_router
 from api.routes.partner import partner_router
+from api.routes.partner_files import partner_files_router
 from api.routes.problems import describe_problem, list_problems
 from api.routes.staff import staff_router
 from api.settings import Settings, SettingsError
@@ -24,7 +25,7 @@ from ledger.database import create_engine
 from ledger.service import LedgerService
 from members.registry import Members
 from partners.programme import Programme
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry, SecretBox, SigningKeyCache
 from partners.rulebook import Rulebook
 
 
@@ -44,7 +45,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         app.state.engine = engine
         app.state.redis = (
-            redis.from_url(settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
+            connect_redis(settings.redis_url, settings.redis_cluster)
             if settings.redis_url
             else None
         )
@@ -55,16 +56,35 @@ def create_app(settings: Settings) -> Litestar:
             app.state.redis,
             app.state.programme,
             token_engine(settings.database_url, settings.database_limits(), settings.db_pool_size)
-            if app.state.redis is not None
+            if app.state.redis is not None or settings.replica_database_url
             else None,
             settings.balance_cache_ttl_seconds,
         )
+        app.state.replica = None
+        if settings.replica_database_url:
+            # Member reads on the replica when it is as fresh as the primary for
+            # the member (api/replica.py); the cache builds its misses there too.
+            app.state.replica = ReplicaReads(
+                create_engine(
+                    settings.replica_database_url,
+                    pool_size=settings.db_pool_size,
+                    limits=settings.replica_limits(),
+                    autocommit=True,
+                ),
+                settings.ledger_config(),
+                settings.tier_period,
+                app.state.cache.current_token,
+            )
+            app.state.cache.replica = app.state.replica
         app.state.registry = Registry(engine, SecretBox(settings.secret_key))
+        app.state.signing_keys = SigningKeyCache()  # this worker's partner keys
         app.state.members = Members(app.state.ledger, app.state.programme)
         try:
             yield
         finally:
             await app.state.cache.aclose()
+            if app.state.replica is not None:
+                await app.state.replica.aclose()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             await engine.dispose()
@@ -78,6 +98,7 @@ def create_app(settings: Settings) -> Litestar:
             staff_router,
             admin_router,
             partner_router,
+            partner_files_router,
             member_router,
         ],
         lifespan=[lifespan],

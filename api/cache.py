@@ -30,6 +30,16 @@ Redis slow or down: every call has a short timeout (the client's) and the read
 goes on from PostgreSQL; a request whose Redis read failed does not try to
 fill. Nothing is remembered between requests, because nothing read from Redis
 is trusted without the check.
+
+Redis Cluster (`LOYALTY_REDIS_CLUSTER=1`, `connect_redis`): each member's
+hash is one key, so HMGET and the FILL script touch one slot; a failover
+or a slot moving shows as a failed call (a miss from PostgreSQL) until the
+client has the new map, and a view lost with a failed master is rebuilt.
+
+With a replica (`LOYALTY_REPLICA_DATABASE_URL`, api/replica.py) a miss is
+built on the replica when its snapshot's token covers the primary's token read
+for this request, else on the primary: the same guarantee, less work on the
+primary.
 """
 
 import asyncio
@@ -40,8 +50,10 @@ from datetime import datetime
 from typing import Protocol
 
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -70,6 +82,26 @@ return 1
 
 FIELDS = ("view", "versions", "tier", "until")
 WARN_EVERY_SECONDS = 10.0
+TIMEOUT_SECONDS = 0.25  # every Redis call: beyond it, PostgreSQL answers
+# What a failed Redis call raises: the cluster client's routing errors (no node
+# for a slot, cluster down while it learns the new map) are no RedisError.
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+
+def connect_redis(url: str, cluster: bool = False) -> Redis | RedisCluster:
+    """The app's Redis client: one server, or (`cluster`) a Redis Cluster
+    reached through the node `url` names (the client learns the others and
+    routes each command by its key's hash slot). Every key the service uses
+    carries a `{...}` hash tag and every multi-command round trip stays on one
+    key, so nothing needs a cross-slot operation."""
+    options = {"socket_timeout": TIMEOUT_SECONDS, "socket_connect_timeout": TIMEOUT_SECONDS}
+    if not cluster:
+        return Redis.from_url(url, **options)
+    # A command that failed on a node (down, failing over) is tried once more
+    # after the slot map is refreshed, not the client's default ten times: the
+    # caller falls back to PostgreSQL. MOVED / ASK redirects are followed anyway.
+    retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), retries=1)
+    return RedisCluster.from_url(url, retry=retry, **options)
 
 
 def key(member_id: str) -> str:
@@ -93,35 +125,53 @@ class BalanceSource(Protocol):
     async def balance_token(self, member_id: str, conn: AsyncConnection | None = None) -> Token: ...
 
 
+class ReplicaViews(Protocol):
+    """Views built on a replica (`api.replica.ReplicaReads`)."""
+
+    async def balance_view(self, member_id: str, token: Token) -> tuple | None: ...
+
+
+CACHE, REPLICA, PRIMARY = "cache", "replica", "primary"
+
+
 class BalanceCache:
     def __init__(
         self,
-        redis: Redis | None,
+        redis: Redis | RedisCluster | None,
         source: BalanceSource,
         engine: AsyncEngine | None = None,
         ttl_seconds: int = 3600,
         clock: Callable[[], float] = time.time,
+        replica: "ReplicaViews | None" = None,
     ) -> None:
         self.redis = redis
         self.source = source
         self.engine = engine  # for the token check; None: the source's own connections
         self.ttl = ttl_seconds
         self.clock = clock
+        self.replica = replica  # where misses are built when it is fresh enough
         self._fill = redis.register_script(FILL) if redis is not None else None
         self._warned_at = float("-inf")
         self.hits = self.misses = 0
 
     async def balance(self, member_id: str) -> tuple[bytes, bool]:
         """The member's balance view as JSON, and whether it came from Redis."""
+        body, source = await self.read(member_id)
+        return body, source == CACHE
+
+    async def read(self, member_id: str) -> tuple[bytes, str]:
+        """The member's balance view as JSON, and where it came from: `cache`,
+        `replica` or `primary`."""
         if self.redis is None:
-            return await self._build(member_id, fill=False), False
+            token = await self.current_token(member_id) if self.replica is not None else None
+            return await self._build(member_id, fill=False, token=token)
         started = self.clock()
         cached, token = await asyncio.gather(self._get(member_id), self.current_token(member_id))
         if cached is not None and self._valid(cached, token, started):
             self.hits += 1
-            return cached[0], True
+            return cached[0], CACHE
         self.misses += 1
-        return await self._build(member_id, fill=cached is not None), False
+        return await self._build(member_id, fill=cached is not None, token=token)
 
     async def current_token(self, member_id: str) -> Token:
         """The member's token as committed now (one round trip)."""
@@ -145,22 +195,31 @@ class BalanceCache:
         except (TypeError, ValueError):
             return False
 
-    async def _build(self, member_id: str, fill: bool) -> bytes:
+    async def _build(
+        self, member_id: str, fill: bool, token: Token | None = None
+    ) -> tuple[bytes, str]:
+        """The view built on the replica when its snapshot covers `token` (the
+        primary's, read after the request started), else on the primary."""
         built_at = self.clock()
-        view, token, changes_at = await self.source.balance_view(member_id)
+        built, where = None, REPLICA
+        if self.replica is not None and token is not None:
+            built = await self.replica.balance_view(member_id, token)
+        if built is None:
+            built, where = await self.source.balance_view(member_id), PRIMARY
+        view, token, changes_at = built
         body = msgspec.json.encode(view)
         if fill:
             until = built_at + self.ttl
             if changes_at is not None:
                 until = min(until, changes_at.timestamp())
             await self.fill(member_id, token, body, built_at, until)
-        return body
+        return body, where
 
     async def _get(self, member_id: str) -> list | None:
         """The cached fields (each None when absent); None when Redis failed."""
         try:
             return await self.redis.hmget(key(member_id), FIELDS)
-        except (RedisError, OSError, TimeoutError) as error:
+        except REDIS_ERRORS as error:
             self._failed(error)
             return None
 
@@ -174,7 +233,7 @@ class BalanceCache:
             ttl_ms = max(1, int((until - self.clock()) * 1000))
             args = [token[0], token[1], view, repr(built_at), ttl_ms, repr(until)]
             return bool(await self._fill(keys=[key(member_id)], args=args))
-        except (RedisError, OSError, TimeoutError) as error:
+        except REDIS_ERRORS as error:
             self._failed(error)
             return False
 

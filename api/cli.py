@@ -642,5 +642,9 @@ def sign_request(
         click.echo(f"{name}: {value}")
 
 
+from api.cli_import import import_file_command  # noqa: E402 (it uses the helpers above)
+
+partner.add_command(import_file_command)
+
 if __name__ == "__main__":
     main()

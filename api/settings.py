@@ -9,7 +9,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from ledger.database import DatabaseLimits
+from ledger.database import DatabaseLimits, async_url
 from ledger.expiry import parse_policy
 from ledger.service import LedgerConfig, TransferRules
 
@@ -22,6 +22,13 @@ class SettingsError(ValueError):
 class Settings:
     database_url: str | None = None  # unset: embedded PostgreSQL under data_dir
     redis_url: str | None = None  # unset: embedded Redis under data_dir
+    # The Redis URL names one node of a Redis Cluster (seed; db 0): the client
+    # discovers the others and routes every key by its hash slot.
+    redis_cluster: bool = False
+    # A streaming replica of database_url: balance, history and entry reads go
+    # there when it has everything the primary has for the member (api/replica.py).
+    replica_database_url: str | None = None
+    replica_timeout_ms: int = 2_000  # connect / statement / round trip on the replica
     data_dir: Path = Path(".loyalty")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -102,6 +109,18 @@ class Settings:
         for name in ("partner_rate_limit", "member_rate_limit"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"LOYALTY_{name.upper()} must be at least 1")
+        if self.redis_cluster and not self.redis_url:
+            # The embedded Redis is one node: a cluster has to be named.
+            raise SettingsError("LOYALTY_REDIS_CLUSTER needs LOYALTY_REDIS_URL (a node of it)")
+        if self.replica_database_url is not None:
+            if self.database_url is None:
+                raise SettingsError("LOYALTY_REPLICA_DATABASE_URL needs LOYALTY_DATABASE_URL")
+            try:
+                async_url(self.replica_database_url)
+            except ValueError:
+                raise SettingsError("LOYALTY_REPLICA_DATABASE_URL is a PostgreSQL URL") from None
+        if self.replica_timeout_ms < 1:
+            raise SettingsError("LOYALTY_REPLICA_TIMEOUT_MS must be at least 1")
 
     def token_keys(self, kind: str) -> "TokenKeys":
         """How tokens of one kind (`staff` or `member`) are signed and for whom."""
@@ -140,6 +159,17 @@ class Settings:
             lock_timeout_ms=self.db_lock_timeout_ms,
             pool_timeout_seconds=self.db_pool_timeout_seconds,
             command_timeout_seconds=self.db_command_timeout_seconds,
+        )
+
+    def replica_limits(self) -> DatabaseLimits:
+        """The replica's limits: short, because a replica that is slow to answer
+        costs the read a trip to the primary, not an error."""
+        seconds = self.replica_timeout_ms / 1000
+        return DatabaseLimits(
+            statement_timeout_ms=self.replica_timeout_ms,
+            lock_timeout_ms=self.db_lock_timeout_ms,
+            pool_timeout_seconds=seconds,
+            command_timeout_seconds=seconds,
         )
 
     def ledger_config(self) -> LedgerConfig:
@@ -206,6 +236,12 @@ class TokenKeys:
 
 def _convert(name: str, annotation: object, raw: str) -> object:
     kind = str(annotation)
+    if "bool" in kind:
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"LOYALTY_{name.upper()}: 1 or 0, not {raw!r}")
     try:
         if "tuple" in kind:
             return tuple(part.strip() for part in raw.split(",") if part.strip())

@@ -1,15 +1,31 @@
 """Database engine construction for the ledger (PostgreSQL through asyncpg),
 the time limits every connection runs under, and the classification of
 database failures into "retry the transaction", "the database is not
-available right now" and "the input was not valid for a column"."""
+available right now" and "the input was not valid for a column".
+
+Dropped connections: the pool does not ping a connection before handing it
+out (`pool_pre_ping` costs a BEGIN, a `;` and a ROLLBACK, three round trips,
+on every checkout). Instead:
+
+- on checkout, a connection whose socket the server has already closed (a
+  restart, a terminated session: the event loop has seen the close) is
+  replaced by a fresh one, at no cost (`_replace_closed`, a pool event);
+- a connection that dies in use anyway is recognised by `is_connection_lost`
+  and the work runs once more on a fresh connection, where that is safe: a
+  transaction that had not reached its COMMIT (`LedgerService.atomically`),
+  and reads through `once_more_if_dropped` (the partner guard's statement).
+  A failure during COMMIT is ambiguous and never retried.
+"""
 
 import contextlib
+import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
-from sqlalchemy import exc
+from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ledger.errors import LedgerError, MemberNotActive, MemberNotFound, PartnerNotFound
@@ -20,6 +36,12 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 # Statement timeout, server shutting down or starting, too many connections,
 # out of resources.
 UNAVAILABLE_SQLSTATES = frozenset({"57014", "57P01", "57P02", "57P03", "53300", "53100", "53200"})
+# The server ended the session (administrator command, crash of another
+# backend): its open transaction is gone, nothing of it committed.
+SESSION_ENDED_SQLSTATES = frozenset({"57P01", "57P02"})
+
+R = TypeVar("R")
+log = logging.getLogger("loyalty.ledger")
 
 
 @dataclass(frozen=True)
@@ -51,14 +73,15 @@ def create_engine(
 ) -> AsyncEngine:
     """The ledger's engine: READ COMMITTED plus explicit row locks (SELECT ...
     FOR UPDATE in a fixed order) is the concurrency model, see ledger/journal.py.
-    `autocommit`: single-statement reads with no BEGIN/ROLLBACK and no ping on
-    checkout, one round trip each (the caller replaces a connection found dead)."""
+    `autocommit`: single-statement reads with no BEGIN/ROLLBACK, one round trip
+    each. No engine pings on checkout: see the module's docstring for how dead
+    connections are replaced instead."""
     limits = limits or DatabaseLimits()
-    return create_async_engine(
+    engine = create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=not autocommit,
+        pool_pre_ping=False,
         pool_timeout=limits.pool_timeout_seconds,
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         connect_args={
@@ -75,6 +98,17 @@ def create_engine(
             },
         },
     )
+    event.listen(engine.sync_engine.pool, "checkout", _replace_closed)
+    return engine
+
+
+def _replace_closed(dbapi_connection, connection_record, connection_proxy) -> None:
+    """Pool checkout: a connection the server has closed is replaced by a new
+    one (the pool reconnects on DisconnectionError). No round trip: asyncpg
+    knows the socket closed once the event loop has read the close."""
+    driver = getattr(dbapi_connection, "_connection", None)
+    if driver is not None and driver.is_closed():
+        raise exc.DisconnectionError("the server closed this pooled connection")
 
 
 def sqlstate(error: BaseException) -> str | None:
@@ -171,6 +205,31 @@ def is_unavailable(error: BaseException) -> bool:
         | asyncpg.exceptions.ConnectionDoesNotExistError
         | asyncpg.exceptions.CannotConnectNowError,
     )
+
+
+def is_connection_lost(error: BaseException) -> bool:
+    """The connection died under the work (found closed on first use, or the
+    server ended the session): the server has rolled back whatever transaction
+    was open on it, so work that had not reached its COMMIT may run again on a
+    fresh connection. A failure to connect at all is not this (the database is
+    down: running again would only wait again)."""
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    return error.connection_invalidated or sqlstate(error) in SESSION_ENDED_SQLSTATES
+
+
+async def once_more_if_dropped(work: Callable[[], Awaitable[R]]) -> R:
+    """`work()` (which checks out its own connection), run once more if the
+    connection it got turned out dead (`is_connection_lost`). For reads and
+    single autocommit statements; a multi-statement transaction goes through
+    `LedgerService.atomically`, which knows whether it reached its COMMIT."""
+    try:
+        return await work()
+    except exc.DBAPIError as error:
+        if not is_connection_lost(error):
+            raise
+        log.info("statement run again on a fresh connection: %s", type(error).__name__)
+    return await work()
 
 
 def is_invalid_input(error: BaseException) -> bool:

@@ -11,16 +11,39 @@ retry after a crash is recognised as the same request.
 While a transaction holds a key (a transaction-scoped advisory lock on it, freed
 by commit, rollback or the death of the session), a second caller with the
 same key is told the request is in flight instead of waiting for it.
+
+A key also tells its caller what became of it (`IdempotencyKey.outcome`, set
+by `LedgerService.run` once the transaction committed): the operation that
+stored its result under the key, and whether this call only got back the
+result stored by an earlier one. A caller that keeps answers of its own (the
+partner API's stored HTTP answers) need not store one the ledger already
+holds with the key.
 """
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.errors import IdempotencyKeyReused, InvalidAmount, RequestInFlight
+
+
+class KeyOutcome:
+    """What the ledger did under a key, known once its transaction committed:
+    `operation` stored (or had stored) its result under the key, `replayed`
+    when that result came from an earlier call. Both stay unset when the
+    operation failed or never reached the ledger with the key."""
+
+    __slots__ = ("operation", "replayed")
+
+    def __init__(self) -> None:
+        self.operation: str | None = None
+        self.replayed = False
+
+    def settle(self, operation: str, replayed: bool) -> None:
+        self.operation, self.replayed = operation, replayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +53,7 @@ class IdempotencyKey:
     # SHA-256 of the request exactly as the caller sent it; None: the command
     # itself is the request (every field came from the caller).
     request_digest: str | None = None
+    outcome: KeyOutcome = field(default_factory=KeyOutcome, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.key or len(self.key) > 255 or not self.key.isprintable():
@@ -47,6 +71,25 @@ def request_fingerprint(operation: str, key: IdempotencyKey, command: object) ->
     return hashlib.sha256(f"{operation}\n{key.request_digest}".encode()).hexdigest()
 
 
+# Built once (a text() construct parses its parameters when made).
+_CLAIM = text(
+    "WITH lock AS (SELECT pg_try_advisory_xact_lock("
+    "  hashtextextended(:caller || chr(10) || :key, 0)) AS got), "
+    "ins AS (INSERT INTO idempotency_keys (caller, key, operation, fingerprint) "
+    "  SELECT :caller, :key, :operation, :fingerprint FROM lock WHERE got "
+    "  ON CONFLICT DO NOTHING RETURNING 1) "
+    "SELECT (SELECT got FROM lock) AS got, EXISTS (SELECT 1 FROM ins) AS inserted"
+)
+_STORED = text(
+    "SELECT operation, fingerprint, result FROM idempotency_keys "
+    "WHERE caller = :caller AND key = :key"
+)
+_RECORD = text(
+    "UPDATE idempotency_keys SET result = CAST(:result AS jsonb), entry_id = :entry_id "
+    "WHERE caller = :caller AND key = :key"
+)
+
+
 async def claim(
     conn: AsyncConnection, key: IdempotencyKey, operation: str, command: object
 ) -> object | None:
@@ -55,14 +98,7 @@ async def claim(
     params = {"caller": key.caller, "key": key.key, "operation": operation, "fingerprint": digest}
     row = (
         await conn.execute(
-            text(
-                "WITH lock AS (SELECT pg_try_advisory_xact_lock("
-                "  hashtextextended(:caller || chr(10) || :key, 0)) AS got), "
-                "ins AS (INSERT INTO idempotency_keys (caller, key, operation, fingerprint) "
-                "  SELECT :caller, :key, :operation, :fingerprint FROM lock WHERE got "
-                "  ON CONFLICT DO NOTHING RETURNING 1) "
-                "SELECT (SELECT got FROM lock) AS got, EXISTS (SELECT 1 FROM ins) AS inserted"
-            ),
+            _CLAIM,
             params,
         )
     ).one()
@@ -76,10 +112,7 @@ async def claim(
         return None
     stored = (
         await conn.execute(
-            text(
-                "SELECT operation, fingerprint, result FROM idempotency_keys "
-                "WHERE caller = :caller AND key = :key"
-            ),
+            _STORED,
             params,
         )
     ).one()
@@ -95,10 +128,7 @@ async def record(
     conn: AsyncConnection, key: IdempotencyKey, result: object, entry_id: int | None
 ) -> None:
     await conn.execute(
-        text(
-            "UPDATE idempotency_keys SET result = CAST(:result AS jsonb), entry_id = :entry_id "
-            "WHERE caller = :caller AND key = :key"
-        ),
+        _RECORD,
         {
             "caller": key.caller,
             "key": key.key,

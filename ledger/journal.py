@@ -12,7 +12,9 @@ deadlocks:
    it holds that member's mutex, and a transaction that holds some members
    never asks for another one later (`LockOrderError`), so two transactions
    can never wait for each other on member rows;
-3. hot-account slots (partner, programme) in address order, one statement.
+3. hot-account slots (partner, programme) in address order, in the same
+   statement as the members' balance changes, after them ("member:" sorts
+   first).
    Hot accounts take a random slot per entry, so concurrent accruals from one
    partner do not queue on one row.
 """
@@ -279,9 +281,10 @@ class Journal:
         self, conn: AsyncConnection, drafts: Sequence[EntryDraft], now: datetime
     ) -> list[PostedEntry | DuplicatePartnerReference]:
         """Post entries with a constant number of statements, whatever their
-        number: entries, member balances (one row change per account and
-        asset), hot slots, new lots with their creating movements, movements
-        of existing lots, postings. One result per draft, in order: the
+        number: entries, postings and balances (one row change per account,
+        asset and slot) in one; new lots with their creating movements in a
+        second; movements of existing lots (debits, restorations) in two more
+        when there are any. One result per draft, in order: the
         posted entry, or `DuplicatePartnerReference` for a draft whose
         partner reference was used before (also earlier in the same call);
         such a draft posts nothing and the others post as if it were absent.
@@ -292,23 +295,18 @@ class Journal:
         ConsumeLots) may repeat, and apply in draft order."""
         for draft in drafts:
             _check_draft(draft)
-        entry_ids = await self._insert_entries(conn, drafts)
-        live = [(d, e) for d, e in zip(drafts, entry_ids, strict=True) if e is not None]
         members = {
-            m for d, _ in live for m in ({member_of(p.account) for p in d.postings} - {None})
-        } | {m for d, _ in live for m in d.lot_effects}
-        # Member rows first: when the transaction holds no member yet, this
-        # upsert is its member lock step (each member's available row, the
-        # mutex, rides along with a zero change); it returns the new balances,
-        # from which the lot effects work under that lock.
+            m for d in drafts for m in ({member_of(p.account) for p in d.postings} - {None})
+        } | {m for d in drafts for m in d.lot_effects}
+        # When the transaction holds no member yet, the balance upsert is its
+        # member lock step (each member's available row, the mutex, rides
+        # along with a zero change); hot slots follow the member rows in
+        # address order ("member:" sorts before "partner:" and "program:").
         held = _held_members(conn, members)
-        member_postings = [p for d, _ in live for p in d.postings if member_of(p.account)]
-        if not held:
-            member_postings += [
-                Posting(member_account(m, "available"), PTS, 0) for m in sorted(members)
-            ]
-            held.update(members)
-        balances = await self._apply_balances(conn, member_postings)
+        lock_rows = [] if held else sorted(members)
+        entry_ids, balances = await self._post_entries(conn, drafts, lock_rows)
+        held.update(members)
+        live = [(d, e) for d, e in zip(drafts, entry_ids, strict=True) if e is not None]
         lots = _LotWork()
         # Each member's available balance before the call, and how many of the
         # call's drafts touch its lots (one pass over the postings and effects).
@@ -342,12 +340,7 @@ class Journal:
                     conn, lots, entry_id, member_id, effect, delta, running[member_id], now
                 )
                 running[member_id] += delta
-        # Then the hot slots, in address order.
-        await self._apply_balances(
-            conn, [p for d, _ in live for p in d.postings if not member_of(p.account)]
-        )
         await self._write_lots(conn, lots)
-        await self._insert_postings(conn, live)
         posted = {e: PostedEntry(e, balances) for _, e in live}
         return [
             posted[e]
@@ -359,12 +352,28 @@ class Journal:
             for d, e in zip(drafts, entry_ids, strict=True)
         ]
 
-    async def _insert_entries(
-        self, conn: AsyncConnection, drafts: Sequence[EntryDraft]
-    ) -> list[int | None]:
-        """Insert the entries; each draft's entry id, or None where its partner
-        reference was taken. Ids are drawn per input row and joined back by
-        position, so the mapping does not depend on the order of RETURNING."""
+    async def _post_entries(
+        self, conn: AsyncConnection, drafts: Sequence[EntryDraft], lock_members: Sequence[str]
+    ) -> tuple[list[int | None], dict[tuple[str, str], BalanceRow]]:
+        """Entries, their postings and the balance changes in one statement.
+        Returns each draft's entry id, or None where its partner reference was
+        taken (that draft posts nothing), and the members' balance rows as
+        changed. Ids are drawn per input row and joined back by position, so
+        the mapping does not depend on the order of RETURNING. The entries are
+        inserted (and a reference taken by a concurrent transaction waited
+        for) before any balance row is locked: the balances aggregate every
+        inserted entry's postings, one row change per account, asset and
+        slot, in address order; a row's version grows by the number of entries
+        that changed it, as if they had been posted one by one."""
+        slots: dict[str, int] = {}
+        lines = []  # (entry position, account, asset, amount, member, slot)
+        for n, draft in enumerate(drafts, start=1):
+            for posting in draft.postings:
+                member_id = member_of(posting.account)
+                if member_id is None and posting.account not in slots:
+                    slots[posting.account] = random.randrange(self.hot_slots)
+                slot = 0 if member_id else slots[posting.account]
+                lines.append((n, posting.account, posting.asset, posting.amount, member_id, slot))
         rows = await conn.execute(
             text(
                 "WITH input AS MATERIALIZED (SELECT t.*, "
@@ -382,8 +391,32 @@ class Journal:
                 "partner_id, partner_reference, reverses_entry_id, hold_id, effective_at, "
                 "posted_by, reason, CAST(breakdown AS jsonb) FROM input ORDER BY n "
                 "ON CONFLICT (partner_id, partner_reference) "
-                "WHERE partner_reference IS NOT NULL DO NOTHING RETURNING id) "
-                "SELECT inserted.id FROM input LEFT JOIN inserted USING (id) ORDER BY input.n"
+                "WHERE partner_reference IS NOT NULL DO NOTHING RETURNING id), "
+                "lines AS MATERIALIZED (SELECT input.id AS entry_id, l.account, l.asset, "
+                "l.amount, l.member_id, l.slot, l.k FROM unnest(CAST(:l_entries AS bigint[]), "
+                "CAST(:l_accounts AS text[]), CAST(:l_assets AS text[]), "
+                "CAST(:l_amounts AS bigint[]), CAST(:l_members AS text[]), "
+                "CAST(:l_slots AS smallint[])) WITH ORDINALITY "
+                "AS l(n, account, asset, amount, member_id, slot, k) "
+                "JOIN input ON input.n = l.n JOIN inserted ON inserted.id = input.id), "
+                # Posting ids follow the drafts' order (a reversal splits in it).
+                "posted AS (INSERT INTO postings (entry_id, account, asset, amount, member_id) "
+                "SELECT entry_id, account, asset, amount, member_id FROM lines ORDER BY k), "
+                "per_entry AS (SELECT account, asset, slot, member_id, sum(amount) AS amount "
+                "FROM lines GROUP BY account, asset, slot, member_id, entry_id "
+                "UNION ALL SELECT a, 'PTS', 0, m, 0 FROM unnest(CAST(:lock_accounts AS text[]), "
+                "CAST(:lock_members AS text[])) AS k(a, m)), "
+                "applied AS (INSERT INTO balances AS b (account, asset, slot, balance, version, "
+                "member_id, updated_at) SELECT account, asset, slot, sum(amount), "
+                "count(*) FILTER (WHERE amount <> 0), member_id, now() FROM per_entry "
+                'GROUP BY account, asset, slot, member_id ORDER BY account COLLATE "C", asset '
+                "ON CONFLICT (account, asset, slot) DO UPDATE SET "
+                "balance = b.balance + EXCLUDED.balance, version = b.version + EXCLUDED.version, "
+                "updated_at = now() RETURNING account, asset, balance, version, member_id) "
+                "SELECT input.n, inserted.id, NULL AS account, NULL AS asset, "
+                "NULL::bigint AS balance, NULL::bigint AS version FROM input "
+                "LEFT JOIN inserted USING (id) UNION ALL SELECT NULL, NULL, account, asset, "
+                "balance, version FROM applied WHERE member_id IS NOT NULL"
             ),
             {
                 "kinds": [d.kind for d in drafts],
@@ -396,9 +429,24 @@ class Journal:
                 "posted_by": [d.posted_by for d in drafts],
                 "reasons": [d.reason for d in drafts],
                 "breakdowns": [msgspec.json.encode(list(d.breakdown)).decode() for d in drafts],
+                "l_entries": [line[0] for line in lines],
+                "l_accounts": [line[1] for line in lines],
+                "l_assets": [line[2] for line in lines],
+                "l_amounts": [line[3] for line in lines],
+                "l_members": [line[4] for line in lines],
+                "l_slots": [line[5] for line in lines],
+                "lock_accounts": [member_account(m, "available") for m in lock_members],
+                "lock_members": list(lock_members),
             },
         )
-        return [r.id for r in rows]
+        entry_ids: list[int | None] = [None] * len(drafts)
+        balances: dict[tuple[str, str], BalanceRow] = {}
+        for r in rows:
+            if r.n is not None:
+                entry_ids[r.n - 1] = r.id
+            else:
+                balances[(r.account, r.asset)] = BalanceRow(r.balance, r.version)
+        return entry_ids, balances
 
     async def _resolve_lot_effect(
         self,
@@ -544,60 +592,3 @@ class Journal:
                 ),
                 {"ids": [i for i, _ in changed], "amounts": [a for _, a in changed]},
             )
-
-    async def _insert_postings(self, conn, live: Sequence[tuple[EntryDraft, int]]) -> None:
-        rows = [(e, p) for d, e in live for p in d.postings]
-        if not rows:
-            return
-        await conn.execute(
-            text(
-                "INSERT INTO postings (entry_id, account, asset, amount, member_id) "
-                "SELECT * FROM unnest(CAST(:entries AS bigint[]), CAST(:accounts AS text[]), "
-                "CAST(:assets AS text[]), CAST(:amounts AS bigint[]), CAST(:members AS text[]))"
-            ),
-            {
-                "entries": [e for e, _ in rows],
-                "accounts": [p.account for _, p in rows],
-                "assets": [p.asset for _, p in rows],
-                "amounts": [p.amount for _, p in rows],
-                "members": [member_of(p.account) for _, p in rows],
-            },
-        )
-
-    async def _apply_balances(
-        self, conn: AsyncConnection, postings: Sequence[Posting]
-    ) -> dict[tuple[str, str], BalanceRow]:
-        if not postings:
-            return {}
-        deltas: dict[tuple[str, str], int] = defaultdict(int)
-        for posting in postings:
-            deltas[(posting.account, posting.asset)] += posting.amount
-        rows = []
-        for (account, asset), delta in sorted(deltas.items()):
-            member_id = member_of(account)
-            slot = 0 if member_id else random.randrange(self.hot_slots)
-            rows.append((account, asset, slot, delta, member_id))
-        result = await conn.execute(
-            text(
-                "INSERT INTO balances AS b (account, asset, slot, balance, version, member_id, "
-                "updated_at) SELECT a, s, n, v, CAST(v <> 0 AS int), m, now() "
-                "FROM unnest(CAST(:accounts AS text[]), "
-                "CAST(:assets AS text[]), CAST(:slots AS smallint[]), CAST(:deltas AS bigint[]), "
-                "CAST(:members AS text[])) AS t(a, s, n, v, m) "
-                "ON CONFLICT (account, asset, slot) DO UPDATE SET "
-                "balance = b.balance + EXCLUDED.balance, version = b.version + EXCLUDED.version, "
-                "updated_at = now() RETURNING account, asset, balance, version, member_id"
-            ),
-            {
-                "accounts": [r[0] for r in rows],
-                "assets": [r[1] for r in rows],
-                "slots": [r[2] for r in rows],
-                "deltas": [r[3] for r in rows],
-                "members": [r[4] for r in rows],
-            },
-        )
-        return {
-            (r.account, r.asset): BalanceRow(r.balance, r.version)
-            for r in result
-            if r.member_id is not None
-        }

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -33,8 +33,9 @@ from ledger.commands import (
     PostEntry,
     Transfer,
 )
-from ledger.database import is_retryable, refused_party, sqlstate
+from ledger.database import is_connection_lost, is_retryable, refused_party, sqlstate
 from ledger.errors import (
+    DuplicatePartnerReference,
     InvalidAccount,
     SameMember,
     TransferRefused,
@@ -59,6 +60,7 @@ from ledger.views import (
     EntryView,
     HistoryPage,
     MemberBalances,
+    PostedEarning,
     Receipt,
 )
 
@@ -129,25 +131,45 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
         On a deadlock, serialization failure or lock timeout the transaction
         has rolled back whole, so `body` runs again from the start (it reads
         everything it decides on inside the transaction, which makes the
-        re-run safe); after the last attempt the error goes to the caller."""
-        for attempt in range(1, self.retry.attempts + 1):
+        re-run safe); after the last attempt the error goes to the caller.
+
+        The pool does not ping a connection before handing it out (a round
+        trip on every checkout): a connection found dead before the commit
+        (the server restarted or ended the session, see `is_connection_lost`)
+        took its transaction with it, so `body` runs once more on a fresh
+        connection. A connection lost during the COMMIT itself is never run
+        again: whether the server committed is unknown, so the error goes to
+        the caller (a 503), and a retry with the same idempotency key finds
+        out (the stored result, or a first run)."""
+        attempt, reconnected = 1, False
+        while True:
+            committing = False
             try:
                 async with self.engine.begin() as conn:
-                    conn.info[LOCKED_MEMBERS] = set()
+                    # Held by reference: a connection that died can no longer
+                    # hand out its `info` (SQLAlchemy would try to reconnect it).
+                    info = conn.info
+                    info[LOCKED_MEMBERS] = set()
                     try:
-                        return await body(conn)
+                        result = await body(conn)
                     finally:
-                        conn.info.pop(LOCKED_MEMBERS, None)
+                        info.pop(LOCKED_MEMBERS, None)
+                    committing = True  # the block's exit sends COMMIT
+                return result
             except DBAPIError as error:
                 if (refusal := refused_party(error)) is not None:
                     raise refusal from None
-                if not is_retryable(error) or attempt == self.retry.attempts:
+                if not committing and not reconnected and is_connection_lost(error):
+                    reconnected = True
+                    log.info("transaction run again on a new connection: %s", type(error).__name__)
+                    continue
+                if not is_retryable(error) or attempt >= self.retry.attempts:
                     raise
                 self.retries[sqlstate(error) or "?"] += 1
                 delay = random.uniform(0, self.retry.base_delay * 2 ** (attempt - 1))
                 log.info("transaction retried after %s (attempt %d)", sqlstate(error), attempt)
+                attempt += 1
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
     async def run(
         self,
@@ -157,12 +179,18 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
         result_type: type[R],
         body: Callable[[AsyncConnection], Awaitable[R]],
     ) -> R:
-        """Run `body` in one transaction, once per idempotency key."""
+        """Run `body` in one transaction, once per idempotency key. Once it
+        committed, the key's `outcome` names the operation whose result is
+        stored with the key, and whether this call got an earlier call's."""
+        replayed = False
 
         async def once(conn: AsyncConnection) -> R:
+            nonlocal replayed
+            replayed = False
             if idempotency is not None:
                 stored = await claim(conn, idempotency, operation, command)
                 if stored is not None:
+                    replayed = True
                     return msgspec.convert(stored, result_type)
             result = await body(conn)
             if idempotency is not None:
@@ -174,7 +202,10 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
                 )
             return result
 
-        return await self.atomically(once)
+        result = await self.atomically(once)
+        if idempotency is not None:
+            idempotency.outcome.settle(operation, replayed)
+        return result
 
     async def _receipt(
         self,
@@ -197,65 +228,99 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
 
     async def earn_in(self, conn: AsyncConnection, cmd: Earn) -> Receipt:
         """Post an earning inside the caller's transaction."""
-        now = self.clock()
-        effective_at = cmd.effective_at or now
-        pending = cmd.release_at is not None and cmd.release_at > now
-        member_points = member_account(cmd.member_id, "pending" if pending else "available")
-        postings: list[Posting] = []
-        for line in cmd.lines:
-            if line.asset == QP:
-                postings.append(Posting(member_account(cmd.member_id, "qp"), QP, line.amount))
-                postings.append(Posting(program_account("qp_source"), QP, -line.amount))
-                continue
-            funder = (
-                partner_account(cmd.partner_id, "issued")
-                if line.funder == "partner"
-                else program_account("promotions")
-            )
-            postings.append(Posting(member_points, PTS, line.amount))
-            postings.append(Posting(funder, PTS, -line.amount))
-        points = sum(line.amount for line in cmd.lines if line.asset == PTS)
-        effects = {}
-        if points and not pending:
-            effects[cmd.member_id] = NewLot("earn", effective_at)
-        posted = await self.journal.post(
-            conn,
-            EntryDraft(
-                kind="earn",
-                postings=postings,
-                effective_at=effective_at,
-                posted_by=f"partner:{cmd.partner_id}",
-                member_id=cmd.member_id,
-                partner_id=cmd.partner_id,
-                partner_reference=cmd.partner_reference,
-                breakdown=[msgspec.to_builtins(line) for line in cmd.lines],
-                lot_effects=effects,
-            ),
-            now,
-        )
-        if points and pending:
-            await conn.execute(
-                text(
-                    "INSERT INTO pending_points (earn_entry_id, member_id, amount, "
-                    "remaining, earned_at, release_at) VALUES (:entry_id, :member_id, "
-                    ":amount, :amount, :earned_at, :release_at)"
-                ),
-                {
-                    "entry_id": posted.entry_id,
-                    "member_id": cmd.member_id,
-                    "amount": points,
-                    "earned_at": effective_at,
-                    "release_at": cmd.release_at,
-                },
-            )
+        (posted,) = await self.earn_many_in(conn, [cmd])
+        if isinstance(posted, DuplicatePartnerReference):
+            raise posted
         return await self._receipt(
             conn,
             posted.entry_id,
             "earn",
             cmd.member_id,
-            points,
-            release_at=cmd.release_at if pending else None,
+            posted.points,
+            release_at=posted.release_at,
         )
+
+    async def earn_many_in(
+        self, conn: AsyncConnection, cmds: Sequence[Earn]
+    ) -> list[PostedEarning | DuplicatePartnerReference]:
+        """Post earnings inside the caller's transaction with a constant number
+        of statements (one `post_many`, one insert of pending points): to
+        `available` as a new lot, or to `pending` until `release_at`. One
+        result per command, in order; a command whose partner reference was
+        used before (or earlier in `cmds`) posts nothing. Several earnings of
+        one member apply in order, as if posted one by one."""
+        now = self.clock()
+        drafts = []
+        for cmd in cmds:
+            effective_at = cmd.effective_at or now
+            pending = cmd.release_at is not None and cmd.release_at > now
+            member_points = member_account(cmd.member_id, "pending" if pending else "available")
+            postings: list[Posting] = []
+            for line in cmd.lines:
+                if line.asset == QP:
+                    postings.append(Posting(member_account(cmd.member_id, "qp"), QP, line.amount))
+                    postings.append(Posting(program_account("qp_source"), QP, -line.amount))
+                    continue
+                funder = (
+                    partner_account(cmd.partner_id, "issued")
+                    if line.funder == "partner"
+                    else program_account("promotions")
+                )
+                postings.append(Posting(member_points, PTS, line.amount))
+                postings.append(Posting(funder, PTS, -line.amount))
+            points = sum(line.amount for line in cmd.lines if line.asset == PTS)
+            effects = {}
+            if points and not pending:
+                effects[cmd.member_id] = NewLot("earn", effective_at)
+            drafts.append(
+                EntryDraft(
+                    kind="earn",
+                    postings=postings,
+                    effective_at=effective_at,
+                    posted_by=f"partner:{cmd.partner_id}",
+                    member_id=cmd.member_id,
+                    partner_id=cmd.partner_id,
+                    partner_reference=cmd.partner_reference,
+                    breakdown=[msgspec.to_builtins(line) for line in cmd.lines],
+                    lot_effects=effects,
+                )
+            )
+        results: list[PostedEarning | DuplicatePartnerReference] = []
+        waiting = []  # (entry, member, points, earned at, release at)
+        for cmd, draft, posted in zip(
+            cmds, drafts, await self.journal.post_many(conn, drafts, now), strict=True
+        ):
+            if isinstance(posted, DuplicatePartnerReference):
+                results.append(posted)
+                continue
+            points = sum(line.amount for line in cmd.lines if line.asset == PTS)
+            pending = cmd.release_at is not None and cmd.release_at > now
+            if points and pending:
+                waiting.append(
+                    (posted.entry_id, cmd.member_id, points, draft.effective_at, cmd.release_at)
+                )
+            results.append(
+                PostedEarning(posted.entry_id, points, cmd.release_at if pending else None)
+            )
+        if waiting:
+            columns = list(zip(*waiting, strict=True))
+            await conn.execute(
+                text(
+                    "INSERT INTO pending_points (earn_entry_id, member_id, amount, remaining, "
+                    "earned_at, release_at) SELECT e, m, a, a, ea, r FROM unnest("
+                    "CAST(:entries AS bigint[]), CAST(:members AS text[]), "
+                    "CAST(:amounts AS bigint[]), CAST(:earned AS timestamptz[]), "
+                    "CAST(:releases AS timestamptz[])) AS t(e, m, a, ea, r)"
+                ),
+                {
+                    "entries": list(columns[0]),
+                    "members": list(columns[1]),
+                    "amounts": list(columns[2]),
+                    "earned": list(columns[3]),
+                    "releases": list(columns[4]),
+                },
+            )
+        return results
 
     # -- transfers, adjustments, generic entries --------------------------
 

@@ -57,6 +57,15 @@ class Receipt(msgspec.Struct, frozen=True):
     release_at: datetime | None = None
 
 
+class PostedEarning(msgspec.Struct, frozen=True):
+    """One earning of `LedgerService.earn_many_in`: its entry, the PTS it
+    credited, and when they leave `pending` (None: credited to `available`)."""
+
+    entry_id: int
+    points: int
+    release_at: datetime | None = None
+
+
 class AssetBalance(msgspec.Struct, frozen=True):
     asset: str
     balance: int

@@ -247,6 +247,17 @@ def main() -> None:
     batch.add_argument("--members", type=int, default=10_000)
     batch.add_argument("--batch", type=int, default=1_000)
     batch.add_argument("--batches", type=int, default=10)
+    http_earn = sub.add_parser(
+        "http-earn", help="signed earns over HTTP against a pgbench bare transfer"
+    )
+    http_earn.add_argument("--members", type=int, default=10_000)
+    http_earn.add_argument("--concurrency", type=int, default=16)
+    http_earn.add_argument("--duration", type=float, default=15.0)
+    http_earn.add_argument("--workers", type=int, default=None, help="default: serve's own")
+    imports = sub.add_parser("import", help="partner file import against COPY of the same rows")
+    imports.add_argument("--rows", type=int, default=1_000_000)
+    imports.add_argument("--members", type=int, default=10_000)
+    imports.add_argument("--chunk-size", type=int, default=1_000)
     args = parser.parse_args()
 
     server = os.environ.get("LOYALTY_BENCH_DATABASE_URL") or os.environ.get("LOYALTY_DATABASE_URL")
@@ -265,10 +276,20 @@ def main() -> None:
         upgrade(url)
         if args.scenario == "earn":
             asyncio.run(bench_earn(url, args.members, args.concurrency, args.duration))
+        elif args.scenario == "http-earn":
+            from loadtests.http_bench import bench_http_earn
+
+            asyncio.run(
+                bench_http_earn(url, args.members, args.concurrency, args.duration, args.workers)
+            )
         elif args.scenario == "batch":
             from loadtests.batch_bench import bench_batch
 
             asyncio.run(bench_batch(url, args.members, args.batch, args.batches))
+        elif args.scenario == "import":
+            from loadtests.import_bench import bench_import
+
+            asyncio.run(bench_import(url, args.rows, args.members, args.chunk_size))
         elif args.scenario == "expire":
             from loadtests.jobs_bench import bench_expire
 

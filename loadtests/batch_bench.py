@@ -97,13 +97,25 @@ async def bench_batch(url: str, members: int, batch: int, batches: int) -> None:
     print(f"rows written: {rate * ROWS_PER_EARNING:,.0f}/s ({ROWS_PER_EARNING} per purchase)")
 
     # Baseline: COPY of as many rows of the same shape into plain tables.
+    copy_rate = await copy_baseline(engine, earned, ids, partner)
+    print(f"baseline: COPY of the same rows      {copy_rate:,.0f} rows/s")
+    print(f"ratio batch rows / COPY rows: {rate * ROWS_PER_EARNING / copy_rate:.3f}")
+    check = await verify(engine)
+    print("verify:", "clean" if check.clean else check.render())
+    await engine.dispose()
+
+
+async def copy_baseline(engine, n: int, ids: list[str], partner: str) -> float:
+    """Rows per second of `COPY` of `n` earnings' rows (ROWS_PER_EARNING each, the
+    shape the earn path writes) into plain tables without constraints or triggers,
+    created here (the bench's database is its own)."""
+    members = len(ids)
     raw = await engine.raw_connection()
     try:
         driver = raw.driver_connection
         for statement in BASELINE:
             await driver.execute(statement)
         now = datetime.now(UTC)
-        n = earned
         started = time.perf_counter()
         await driver.copy_records_to_table(
             "bench_entries",
@@ -131,9 +143,4 @@ async def bench_batch(url: str, members: int, batch: int, batches: int) -> None:
         copy_elapsed = time.perf_counter() - started
     finally:
         raw.close()
-    copy_rate = n * ROWS_PER_EARNING / copy_elapsed
-    print(f"baseline: COPY of the same rows      {copy_rate:,.0f} rows/s")
-    print(f"ratio batch rows / COPY rows: {rate * ROWS_PER_EARNING / copy_rate:.3f}")
-    check = await verify(engine)
-    print("verify:", "clean" if check.clean else check.render())
-    await engine.dispose()
+    return n * ROWS_PER_EARNING / copy_elapsed

@@ -18,10 +18,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.tiers import Tier
 from partners import rulebook
 from partners.earning import EarnRule
 from partners.registry import Contract, contracts_by_partner, version_in_force
+from partners.tiers import Tier
 
 # Ended promotions stay cached as long as a purchase may still be reported
 # into their window (the longest late-submission window of any contract).
@@ -77,6 +77,11 @@ class DefinitionCache:
 
     async def get(self, conn: AsyncConnection, now: datetime) -> Definitions:
         version = (await conn.execute(text("SELECT version FROM definition_versions"))).scalar_one()
+        return await self.at_version(conn, now, version)
+
+    async def at_version(self, conn: AsyncConnection, now: datetime, version: int) -> Definitions:
+        """The definitions as of `version`, read by the caller in this
+        transaction (an earning reads it with its first statement)."""
         current = self._current
         if current is not None and current.version == version:
             return current

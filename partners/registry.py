@@ -19,9 +19,13 @@ key can be rotated without downtime; revocation takes effect at once.
 """
 
 import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 import msgspec
 from cryptography.fernet import Fernet, InvalidToken
@@ -30,7 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.accounts import check_id
-from ledger.database import begin
+from ledger.database import begin, once_more_if_dropped
 from partners.audit import record_change
 from partners.errors import (
     CardBlocked,
@@ -425,6 +429,92 @@ async def contracts_by_partner(conn: AsyncConnection) -> dict[str, list[Contract
     return contracts
 
 
+class KnownKey(NamedTuple):
+    partner_id: str
+    secret: str
+    revoked: bool = False
+
+
+class SigningKeyCache:
+    """What a worker keeps of partner keys, so a signed request is checked
+    without a lookup: key id -> (partner, secret), bounded (least recently
+    used out). Safe to keep for the life of the process: a key's secret and
+    partner never change (a key is created, then at most revoked), and a
+    revocation is never undone, so a key seen revoked is remembered as such.
+    Whether a key is still active, and its partner too, is not cached: the
+    guard reads both with every request (api/partner_auth.py). Unknown key ids
+    are not remembered (anyone can send any id).
+    Beside it, each partner's `requests_per_second`. A rate limit protects
+    capacity, not correctness, so it may lag a little: it is read again when
+    the definitions version has moved (every contract change bumps it,
+    migration 0009; the guard reads the number with every request) and at
+    least every `limit_seconds` (a contract version in force from a later
+    date bumps nothing when that date comes). The request that finds it due
+    is still limited by the old figure; the next ones use the new one.
+    """
+
+    def __init__(
+        self,
+        max_keys: int = 4096,
+        limit_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_keys = max_keys
+        self.limit_seconds = limit_seconds
+        self.clock = clock
+        self._keys: OrderedDict[str, KnownKey] = OrderedDict()
+        # partner -> (requests per second, definitions version, read at)
+        self._limits: OrderedDict[str, tuple[int | None, int | None, float]] = OrderedDict()
+        self._definitions: int | None = None
+
+    def key(self, key_id: str) -> KnownKey | None:
+        known = self._keys.get(key_id)
+        if known is not None:
+            self._keys.move_to_end(key_id)
+        return known
+
+    def remember(self, key_id: str, known: KnownKey) -> None:
+        self._keys[key_id] = known
+        self._keys.move_to_end(key_id)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+
+    def forget(self, key_id: str) -> None:
+        self._keys.pop(key_id, None)
+
+    def revoked(self, key_id: str) -> None:
+        if (known := self._keys.get(key_id)) is not None:
+            self._keys[key_id] = known._replace(revoked=True)
+
+    def saw_definitions(self, version: int | None) -> None:
+        """The definitions version as a statement just read it."""
+        self._definitions = version
+
+    def limit(self, partner_id: str) -> tuple[int | None, bool]:
+        """The partner's requests per second as last read (None: the service's
+        default), and whether it is due to be read again."""
+        limit, version, read_at = self._limits.get(partner_id, (None, None, -float("inf")))
+        due = version != self._definitions or self.clock() - read_at >= self.limit_seconds
+        return limit, due
+
+    def set_limit(self, partner_id: str, limit: int | None) -> None:
+        """The limit as read under the definitions version last seen."""
+        self._limits[partner_id] = (limit, self._definitions, self.clock())
+        self._limits.move_to_end(partner_id)
+        while len(self._limits) > self.max_keys:
+            self._limits.popitem(last=False)
+
+
+_SIGNING_KEY = text(
+    "SELECT k.key_id, k.partner_id, k.secret_encrypted, k.status, "
+    "p.status AS partner_status, (SELECT c.requests_per_second "
+    "FROM partner_contracts c WHERE c.partner_id = p.id "
+    + _IN_FORCE.format(at="now()")
+    + ") AS requests_per_second FROM partner_keys k "
+    "JOIN partners p ON p.id = k.partner_id WHERE k.key_id = :k"
+)
+
+
 class Registry:
     def __init__(self, engine: AsyncEngine, box: SecretBox) -> None:
         self.engine = engine
@@ -627,24 +717,22 @@ class Registry:
             )
             return [KeyView(r.key_id, partner_id, r.status) for r in rows]
 
-    async def signing_key(self, key_id: str) -> SigningKey | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT k.key_id, k.partner_id, k.secret_encrypted, k.status, "
-                        "p.status AS partner_status, (SELECT c.requests_per_second "
-                        "FROM partner_contracts c WHERE c.partner_id = p.id "
-                        + _IN_FORCE.format(at="now()")
-                        + ") AS requests_per_second FROM partner_keys k "
-                        "JOIN partners p ON p.id = k.partner_id WHERE k.key_id = :k"
-                    ),
-                    {"k": key_id},
-                )
-            ).first()
+    async def signing_key(
+        self, key_id: str, cache: SigningKeyCache | None = None
+    ) -> SigningKey | None:
+        """The key as it is now (one statement), or None. With a `cache`, the
+        key's partner and secret and the partner's rate limit are kept there
+        (a revoked key as revoked); nothing is kept for an unknown id."""
+
+        async def read():
+            async with self.engine.connect() as conn:
+                autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return (await autocommit.execute(_SIGNING_KEY, {"k": key_id})).first()
+
+        row = await once_more_if_dropped(read)
         if row is None:
             return None
-        return SigningKey(
+        key = SigningKey(
             row.key_id,
             row.partner_id,
             self.box.open(row.secret_encrypted),
@@ -652,6 +740,10 @@ class Registry:
             row.partner_status,
             row.requests_per_second,
         )
+        if cache is not None:
+            cache.remember(key_id, KnownKey(key.partner_id, key.secret, key.status != "active"))
+            cache.set_limit(key.partner_id, key.requests_per_second)
+        return key
 
     # -- cards ----------------------------------------------------------------
 

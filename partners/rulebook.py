@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.accounts import check_id
 from ledger.database import begin
 from ledger.service import LedgerService
-from ledger.tiers import Tier
 from partners.audit import record_change
 from partners.burning import BurnRule
 from partners.earning import EarnRule, Offer
@@ -23,6 +22,7 @@ from partners.errors import (
     UnknownCategory,
 )
 from partners.money import MINOR_UNIT_EXPONENTS
+from partners.tiers import Tier
 
 FUNDERS = ("partner", "program")
 
@@ -664,7 +664,10 @@ async def tiers(conn: AsyncConnection) -> list[Tier]:
     ]
 
 
-def offer_from_promotion(row, member_used: int) -> Offer:
+def offer_from_promotion(row, member_used: int, budget_used: int | None = None) -> Offer:
+    """The promotion as the engine sees it, given what the member has had of
+    it and (when not the row's) what its budget has paid so far."""
+    budget_used = row.budget_used if budget_used is None else budget_used
     return Offer(
         kind="promotion",
         code=row.code,
@@ -679,7 +682,7 @@ def offer_from_promotion(row, member_used: int) -> Offer:
         tiers=frozenset(row.tiers),
         min_spend_minor=row.min_spend_minor,
         exclusive=row.exclusive,
-        remaining_budget=None if row.budget_points is None else row.budget_points - row.budget_used,
+        remaining_budget=None if row.budget_points is None else row.budget_points - budget_used,
         member_remaining=None
         if row.per_member_limit is None
         else row.per_member_limit - member_used,

@@ -26,7 +26,8 @@ from members.registry import (
     Merger,
     ProfileInput,
 )
-from partners.programme import EarningView, Programme, PurchaseInput
+from partners.programme import Programme, PurchaseInput
+from partners.receipts import EarningView
 from partners.registry import (
     Contract,
     ContractInput,

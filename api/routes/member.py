@@ -3,7 +3,10 @@
 refused). A member sees only their own data: anything else is a 404, and a
 card that cannot receive a transfer is "not found" whether it is unknown or
 blocked. Each member gets LOYALTY_MEMBER_RATE_LIMIT requests per second.
-Balances come from the Redis cache when it has them."""
+Balances come from the Redis cache when it has them; with a replica configured,
+balance views and history pages are read there when it is as fresh as the
+primary for the member (api/replica.py). `X-Read-From` says which answered:
+`cache`, `replica` or `primary`."""
 
 from datetime import datetime
 from typing import Annotated
@@ -18,16 +21,18 @@ from api.deps import SERVICES
 from api.input_guard import IdempotentOperation, PathText
 from api.partner_auth import rate_limit
 from api.problems import ApiError
+from api.replica import read_history
 from api.strict_body import strict_json_body
 from ledger.accounts import check_id
 from ledger.commands import Transfer
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
-from ledger.tiers import TierProgress
 from ledger.views import HistoryPage, Receipt
 from partners.errors import CardBlocked, CardNotFound
-from partners.programme import CouponView, Programme
+from partners.member_views import CouponView
+from partners.programme import Programme
 from partners.registry import Registry
+from partners.tiers import TierProgress
 
 Ledger = NamedDependency[LedgerService]
 Programmes = NamedDependency[Programme]
@@ -57,9 +62,11 @@ def _me(request: Request) -> str:
 async def balance(request: Request) -> Response:
     # From Redis only when the cached view's token is the one committed now
     # (checked in PostgreSQL on every read): see api/cache.py.
-    body, hit = await request.app.state.cache.balance(_me(request))
+    body, source = await request.app.state.cache.read(_me(request))
     return Response(
-        body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"}
+        body,
+        media_type="application/json",
+        headers={"X-Cache": "hit" if source == "cache" else "miss", "X-Read-From": source},
     )
 
 
@@ -72,10 +79,11 @@ async def history(
     kind: FromQuery[list[str] | None] = None,
     since: FromQuery[datetime | None] = None,
     until: FromQuery[datetime | None] = None,
-) -> HistoryPage:
-    return await ledger.history(
-        _me(request), limit=limit, cursor=cursor, kinds=tuple(kind or ()), since=since, until=until
-    )
+) -> Response[HistoryPage]:
+    query = {"limit": limit, "cursor": cursor, "kinds": tuple(kind or ()), "since": since}
+    replica = request.app.state.replica
+    read = await read_history(replica, ledger, _me(request), **query, until=until)
+    return Response(read.value, headers={"X-Read-From": read.source})
 
 
 @get("/tier", summary="My tier, valid until, QP this period and to the next tier")

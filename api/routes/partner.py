@@ -22,14 +22,13 @@ from partners.batch import MAX_BATCH_ITEMS, EarnItem, earn_batch
 from partners.burning import value_of_points
 from partners.errors import InvalidPurchase
 from partners.programme import (
-    EarningView,
     Programme,
     PurchaseInput,
-    PurchaseReceipt,
-    ReturnReceipt,
     check_reference,
 )
+from partners.receipts import EarningView, PurchaseReceipt
 from partners.registry import CreditStanding, Registry
+from partners.returns import ReturnReceipt
 from partners.rulebook import burn_rule_in_force
 
 
@@ -131,16 +130,17 @@ async def earn(request: Request, data: JSONBody[EarnRequest], programme: Program
     partner_id = _partner(request)
 
     async def run(key):
-        member_id = await _member(request, data.card_number)
         purchase = data.purchase.to_purchase(partner_id, programme.ledger.clock())
-        # The contract in force at the purchase time decides the submission
-        # window, the return window and the credit limit: the programme reads it.
+        # The card's holder, and the contract in force at the purchase time
+        # (submission and return windows, credit limit), are read inside the
+        # earning's own transaction.
         return await programme.earn_purchase(
-            member_id,
+            None,
             purchase,
             check_reference(data.reference),
             tuple(data.coupons),
             idempotency=key,
+            card_number=data.card_number,
         )
 
     return await idempotent(request, partner_id, run)

@@ -1,16 +1,19 @@
 """Staff API (JWT, roles `admin` and `finance`): balances, entries, member
-history, adjustments and reversals."""
+history, adjustments and reversals. With a replica configured, a member's
+balances and history and journal entries are read there when it has what the
+primary has (api/replica.py; `X-Read-From: replica|primary`)."""
 
 from typing import Annotated
 
 import msgspec
-from litestar import Router, get, post
+from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from api.auth import STAFF_ROLES, Principal, provide_principal, require_staff
 from api.deps import SERVICES
 from api.input_guard import IdempotencyKeyHeader, PathText, RowId
+from api.replica import read_entry, read_history, read_member_balances
 from api.strict_body import strict_json_body
 from ledger.commands import Adjust, Reverse
 from ledger.idempotency import IdempotencyKey
@@ -48,32 +51,39 @@ async def account_balance(address: PathText, ledger: Ledger) -> AccountBalance:
 
 
 @get("/entries/{entry_id:int}", summary="One journal entry with its postings")
-async def get_entry(entry_id: RowId, ledger: Ledger) -> EntryView:
-    return await ledger.entry(entry_id)
+async def get_entry(request: Request, entry_id: RowId, ledger: Ledger) -> Response[EntryView]:
+    read = await read_entry(request.app.state.replica, ledger, entry_id)
+    return Response(read.value, headers={"X-Read-From": read.source})
 
 
 @get("/members/{member_id:str}/balances", summary="A member's balances and expiring points")
 async def member_balances(
+    request: Request,
     member_id: PathText,
     ledger: Ledger,
     members: Registry,
     expiring_within_days: Annotated[int, QueryParameter(ge=1, le=3660)] = 90,
-) -> MemberBalances:
+) -> Response[MemberBalances]:
     await members.member(member_id)
-    return await ledger.member_balances(member_id, expiring_within_days)
+    replica = request.app.state.replica
+    read = await read_member_balances(replica, ledger, member_id, expiring_within_days)
+    return Response(read.value, headers={"X-Read-From": read.source})
 
 
 @get("/members/{member_id:str}/history", summary="A member's entries, newest first")
 async def member_history(
+    request: Request,
     member_id: PathText,
     ledger: Ledger,
     members: Registry,
     limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     cursor: FromQuery[str | None] = None,
     kind: FromQuery[list[str] | None] = None,
-) -> HistoryPage:
+) -> Response[HistoryPage]:
     await members.member(member_id)
-    return await ledger.history(member_id, limit=limit, cursor=cursor, kinds=tuple(kind or ()))
+    query = {"limit": limit, "cursor": cursor, "kinds": tuple(kind or ())}
+    read = await read_history(request.app.state.replica, ledger, member_id, **query)
+    return Response(read.value, headers={"X-Read-From": read.source})
 
 
 @get("/members/{member_id:str}/tier", summary="A member's tier, progress and tier history")

@@ -396,22 +396,24 @@ async def test_a_crash_before_the_posting_commits_leaves_nothing_and_the_retry_p
 async def test_a_crash_after_the_posting_before_the_answer_is_stored_replays_the_201(
     client, shop, engine, ledger, monkeypatch
 ):
-    """The worker dies after the ledger committed, before the HTTP answer was
-    stored. The retry, a second later and with the purchase time left to the
-    server, is the same request: the original 201, one entry."""
-    import api.partner_requests
+    """The worker dies after the ledger committed (the receipt stored with the
+    key is the answer: nothing else is stored), before it answered. The retry,
+    a second later and with the purchase time left to the server, is the same
+    request: the original 201, one entry."""
+    from ledger.service import LedgerService
 
     body = earn_body(shop, "K-2", 10000)
-    real_store = api.partner_requests.store_response
+    real_run = LedgerService.run
 
-    async def crash(*args, **kwargs):
+    async def crash(self, *args, **kwargs):
+        await real_run(self, *args, **kwargs)
         raise ConnectionResetError("worker killed")
 
-    monkeypatch.setattr(api.partner_requests, "store_response", crash)
+    monkeypatch.setattr(LedgerService, "run", crash)
     failed = await post(client, shop, "/v1/partner/earn", body, key="crash-2")
     assert failed.status_code >= 500
     assert await _entries(engine, shop.partner_id) == 1
-    monkeypatch.setattr(api.partner_requests, "store_response", real_store)
+    monkeypatch.setattr(LedgerService, "run", real_run)
     await asyncio.sleep(1.1)  # the server clock moves on; the request does not
     retried = await post(client, shop, "/v1/partner/earn", body, key="crash-2")
     assert retried.status_code == 201, retried.text
@@ -430,23 +432,28 @@ async def test_stored_responses_are_purged_after_the_retention(client, shop, eng
 
     from api.partner_requests import purge
 
+    # A success is kept with the ledger's key, an error as a stored answer.
     await post(client, shop, "/v1/partner/earn", earn_body(shop, "P-1", 100), key="old")
+    await post(client, shop, "/v1/partner/earn", earn_body(shop, "P-1", 100), key="old-error")
+    count = (
+        "SELECT (SELECT count(*) FROM partner_requests WHERE partner_id = :p) "
+        "+ (SELECT count(*) FROM idempotency_keys WHERE caller = 'partner:' || :p)"
+    )
     async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE partner_requests SET created_at = now() - interval '8 days' "
-                "WHERE partner_id = :p"
-            ),
-            {"p": shop.partner_id},
-        )
-    assert await purge(engine, timedelta(days=7)) >= 1
-    async with engine.connect() as conn:
-        left = (
+        assert (await conn.execute(text(count), {"p": shop.partner_id})).scalar_one() == 2
+        for table, column, value in (
+            ("partner_requests", "partner_id", shop.partner_id),
+            ("idempotency_keys", "caller", f"partner:{shop.partner_id}"),
+        ):
             await conn.execute(
-                text("SELECT count(*) FROM partner_requests WHERE partner_id = :p"),
-                {"p": shop.partner_id},
+                text(
+                    f"UPDATE {table} SET created_at = now() - interval '8 days' WHERE {column} = :v"
+                ),
+                {"v": value},
             )
-        ).scalar_one()
+    assert await purge(engine, timedelta(days=7)) >= 2
+    async with engine.connect() as conn:
+        left = (await conn.execute(text(count), {"p": shop.partner_id})).scalar_one()
     assert left == 0
 
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from partners.batch import MAX_BATCH_ITEMS, EarnItem, earn_batch
 from partners.errors import InvalidPurchase
@@ -217,3 +217,48 @@ async def test_bad_items_are_reported_and_the_good_ones_post_once(
     with pytest.raises(InvalidPurchase):
         await earn_batch(programme, partner, [item(f"M-{i}") for i in range(MAX_BATCH_ITEMS + 1)])
     await assert_clean()
+
+
+async def test_a_batch_costs_the_same_statements_whatever_its_size(
+    ledger, engine, new_member, new_partner, new_id, programme_tiers
+):
+    """Set-based: ten purchases of five members cost as many statements as
+    one purchase (tier upgrades, budgets and pending points included)."""
+    programme = Programme(ledger)
+    partner, _ = await twin_partners(ledger, new_partner, new_id, budget=10_000)
+    holders = await members_with_cards(engine, new_member, 7)
+
+    def items(prefix: str, count: int, who: list) -> list[EarnItem]:
+        return [
+            EarnItem(
+                who[i % len(who)][1],
+                f"{prefix}-{i}",
+                PurchaseInput(
+                    "EUR",
+                    [
+                        PurchaseLineInput(120_000, "drugstore"),
+                        PurchaseLineInput(900, "electronics"),
+                    ],
+                ),
+            )
+            for i in range(count)
+        ]
+
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    await earn_batch(programme, partner, items("WARM", 1, holders[6:]))  # definitions cached
+    counts = []
+    for prefix, count, who in (("ONE", 1, holders[5:6]), ("TEN", 10, holders[:5])):
+        statements.clear()
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        try:
+            batch = await earn_batch(programme, partner, items(prefix, count, who))
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", record)
+        assert batch.posted == count
+        assert any(o.receipt.new_tier for o in batch.outcomes)  # upgrades booked too
+        counts.append(len(statements))
+    assert counts[0] == counts[1], counts

@@ -5,9 +5,9 @@ from decimal import Decimal
 
 import pytest
 
-from ledger.tiers import Tier, after_earning, progress, requalify, status_valid_until, tier_for
 from partners.burning import BurnRule, points_for_value, quote_redemption, value_of_points
 from partners.errors import InvalidPurchase
+from partners.tiers import Tier, after_earning, progress, requalify, status_valid_until, tier_for
 
 SILVER = Tier("silver", "Silver", 1, 1000, Decimal("1.25"), Decimal("0.05"))
 GOLD = Tier("gold", "Gold", 2, 3000, Decimal("1.5"), Decimal("0.10"), expiry_protected=True)
@@ -84,7 +84,7 @@ def test_redemption_checks_minimum_step_and_basket_share():
 def test_rolling_period_counts_the_last_365_days_up_to_now():
     from datetime import timedelta
 
-    from ledger.tiers import period_bounds
+    from partners.tiers import period_bounds
 
     leap = datetime(2028, 2, 29, 12, tzinfo=UTC)
     start, end = period_bounds(leap, "rolling")

@@ -1,0 +1,109 @@
+"""`loyalty partner import FILE --partner ID`: a partner's transaction file
+(CSV or JSON Lines) earned in chunks, resumable, with a rejects file and a
+summary; see partners/imports.py and the README's "Partner transaction files".
+
+Registered on the `partner` group at the bottom of api/cli.py; the helpers
+of api/cli.py are imported when the command runs (api/cli.py imports this
+module while it loads)."""
+
+import contextlib
+import os
+import sys
+
+import click
+import msgspec
+
+from partners.import_formats import FORMATS
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option("--partner", "partner_id", required=True, help="The partner whose file it is.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="csv or jsonl (default: from the file name: .csv, .jsonl or .ndjson).",
+)
+@click.option(
+    "--rejects",
+    "rejects_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Where the rejected rows go, as CSV (default: FILE.rejects.csv).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 1000),
+    default=1000,
+    show_default=True,
+    help="Purchases per transaction (and per checkpoint).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, as_json) -> None:
+    """Earn a partner's transaction FILE (CSV or JSON Lines).
+
+    Started again after an interruption, the same file goes on from its last
+    checkpoint and posts nothing twice; a file imported before answers its
+    earlier summary. Rejected rows (with line number and reason) go to the
+    rejects file; the summary counts rows, posted, duplicates, rejected and
+    points. A progress bar shows on a terminal."""
+    from api.cli import _actor, _run
+    from partners.imports import ImportSource, import_file, write_rejects
+    from partners.programme import Programme
+
+    source = ImportSource.from_path(file)
+    rejects_path = rejects_path or f"{file}.rejects.csv"
+    with contextlib.ExitStack() as stack:
+        progress = None
+        if sys.stderr.isatty():
+            bar = stack.enter_context(
+                click.progressbar(
+                    length=os.path.getsize(file),
+                    label=f"importing {source.name}",
+                    file=sys.stderr,
+                    item_show_func=lambda s: (
+                        f"{s.posted:,} posted, {s.duplicates + s.rejected:,} rejected"
+                        if s is not None
+                        else None
+                    ),
+                )
+            )
+
+            def progress(done: int, summary) -> None:
+                bar.update(max(0, done - bar.pos), summary)
+
+        async def work(settings, ledger):
+            summary = await import_file(
+                Programme(ledger, settings.tier_period),
+                partner_id,
+                source,
+                fmt,
+                actor=_actor(),
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+            return summary, await write_rejects(ledger.engine, summary.import_id, rejects_path)
+
+        summary, rejects = _run(work)
+    if summary.already_imported:
+        click.echo(
+            f"{source.name} was imported before (finished {summary.finished_at:%Y-%m-%d %H:%M:%S} "
+            "UTC): its summary, nothing posted now",
+            err=True,
+        )
+    if as_json:
+        click.echo(
+            msgspec.json.encode({**msgspec.to_builtins(summary), "rejects_file": rejects_path})
+        )
+        return
+    click.echo(f"file:        {source.name} (sha256 {summary.sha256[:16]}..., {summary.format})")
+    click.echo(f"import:      {summary.import_id} (run {summary.runs})")
+    click.echo(f"rows:        {summary.rows:,}")
+    click.echo(f"purchases:   {summary.purchases:,}")
+    click.echo(f"posted:      {summary.posted:,}")
+    click.echo(f"duplicates:  {summary.duplicates:,}")
+    click.echo(f"rejected:    {summary.rejected:,}")
+    click.echo(f"points:      {summary.points:,}")
+    click.echo(f"rejects:     {rejects:,} in {rejects_path}")

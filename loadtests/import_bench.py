@@ -1,0 +1,132 @@
+"""File import benchmark: `python -m loadtests import [--rows N] [--members M]`.
+
+A partner set up as in the batch benchmark (1 point per EUR, QP per EUR, a
+14-day return window, so each purchase writes the same rows) and `--members`
+card holders; a CSV file of `--rows` purchases (default 1,000,000) is written
+and imported by the real command, `loyalty partner import`, in a process of
+its own. The figures: purchases per second (the whole command, hashing the
+file included), rows written per second, the ratio to the `COPY` baseline of
+the batch benchmark (`copy_baseline`) measured in the same run on the same
+server, and the importing process's peak RSS (`ru_maxrss`, from `wait4`;
+the target is under 300 MB whatever the file's size). Then `verify`; the
+caller drops the database.
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+
+from ledger.database import create_engine
+from ledger.service import LedgerService
+from ledger.verify import verify
+from loadtests.batch_bench import ROWS_PER_EARNING, copy_baseline
+from partners.registry import PartnerInput, Registry, SecretBox
+from partners.rulebook import EarnRuleInput, Rulebook
+
+PARTNER = "bench-import"
+HEADER = "card_number,reference,occurred_at,currency,amount_minor,category\n"
+
+
+def write_file(path: Path, rows: int, cards: list[str]) -> None:
+    run = uuid.uuid4().hex[:6]
+    when = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    with path.open("w") as out:
+        out.write(HEADER)
+        for start in range(0, rows, 10_000):
+            out.write(
+                "".join(
+                    f"{random.choice(cards)},{run}-{i},{when},EUR,"
+                    f"{random.randrange(100, 20_000)},groceries\n"
+                    for i in range(start, min(rows, start + 10_000))
+                )
+            )
+
+
+def loyalty() -> list[str]:
+    script = Path(sys.executable).with_name("loyalty")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "api.cli"]
+
+
+def run_import(command: list[str], env: dict, out_path: Path):
+    """Run the import command to its end: its output, wall time and resource
+    usage (its own, from wait4, so its peak RSS is the importer's alone)."""
+    with out_path.open("w+") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=out)
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - started
+        out.seek(0)
+        output = out.read()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"loyalty partner import failed ({code}): {output}")
+    return output, elapsed, usage
+
+
+async def bench_import(url: str, rows: int, members: int, chunk_size: int) -> None:
+    from loadtests.__main__ import enrol  # the module that runs us
+
+    engine = create_engine(url, pool_size=4)
+    ledger = LedgerService(engine)
+    ids = [f"i{i}" for i in range(members)]
+    await enrol(engine, [], ids)
+    registry = Registry(engine, SecretBox(Fernet.generate_key()))
+    await registry.create_partner(PartnerInput(PARTNER, PARTNER, return_window_days=14), "bench")
+    await Rulebook(ledger).create_earn_rule(
+        PARTNER,
+        EarnRuleInput(
+            datetime(2024, 1, 1, tzinfo=UTC), "EUR", Decimal(1), qp_per_unit=Decimal("0.1")
+        ),
+        "bench",
+    )
+    cards = [f"8{i:015d}" for i in range(members)]
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO cards (card_number, member_id) "
+                "SELECT unnest(CAST(:c AS text[])), unnest(CAST(:m AS text[]))"
+            ),
+            {"c": cards, "m": ids},
+        )
+
+    with tempfile.TemporaryDirectory(prefix="loyalty-import-bench-") as tmp:
+        path = Path(tmp) / "transactions.csv"
+        write_file(path, rows, cards)
+        size = path.stat().st_size
+        print(
+            f"file import benchmark: {rows:,} rows ({size / 1e6:,.1f} MB), {members:,} members, "
+            f"chunks of {chunk_size}; load average {os.getloadavg()[0]:.2f}"
+        )
+        env = {**os.environ, "LOYALTY_DATABASE_URL": url, "LOYALTY_DATA_DIR": tmp}
+        command = [*loyalty(), "partner", "import", str(path), "--partner", PARTNER]
+        command += ["--chunk-size", str(chunk_size), "--json"]
+        output, elapsed, usage = run_import(command, env, Path(tmp) / "out.json")
+    summary = json.loads(output)
+    posted = summary["posted"]
+    rate = posted / elapsed
+    print(
+        f"import: {summary['rows']:,} rows, {posted:,} posted, {summary['rejected']:,} rejected, "
+        f"{summary['points']:,} points in {elapsed:,.1f} s = {rate:,.0f} purchases/s"
+    )
+    print(f"rows written: {rate * ROWS_PER_EARNING:,.0f}/s ({ROWS_PER_EARNING} per purchase)")
+    peak = usage.ru_maxrss / 1024  # kilobytes on Linux
+    print(f"peak RSS of the importing process: {peak:,.0f} MB (target: under 300 MB)")
+
+    copy_rate = await copy_baseline(engine, posted, ids, PARTNER)
+    print(f"baseline: COPY of the same rows      {copy_rate:,.0f} rows/s")
+    print(f"ratio import rows / COPY rows: {rate * ROWS_PER_EARNING / copy_rate:.3f}")
+    check = await verify(engine)
+    print("verify:", "clean" if check.clean else check.render())
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    await engine.dispose()

@@ -1,0 +1,539 @@
+"""The accrual path: earning for N purchases of one partner in one
+transaction, set-based, with a constant number of statements whatever N is.
+A single earning is the same code with N = 1; a quote is its reading half.
+The flow and its decisions are here, the statements in partners/accrual_sql.py.
+
+1. One statement opens the call: the definitions' version, the card holders
+   and the members' registry rows (shared: a close or a merge waits for the
+   earning, or the earning sees it). Everything about the programme
+   (contracts, rules, categories, tiers, promotions) then comes from the
+   process's cache (partners/definitions.py).
+2. Each purchase is checked (card, member status, submission window, rule,
+   currency, categories) with no I/O; one that fails is refused alone.
+3. Locks, in the ledger's order (after the idempotency key): the budgeted
+   promotions that may pay for any of the purchases (id order), then every
+   member (one statement); the posting takes the ledger's hot slots last
+   (ledger/journal.py). Promotions without a budget lock nothing global, so
+   accruals at a partner do not queue behind a running promotion, and the
+   partner's balances (its credit limit, partners/credit.py) are read
+   without a lock.
+4. Under those locks, one statement reads what the members' earnings depend
+   on: tiers, balances, the references already used, the QP of the tier
+   periods and the points counted against period caps; the promotion usage
+   (a per-member limit) and the coupons are one statement each, when named.
+5. The engine (partners/earning.py, pure) evaluates the purchases in order
+   with a running state per member, promotion and partner (tier upgrades,
+   caps, budgets, member limits, coupons, the partner's credit), exactly as
+   if they had come one by one.
+6. One `earn_many_in` posts every earning; then one statement each records
+   the purchases, the promotions' budgets and usage, the coupons used and
+   the tier changes.
+
+A reference is checked against the journal and the purchases in step 4; a
+concurrent call that takes it between that check and the posting makes the
+posting or the purchase record see it, and the whole transaction runs again
+(`ReferenceTaken`), so nothing is decided on a state that did not hold.
+"""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.accounts import PTS, member_account
+from ledger.commands import Earn, EarnLine
+from ledger.errors import (
+    DuplicatePartnerReference,
+    LedgerError,
+    MemberNotActive,
+    MemberNotFound,
+)
+from ledger.views import Balances, PostedEarning
+from partners import rulebook
+from partners.accrual_sql import (
+    book_offers,
+    book_tiers,
+    lock_budgets,
+    open_call,
+    read_coupons,
+    read_members,
+    read_usage,
+    record_purchases,
+)
+from partners.credit import CallCredit
+from partners.definitions import Definitions
+from partners.earning import Earning, EarnRule, Purchase, evaluate
+from partners.errors import (
+    CouponNotFound,
+    CouponNotUsable,
+    CurrencyMismatch,
+    NoRuleInForce,
+    UnknownCategory,
+)
+from partners.receipts import PurchaseReceipt, earning_view
+from partners.registry import (
+    Contract,
+    check_purchase_time,
+    holder_of,
+    release_time,
+)
+from partners.tiers import Tier, after_earning, ladder, period_bounds
+
+# The member accounts a receipt shows, and their asset.
+RECEIPT_ACCOUNTS = (("available", PTS), ("pending", PTS), ("held", PTS), ("qp", "QP"))
+
+
+class ReferenceTaken(Exception):
+    """A concurrent transaction used one of the call's references after the
+    call checked them: run the whole transaction again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accrual:
+    """One purchase to earn for: the member by card or by id."""
+
+    purchase: Purchase  # as reported (received_at None)
+    reference: str
+    card_number: str | None = None
+    member_id: str | None = None
+    coupons: tuple[str, ...] = ()
+    release_at: datetime | None = None  # a caller's own release time, if later
+
+
+@dataclass(slots=True)
+class _Item:
+    index: int
+    accrual: Accrual
+    member_id: str
+    received: Purchase
+    contract: Contract | None
+    release: datetime | None
+    rule: EarnRule
+    promotions: list  # rows that may pay for it, by id
+
+
+@dataclass(slots=True)
+class _Evaluated:
+    item: _Item
+    tier: Tier
+    earning: Earning
+    coupons: dict[str, int]  # code -> coupon id, used by this earning
+    # (from, previous validity, to, validity, reason) when the earning moved the tier
+    tier_change: tuple | None = None
+    balances: Balances | None = None  # the member's balances after this earning
+
+
+@dataclass(slots=True)
+class _Members:
+    """What the call reads about its members, then keeps current in memory."""
+
+    tiers: dict[str, tuple[str, datetime | None]] = field(default_factory=dict)
+    balances: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    period_qp: dict[tuple[str, datetime, datetime], int] = field(default_factory=dict)
+    cap_points: dict[tuple[str, str, datetime], int] = field(default_factory=dict)
+    usage: dict[tuple[int, str], int] = field(default_factory=dict)
+    coupons: dict[tuple[str, str], object] = field(default_factory=dict)
+    taken: set[str] = field(default_factory=set)
+    fresh: dict[int, object] = field(default_factory=dict)  # budgeted promotions, as locked
+    budget_used: dict[int, int] = field(default_factory=dict)  # their budgets, running
+    used_coupons: set[tuple[str, str]] = field(default_factory=set)  # (member, code)
+
+
+def _cap_start(rule: EarnRule, at: datetime) -> datetime | None:
+    if rule.cap_per_period is None:
+        return None
+    at = at.astimezone(UTC)
+    return {
+        "day": at.replace(hour=0, minute=0, second=0, microsecond=0),
+        "month": at.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+        "year": datetime(at.year, 1, 1, tzinfo=UTC),
+    }[rule.cap_period]
+
+
+def rule_for(defs: Definitions, purchase: Purchase) -> EarnRule:
+    """The earn rule in force at the purchase time, for its currency and
+    categories, or the refusal."""
+    rule = defs.earn_rule_in_force(purchase.partner_id, purchase.occurred_at)
+    if rule is None:
+        raise NoRuleInForce(
+            f"partner {purchase.partner_id} has no earn rule in force at "
+            f"{purchase.occurred_at.isoformat()}"
+        )
+    if rule.currency != purchase.currency:
+        raise CurrencyMismatch(
+            f"partner {purchase.partner_id} earns on {rule.currency}, not {purchase.currency}"
+        )
+    categories = sorted({line.category for line in purchase.lines})
+    if unknown := [c for c in categories if c not in defs.categories]:
+        raise UnknownCategory("lines.category", f"unknown categories {unknown}")
+    return rule
+
+
+def _coupon_problem(row, at: datetime) -> str | None:
+    if row.retired_at:
+        return "was retired"
+    if row.activated_at is None:
+        return "is not activated"
+    if row.used_at:
+        return "was already used"
+    if not row.valid_from <= at < row.valid_to:
+        return "is not valid at the purchase time"
+    return None
+
+
+class AccrualRun:
+    """One call of the accrual path inside the caller's transaction."""
+
+    def __init__(self, programme, conn: AsyncConnection, partner_id: str, lock: bool) -> None:
+        self.programme = programme
+        self.ledger = programme.ledger
+        self.conn = conn
+        self.partner_id = partner_id
+        self.lock = lock  # False: a quote (nothing locked, nothing written)
+        self.now: datetime = programme.ledger.clock()
+
+    # -- reading ----------------------------------------------------------------
+
+    def _check(
+        self,
+        defs: Definitions,
+        index: int,
+        accrual: Accrual,
+        holders: dict[str, tuple[str, str]],
+        statuses: dict[str, str],
+    ) -> _Item:
+        """Everything about one purchase that needs no member state."""
+        if accrual.card_number is not None:
+            member_id = holder_of(accrual.card_number, holders)
+        else:
+            member_id = accrual.member_id
+        status = statuses.get(member_id)
+        if status is None:
+            raise MemberNotFound(f"no enrolled member {member_id!r}", member_id=member_id)
+        if status != "active":
+            raise MemberNotActive(
+                f"member {member_id!r} is {status}: its accounts take no postings",
+                member_id=member_id,
+                member_status=status,
+            )
+        purchase = accrual.purchase
+        contract = defs.contract_in_force(purchase.partner_id, purchase.occurred_at)
+        release = accrual.release_at
+        if contract is not None:
+            check_purchase_time(contract, purchase.occurred_at, self.now)
+            window_end = release_time(contract, purchase.occurred_at, self.now)
+            if window_end is not None and (release is None or window_end > release):
+                release = window_end
+        received = replace(purchase, received_at=self.now)
+        rule = rule_for(defs, received)
+        promotions = defs.promotions_for(
+            purchase.partner_id,
+            purchase.occurred_at,
+            self.now,
+            {line.category for line in purchase.lines},
+            purchase.total_minor,
+        )
+        return _Item(index, accrual, member_id, received, contract, release, rule, promotions)
+
+    async def _read_members(self, defs: Definitions, items: list[_Item]) -> _Members:
+        """Under the members' locks: one statement for tiers, balances, used
+        references, period QP and cap points; usage and coupons when named."""
+        members = sorted({i.member_id for i in items})
+        accounts = [member_account(m, name) for m in members for name, _ in RECEIPT_ACCOUNTS]
+        qualifying = any(t.qp_threshold > 0 for t in defs.tiers)
+        periods = sorted(
+            {
+                (i.member_id, *period_bounds(i.received.occurred_at, self.programme.tier_period))
+                for i in items
+            }
+            if qualifying
+            else set()
+        )
+        caps = sorted(
+            {
+                (i.member_id, i.rule.partner_id, _cap_start(i.rule, i.received.occurred_at))
+                for i in items
+                if i.rule.cap_per_period is not None
+            }
+        )
+        refs = sorted({i.accrual.reference for i in items}) if self.lock else []
+        found = await read_members(
+            self.conn, self.partner_id, members, accounts, refs, periods, caps
+        )
+        usage = sorted(
+            {
+                (r.id, i.member_id)
+                for i in items
+                for r in i.promotions
+                if r.budget_points is not None or r.per_member_limit
+            }
+        )
+        coupons = sorted({(i.member_id, code) for i in items for code in i.accrual.coupons})
+        return _Members(
+            tiers=found.tiers,
+            balances=found.balances,
+            period_qp=found.period_qp,
+            cap_points=found.cap_points,
+            usage=await read_usage(self.conn, usage, self.lock),
+            coupons=await read_coupons(self.conn, coupons, self.lock),
+            taken=found.taken,
+        )
+
+    # -- evaluating ---------------------------------------------------------------
+
+    def _evaluate(self, defs: Definitions, item: _Item, known: _Members) -> _Evaluated:
+        """The engine over the running state (nothing is changed here)."""
+        tier, _ = _tier_of(defs, known, item.member_id)
+        at = item.received.occurred_at
+        offers = [
+            rulebook.offer_from_promotion(
+                known.fresh.get(row.id, row),
+                known.usage.get((row.id, item.member_id), 0),
+                known.budget_used.get(row.id),
+            )
+            for row in item.promotions
+        ]
+        coupons: dict[str, int] = {}
+        for code in item.accrual.coupons:
+            row = known.coupons.get((item.member_id, code))
+            if row is None:
+                raise CouponNotFound(f"member has no coupon {code!r}", coupon=code)
+            problem = (
+                "was already used"
+                if (item.member_id, code) in known.used_coupons
+                else _coupon_problem(row, at)
+            )
+            if problem:
+                raise CouponNotUsable(f"coupon {code!r} {problem}", coupon=code)
+            offers.append(rulebook.offer_from_coupon(row))
+            coupons[code] = row.id
+        start = _cap_start(item.rule, at)
+        so_far = (
+            known.cap_points.get((item.member_id, item.rule.partner_id, start), 0)
+            if start is not None
+            else 0
+        )
+        earning = evaluate(
+            item.received, item.rule, tier.code, tier.earn_multiplier, offers, so_far
+        )
+        return _Evaluated(item, tier, earning, coupons)
+
+    async def evaluate_all(
+        self, accruals: Sequence[Accrual]
+    ) -> tuple[Definitions, list[_Evaluated | LedgerError]]:
+        """Check, lock, read and evaluate every purchase; for an earning
+        (`lock`) also the credit limit and the references, the running state
+        moved on by each accepted purchase."""
+        version, holders, statuses = await open_call(
+            self.conn,
+            sorted({a.card_number for a in accruals if a.card_number is not None}),
+            sorted({a.member_id for a in accruals if a.member_id is not None}),
+            self.lock,
+        )
+        defs = await self.programme.definitions.at_version(self.conn, self.now, version)
+        results: list = [None] * len(accruals)
+        for index, accrual in enumerate(accruals):
+            try:
+                results[index] = self._check(defs, index, accrual, holders, statuses)
+            except LedgerError as error:
+                results[index] = error
+        items = [r for r in results if isinstance(r, _Item)]
+        if not items:
+            return defs, results
+        # The budgeted promotions the purchases may be paid by, fresh (their
+        # budgets move with every earning), locked in id order when earning.
+        fresh = await lock_budgets(
+            self.conn,
+            sorted({r.id for i in items for r in i.promotions if r.budget_points is not None}),
+            self.lock,
+        )
+        if self.lock:
+            await self.ledger.journal.lock_members(self.conn, {i.member_id for i in items})
+        known = await self._read_members(defs, items)
+        known.fresh = fresh
+        known.budget_used = {i: r.budget_used for i, r in fresh.items()}
+        credit = CallCredit(self.conn, self.partner_id, self.now, defs)
+        for item in items:
+            try:
+                done = self._evaluate(defs, item, known)
+                if self.lock:
+                    points = await credit.check(done.earning)
+                    if item.accrual.reference in known.taken:
+                        raise DuplicatePartnerReference(
+                            f"partner {self.partner_id} already used reference "
+                            f"{item.accrual.reference!r}",
+                            partner_reference=item.accrual.reference,
+                        )
+                    known.taken.add(item.accrual.reference)
+                    credit.add(points)
+                    self._move_on(defs, done, known)
+                results[item.index] = done
+            except LedgerError as error:
+                results[item.index] = error
+        return defs, results
+
+    def _move_on(self, defs: Definitions, done: _Evaluated, known: _Members) -> None:
+        """The running state after an accepted earning."""
+        item, earning, member_id = done.item, done.earning, done.item.member_id
+        at = item.received.occurred_at
+        for row in item.promotions:
+            points = earning.points_from("promotion", row.code)
+            if not points:
+                continue
+            if row.id in known.budget_used:
+                known.budget_used[row.id] += points
+            if row.budget_points is not None or row.per_member_limit:
+                key = (row.id, member_id)
+                known.usage[key] = known.usage.get(key, 0) + points
+        for code in done.coupons:
+            if earning.points_from("coupon", code):
+                known.used_coupons.add((member_id, code))
+        if item.rule.cap_per_period is not None:
+            rule_points = earning.points_from("base") + earning.points_from("category")
+            for key in known.cap_points:
+                if key[0] == member_id and key[1] == item.rule.partner_id and key[2] <= at:
+                    known.cap_points[key] += rule_points
+        qp = earning.qualifying_points
+        if qp and known.period_qp:
+            for key in known.period_qp:
+                if key[0] == member_id and key[1] <= at < key[2]:
+                    known.period_qp[key] += qp
+            period = period_bounds(at, self.programme.tier_period)
+            _, until = _tier_of(defs, known, member_id)
+            change = after_earning(
+                done.tier, until, known.period_qp[(member_id, *period)], defs.tiers, at
+            )
+            if change is not None:
+                new, new_until = change
+                reason = (
+                    "qualifying points reached the threshold"
+                    if new.rank > done.tier.rank
+                    else "status renewed for another period"
+                )
+                done.tier_change = (done.tier.code, until, new.code, new_until, reason)
+                known.tiers[member_id] = (new.code, new_until)
+        pending = item.release is not None and item.release > self.now
+        balances = known.balances.setdefault(member_id, {})
+        for name, amount in (("pending" if pending else "available", earning.points), ("qp", qp)):
+            if amount:
+                balance, version = balances.get(name, (0, 0))
+                balances[name] = (balance + amount, version + 1)
+        done.balances = _balances(member_id, balances)
+
+    # -- writing ------------------------------------------------------------------
+
+    async def accrue(self, accruals: Sequence[Accrual]) -> list[PurchaseReceipt | LedgerError]:
+        """Earn for every purchase that passes; see the module's docstring."""
+        _defs, results = await self.evaluate_all(accruals)
+        accepted = [r for r in results if isinstance(r, _Evaluated)]
+        earning = [done for done in accepted if done.earning.lines]
+        posted = await self.ledger.earn_many_in(
+            self.conn,
+            [
+                Earn(
+                    done.item.member_id,
+                    self.partner_id,
+                    done.item.accrual.reference,
+                    tuple(
+                        EarnLine(ln.amount, ln.asset, ln.reason, ln.funder, ln.kind, ln.source)
+                        for ln in done.earning.lines
+                    ),
+                    effective_at=done.item.received.occurred_at,
+                    release_at=done.item.release,
+                )
+                for done in earning
+            ],
+        )
+        entries: dict[int, PostedEarning] = {}
+        for done, result in zip(earning, posted, strict=True):
+            if isinstance(result, DuplicatePartnerReference):
+                raise ReferenceTaken(done.item.accrual.reference)
+            entries[done.item.index] = result
+        await self._record_purchases(accepted, entries)
+        await self._book_offers(accepted, entries)
+        # Every upgrade or renewal, in order (the members' mutexes are held).
+        changes = [
+            (d.item.member_id, d.item.received.occurred_at, entries[d.item.index].entry_id, *c)
+            for d in accepted
+            if (c := d.tier_change) is not None
+        ]
+        await book_tiers(self.conn, changes)
+        return [
+            PurchaseReceipt(
+                earning_view(r.item.member_id, r.item.accrual.purchase, r.tier, r.earning),
+                entries[r.item.index].entry_id if r.item.index in entries else None,
+                r.balances,
+                entries[r.item.index].release_at if r.item.index in entries else None,
+                r.tier_change[2] if r.tier_change else None,
+            )
+            if isinstance(r, _Evaluated)
+            else r
+            for r in results
+        ]
+
+    async def _record_purchases(self, accepted: list[_Evaluated], entries: dict) -> None:
+        """The purchases as reported, with the entries that earned their points:
+        later returns are measured against them."""
+        recorded = await record_purchases(
+            self.conn,
+            self.partner_id,
+            [
+                (
+                    d.item.accrual.reference,
+                    d.item.member_id,
+                    entries[d.item.index].entry_id if d.item.index in entries else None,
+                    d.item.received.currency,
+                    d.item.received.total_minor,
+                    d.item.received.occurred_at,
+                )
+                for d in accepted
+            ],
+        )
+        for done in accepted:
+            if done.item.accrual.reference not in recorded:
+                raise ReferenceTaken(done.item.accrual.reference)
+
+    async def _book_offers(self, accepted: list[_Evaluated], entries: dict) -> None:
+        """Budgets and usage of the promotions that paid, the coupons used."""
+        budget_used: dict[int, int] = defaultdict(int)
+        usage: dict[tuple[int, str], int] = defaultdict(int)
+        for done in accepted:
+            for row in done.item.promotions:
+                points = done.earning.points_from("promotion", row.code)
+                if not points:
+                    continue
+                if row.budget_points is not None:
+                    budget_used[row.id] += points
+                if row.budget_points is not None or row.per_member_limit:
+                    usage[(row.id, done.item.member_id)] += points
+        used = [
+            (coupon_id, done.item.member_id, entries[done.item.index].entry_id)
+            for done in accepted
+            for code, coupon_id in done.coupons.items()
+            if done.earning.points_from("coupon", code) and done.item.index in entries
+        ]
+        await book_offers(self.conn, budget_used, usage, used)
+
+
+def _tier_of(defs: Definitions, known: _Members, member_id: str) -> tuple[Tier, datetime | None]:
+    """The member's tier and its validity; the lowest tier (no validity) for
+    a member without one or with a tier no longer defined."""
+    code, until = known.tiers.get(member_id, (None, None))
+    by_code = {t.code: t for t in defs.tiers}
+    if code not in by_code:
+        return ladder(defs.tiers)[0], None
+    return by_code[code], until
+
+
+def _balances(member_id: str, rows: dict[str, tuple[int, int]]) -> Balances:
+    found = {name: rows.get(name, (0, 0)) for name, _ in RECEIPT_ACCOUNTS}
+    return Balances(
+        member_id,
+        found["available"][0],
+        found["pending"][0],
+        found["held"][0],
+        found["qp"][0],
+        sum(version for _, version in found.values()),
+    )

@@ -1,0 +1,317 @@
+"""The statements of the accrual path (partners/accrual.py has the flow and
+the decisions): plain async functions over the caller's connection and plain
+data, each one statement (or none when it has nothing to do), whatever the
+number of purchases. The reads open the call, lock the budgeted promotions
+and read the members' state under their locks; the writes record what the
+call's earnings did after they are posted. With `lock` False (a quote) the
+reads lock nothing; the writes run only when earning.
+"""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+class MemberRows(NamedTuple):
+    """What one statement reads about the members under their locks."""
+
+    tiers: dict[str, tuple[str, datetime | None]]  # member -> (tier code, valid until)
+    balances: dict[str, dict[str, tuple[int, int]]]  # member -> account name -> (balance, version)
+    taken: set[str]  # the call's references already used at the partner
+    period_qp: dict[tuple[str, datetime, datetime], int]  # (member, start, end) -> QP
+    cap_points: dict[tuple[str, str, datetime], int]  # (member, partner, cap start) -> points
+
+
+# -- reading --------------------------------------------------------------------
+
+
+async def open_call(
+    conn: AsyncConnection, cards: list[str], members: list[str], lock: bool
+) -> tuple[int, dict[str, tuple[str, str]], dict[str, str]]:
+    """The definitions' version, the card holders (card -> (member, card
+    status)) and the members' registry statuses, the members shared-locked
+    when earning."""
+    row = (
+        await conn.execute(
+            text(
+                "WITH held AS MATERIALIZED (SELECT card_number, member_id, status FROM cards "
+                "WHERE card_number = ANY(CAST(:cards AS text[]))), "
+                "registered AS MATERIALIZED (SELECT id, status FROM members "
+                "WHERE id = ANY(CAST(:members AS text[]) || ARRAY(SELECT member_id FROM held)) "
+                'ORDER BY id COLLATE "C"'
+                + (" FOR SHARE" if lock else "")
+                + ") SELECT (SELECT version FROM definition_versions) AS version, "
+                "(SELECT json_agg(json_build_array(card_number, member_id, status)) "
+                "FROM held) AS cards, "
+                "(SELECT json_agg(json_build_array(id, status)) FROM registered) AS members"
+            ),
+            {"cards": cards, "members": members},
+        )
+    ).one()
+    holders = {c: (m, s) for c, m, s in row.cards or ()}
+    statuses = {m: s for m, s in row.members or ()}
+    return row.version, holders, statuses
+
+
+async def lock_budgets(conn: AsyncConnection, ids: list[int], lock: bool) -> dict[int, object]:
+    """The promotions `ids` (sorted), fresh, locked in id order when earning."""
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        text(
+            "SELECT * FROM promotions WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id"
+            + (" FOR UPDATE" if lock else "")
+        ),
+        {"ids": ids},
+    )
+    return {r.id: r for r in rows}
+
+
+async def read_members(
+    conn: AsyncConnection,
+    partner_id: str,
+    members: list[str],
+    accounts: list[str],
+    refs: list[str],
+    periods: Sequence[tuple[str, datetime, datetime]],
+    caps: Sequence[tuple[str, str, datetime]],
+) -> MemberRows:
+    """One statement: the members' tiers, the balances of `accounts`, which
+    of `refs` the partner already used, the QP of each (member, start, end)
+    period and the rule points counted against each (member, partner, start)
+    cap."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT (SELECT json_agg(json_build_array(member_id, tier_code, valid_until)) "
+                "FROM member_tiers WHERE member_id = ANY(CAST(:members AS text[]))) AS tiers, "
+                "(SELECT json_agg(json_build_array(account, balance, version)) FROM balances "
+                "WHERE account = ANY(CAST(:accounts AS text[])) AND slot = 0 AND asset = "
+                "CASE WHEN split_part(account, ':', 3) = 'qp' THEN 'QP' ELSE 'PTS' END) "
+                "AS balances, "
+                "(SELECT json_agg(r) FROM unnest(CAST(:refs AS text[])) AS r "
+                "WHERE EXISTS (SELECT 1 FROM journal_entries e WHERE e.partner_id = :p "
+                "AND e.partner_reference = r) OR EXISTS (SELECT 1 FROM partner_purchases pp "
+                "WHERE pp.partner_id = :p AND pp.partner_reference = r)) AS taken, "
+                "(SELECT json_agg(json_build_array(q.m, q.s, q.e, (SELECT "
+                "coalesce(sum(p.amount), 0)::bigint FROM postings p JOIN journal_entries j "
+                "ON j.id = p.entry_id WHERE p.member_id = q.m "
+                "AND p.account = 'member\\:' || q.m || '\\:qp' AND j.effective_at >= q.s "
+                "AND j.effective_at < q.e))) FROM unnest(CAST(:qm AS text[]), "
+                "CAST(:qs AS timestamptz[]), CAST(:qe AS timestamptz[])) AS q(m, s, e)) "
+                "AS period_qp, "
+                # A cap counts an earning's rule points (base and category
+                # lines) net of the share of them reversed since.
+                "(SELECT json_agg(json_build_array(c.m, c.p, c.s, (SELECT "
+                "coalesce(sum(r.points - coalesce((SELECT r.points * x.reversed "
+                "/ x.reversible FROM entry_reversals x WHERE x.entry_id = r.id), 0)), 0)"
+                "::bigint FROM (SELECT e.id, "
+                "sum((line->>'amount')::bigint) AS points FROM journal_entries e, "
+                "jsonb_array_elements(e.breakdown) AS line WHERE e.kind = 'earn' "
+                "AND e.member_id = c.m AND e.partner_id = c.p AND e.effective_at >= c.s "
+                "AND line->>'kind' IN ('base', 'category') GROUP BY e.id) AS r))) "
+                "FROM unnest(CAST(:cm AS text[]), CAST(:cp AS text[]), "
+                "CAST(:cs AS timestamptz[])) AS c(m, p, s)) AS cap_points"
+            ),
+            {
+                "members": members,
+                "accounts": accounts,
+                "refs": refs,
+                "p": partner_id,
+                "qm": [m for m, _, _ in periods],
+                "qs": [s for _, s, _ in periods],
+                "qe": [e for _, _, e in periods],
+                "cm": [m for m, _, _ in caps],
+                "cp": [p for _, p, _ in caps],
+                "cs": [s for _, _, s in caps],
+            },
+        )
+    ).one()
+    found = MemberRows({}, {}, set(row.taken or ()), {}, {})
+    for member_id, code, until in row.tiers or ():
+        found.tiers[member_id] = (code, _timestamp(until))
+    for account, balance, version in row.balances or ():
+        _, member_id, name = account.split(":")
+        found.balances.setdefault(member_id, {})[name] = (balance, version)
+    for (member_id, start, end), (_, _, _, total) in zip(periods, row.period_qp or (), strict=True):
+        found.period_qp[(member_id, start, end)] = total
+    for key, (_, _, _, total) in zip(caps, row.cap_points or (), strict=True):
+        found.cap_points[key] = total
+    return found
+
+
+async def read_usage(
+    conn: AsyncConnection, pairs: list[tuple[int, str]], lock: bool
+) -> dict[tuple[int, str], int]:
+    """The members' usage of promotions, (promotion id, member) -> points,
+    for the sorted `pairs`; when earning, every pair's row locked (and
+    created at 0 when missing)."""
+    usage: dict[tuple[int, str], int] = {}
+    if not pairs:
+        return usage
+    params = {"ids": [p for p, _ in pairs], "members": [m for _, m in pairs]}
+    if lock:
+        # The no-op update locks an existing row like the insert locks a new one.
+        statement = (
+            "INSERT INTO promotion_usage AS u (promotion_id, member_id, points) "
+            "SELECT i, m, 0 FROM unnest(CAST(:ids AS bigint[]), CAST(:members AS text[])) "
+            'AS t(i, m) ORDER BY i, m COLLATE "C" ON CONFLICT (promotion_id, member_id) '
+            "DO UPDATE SET points = u.points RETURNING promotion_id, member_id, points"
+        )
+    else:
+        statement = (
+            "SELECT u.promotion_id, u.member_id, u.points FROM promotion_usage u "
+            "JOIN unnest(CAST(:ids AS bigint[]), CAST(:members AS text[])) AS t(i, m) "
+            "ON u.promotion_id = t.i AND u.member_id = t.m"
+        )
+    for r in await conn.execute(text(statement), params):
+        usage[(r.promotion_id, r.member_id)] = r.points
+    return usage
+
+
+async def read_coupons(
+    conn: AsyncConnection, pairs: list[tuple[str, str]], lock: bool
+) -> dict[tuple[str, str], object]:
+    """The members' coupons named, (member, code) -> row, for the sorted
+    `pairs`; locked when earning."""
+    coupons: dict[tuple[str, str], object] = {}
+    if not pairs:
+        return coupons
+    rows = await conn.execute(
+        text(
+            "SELECT mc.member_id, c.*, mc.activated_at, mc.used_at FROM member_coupons mc "
+            "JOIN coupons c ON c.id = mc.coupon_id JOIN unnest(CAST(:members AS text[]), "
+            "CAST(:codes AS text[])) AS t(m, code) ON mc.member_id = t.m AND c.code = t.code "
+            'ORDER BY mc.member_id COLLATE "C", c.id' + (" FOR UPDATE OF mc" if lock else "")
+        ),
+        {"members": [m for m, _ in pairs], "codes": [c for _, c in pairs]},
+    )
+    for r in rows:
+        coupons[(r.member_id, r.code)] = r
+    return coupons
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+# -- writing --------------------------------------------------------------------
+
+
+async def record_purchases(
+    conn: AsyncConnection,
+    partner_id: str,
+    purchases: list[tuple[str, str, int | None, str, int, datetime]],
+) -> set[str]:
+    """The purchases (reference, member, entry or None, currency, total,
+    occurred at) as reported, with the entries that earned their points:
+    later returns are measured against them. The references recorded (one
+    missing: a concurrent call recorded it first)."""
+    if not purchases:
+        return set()
+    rows = await conn.execute(
+        text(
+            "INSERT INTO partner_purchases (partner_id, partner_reference, member_id, "
+            "entry_id, currency, total_minor, occurred_at) SELECT :p, r, m, e, c, t, at "
+            "FROM unnest(CAST(:refs AS text[]), CAST(:members AS text[]), "
+            "CAST(:entries AS bigint[]), CAST(:currencies AS text[]), "
+            "CAST(:totals AS bigint[]), CAST(:times AS timestamptz[])) "
+            "AS u(r, m, e, c, t, at) ON CONFLICT DO NOTHING RETURNING partner_reference"
+        ),
+        {
+            "p": partner_id,
+            "refs": [p[0] for p in purchases],
+            "members": [p[1] for p in purchases],
+            "entries": [p[2] for p in purchases],
+            "currencies": [p[3] for p in purchases],
+            "totals": [p[4] for p in purchases],
+            "times": [p[5] for p in purchases],
+        },
+    )
+    return set(rows.scalars())
+
+
+async def book_offers(
+    conn: AsyncConnection,
+    budget_used: dict[int, int],
+    usage: dict[tuple[int, str], int],
+    used: list[tuple[int, str, int]],
+) -> None:
+    """Add the points the promotions paid to their budgets (promotion id ->
+    points) and to the members' usage ((promotion id, member) -> points, rows
+    the call locked), and mark the coupons used ((coupon id, member, entry))."""
+    if usage:
+        await conn.execute(
+            text(
+                "WITH budgets AS (UPDATE promotions SET budget_used = budget_used + t.points "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:points AS bigint[])) "
+                "AS t(id, points) WHERE promotions.id = t.id) "
+                "UPDATE promotion_usage u SET points = u.points + t.points FROM "
+                "unnest(CAST(:uids AS bigint[]), CAST(:members AS text[]), "
+                "CAST(:upoints AS bigint[])) AS t(id, m, points) "
+                "WHERE u.promotion_id = t.id AND u.member_id = t.m"
+            ),
+            {
+                "ids": sorted(budget_used),
+                "points": [budget_used[i] for i in sorted(budget_used)],
+                "uids": [i for i, _ in sorted(usage)],
+                "members": [m for _, m in sorted(usage)],
+                "upoints": [usage[k] for k in sorted(usage)],
+            },
+        )
+    if used:
+        await conn.execute(
+            text(
+                "UPDATE member_coupons mc SET used_at = now(), used_entry_id = t.e FROM "
+                "unnest(CAST(:coupons AS bigint[]), CAST(:members AS text[]), "
+                "CAST(:entries AS bigint[])) AS t(c, m, e) "
+                "WHERE mc.coupon_id = t.c AND mc.member_id = t.m AND mc.used_at IS NULL"
+            ),
+            {
+                "coupons": [c for c, _, _ in used],
+                "members": [m for _, m, _ in used],
+                "entries": [e for _, _, e in used],
+            },
+        )
+
+
+async def book_tiers(conn: AsyncConnection, changes: list[tuple]) -> None:
+    """Every tier change, in order: (member, at, entry, from, previous
+    validity, to, validity, reason); and each member's tier after the last of
+    them (no lock of its own: the members' mutexes are held)."""
+    if not changes:
+        return
+    final = {m: (to, at, until) for m, at, _, _, _, to, until, _ in changes}
+    members = sorted(final)
+    await conn.execute(
+        text(
+            "WITH final AS (INSERT INTO member_tiers (member_id, tier_code, qualified_at, "
+            "valid_until) SELECT * FROM unnest(CAST(:members AS text[]), "
+            "CAST(:codes AS text[]), CAST(:times AS timestamptz[]), "
+            "CAST(:untils AS timestamptz[])) ON CONFLICT (member_id) "
+            "DO UPDATE SET tier_code = EXCLUDED.tier_code, "
+            "qualified_at = EXCLUDED.qualified_at, valid_until = EXCLUDED.valid_until) "
+            "INSERT INTO tier_changes (member_id, from_tier, to_tier, reason, changed_at, "
+            "entry_id, previous_valid_until) SELECT m, f, t, r, at, e, p FROM unnest("
+            "CAST(:cm AS text[]), CAST(:cfrom AS text[]), CAST(:cto AS text[]), "
+            "CAST(:creason AS text[]), CAST(:cat AS timestamptz[]), "
+            "CAST(:centry AS bigint[]), CAST(:cprevious AS timestamptz[])) "
+            "WITH ORDINALITY AS c(m, f, t, r, at, e, p, n) ORDER BY n"
+        ),
+        {
+            "members": members,
+            "codes": [final[m][0] for m in members],
+            "times": [final[m][1] for m in members],
+            "untils": [final[m][2] for m in members],
+            "cm": [c[0] for c in changes],
+            "cfrom": [c[3] for c in changes],
+            "cto": [c[5] for c in changes],
+            "creason": [c[7] for c in changes],
+            "cat": [c[1] for c in changes],
+            "centry": [c[2] for c in changes],
+            "cprevious": [c[4] for c in changes],
+        },
+    )

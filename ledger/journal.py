@@ -293,6 +293,8 @@ class Journal:
         that may not overdraw, a clawback, a restoration) may have only that
         one draft in a call; credits and given debits (NewLot, CarryLots,
         ConsumeLots) may repeat, and apply in draft order."""
+        if not drafts:
+            return []
         for draft in drafts:
             _check_draft(draft)
         members = {

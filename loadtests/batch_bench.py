@@ -43,14 +43,11 @@ BASELINE = (
 )
 
 
-async def bench_batch(url: str, members: int, batch: int, batches: int) -> None:
+async def seed_partner(engine, ledger, partner: str, ids: list[str], card_prefix: str) -> list[str]:
+    """Members enrolled with a card each, and a partner with a 14-day return
+    window earning 1 point and 0.1 QP per EUR; returns the cards."""
     from loadtests.__main__ import enrol  # the module that runs us
 
-    engine = create_engine(url, pool_size=4)
-    ledger = LedgerService(engine)
-    programme = Programme(ledger)
-    partner = "bench-batch"
-    ids = [f"b{i}" for i in range(members)]
     await enrol(engine, [], ids)
     registry = Registry(engine, SecretBox(Fernet.generate_key()))
     await registry.create_partner(PartnerInput(partner, partner, return_window_days=14), "bench")
@@ -61,7 +58,7 @@ async def bench_batch(url: str, members: int, batch: int, batches: int) -> None:
         ),
         "bench",
     )
-    cards = [f"9{i:015d}" for i in range(members)]
+    cards = [f"{card_prefix}{i:015d}" for i in range(len(ids))]
     async with engine.begin() as conn:
         await conn.execute(
             text(
@@ -70,6 +67,16 @@ async def bench_batch(url: str, members: int, batch: int, batches: int) -> None:
             ),
             {"c": cards, "m": ids},
         )
+    return cards
+
+
+async def bench_batch(url: str, members: int, batch: int, batches: int) -> None:
+    engine = create_engine(url, pool_size=4)
+    ledger = LedgerService(engine)
+    programme = Programme(ledger)
+    partner = "bench-batch"
+    ids = [f"b{i}" for i in range(members)]
+    cards = await seed_partner(engine, ledger, partner, ids, "9")
     run = uuid.uuid4().hex[:6]
     references = iter(range(10**9))
 

@@ -21,18 +21,12 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
-
-from cryptography.fernet import Fernet
-from sqlalchemy import text
 
 from ledger.database import create_engine
 from ledger.service import LedgerService
 from ledger.verify import verify
-from loadtests.batch_bench import ROWS_PER_EARNING, copy_baseline
-from partners.registry import PartnerInput, Registry, SecretBox
-from partners.rulebook import EarnRuleInput, Rulebook
+from loadtests.batch_bench import ROWS_PER_EARNING, copy_baseline, seed_partner
 
 PARTNER = "bench-import"
 HEADER = "card_number,reference,occurred_at,currency,amount_minor,category\n"
@@ -75,30 +69,10 @@ def run_import(command: list[str], env: dict, out_path: Path):
 
 
 async def bench_import(url: str, rows: int, members: int, chunk_size: int) -> None:
-    from loadtests.__main__ import enrol  # the module that runs us
-
     engine = create_engine(url, pool_size=4)
     ledger = LedgerService(engine)
     ids = [f"i{i}" for i in range(members)]
-    await enrol(engine, [], ids)
-    registry = Registry(engine, SecretBox(Fernet.generate_key()))
-    await registry.create_partner(PartnerInput(PARTNER, PARTNER, return_window_days=14), "bench")
-    await Rulebook(ledger).create_earn_rule(
-        PARTNER,
-        EarnRuleInput(
-            datetime(2024, 1, 1, tzinfo=UTC), "EUR", Decimal(1), qp_per_unit=Decimal("0.1")
-        ),
-        "bench",
-    )
-    cards = [f"8{i:015d}" for i in range(members)]
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO cards (card_number, member_id) "
-                "SELECT unnest(CAST(:c AS text[])), unnest(CAST(:m AS text[]))"
-            ),
-            {"c": cards, "m": ids},
-        )
+    cards = await seed_partner(engine, ledger, PARTNER, ids, "8")
 
     with tempfile.TemporaryDirectory(prefix="loyalty-import-bench-") as tmp:
         path = Path(tmp) / "transactions.csv"

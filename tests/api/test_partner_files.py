@@ -10,43 +10,13 @@ import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
-import pytest
+from tests.api import test_partner_api
+from tests.api.test_partner_api import Shop
 
-from partners.client import PartnerAuth
-from partners.registry import PartnerInput, Registry, SecretBox
-from partners.rulebook import EarnRuleInput, Rulebook
-from tests.api.conftest import SECRET_KEY
+shop = test_partner_api.shop  # the signed partner fixture, shared
 
-FROM = datetime(2024, 1, 1, tzinfo=UTC)
 HEADER = "card_number,reference,occurred_at,currency,amount_minor,category\n"
-
-
-@dataclasses.dataclass
-class Shop:
-    partner_id: str
-    key_id: str
-    secret: str
-    card: str
-    member_id: str
-
-    def auth(self, **kwargs) -> PartnerAuth:
-        return PartnerAuth(self.key_id, self.secret, **kwargs)
-
-
-@pytest.fixture
-async def shop(engine, ledger, new_id, new_member) -> Shop:
-    registry = Registry(engine, SecretBox(SECRET_KEY))
-    partner_id, member_id = new_id("files"), await new_member()
-    await registry.create_partner(PartnerInput(partner_id, "File shop"), "staff:tests")
-    await Rulebook(ledger).create_earn_rule(
-        partner_id, EarnRuleInput(FROM, "EUR", Decimal(1)), "staff:tests"
-    )
-    card = "5" + str(uuid.uuid4().int)[:15]
-    await registry.issue_card(member_id, card, "staff:tests")
-    key = await registry.create_key(partner_id, "staff:tests")
-    return Shop(partner_id, key.key_id, key.secret, card, member_id)
 
 
 def csv_file(shop: Shop, *rows: tuple[str, int]) -> bytes:

@@ -2,6 +2,7 @@
 versioned, audited data. Every change records who, when, and the before and
 after; invalid input raises an error naming the field, and changes nothing."""
 
+import re
 from datetime import datetime
 from decimal import Decimal
 
@@ -112,6 +113,20 @@ def _code(value: str, field: str = "code") -> str:
         bool(value) and len(value) <= 40 and value.replace("-", "").replace("_", "").isalnum(),
         field,
         "1-40 letters, digits, '-' or '_'",
+    )
+    return value
+
+
+# The tier_definitions.code check (migration 0002): lower case, so a tier code
+# reads the same in a token, a URL and a report.
+TIER_CODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
+def _tier_code(value: str) -> str:
+    _require(
+        TIER_CODE.fullmatch(value) is not None,
+        "code",
+        "1-40 lower-case letters, digits, '-' or '_', starting with a letter or digit",
     )
     return value
 
@@ -519,7 +534,7 @@ class Rulebook:
     # -- tiers ----------------------------------------------------------------
 
     async def put_tier(self, code: str, tier: TierInput, actor: str) -> dict:
-        _code(code)
+        _tier_code(code)
         _require(bool(tier.name.strip()), "name", "is required")
         _require(tier.rank >= 0, "rank", "must be zero or more")
         _require(tier.qp_threshold >= 0, "qp_threshold", "must be zero or more")

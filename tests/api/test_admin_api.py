@@ -122,6 +122,17 @@ async def test_tiers_coupons_and_roles(client, token, new_id, new_member, progra
         json={"name": "Platinum", "rank": 3, "qp_threshold": 2000},
     )
     assert bad.status_code == 422 and bad.json()["field"] == "qp_threshold"
+    for code in ("__dict__", "Platinum", "-platinum", "p" * 41, "plätinum"):
+        refused = await client.put(
+            f"/v1/admin/tiers/{code}",
+            headers=token(),
+            json={"name": "Platinum", "rank": 3, "qp_threshold": 0},
+        )
+        assert refused.status_code == 422, (code, refused.text)
+        assert refused.json()["type"] == "/problems/invalid-rule"
+        assert refused.json()["field"] == "code"
+    listed = (await client.get("/v1/admin/tiers", headers=token())).json()
+    assert [t["code"] for t in listed] == [t["code"] for t in tiers]
     now = datetime.now(UTC)
     code = new_id("CPN").upper()
     created = await client.post(

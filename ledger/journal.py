@@ -198,6 +198,25 @@ def _soonest_expiry_first(lot: CarriedLot) -> tuple[bool, datetime]:
     return (lot.expires_at is None, lot.expires_at or lot.earned_at)
 
 
+def member_mutex_cte(name: str, members: str) -> str:
+    """The SQL of a CTE `name` that takes the mutex of the members whose ids
+    the SQL `members` yields (a set-returning expression), as `lock_members`
+    does: in address order, creating their `available` rows on first use,
+    returning member_id, balance and version; for SQLAlchemy's `text()`. A
+    caller whose statement reads the members first composes it in, then names
+    them to `Journal.hold_members`."""
+    address = "'member\\:' || t.m || '\\:available'"  # escaped for text()
+    # ON CONFLICT DO UPDATE (a no-op) locks the row even when another
+    # transaction created it after this statement's snapshot.
+    return (
+        f"{name} AS (INSERT INTO balances AS b (account, asset, slot, member_id) "
+        f"SELECT {address}, 'PTS', 0, t.m FROM {members} AS t(m) "
+        f'ORDER BY {address} COLLATE "C" '
+        "ON CONFLICT (account, asset, slot) DO UPDATE SET balance = b.balance "
+        "RETURNING member_id, balance, version)"
+    )
+
+
 def _held_members(conn: AsyncConnection, wanted: set[str]) -> set[str]:
     """The members whose mutex this transaction holds (empty: none yet). A
     transaction that holds some may not ask for others (`LockOrderError`)."""
@@ -229,21 +248,26 @@ class Journal:
         held = _held_members(conn, wanted)
         if not wanted or held:
             return {}
-        accounts = [member_account(m, "available") for m in wanted]
-        # ON CONFLICT DO UPDATE (a no-op) locks the row even when another
-        # transaction created it after this statement's snapshot.
         rows = await conn.execute(
             text(
-                "INSERT INTO balances AS b (account, asset, slot, member_id) "
-                "SELECT a, 'PTS', 0, split_part(a, ':', 2) "
-                'FROM unnest(CAST(:accounts AS text[])) AS t(a) ORDER BY a COLLATE "C" '
-                "ON CONFLICT (account, asset, slot) DO UPDATE SET balance = b.balance "
-                "RETURNING member_id, balance, version"
+                "WITH "
+                + member_mutex_cte("locked", "unnest(CAST(:members AS text[]))")
+                + " SELECT member_id, balance, version FROM locked"
             ),
-            {"accounts": accounts},
+            {"members": list(wanted)},
         )
         held.update(wanted)
         return {r.member_id: BalanceRow(r.balance, r.version) for r in rows}
+
+    def hold_members(self, conn: AsyncConnection, member_ids: Iterable[str]) -> None:
+        """Note that this transaction took these members' mutexes in a
+        statement of its own (`member_mutex_cte`); its first members, as with
+        `lock_members`."""
+        wanted = set(member_ids)
+        held = _held_members(conn, wanted)
+        if held:
+            raise LockOrderError(f"members {sorted(wanted)} taken after {sorted(held)}")
+        held.update(wanted)
 
     async def claim_members(
         self, conn: AsyncConnection, member_ids: Iterable[str], limit: int

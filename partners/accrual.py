@@ -16,7 +16,10 @@ The flow and its decisions are here, the statements in partners/accrual_sql.py.
    (ledger/journal.py). Promotions without a budget lock nothing global, so
    accruals at a partner do not queue behind a running promotion, and the
    partner's balances (its credit limit, partners/credit.py) are read
-   without a lock.
+   without a lock. Where the definitions the process already knows have no
+   budgeted promotion at the partner (the common case), step 1's statement
+   takes the members too; if the version it reads brings one, the call runs
+   again (`DefinitionsMoved`), in the full order.
 4. Under those locks, one statement reads what the members' earnings depend
    on: tiers, balances, the references already used, the QP of the tier
    periods and the points counted against period caps; the promotion usage
@@ -32,7 +35,7 @@ The flow and its decisions are here, the statements in partners/accrual_sql.py.
 A reference is checked against the journal and the purchases in step 4; a
 concurrent call that takes it between that check and the posting makes the
 posting or the purchase record see it, and the whole transaction runs again
-(`ReferenceTaken`), so nothing is decided on a state that did not hold.
+(`ReferenceTaken`, a `RunAgain`), so nothing is decided on a state that did not hold.
 """
 
 from collections import defaultdict
@@ -85,9 +88,19 @@ from partners.tiers import Tier, after_earning, ladder, period_bounds
 RECEIPT_ACCOUNTS = (("available", PTS), ("pending", PTS), ("held", PTS), ("qp", "QP"))
 
 
-class ReferenceTaken(Exception):
+class RunAgain(Exception):
+    """What the transaction decided on did not hold: run it again."""
+
+
+class ReferenceTaken(RunAgain):
     """A concurrent transaction used one of the call's references after the
-    call checked them: run the whole transaction again."""
+    call checked them."""
+
+
+class DefinitionsMoved(RunAgain):
+    """The call took its members first, as the definitions it knew allowed
+    (no budgeted promotion at the partner), but newer ones have a budgeted
+    promotion there, whose row must be locked before any member."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,13 +339,26 @@ class AccrualRun:
         """Check, lock, read and evaluate every purchase; for an earning
         (`lock`) also the credit limit and the references, the running state
         moved on by each accepted purchase."""
+        # Lock order (ledger/journal.py): budgeted promotions, then members.
+        # Where the definitions this process knows have no budgeted promotion
+        # at the partner, the opening statement takes the members too, one
+        # round trip less; newer definitions that have one run the call again.
+        cached = self.programme.definitions.latest
+        take_members = (
+            self.lock and cached is not None and not cached.has_budgets_at(self.partner_id)
+        )
         version, holders, statuses = await open_call(
             self.conn,
             sorted({a.card_number for a in accruals if a.card_number is not None}),
             sorted({a.member_id for a in accruals if a.member_id is not None}),
             self.lock,
+            take_members,
         )
         defs = await self.programme.definitions.at_version(self.conn, self.now, version)
+        if take_members:
+            if defs.has_budgets_at(self.partner_id):
+                raise DefinitionsMoved(version)
+            self.ledger.journal.hold_members(self.conn, statuses)
         results: list = [None] * len(accruals)
         for index, accrual in enumerate(accruals):
             try:

@@ -14,6 +14,8 @@ from typing import NamedTuple
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.journal import member_mutex_cte
+
 
 class MemberRows(NamedTuple):
     """What one statement reads about the members under their locks."""
@@ -29,11 +31,17 @@ class MemberRows(NamedTuple):
 
 
 async def open_call(
-    conn: AsyncConnection, cards: list[str], members: list[str], lock: bool
+    conn: AsyncConnection,
+    cards: list[str],
+    members: list[str],
+    lock: bool,
+    take_members: bool = False,
 ) -> tuple[int, dict[str, tuple[str, str]], dict[str, str]]:
     """The definitions' version, the card holders (card -> (member, card
     status)) and the members' registry statuses, the members shared-locked
-    when earning."""
+    when earning; with `take_members`, also every found member's mutex (the
+    caller then names them to `Journal.hold_members`)."""
+    mutex = ", " + member_mutex_cte("taken", "(SELECT id FROM registered)") if take_members else ""
     row = (
         await conn.execute(
             text(
@@ -43,7 +51,9 @@ async def open_call(
                 "WHERE id = ANY(CAST(:members AS text[]) || ARRAY(SELECT member_id FROM held)) "
                 'ORDER BY id COLLATE "C"'
                 + (" FOR SHARE" if lock else "")
-                + ") SELECT (SELECT version FROM definition_versions) AS version, "
+                + ")"
+                + mutex
+                + " SELECT (SELECT version FROM definition_versions) AS version, "
                 "(SELECT json_agg(json_build_array(card_number, member_id, status)) "
                 "FROM held) AS cards, "
                 "(SELECT json_agg(json_build_array(id, status)) FROM registered) AS members"

@@ -68,12 +68,26 @@ class Definitions:
             and r.min_spend_minor <= total_minor
         ]
 
+    def has_budgets_at(self, partner_id: str) -> bool:
+        """Whether a promotion with a budget may pay for some purchase at the
+        partner (an earning there locks its row before any member)."""
+        return any(
+            r.budget_points is not None and (not r.partner_ids or partner_id in r.partner_ids)
+            for r in self.promotions
+        )
+
 
 class DefinitionCache:
     """The process's copy of the definitions (one per `Programme`)."""
 
     def __init__(self) -> None:
         self._current: Definitions | None = None
+
+    @property
+    def latest(self) -> Definitions | None:
+        """The newest definitions this process has read, without asking the
+        database whether they are still current."""
+        return self._current
 
     async def get(self, conn: AsyncConnection, now: datetime) -> Definitions:
         version = (await conn.execute(text("SELECT version FROM definition_versions"))).scalar_one()

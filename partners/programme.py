@@ -31,7 +31,7 @@ from ledger.accounts import check_id
 from ledger.errors import LedgerError
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
-from partners.accrual import Accrual, AccrualRun, ReferenceTaken
+from partners.accrual import Accrual, AccrualRun, RunAgain
 from partners.credit import partner_points
 from partners.definitions import DefinitionCache
 from partners.earning import Purchase, PurchaseLine
@@ -51,8 +51,9 @@ MAX_LINES = 200
 MAX_LINE_MINOR = 10**10
 
 R = TypeVar("R")
-# A reference taken by a concurrent call between the check and the posting.
-REFERENCE_ATTEMPTS = 3
+# A reference taken by a concurrent call between the check and the posting, or
+# definitions that moved under the call (`RunAgain`).
+RUN_ATTEMPTS = 3
 MAX_REFERENCE = 64
 
 
@@ -134,17 +135,18 @@ class Programme(Returns, Tiering, MemberViews):
         """Earn for the accruals in one transaction (`AccrualRun`), once per
         idempotency key, answering `answer(conn, outcomes)` (in the same
         transaction: what it writes commits with the earnings). A reference taken by a
-        concurrent call after this one checked it runs the transaction again."""
+        concurrent call after this one checked it, or definitions that moved
+        under it (`RunAgain`), runs the transaction again."""
 
         async def body(conn: AsyncConnection) -> R:
             outcomes = await AccrualRun(self, conn, partner_id, lock=True).accrue(accruals)
             return await answer(conn, outcomes)
 
-        for attempt in range(1, REFERENCE_ATTEMPTS + 1):
+        for attempt in range(1, RUN_ATTEMPTS + 1):
             try:
                 return await self.ledger.run(operation, request, idempotency, result_type, body)
-            except ReferenceTaken:
-                if attempt == REFERENCE_ATTEMPTS:
+            except RunAgain:
+                if attempt == RUN_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
 

@@ -501,3 +501,53 @@ async def test_a_warm_definition_cache_sees_every_admin_change_at_once(
     await other_worker.retire_offer("promotions", code, ADMIN)
     fourth = await programme.earn_purchase(member, buy(partner, (2000, "groceries")), "R-4")
     assert fourth.earning.points == 60
+
+
+async def test_a_budgeted_promotion_another_worker_adds_is_locked_before_the_member(
+    rules, programme, engine, new_member, new_partner, new_id
+):
+    """The process knew no budgeted promotion at the partner, so its earnings
+    take the member's lock in their opening statement. Another worker adds one:
+    the next earning reads the new definitions, runs again in the full lock
+    order (the budget's row, then the member) and pays the promotion from its
+    budget. While it waits for the budget's row it holds no member."""
+    partner, member = await retailer(rules, new_partner), await new_member()
+    await programme.earn_purchase(member, buy(partner, (2000, "groceries")), new_id("R"))
+    code, now = new_id("BUDGET").upper(), datetime.now(UTC)
+    await Rulebook(LedgerService(engine)).create_promotion(
+        PromotionInput(
+            code,
+            "bonus while the budget lasts",
+            now - timedelta(days=1),
+            now + timedelta(days=1),
+            fixed_bonus=50,
+            partner_ids=[partner],
+            budget_points=1_000,
+        ),
+        ADMIN,
+    )
+    async with engine.begin() as holder:
+        await holder.execute(
+            text("SELECT 1 FROM promotions WHERE code = :c FOR UPDATE"), {"c": code}
+        )
+        earning = asyncio.create_task(
+            programme.earn_purchase(member, buy(partner, (2000, "groceries")), new_id("R"))
+        )
+        await asyncio.sleep(0.5)
+        assert not earning.done()  # waiting for the budget's row...
+        async with engine.begin() as other:  # ...holding no member
+            await other.execute(
+                text(
+                    "SELECT 1 FROM balances WHERE account = :a AND asset = 'PTS' FOR UPDATE NOWAIT"
+                ),
+                {"a": f"member:{member}:available"},
+            )
+    receipt = await asyncio.wait_for(earning, timeout=10)
+    assert ("promotion", 50) in [(ln.kind, ln.amount) for ln in receipt.earning.lines]
+    async with engine.connect() as conn:
+        used = (
+            await conn.execute(
+                text("SELECT budget_used FROM promotions WHERE code = :c"), {"c": code}
+            )
+        ).scalar_one()
+    assert used == 50

@@ -358,7 +358,9 @@ class AccrualRun:
         if take_members:
             if defs.has_budgets_at(self.partner_id):
                 raise DefinitionsMoved(version)
-            self.ledger.journal.hold_members(self.conn, statuses)
+            self.ledger.journal.hold_members(
+                self.conn, [m for m, status in statuses.items() if status == "active"]
+            )
         results: list = [None] * len(accruals)
         for index, accrual in enumerate(accruals):
             try:

@@ -39,9 +39,12 @@ async def open_call(
 ) -> tuple[int, dict[str, tuple[str, str]], dict[str, str]]:
     """The definitions' version, the card holders (card -> (member, card
     status)) and the members' registry statuses, the members shared-locked
-    when earning; with `take_members`, also every found member's mutex (the
-    caller then names them to `Journal.hold_members`)."""
-    mutex = ", " + member_mutex_cte("taken", "(SELECT id FROM registered)") if take_members else ""
+    when earning; with `take_members`, also the mutex of every active one
+    among them (the caller then names them to `Journal.hold_members`)."""
+    # Active members only: an account of any other is refused by the database
+    # (migration 0007), and the earning refuses that member alone.
+    active = "(SELECT id FROM registered WHERE status = 'active')"
+    mutex = ", " + member_mutex_cte("taken", active) if take_members else ""
     row = (
         await conn.execute(
             text(

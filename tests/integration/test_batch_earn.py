@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, text
 
+from members.registry import CloseInput, Members
 from partners.batch import MAX_BATCH_ITEMS, EarnItem, earn_batch
 from partners.errors import InvalidPurchase
 from partners.programme import Programme, PurchaseInput, PurchaseLineInput
@@ -262,3 +263,32 @@ async def test_a_batch_costs_the_same_statements_whatever_its_size(
         assert any(o.receipt.new_tier for o in batch.outcomes)  # upgrades booked too
         counts.append(len(statements))
     assert counts[0] == counts[1], counts
+
+
+async def test_a_closed_members_card_is_refused_alone_where_no_budget_runs(
+    ledger, engine, new_member, new_partner, assert_clean
+):
+    """At a partner without a budgeted promotion the opening statement takes
+    the card holders' locks too: only the active ones (the database refuses
+    any account change of a closed member), so a closed member's card is
+    refused alone and the rest of the batch posts."""
+    programme = Programme(ledger)
+    partner = await new_partner(return_window_days=0)
+    await Rulebook(ledger).create_earn_rule(
+        partner, EarnRuleInput(FROM, "EUR", Decimal("0.5")), ADMIN
+    )
+    (member, card), (leaver, leavers_card) = await members_with_cards(engine, new_member, 2)
+    groceries = PurchaseInput("EUR", [PurchaseLineInput(2000, "groceries")])
+    await earn_batch(programme, partner, [EarnItem(card, "WARM", groceries)])
+    await Members(ledger, programme).close(leaver, CloseInput("moving away"), ADMIN)
+    batch = await earn_batch(
+        programme,
+        partner,
+        [EarnItem(card, "A", groceries), EarnItem(leavers_card, "B", groceries)],
+    )
+    assert [o.error.code if o.error else "posted" for o in batch.outcomes] == [
+        "posted",
+        "card-blocked",
+    ]
+    assert (await ledger.balances(member)).available == 20
+    await assert_clean()

@@ -10,6 +10,7 @@ ledger's, see ledger/journal.py), read again with FOR UPDATE under it.
 """
 
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -175,9 +176,15 @@ class Tiering:
 
     async def requalify_tiers(self, limit: int = 10_000) -> int:
         """Members whose status ran out get what the last complete period earned
-        (kept, lowered or raised); one member per transaction, resumable."""
+        (kept, lowered or raised): up to `limit` of them in one transaction and
+        a constant number of statements, claimed without waiting (SKIP LOCKED,
+        so runners share the work and a member busy elsewhere is taken by the
+        next pass). Returns how many were requalified; resumable."""
         now = self.ledger.clock()
-        async with self.engine.connect() as conn:
+        start, end = last_complete_period(now, self.tier_period)
+        fresh_expiry = self.ledger.config.expiry_policy.expires_at(now)
+
+        async def requalify_batch(conn: AsyncConnection) -> int:
             due = (
                 (
                     await conn.execute(
@@ -191,40 +198,115 @@ class Tiering:
                 .scalars()
                 .all()
             )
-
-        async def requalify_member(conn: AsyncConnection, member_id: str) -> None:
-            # The member first: the tier and the lots' expiry are the member's.
-            await self.ledger.journal.lock_members(conn, [member_id])
-            tier, valid_until, tiers = await self._tier(conn, member_id, lock=True)
-            if valid_until is None or valid_until > now:
-                return  # renewed meanwhile
-            period = last_complete_period(now, self.tier_period)
-            qp = await self._period_qp(conn, member_id, period)
-            new, until = requalify(qp, tiers, now)
-            await self._set_tier(
-                conn,
-                member_id,
-                tier.code,
-                new,
-                until,
-                now,
-                None,
-                f"requalification: {qp} QP in the last period",
-                valid_until,
-            )
-            if tier.expiry_protected and not new.expiry_protected:
-                # Status lost: protected points get a fresh validity from today.
+            if not due:
+                return 0
+            # The members first: the tier and the lots' expiry are the member's.
+            claimed = await self.ledger.journal.claim_members(conn, due, limit)
+            if not claimed:
+                return 0
+            tiers = await rulebook.tiers(conn)
+            rows = (
                 await conn.execute(
                     text(
-                        "UPDATE lots SET expires_at = greatest(expires_at, :fresh) "
-                        "WHERE member_id = :m AND remaining > 0"
+                        "SELECT t.member_id, t.tier_code, t.valid_until, (SELECT "
+                        "coalesce(sum(p.amount), 0)::bigint FROM postings p JOIN "
+                        "journal_entries e ON e.id = p.entry_id WHERE p.member_id = t.member_id "
+                        "AND p.account = 'member\\:' || t.member_id || '\\:qp' "
+                        "AND e.effective_at >= :start AND e.effective_at < :end) AS qp "
+                        "FROM member_tiers t WHERE t.member_id = ANY(CAST(:members AS text[])) "
+                        "AND t.valid_until <= :now ORDER BY t.member_id FOR UPDATE OF t"
                     ),
-                    {"fresh": self.ledger.config.expiry_policy.expires_at(now), "m": member_id},
+                    {"members": claimed, "now": now, "start": start, "end": end},
                 )
+            ).all()
+            plan = requalification_plan(rows, tiers, now)
+            await _write_requalification(conn, plan, now, fresh_expiry)
+            return len(rows)
 
-        for member_id in due:
-            await self.ledger.atomically(lambda conn, m=member_id: requalify_member(conn, m))
-        return len(due)
+        return await self.ledger.atomically(requalify_batch)
+
+
+class RequalificationPlan(NamedTuple):
+    """What a requalification batch writes."""
+
+    kept: list[tuple[str, str, datetime | None]]  # member, tier code, valid until
+    to_base: list[str]  # members back at the base tier (no row)
+    changes: list[tuple[str, str, str, str, datetime | None]]  # member, from, to, reason, old until
+    unprotected: list[str]  # members whose status protected their points no longer
+
+
+def requalification_plan(rows, tiers: list[Tier], now: datetime) -> RequalificationPlan:
+    """For each (member_id, tier_code, valid_until, qp) whose status ran out:
+    the tier the last period's QP give (a tier no longer defined counts as the
+    lowest)."""
+    by_code = {t.code: t for t in tiers}
+    plan = RequalificationPlan([], [], [], [])
+    for row in rows:
+        old = by_code.get(row.tier_code, ladder(tiers)[0])
+        new, until = requalify(row.qp, tiers, now)
+        if new.qp_threshold == 0 and new.code == BASE_TIER.code:
+            plan.to_base.append(row.member_id)
+        else:
+            plan.kept.append((row.member_id, new.code, until))
+        reason = f"requalification: {row.qp} QP in the last period"
+        plan.changes.append((row.member_id, row.tier_code, new.code, reason, row.valid_until))
+        if old.expiry_protected and not new.expiry_protected:
+            plan.unprotected.append(row.member_id)
+    return plan
+
+
+async def _write_requalification(
+    conn: AsyncConnection, plan: RequalificationPlan, now: datetime, fresh_expiry: datetime | None
+) -> None:
+    """One statement each: the new statuses, the members back at base, the
+    tier history and, where a protecting status was lost, the protected
+    points' fresh validity from today."""
+    if plan.kept:
+        await conn.execute(
+            text(
+                "INSERT INTO member_tiers (member_id, tier_code, qualified_at, valid_until) "
+                "SELECT m, t, :now, u FROM unnest(CAST(:members AS text[]), "
+                "CAST(:codes AS text[]), CAST(:until AS timestamptz[])) AS k(m, t, u) "
+                "ON CONFLICT (member_id) DO UPDATE SET tier_code = EXCLUDED.tier_code, "
+                "qualified_at = EXCLUDED.qualified_at, valid_until = EXCLUDED.valid_until"
+            ),
+            {
+                "now": now,
+                "members": [m for m, _, _ in plan.kept],
+                "codes": [c for _, c, _ in plan.kept],
+                "until": [u for _, _, u in plan.kept],
+            },
+        )
+    if plan.to_base:
+        await conn.execute(
+            text("DELETE FROM member_tiers WHERE member_id = ANY(CAST(:members AS text[]))"),
+            {"members": plan.to_base},
+        )
+    await conn.execute(
+        text(
+            "INSERT INTO tier_changes (member_id, from_tier, to_tier, reason, changed_at, "
+            "previous_valid_until) SELECT m, f, t, r, :now, u FROM unnest("
+            "CAST(:members AS text[]), CAST(:old AS text[]), CAST(:new AS text[]), "
+            "CAST(:reasons AS text[]), CAST(:until AS timestamptz[])) AS c(m, f, t, r, u) "
+            "ORDER BY m"
+        ),
+        {
+            "now": now,
+            "members": [c[0] for c in plan.changes],
+            "old": [c[1] for c in plan.changes],
+            "new": [c[2] for c in plan.changes],
+            "reasons": [c[3] for c in plan.changes],
+            "until": [c[4] for c in plan.changes],
+        },
+    )
+    if plan.unprotected:
+        await conn.execute(
+            text(
+                "UPDATE lots SET expires_at = greatest(expires_at, :fresh) "
+                "WHERE member_id = ANY(CAST(:members AS text[])) AND remaining > 0"
+            ),
+            {"fresh": fresh_expiry, "members": plan.unprotected},
+        )
 
 
 def _stronger_status(rank, until, other_rank, other_until) -> bool:

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from ledger.commands import Earn
 from ledger.expiry import RollingToQuarterEnd
@@ -551,3 +551,48 @@ async def test_a_budgeted_promotion_another_worker_adds_is_locked_before_the_mem
             )
         ).scalar_one()
     assert used == 50
+
+
+async def test_requalification_is_set_based_lowering_keeping_and_unprotecting(
+    engine, clock, programme_tiers, new_member, new_partner
+):
+    """Every member whose status ran out is requalified on the last complete
+    period in one transaction of a constant number of statements: gold earned
+    only silver's QP and drops to silver (its points lose the protection and
+    get a fresh validity from today), silver that earned nothing drops to base."""
+    timed_ledger = LedgerService(engine, LedgerConfig(RollingToQuarterEnd(12)), clock=clock)
+    rules, programme = Rulebook(timed_ledger), Programme(timed_ledger)
+    partner = await retailer(rules, new_partner, qp_per_unit=Decimal(1))
+    gold, silver = await new_member(), await new_member()
+    clock.now = datetime(2026, 5, 10, tzinfo=UTC)
+    await programme.earn_purchase(gold, buy(partner, (300000, "groceries"), at=clock.now), "G-1")
+    await programme.earn_purchase(silver, buy(partner, (100000, "groceries"), at=clock.now), "S-1")
+    clock.now = datetime(2027, 6, 1, tzinfo=UTC)
+    await programme.earn_purchase(gold, buy(partner, (150000, "groceries"), at=clock.now), "G-2")
+    assert (await programme.tier_progress(gold)).tier.code == "gold"
+    clock.now = datetime(2028, 3, 1, 1, tzinfo=UTC)
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        assert await programme.requalify_tiers() >= 2
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert len(statements) <= 8, statements
+    assert (await programme.tier_progress(gold)).tier.code == "silver"
+    assert (await programme.tier_progress(silver)).tier.code == "base"
+    history = await programme.tier_history(gold)
+    assert history[-1]["from_tier"] == "gold" and history[-1]["to_tier"] == "silver"
+    assert history[-1]["reason"] == "requalification: 1500 QP in the last period"
+    async with engine.connect() as conn:
+        earliest = (
+            await conn.execute(
+                text("SELECT min(expires_at) FROM lots WHERE member_id = :m AND remaining > 0"),
+                {"m": gold},
+            )
+        ).scalar_one()
+    assert earliest >= RollingToQuarterEnd(12).expires_at(clock.now)
+    assert await programme.requalify_tiers() == 0  # nothing due any more

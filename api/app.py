@@ -1,20 +1,27 @@
-"""The Litestar application factory."""
+"""The Litestar application factory: services built at start-up, routes,
+problem handlers, the OpenAPI UI (served from the package, api/routes/docs.py)
+and, around it all, the request observation (request ids, metrics, access
+log: api/observability.py)."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import TokenVerifier
 from api.cache import BalanceCache, connect_redis, token_engine
 from api.input_guard import reject_hostile_input
+from api.logs import litestar_logging
+from api.metrics import MeteredLedger, process_stopped
+from api.observability import ObservedLitestar
 from api.problems import EXCEPTION_HANDLERS
 from api.replica import ReplicaReads
 from api.routes.admin import admin_router
-from api.routes.health import live, ready
+from api.routes.docs import DOCS_PATH, docs_asset, render_plugins
+from api.routes.finance import finance_router
+from api.routes.health import live, ready, scrape
+from api.routes.jobs import jobs_router
 from api.routes.member import member_router
 from api.routes.partner import partner_router
 from api.routes.partner_files import partner_files_router
@@ -22,14 +29,13 @@ from api.routes.problems import describe_problem, list_problems
 from api.routes.staff import staff_router
 from api.settings import Settings, SettingsError
 from ledger.database import create_engine
-from ledger.service import LedgerService
 from members.registry import Members
 from partners.programme import Programme
 from partners.registry import Registry, SecretBox, SigningKeyCache
 from partners.rulebook import Rulebook
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings) -> ObservedLitestar:
     if settings.database_url is None:
         raise ValueError("create_app needs a database URL (the CLI resolves the embedded one)")
     verifier = TokenVerifier(settings)
@@ -37,7 +43,7 @@ def create_app(settings: Settings) -> Litestar:
         raise SettingsError("LOYALTY_SECRET_KEY (a Fernet key) encrypts partner secrets")
 
     @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: ObservedLitestar) -> AsyncIterator[None]:
         engine = create_engine(
             settings.database_url,
             pool_size=settings.db_pool_size,
@@ -49,7 +55,8 @@ def create_app(settings: Settings) -> Litestar:
             if settings.redis_url
             else None
         )
-        app.state.ledger = LedgerService(engine, settings.ledger_config())
+        # Counts the entries its operations post (api/metrics.py).
+        app.state.ledger = MeteredLedger(engine, settings.ledger_config())
         app.state.rulebook = Rulebook(app.state.ledger)
         app.state.programme = Programme(app.state.ledger, settings.tier_period)
         app.state.cache = BalanceCache(
@@ -88,14 +95,19 @@ def create_app(settings: Settings) -> Litestar:
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             await engine.dispose()
+            process_stopped()
 
-    app = Litestar(
+    app = ObservedLitestar(
         route_handlers=[
             live,
             ready,
+            *([scrape] if settings.metrics_enabled else []),
+            docs_asset,
             list_problems,
             describe_problem,
             staff_router,
+            finance_router,
+            jobs_router,
             admin_router,
             partner_router,
             partner_files_router,
@@ -104,12 +116,15 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         guards=[reject_hostile_input],  # before any other guard: no hostile value reaches SQL
         exception_handlers=EXCEPTION_HANDLERS,
+        # JSON (or text) lines with the request's fields, api/logs.py; applied
+        # now, as Litestar's default (a plain format) would have been.
+        logging_config=litestar_logging(settings.log_format, settings.log_level),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Loyalty ledger",
             version="0.1.0",
-            path="/docs",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            path=DOCS_PATH,
+            render_plugins=render_plugins(),
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
@@ -128,6 +143,6 @@ def create_app(settings: Settings) -> Litestar:
     return app
 
 
-def create_app_from_env() -> Litestar:
+def create_app_from_env() -> ObservedLitestar:
     """Factory for server workers: settings come from LOYALTY_* variables."""
     return create_app(Settings.from_env())

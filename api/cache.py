@@ -40,6 +40,9 @@ With a replica (`LOYALTY_REPLICA_DATABASE_URL`, api/replica.py) a miss is
 built on the replica when its snapshot's token covers the primary's token read
 for this request, else on the primary: the same guarantee, less work on the
 primary.
+
+Every read is counted (`loyalty_balance_cache_reads_total`, api/metrics.py):
+`hit`, `miss`, or `bypass` when Redis is not configured or failed on the read.
 """
 
 import asyncio
@@ -57,6 +60,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from api.metrics import metrics
 from ledger.database import DatabaseLimits, create_engine
 
 log = logging.getLogger("loyalty.cache")
@@ -162,15 +166,19 @@ class BalanceCache:
     async def read(self, member_id: str) -> tuple[bytes, str]:
         """The member's balance view as JSON, and where it came from: `cache`,
         `replica` or `primary`."""
+        reads = metrics().cache_reads
         if self.redis is None:
+            reads.labels("bypass").inc()
             token = await self.current_token(member_id) if self.replica is not None else None
             return await self._build(member_id, fill=False, token=token)
         started = self.clock()
         cached, token = await asyncio.gather(self._get(member_id), self.current_token(member_id))
         if cached is not None and self._valid(cached, token, started):
             self.hits += 1
+            reads.labels("hit").inc()
             return cached[0], CACHE
         self.misses += 1
+        reads.labels("miss" if cached is not None else "bypass").inc()  # None: Redis failed
         return await self._build(member_id, fill=cached is not None, token=token)
 
     async def current_token(self, member_id: str) -> Token:

@@ -4,7 +4,10 @@ summary; see partners/imports.py and the README's "Partner transaction files".
 
 Registered on the `partner` group at the bottom of api/cli.py; the helpers
 of api/cli.py are imported when the command runs (api/cli.py imports this
-module while it loads)."""
+module while it loads). Its failures end it as every command's do
+(api/cli_failures.py): an unknown partner 4, a suspended one, a wrong header
+or the same file being imported by another process 3, a file whose format
+its name does not tell 2 (usage)."""
 
 import contextlib
 import os
@@ -49,11 +52,24 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, as_json
     earlier summary. Rejected rows (with line number and reason) go to the
     rejects file; the summary counts rows, posted, duplicates, rejected and
     points. A progress bar shows on a terminal."""
-    from api.cli import _actor, _run
+    from api.cli_support import actor as _actor
+    from api.cli_support import run as _run
+    from partners.errors import InvalidPurchase
+    from partners.import_formats import format_of
     from partners.imports import ImportSource, import_file, write_rejects
     from partners.programme import Programme
 
     source = ImportSource.from_path(file)
+    if fmt is None:
+        # Told before any server starts, as a usage error: the option fixes it.
+        try:
+            fmt = format_of(source.name)
+        except InvalidPurchase:
+            raise click.BadParameter(
+                f"cannot tell the format of {source.name!r} from its name: "
+                "name it .csv, .jsonl or .ndjson, or give --format",
+                param_hint="FILE",
+            ) from None
     rejects_path = rejects_path or f"{file}.rejects.csv"
     with contextlib.ExitStack() as stack:
         progress = None

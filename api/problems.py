@@ -6,7 +6,12 @@ Database trouble is classified by ledger.database: a database that cannot
 serve now (down, restarting, a time limit hit, contention that outlived the
 retries) answers 503 with Retry-After and one warning line in the log; a value
 PostgreSQL refused for its column answers 422 `invalid-input` (the boundary
-guard in api/input_guard.py should have caught it first)."""
+guard in api/input_guard.py should have caught it first).
+
+Every problem a request is answered with carries the request's id as
+`request_id` (the `X-Request-Id` the response has, api/observability.py), so
+a client's report of a problem finds its log lines. A stored answer replayed
+for a retried Idempotency-Key is the first answer, with the first id."""
 
 import logging
 from collections.abc import Mapping
@@ -16,6 +21,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy import exc as sqlalchemy_errors
 
+from api.logs import current_request
 from ledger.database import is_invalid_input, is_unavailable, refused_party, sqlstate
 from ledger.errors import LedgerError
 
@@ -42,6 +48,9 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "transfer-refused": (422, "Transfer refused by the transfer rules"),
     "invalid-cursor": (400, "Invalid pagination cursor"),
     "invalid-rule": (422, "Invalid rule"),
+    "invalid-period": (422, "Invalid period or instant"),
+    "invalid-export-format": (422, "Invalid export format"),
+    "export-incomplete": (500, "Export does not match its control totals"),
     "unknown-category": (422, "Unknown category"),
     "overlapping-exclusive-promotion": (422, "Overlaps another exclusive promotion"),
     "no-rule-in-force": (422, "No rule in force"),
@@ -90,6 +99,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "idempotency-key-missing": (400, "Idempotency-Key header required"),
     "request-in-flight": (409, "A request with this idempotency key is in flight"),
     "invalid-input": (422, "Input outside what the API accepts"),
+    "invalid-query-parameter": (422, "Query parameter value not allowed"),
     "database-unavailable": (503, "Database unavailable, retry shortly"),
     "internal-error": (500, "Internal error"),
 }
@@ -133,7 +143,10 @@ def problem(
     """The problem response for `code`. Extensions come as one mapping, so no
     extension name (`status`, `headers`, ...) can collide with a parameter;
     one named like a standard member is left out rather than replace it. A
-    `retry_after` extension also becomes the Retry-After header."""
+    `retry_after` extension also becomes the Retry-After header. The answer
+    to a request (a problem with its `instance`) names the request's id
+    (`request_id`), and the request notes the type it answered (for the
+    problem counters, api/metrics.py)."""
     default_status, title = PROBLEMS.get(code, (status or 500, code.replace("-", " ")))
     status = status or default_status
     extra = {
@@ -150,6 +163,11 @@ def problem(
     if instance:
         body["instance"] = instance
     body.update(extra)
+    if instance and (request := current_request()) is not None:
+        # The answer to this request (an `instance`), not a problem embedded
+        # in an answer (a batch item's, rebuilt the same on a replay).
+        body["request_id"] = request.request_id
+        request.problem = code
     all_headers = dict(headers or {})
     if "retry_after" in extra:
         all_headers.setdefault("Retry-After", str(extra["retry_after"]))

@@ -9,6 +9,8 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from api.logs import FORMATS as LOG_FORMATS
+from api.logs import LEVELS as LOG_LEVELS
 from ledger.database import DatabaseLimits, async_url
 from ledger.expiry import parse_policy
 from ledger.service import LedgerConfig, TransferRules
@@ -68,6 +70,15 @@ class Settings:
     transfer_fee_rate: str = "0"  # share of the amount, in points, rounded up
     transfer_daily_limit: int = 20_000
     balance_cache_ttl_seconds: int = 3600
+    # Scheduled jobs: the in-service scheduler (`loyalty serve --with-scheduler`)
+    # and the seconds between runs, `name=seconds,...` (names not given keep
+    # their defaults, api/jobs_service.py).
+    scheduler: bool = False
+    job_intervals: str = ""
+    # GET /metrics (Prometheus, no authentication: keep it off the public network).
+    metrics_enabled: bool = True
+    log_format: str = "json"  # json (one object per line) | text
+    log_level: str = "info"  # debug | info | warning | error | critical
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -121,6 +132,18 @@ class Settings:
                 raise SettingsError("LOYALTY_REPLICA_DATABASE_URL is a PostgreSQL URL") from None
         if self.replica_timeout_ms < 1:
             raise SettingsError("LOYALTY_REPLICA_TIMEOUT_MS must be at least 1")
+        if self.job_intervals:
+            from api.jobs_service import JOB_NAMES  # imports this module: here, not above
+            from operations.schedule import parse_intervals
+
+            try:
+                parse_intervals(self.job_intervals, list(JOB_NAMES))
+            except ValueError as error:
+                raise SettingsError(f"LOYALTY_JOB_INTERVALS: {error}") from None
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"LOYALTY_LOG_FORMAT is one of {', '.join(LOG_FORMATS)}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise SettingsError(f"LOYALTY_LOG_LEVEL is one of {', '.join(LOG_LEVELS)}")
 
     def token_keys(self, kind: str) -> "TokenKeys":
         """How tokens of one kind (`staff` or `member`) are signed and for whom."""

@@ -1,6 +1,8 @@
 """The ledger's scheduled jobs: pending points released when their return window
 has passed, expired holds voided, expired lots moved to program:expired. Part
-of `LedgerService`.
+of `LedgerService`. Orchestration (running every job to completion, progress,
+dry runs, run records, advisory locks, scheduling) is not the ledger's: see
+operations/.
 
 Set-based: each transaction takes a batch of due rows (up to `job_batch`, a
 thousand), locks what it needs in a constant number of statements and posts
@@ -12,16 +14,34 @@ share a run: pending earnings and holds are claimed with SKIP LOCKED, members
 due for expiry by their mutex row with SKIP LOCKED; nothing is done twice, and
 every lock is taken in the order of ledger/journal.py (own rows, then the
 members in one statement, then hot slots).
+
+A job runs until nothing is due unless given a `limit`; `on_batch` hears of
+every committed batch (rows and points), and `job_due` counts what is due
+(one statement) for a progress total or a dry run.
+
+As of another time (`as_of`, for demonstrations and tests): the job treats
+that instant as now (due as of then, entries effective then) and says so in
+each entry's `posted_by` (`job:expire-points as-of 2027-01-01T00:00:00Z`).
+Entries are never dated before what they follow, so an as-of earlier than the
+ledger's clock is refused (everything due then is due now: a plain run does
+it), and so is one earlier than any entry of a member the run would post for
+(an earlier as-of run's, or a purchase dated ahead): that member's history
+would no longer be in effective order, and the job would have decided on
+lots and balances the member did not have at that instant. Checked before the
+first batch (`members_after`) and again in each batch under the members'
+locks (`AsOfRefused`).
 """
 
 from collections import defaultdict
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account, program_account
+from ledger.errors import LedgerError
 from ledger.journal import (
     ConsumeLots,
     EntryDraft,
@@ -56,6 +76,63 @@ DUE_LOTS = (
     "ORDER BY l.member_id, l.expires_at, l.id"
 )
 
+# What each job finds due at :now: one row per earning, hold or lot, with its
+# member and points (the same conditions as the batches' own reads).
+DUE = {
+    "release-pending": (
+        "SELECT member_id, remaining AS points FROM pending_points "
+        "WHERE release_entry_id IS NULL AND remaining > 0 AND release_at <= :now"
+    ),
+    "expire-holds": (
+        "SELECT member_id, amount AS points FROM holds WHERE status = 'open' AND expires_at <= :now"
+    ),
+    "expire-points": (
+        "SELECT l.member_id, l.remaining AS points FROM lots l "
+        "WHERE l.remaining > 0 AND l.expires_at <= :now "
+        f"AND NOT {PROTECTED.format(member='l.member_id')}"
+    ),
+}
+# Items a job counts: earnings and holds one by one, expiry one entry per member.
+DUE_ITEMS = {
+    "release-pending": "count(*)",
+    "expire-holds": "count(*)",
+    "expire-points": "count(DISTINCT member_id)",
+}
+# A member's entries effective after :as_of (its postings carry the member, so
+# a transfer's receiver counts too).
+LATER_ENTRY = (
+    "EXISTS (SELECT 1 FROM postings q JOIN journal_entries e ON e.id = q.entry_id "
+    "WHERE q.member_id = {member} AND e.effective_at > :as_of)"
+)
+
+
+class AsOfRefused(LedgerError):
+    """A job run as of an instant that would date entries before ones already
+    posted (see the module's docstring)."""
+
+    code = "as-of-refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one committed batch of a job did (or, from `job_due`, what is due):
+    rows (earnings released, holds voided, members whose points expired) and
+    the points they moved."""
+
+    items: int
+    points: int
+
+
+OnBatch = Callable[[Batch], object]
+
+
+def job_posted_by(job: str, as_of: datetime | None) -> str:
+    """Who an entry says posted it: the job, and the instant it took for now."""
+    if as_of is None:
+        return f"job:{job}"
+    stamp = as_of.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return f"job:{job} as-of {stamp}"
+
 
 class ScheduledJobs:
     """release_pending, expire_holds, expire_points (mixed into `LedgerService`)."""
@@ -77,22 +154,115 @@ class ScheduledJobs:
                 raise result
         return posted  # type: ignore[return-value]
 
+    # -- running, counting, as-of ---------------------------------------------
+
+    def job_now(self, as_of: datetime | None) -> datetime:
+        """The instant a run takes for now: the clock, or an as-of not before
+        it (checked once, when the run starts)."""
+        if as_of is None:
+            return self.clock()
+        if as_of.tzinfo is None:
+            raise AsOfRefused("an as-of needs an offset (2027-01-01T00:00:00Z)")
+        now = self.clock()
+        if as_of < now:
+            raise AsOfRefused(
+                f"as-of {as_of.isoformat()} is before now ({now.isoformat()}): entries "
+                "would be dated before ones already posted, and everything due then "
+                "is due now (run the job without --as-of)"
+            )
+        return as_of
+
+    async def _run_job(
+        self,
+        batch: Callable[[AsyncConnection, int, datetime, datetime | None], Awaitable[Batch | None]],
+        limit: int | None,
+        as_of: datetime | None,
+        on_batch: OnBatch | None,
+    ) -> int:
+        """Batches in their own transactions until none is due (or `limit`
+        rows are done); how many rows were done."""
+        if as_of is not None:
+            self.job_now(as_of)  # refused before anything is done
+        done = 0
+        while limit is None or done < limit:
+            size = self.job_batch if limit is None else min(self.job_batch, limit - done)
+            result = await self.atomically(
+                lambda conn, n=size: batch(conn, n, as_of or self.clock(), as_of)
+            )
+            if result is None:
+                break
+            done += result.items
+            if on_batch is not None:
+                on_batch(result)
+        return done
+
+    async def job_due(self, job: str, now: datetime) -> Batch:
+        """What `job` (release-pending, expire-holds, expire-points) finds due at
+        `now`: rows (members for expire-points) and points, in one statement."""
+        (row,) = await self._job_read(
+            f"SELECT {DUE_ITEMS[job]} AS items, coalesce(sum(points), 0)::bigint AS points "
+            f"FROM ({DUE[job]}) AS due",
+            {"now": now},
+        )
+        return Batch(row.items, row.points)
+
+    async def members_after(self, job: str, as_of: datetime, limit: int = 5) -> list[str]:
+        """Members `job` would post for as of `as_of` that already have an entry
+        effective after it (a run as of then is refused for them)."""
+        rows = await self._job_read(
+            f"SELECT DISTINCT due.member_id FROM ({DUE[job]}) AS due "
+            f"WHERE {LATER_ENTRY.format(member='due.member_id')} ORDER BY 1 LIMIT :limit",
+            {"now": as_of, "as_of": as_of, "limit": limit},
+        )
+        return [r.member_id for r in rows]
+
+    async def _job_read(self, sql: str, params: dict) -> list:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(text(sql), params)).all()
+
+    async def _check_as_of(
+        self, conn: AsyncConnection, members: Sequence[str], as_of: datetime | None
+    ) -> None:
+        """Under the members' locks: none of them has an entry after the as-of."""
+        if as_of is None or not members:
+            return
+        later = (
+            (
+                await conn.execute(
+                    text(
+                        "SELECT m FROM unnest(CAST(:members AS text[])) AS t(m) "
+                        f"WHERE {LATER_ENTRY.format(member='t.m')} ORDER BY 1 LIMIT 5"
+                    ),
+                    {"members": list(members), "as_of": as_of},
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if later:
+            raise AsOfRefused(
+                f"as-of {as_of.isoformat()} is before entries already posted for "
+                f"{', '.join(later)}: their history would be out of order",
+                members=later,
+            )
+
     # -- pending points -----------------------------------------------------
 
-    async def release_pending(self, limit: int = 1000) -> int:
+    async def release_pending(
+        self,
+        limit: int | None = None,
+        *,
+        as_of: datetime | None = None,
+        on_batch: OnBatch | None = None,
+    ) -> int:
         """Move points whose return window has passed from pending to available,
-        one `release` entry per earning, a batch of earnings per transaction."""
-        released = 0
-        while released < limit:
-            size = min(self.job_batch, limit - released)
-            count = await self.atomically(lambda conn, n=size: self._release_batch(conn, n))
-            if not count:
-                break
-            released += count
-        return released
+        one `release` entry per earning, a batch of earnings per transaction,
+        until none is due (or `limit` earnings are released)."""
+        return await self._run_job(self._release_batch, limit, as_of, on_batch)
 
-    async def _release_batch(self, conn: AsyncConnection, size: int) -> int:
-        now = self.clock()
+    async def _release_batch(
+        self, conn: AsyncConnection, size: int, now: datetime, as_of: datetime | None
+    ) -> Batch | None:
         # Own rows first: the due earnings no other runner has taken.
         rows = (
             await conn.execute(
@@ -106,11 +276,13 @@ class ScheduledJobs:
             )
         ).all()
         if not rows:
-            return 0
+            return None
         rows.sort(key=lambda r: (r.release_at, r.earn_entry_id))
         # Then their members, all at once (a member may have several earnings:
         # their lots are made in release order, after any debt is repaid).
-        await self.journal.lock_members(conn, {r.member_id for r in rows})
+        members = {r.member_id for r in rows}
+        await self.journal.lock_members(conn, members)
+        await self._check_as_of(conn, sorted(members), as_of)
         posted = await self._post_all(
             conn,
             [
@@ -121,7 +293,7 @@ class ScheduledJobs:
                         Posting(member_account(r.member_id, "available"), PTS, r.remaining),
                     ],
                     effective_at=now,
-                    posted_by="job:release-pending",
+                    posted_by=job_posted_by("release-pending", as_of),
                     member_id=r.member_id,
                     reason=f"return window of entry {r.earn_entry_id} passed",
                     lot_effects={r.member_id: NewLot("earn", r.earned_at, r.earn_entry_id)},
@@ -141,24 +313,25 @@ class ScheduledJobs:
                 "entries": [p.entry_id for p in posted],
             },
         )
-        return len(rows)
+        return Batch(len(rows), sum(r.remaining for r in rows))
 
     # -- holds --------------------------------------------------------------
 
-    async def expire_holds(self, limit: int = 1000) -> int:
+    async def expire_holds(
+        self,
+        limit: int | None = None,
+        *,
+        as_of: datetime | None = None,
+        on_batch: OnBatch | None = None,
+    ) -> int:
         """Return the points of holds past their expiry (a `void` entry per
-        hold, refilling the lots it took), a batch of holds per transaction."""
-        expired = 0
-        while expired < limit:
-            size = min(self.job_batch, limit - expired)
-            count = await self.atomically(lambda conn, n=size: self._expire_holds_batch(conn, n))
-            if not count:
-                break
-            expired += count
-        return expired
+        hold, refilling the lots it took), a batch of holds per transaction,
+        until none is due (or `limit` holds are done)."""
+        return await self._run_job(self._expire_holds_batch, limit, as_of, on_batch)
 
-    async def _expire_holds_batch(self, conn: AsyncConnection, size: int) -> int:
-        now = self.clock()
+    async def _expire_holds_batch(
+        self, conn: AsyncConnection, size: int, now: datetime, as_of: datetime | None
+    ) -> Batch | None:
         holds = (
             await conn.execute(
                 text(
@@ -170,9 +343,11 @@ class ScheduledJobs:
             )
         ).all()
         if not holds:
-            return 0
+            return None
         holds.sort(key=lambda h: (h.expires_at, h.id))
-        await self.journal.lock_members(conn, {h.member_id for h in holds})
+        members = {h.member_id for h in holds}
+        await self.journal.lock_members(conn, members)
+        await self._check_as_of(conn, sorted(members), as_of)
         # Refilling a hold's lots reads them, so `post_many` takes one such
         # draft per member: a member's holds go in rounds, in expiry order.
         rounds: list[list] = []
@@ -195,7 +370,7 @@ class ScheduledJobs:
                             Posting(member_account(h.member_id, "available"), PTS, h.amount),
                         ],
                         effective_at=now,
-                        posted_by="job:expire-holds",
+                        posted_by=job_posted_by("expire-holds", as_of),
                         member_id=h.member_id,
                         partner_id=h.partner_id,
                         reason=f"hold {h.id} expired",
@@ -213,27 +388,28 @@ class ScheduledJobs:
             ),
             {"now": now, "ids": [h.id for h in holds]},
         )
-        return len(holds)
+        return Batch(len(holds), sum(h.amount for h in holds))
 
     # -- expiry -------------------------------------------------------------
 
-    async def expire_points(self, limit: int = 10_000) -> int:
+    async def expire_points(
+        self,
+        limit: int | None = None,
+        *,
+        as_of: datetime | None = None,
+        on_batch: OnBatch | None = None,
+    ) -> int:
         """Move what is left of expired lots to program:expired: one `expire`
         entry per member (all its due lots), a batch of members per transaction,
-        until none is due (resumable: a rerun finds only what is still left).
-        Members of an expiry-protected tier keep their points."""
-        members_done = 0
-        while members_done < limit:
-            size = min(self.job_batch, limit - members_done)
-            done = await self.atomically(lambda conn, n=size: self._expire_points_batch(conn, n))
-            if done is None:
-                break
-            members_done += done
-        return members_done
+        until none is due or `limit` members are done (resumable: a rerun finds
+        only what is still left). Members of an expiry-protected tier keep
+        their points."""
+        return await self._run_job(self._expire_points_batch, limit, as_of, on_batch)
 
-    async def _expire_points_batch(self, conn: AsyncConnection, size: int) -> int | None:
+    async def _expire_points_batch(
+        self, conn: AsyncConnection, size: int, now: datetime, as_of: datetime | None
+    ) -> Batch | None:
         """Expire a batch of members; None when no member is due."""
-        now = self.clock()
         due = (
             (await conn.execute(text(DUE_MEMBERS), {"now": now, "window": 2 * size}))
             .scalars()
@@ -249,6 +425,7 @@ class ScheduledJobs:
             # transaction, all at once in address order.
             members = sorted(due)[:size]
             await self.journal.lock_members(conn, members)
+        await self._check_as_of(conn, members, as_of)
         # Read again under the mutex: another runner may have expired them, a
         # member may have become protected since.
         lots = (await conn.execute(text(DUE_LOTS), {"members": members, "now": now})).all()
@@ -267,7 +444,7 @@ class ScheduledJobs:
                         Posting(program_account("expired"), PTS, total),
                     ],
                     effective_at=now,
-                    posted_by="job:expire-points",
+                    posted_by=job_posted_by("expire-points", as_of),
                     member_id=member_id,
                     reason=f"{len(due)} lot(s) reached their expiry ({policy})",
                     breakdown=[
@@ -284,4 +461,4 @@ class ScheduledJobs:
                 )
             )
         await self._post_all(conn, drafts, now)
-        return len(drafts)
+        return Batch(len(drafts), sum(lot.remaining for lot in lots))

@@ -1,6 +1,6 @@
 """Locust scenarios against a running `loyalty serve --demo` (HTTP end to end):
 
-    export $(loyalty partner create-key drugstore | xargs)
+    KEY=$(loyalty partner create-key drugstore) && eval "$KEY"
     locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 \\
            --headless -u 50 -r 10 -t 60s
 

@@ -23,7 +23,7 @@ from partners.errors import (
     UnknownCategory,
 )
 from partners.money import MINOR_UNIT_EXPONENTS
-from partners.tiers import Tier
+from partners.tiers import BASE_TIER, Tier, ladder
 
 FUNDERS = ("partner", "program")
 
@@ -600,9 +600,21 @@ class Rulebook:
             return _row(after)
 
     async def list_tiers(self) -> list[dict]:
+        """The tier definitions by rank (retired ones too), led by the base
+        tier when it is not defined: the status of members whose QP reach no
+        tier, which `ladder` adds the same way (no active tier at 0 QP).
+        `built_in` tells it apart: it has no row to change or retire."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(text("SELECT * FROM tier_definitions ORDER BY rank"))
-            return [_row(r) for r in rows]
+            listed = [{**_row(r), "built_in": False} for r in rows]
+        active = [
+            Tier(t["code"], t["name"], t["rank"], t["qp_threshold"])
+            for t in listed
+            if t["retired_at"] is None
+        ]
+        if ladder(active)[0] is BASE_TIER:
+            listed.insert(0, _built_in_row(BASE_TIER))
+        return listed
 
 
 # -- loading rules as engine data (used inside other transactions) ----------
@@ -726,6 +738,23 @@ def offer_from_coupon(row) -> Offer:
 
 def _row(row) -> dict:
     return {k: v for k, v in row._mapping.items()}
+
+
+def _built_in_row(tier: Tier) -> dict:
+    """A tier no row defines, shaped like a tier_definitions row."""
+    return {
+        "code": tier.code,
+        "name": tier.name,
+        "rank": tier.rank,
+        "qp_threshold": tier.qp_threshold,
+        "earn_multiplier": tier.earn_multiplier,
+        "burn_discount": tier.burn_discount,
+        "expiry_protected": tier.expiry_protected,
+        "created_by": None,
+        "updated_at": None,
+        "retired_at": None,
+        "built_in": True,
+    }
 
 
 def _json(value: object) -> str:

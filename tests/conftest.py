@@ -45,10 +45,13 @@ def server_url():
         yield url
         return
     parent = Path(tempfile.mkdtemp(prefix="loyalty-test-pg-"))
-    embedded = EmbeddedPostgres(parent / "pg", delete_on_stop=True)
-    yield embedded.start()
-    embedded.stop()
-    shutil.rmtree(parent, ignore_errors=True)
+    try:
+        embedded = EmbeddedPostgres(parent / "pg", delete_on_stop=True)
+        yield embedded.start()
+        embedded.stop()
+    finally:
+        # Also when the server fails to start or stop, or the run is interrupted.
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +70,13 @@ def redis_url():
     if url:
         yield url
         return
-    embedded = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="loyalty-test-redis-")))
-    yield embedded.start()
-    embedded.remove()
+    directory = Path(tempfile.mkdtemp(prefix="loyalty-test-redis-"))
+    embedded = EmbeddedRedis(directory)
+    try:
+        yield embedded.start()
+    finally:
+        embedded.remove()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,13 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and the Prometheus scrape (`/metrics`,
+registered unless LOYALTY_METRICS_ENABLED=0; see api/metrics.py)."""
 
 import asyncio
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.datastructures import State
 from sqlalchemy import text
+
+from api.metrics import exposition
 
 
 @get("/health/live", tags=["health"], summary="The process is up")
@@ -40,3 +43,12 @@ async def ready(state: State) -> Response:
     else:
         status, code = "ready", 200
     return Response({"status": status, **checks}, status_code=code)
+
+
+@get("/metrics", include_in_schema=False)
+async def scrape(request: Request) -> Response:
+    """Prometheus text format (OpenMetrics when the scraper asks for it). No
+    authentication: expose it to the monitoring network only."""
+    body, content_type = await exposition(request.app.state, request.headers.get("accept"))
+    # As a header: Litestar would append a second charset to a text/ media type.
+    return Response(body, headers={"content-type": content_type})

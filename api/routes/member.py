@@ -18,6 +18,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from api.deps import SERVICES
+from api.entry_kinds import KindFilter, entry_kinds
 from api.input_guard import IdempotentOperation, PathText
 from api.partner_auth import rate_limit
 from api.problems import ApiError
@@ -76,11 +77,11 @@ async def history(
     ledger: Ledger,
     limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     cursor: FromQuery[str | None] = None,
-    kind: FromQuery[list[str] | None] = None,
+    kind: KindFilter = None,
     since: FromQuery[datetime | None] = None,
     until: FromQuery[datetime | None] = None,
 ) -> Response[HistoryPage]:
-    query = {"limit": limit, "cursor": cursor, "kinds": tuple(kind or ()), "since": since}
+    query = {"limit": limit, "cursor": cursor, "kinds": entry_kinds(kind), "since": since}
     replica = request.app.state.replica
     read = await read_history(replica, ledger, _me(request), **query, until=until)
     return Response(read.value, headers={"X-Read-From": read.source})

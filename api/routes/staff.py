@@ -12,6 +12,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from api.auth import STAFF_ROLES, Principal, provide_principal, require_staff
 from api.deps import SERVICES
+from api.entry_kinds import KindFilter, entry_kinds
 from api.input_guard import IdempotencyKeyHeader, PathText, RowId
 from api.replica import read_entry, read_history, read_member_balances
 from api.strict_body import strict_json_body
@@ -78,10 +79,11 @@ async def member_history(
     members: Registry,
     limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     cursor: FromQuery[str | None] = None,
-    kind: FromQuery[list[str] | None] = None,
+    kind: KindFilter = None,
 ) -> Response[HistoryPage]:
+    kinds = entry_kinds(kind)  # before any lookup: a refused filter costs nothing
     await members.member(member_id)
-    query = {"limit": limit, "cursor": cursor, "kinds": tuple(kind or ())}
+    query = {"limit": limit, "cursor": cursor, "kinds": kinds}
     read = await read_history(request.app.state.replica, ledger, member_id, **query)
     return Response(read.value, headers={"X-Read-From": read.source})
 

@@ -115,7 +115,7 @@ async def test_overlapping_exclusive_promotions_are_refused(client, token, new_i
 
 async def test_tiers_coupons_and_roles(client, token, new_id, new_member, programme_tiers):
     tiers = (await client.get("/v1/admin/tiers", headers=token())).json()
-    assert [t["code"] for t in tiers][:2] == ["silver", "gold"]
+    assert [t["code"] for t in tiers][:3] == ["base", "silver", "gold"]
     bad = await client.put(
         "/v1/admin/tiers/platinum",
         headers=token(),

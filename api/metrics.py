@@ -1,0 +1,345 @@
+"""Prometheus metrics: what `GET /metrics` exposes, and how the numbers get
+there from every worker process.
+
+Recorded as things happen (api/observability.py for the HTTP ones):
+
+- `loyalty_http_requests_total{method,route,status}` and
+  `loyalty_http_request_duration_seconds{method,route,status}`: `route` is the
+  route template (`/v1/partner/cards/{card_number}/balance`), never the
+  raw path, and `unmatched` for a path no route serves, so scanners cannot
+  grow the series without bound; `method` is one of the HTTP methods or
+  `other`. `loyalty_http_requests_in_progress`.
+- `loyalty_idempotent_replays_total{route}`: answers replayed for a retried
+  `Idempotency-Key` (the `Idempotent-Replayed: true` header).
+- `loyalty_partner_signature_failures_total{type}` (`signature-invalid`,
+  `signature-replayed`, ...) and `loyalty_problems_total{type}`: problem
+  responses by type (api/problems.py notes the type on the request; it is
+  counted when an answer of status 400 or more goes out).
+- `loyalty_balance_cache_reads_total{result}`: `hit`, `miss`, or `bypass`
+  (no Redis configured, or Redis failed on that read) (api/cache.py).
+- `loyalty_ledger_entries_posted_total{kind}`: journal entries the API's
+  operations posted (`MeteredLedger`: counted from the operation's result once
+  it committed; a replayed result posted nothing and counts nothing).
+- `loyalty_db_pool_connections{pool,state}` (`checked_out`, `idle`) and
+  `loyalty_db_pool_size{pool}` for the pools `primary`, `token` (the balance
+  cache's check) and `replica`: read from SQLAlchemy's pool at every scrape and
+  after every request, and summed over the live workers.
+
+Read from the book of record at scrape time (one statement: the balance rows
+of every partner's `issued` and `redeemed` accounts and two programme
+accounts, by primary key), so they include what jobs and other instances
+posted: `loyalty_ledger_points_issued{funder}` (points awarded, net of
+returns: `partner` from the partners' `issued` accounts, `program` from
+`program:promotions`), `loyalty_ledger_points_redeemed` (the partners'
+`redeemed` accounts) and `loyalty_ledger_points_expired` (`program:expired`:
+expiry and forfeits), with `loyalty_ledger_totals_up` 0 when the read failed.
+
+Several workers (`loyalty serve --workers N`): prometheus-client's
+multiprocess mode. The serving process points PROMETHEUS_MULTIPROC_DIR at a
+fresh directory before the workers start (`multiprocess_directory`); each
+worker writes its values to files there and a scrape, whichever worker
+answers it, adds up the files of all of them, so nothing a worker counted is
+lost, including what a worker that has since exited counted. The metric
+objects are made on first use, never at import, so a directory is emptied
+before any file of this run exists in it.
+
+/metrics has no authentication: serve it to the monitoring network only (it
+tells the traffic, its failures and the programme's points liability), or
+turn it off with `LOYALTY_METRICS_ENABLED=0`. No label holds an id, a raw
+path or any other value a caller chose."""
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.service import LedgerService
+from ledger.views import Receipt
+from partners.batch import BatchReceipt
+from partners.receipts import PurchaseReceipt
+from partners.returns import ReturnReceipt
+
+log = logging.getLogger("loyalty.metrics")
+
+MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"  # the route label of a path no route serves
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+TOTALS_TIMEOUT_SECONDS = 2.0
+WARN_EVERY_SECONDS = 60.0
+
+
+class Metrics:
+    """This process's metric objects (one set per process: prometheus-client
+    registers each name once)."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "loyalty_http_requests_total",
+            "HTTP requests answered, by route template and status",
+            ["method", "route", "status"],
+        )
+        self.latency = Histogram(
+            "loyalty_http_request_duration_seconds",
+            "Time from receiving a request to the last byte of its answer",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.in_progress = Gauge(
+            "loyalty_http_requests_in_progress",
+            "HTTP requests being answered",
+            multiprocess_mode="livesum",
+        )
+        self.replays = Counter(
+            "loyalty_idempotent_replays_total",
+            "Stored answers replayed for a retried Idempotency-Key",
+            ["route"],
+        )
+        self.signature_failures = Counter(
+            "loyalty_partner_signature_failures_total",
+            "Partner requests refused by the signature check, by problem type",
+            ["type"],
+        )
+        self.problems = Counter(
+            "loyalty_problems_total", "Problem responses, by problem type", ["type"]
+        )
+        self.cache_reads = Counter(
+            "loyalty_balance_cache_reads_total",
+            "Balance reads: hit (served from Redis), miss (built from PostgreSQL), "
+            "bypass (no Redis configured, or Redis failed on the read)",
+            ["result"],
+        )
+        self.entries = Counter(
+            "loyalty_ledger_entries_posted_total",
+            "Journal entries posted by the API's operations, by kind",
+            ["kind"],
+        )
+        self.pool_connections = Gauge(
+            "loyalty_db_pool_connections",
+            "Database connections held by the pools, by state",
+            ["pool", "state"],
+            multiprocess_mode="livesum",
+        )
+        self.pool_size = Gauge(
+            "loyalty_db_pool_size",
+            "Configured size of the database pools (each may open as many again)",
+            ["pool"],
+            multiprocess_mode="livesum",
+        )
+
+
+@functools.cache
+def metrics() -> Metrics:
+    # No `_created` series: scrapers do not need them, and they double the output.
+    disable_created_metrics()
+    return Metrics()
+
+
+def multiprocess() -> bool:
+    """Whether values go to files shared by the workers (decided by the
+    serving process before this one started)."""
+    return bool(os.environ.get(MULTIPROC_VARIABLE))
+
+
+# -- the serving process --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def multiprocess_directory(workers: int) -> Iterator[Path | None]:
+    """For `loyalty serve`: with several workers, a fresh directory for their
+    metric files in PROMETHEUS_MULTIPROC_DIR (removed afterwards); one the
+    operator named there is emptied of an earlier run's files and kept. One
+    worker and nothing named: values stay in the process."""
+    named = os.environ.get(MULTIPROC_VARIABLE)
+    if named:
+        directory = Path(named)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):  # counts of a run that has ended
+            stale.unlink()
+        yield directory
+        return
+    if workers <= 1:
+        yield None
+        return
+    directory = Path(tempfile.mkdtemp(prefix="loyalty-metrics-"))
+    os.environ[MULTIPROC_VARIABLE] = str(directory)  # inherited by the workers
+    try:
+        yield directory
+    finally:
+        os.environ.pop(MULTIPROC_VARIABLE, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_stopped() -> None:
+    """A worker shutting down: its gauges stop counting in the sums (its
+    counters stay: what it counted happened)."""
+    if multiprocess():
+        from prometheus_client import multiprocess as shared
+
+        shared.mark_process_dead(os.getpid())
+
+
+# -- recording --------------------------------------------------------------------
+
+
+def request_labels(method: str, route: str | None, status: int) -> tuple[str, str, str]:
+    return (method if method in METHODS else "other", route or UNMATCHED, str(status))
+
+
+_last_pools: dict[str, tuple[int, int, int]] = {}
+
+
+def observe_pools(state) -> None:
+    """The pools' current use, as this worker sees it (written only when it
+    changed: with several workers a write goes to a shared file)."""
+    pools: dict[str, AsyncEngine | None] = {
+        "primary": getattr(state, "engine", None),
+        "token": getattr(getattr(state, "cache", None), "engine", None),
+        "replica": getattr(getattr(state, "replica", None), "engine", None),
+    }
+    m = metrics()
+    for name, engine in pools.items():
+        if engine is None:
+            continue
+        pool = engine.pool
+        size, out, idle = pool.size(), pool.checkedout(), pool.checkedin()
+        if _last_pools.get(name) == (size, out, idle):
+            continue
+        _last_pools[name] = (size, out, idle)
+        m.pool_connections.labels(name, "checked_out").set(out)
+        m.pool_connections.labels(name, "idle").set(idle)
+        m.pool_size.labels(name).set(size)
+
+
+def posted_entries(result: object) -> Iterator[str]:
+    """The kinds of the entries an operation's result says it posted."""
+    if isinstance(result, Receipt):
+        yield result.kind
+    elif isinstance(result, PurchaseReceipt):
+        if result.entry_id is not None:  # a purchase that earned nothing posts nothing
+            yield "earn"
+    elif isinstance(result, ReturnReceipt):
+        if result.entry_id is not None:
+            yield "reverse"
+    elif isinstance(result, BatchReceipt):
+        for outcome in result.outcomes:
+            if outcome.receipt is not None and outcome.receipt.entry_id is not None:
+                yield "earn"
+
+
+class MeteredLedger(LedgerService):
+    """The ledger service of the API: every operation's entries are counted
+    by kind once its transaction has committed (a failed or rolled-back one
+    counts nothing, a retried one once)."""
+
+    async def run(self, operation, command, idempotency, result_type, body):
+        result = await super().run(operation, command, idempotency, result_type, body)
+        if idempotency is None or not idempotency.outcome.replayed:
+            entries = metrics().entries
+            for kind in posted_entries(result):
+                entries.labels(kind).inc()
+        return result
+
+
+# -- exposition -------------------------------------------------------------------
+
+_TOTALS = text(
+    # `\\:` keeps SQLAlchemy from reading `:issued` as a bind parameter.
+    "SELECT a.measure, coalesce(sum(b.balance), 0) AS points FROM ("
+    "  SELECT 'partner:' || id || '\\:issued' AS account, 'issued_partner' AS measure "
+    "  FROM partners"
+    "  UNION ALL SELECT 'partner:' || id || '\\:redeemed', 'redeemed' FROM partners"
+    "  UNION ALL VALUES ('program:promotions', 'issued_program'),"
+    "                   ('program:expired', 'expired')"
+    ") AS a LEFT JOIN balances b ON b.account = a.account AND b.asset = 'PTS' "
+    "GROUP BY a.measure"
+)
+_warned_at = float("-inf")
+
+
+async def ledger_totals(engine: AsyncEngine) -> dict[str, int] | None:
+    """Points issued, redeemed and expired, from the balance rows (None when
+    the database did not answer in time)."""
+    global _warned_at
+    try:
+        async with asyncio.timeout(TOTALS_TIMEOUT_SECONDS), engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            rows = (await autocommit.execute(_TOTALS)).all()
+    except Exception as error:  # a scrape must answer whatever the database does
+        now = time.monotonic()
+        if now - _warned_at >= WARN_EVERY_SECONDS:
+            _warned_at = now
+            log.warning("ledger totals unavailable for /metrics: %s", type(error).__name__)
+        return None
+    return {row.measure: int(row.points) for row in rows}
+
+
+def _totals_families(totals: dict[str, int] | None) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "loyalty_ledger_totals_up", "1 when the ledger totals below were read at this scrape"
+    )
+    up.add_metric([], 0 if totals is None else 1)
+    yield up
+    if totals is None:
+        return
+    issued = GaugeMetricFamily(
+        "loyalty_ledger_points_issued",
+        "Points awarded, net of returns, by who pays for them",
+        labels=["funder"],
+    )
+    # Awarding points debits the funder's account: its balance is minus the points.
+    issued.add_metric(["partner"], -totals.get("issued_partner", 0))
+    issued.add_metric(["program"], -totals.get("issued_program", 0))
+    yield issued
+    redeemed = GaugeMetricFamily(
+        "loyalty_ledger_points_redeemed", "Points redeemed at partners, net of refunds"
+    )
+    redeemed.add_metric([], totals.get("redeemed", 0))
+    yield redeemed
+    expired = GaugeMetricFamily(
+        "loyalty_ledger_points_expired", "Points expired or forfeited (program:expired)"
+    )
+    expired.add_metric([], totals.get("expired", 0))
+    yield expired
+
+
+class _Scrape:
+    """What one scrape exposes: the recorded metrics (this process's, or all
+    workers' files) and the totals read for it."""
+
+    def __init__(self, sources: Iterable, totals: dict[str, int] | None) -> None:
+        self.sources = sources
+        self.totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self.sources:
+            yield from source.collect()
+        yield from _totals_families(self.totals)
+
+
+async def exposition(state, accept: str | None) -> tuple[bytes, str]:
+    """The body and content type of a scrape (Prometheus text, or OpenMetrics
+    when the scraper asks for it)."""
+    metrics()  # the families exist (at zero) from the first scrape on
+    observe_pools(state)
+    totals = await ledger_totals(state.engine)
+    if multiprocess():
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        sources = [MultiProcessCollector(None)]
+    else:
+        sources = [REGISTRY]
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(_Scrape(sources, totals)), content_type

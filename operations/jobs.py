@@ -1,0 +1,151 @@
+"""The scheduled jobs as the runner sees them: a name, what an item is, what is
+due (one counting statement, for a progress total, a dry run and what is left
+at the end), which members would refuse a run as of another time, and the
+run itself, batch by batch until nothing is due.
+
+The ledger's three (release-pending, expire-holds, expire-points) are
+set-based batches in ledger/jobs.py; requalify-tiers is the programme's
+(partners/tiering.py), run in passes of `batch` members until none is due.
+"""
+
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import text
+
+from ledger.jobs import LATER_ENTRY, Batch, OnBatch
+from ledger.service import LedgerService
+from partners.programme import Programme
+
+
+class Job(Protocol):
+    """One scheduled job."""
+
+    name: str
+    unit: str  # what `items` counts: earnings, holds, members, keys
+    moves_points: bool  # whether its batches move points (a dry run reports them)
+    takes_as_of: bool  # whether it can run as of another time
+
+    async def due(self, as_of: datetime | None) -> Batch:
+        """What is due now (or as of `as_of`): items and points."""
+        ...
+
+    async def blocked(self, as_of: datetime) -> list[str]:
+        """Members a run as of `as_of` would have to date entries (or tier
+        changes) before ones they already have: the run is refused for them."""
+        ...
+
+    async def run(self, as_of: datetime | None, on_batch: OnBatch) -> int:
+        """Batches, each its own transaction, until nothing is due; items done."""
+        ...
+
+
+class LedgerJob:
+    """release-pending, expire-holds or expire-points: the ledger's batches."""
+
+    moves_points = True
+    takes_as_of = True
+
+    def __init__(self, ledger: LedgerService, name: str, unit: str) -> None:
+        self.ledger = ledger
+        self.name = name
+        self.unit = unit
+        self._method = getattr(ledger, name.replace("-", "_"))
+
+    async def due(self, as_of: datetime | None) -> Batch:
+        return await self.ledger.job_due(self.name, as_of or self.ledger.clock())
+
+    async def blocked(self, as_of: datetime) -> list[str]:
+        return await self.ledger.members_after(self.name, as_of)
+
+    async def run(self, as_of: datetime | None, on_batch: OnBatch) -> int:
+        return await self._method(as_of=as_of, on_batch=on_batch)
+
+
+# Members whose status ran out by :now.
+TIERS_DUE = "SELECT member_id FROM member_tiers WHERE valid_until <= :now"
+
+
+class RequalifyTiers:
+    """Members whose status ran out get what their last complete period earned
+    (`Programme.requalify_tiers`, set-based: a batch per transaction), in passes of
+    `batch` members until none is due. No points move; as of another time,
+    the tier changes are dated then."""
+
+    name = "requalify-tiers"
+    unit = "members"
+    moves_points = False
+    takes_as_of = True
+
+    def __init__(self, ledger: LedgerService, tier_period: str, batch: int = 1_000) -> None:
+        self.ledger = ledger
+        self.tier_period = tier_period
+        self.batch = batch
+
+    async def due(self, as_of: datetime | None) -> Batch:
+        async with self.ledger.engine.connect() as conn:
+            count = (
+                await conn.execute(
+                    text(f"SELECT count(*) FROM ({TIERS_DUE}) AS due"),
+                    {"now": as_of or self.ledger.clock()},
+                )
+            ).scalar_one()
+        return Batch(count, 0)
+
+    async def blocked(self, as_of: datetime) -> list[str]:
+        async with self.ledger.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    f"SELECT due.member_id FROM ({TIERS_DUE}) AS due WHERE EXISTS "
+                    "(SELECT 1 FROM tier_changes c WHERE c.member_id = due.member_id "
+                    "AND c.changed_at > :as_of) "
+                    f"OR {LATER_ENTRY.format(member='due.member_id')} ORDER BY 1 LIMIT 5"
+                ),
+                {"now": as_of, "as_of": as_of},
+            )
+            return [r.member_id for r in rows]
+
+    async def run(self, as_of: datetime | None, on_batch: OnBatch) -> int:
+        ledger = self.ledger
+        if as_of is not None:
+            # The programme reads its clock from the ledger: one that says as_of.
+            ledger = LedgerService(
+                self.ledger.engine, self.ledger.config, clock=lambda: as_of, retry=self.ledger.retry
+            )
+        programme = Programme(ledger, self.tier_period)
+        done = 0
+        left = (await self.due(as_of)).items
+        while left:
+            count = await programme.requalify_tiers(limit=self.batch)
+            if not count:
+                break
+            done += count
+            on_batch(Batch(count, 0))
+            before, left = left, (await self.due(as_of)).items
+            if left >= before:
+                # A pass that changed nothing (a status whose tier is no longer
+                # defined is skipped each time): what is left is reported.
+                break
+        return done
+
+
+# Seconds between scheduled runs by default: holds keep a member's points
+# from them, so they go back within a minute; a return window passing within a
+# quarter of an hour; statuses running out and lots expiring (at a quarter's
+# end) are looked at hourly. One counting statement when nothing is due.
+INTERVALS = {
+    "release-pending": 900,
+    "expire-holds": 60,
+    "expire-points": 3600,
+    "requalify-tiers": 3600,
+}
+
+
+def standard_jobs(ledger: LedgerService, tier_period: str) -> dict[str, Job]:
+    """The programme's four jobs."""
+    return {
+        "release-pending": LedgerJob(ledger, "release-pending", "earnings"),
+        "expire-holds": LedgerJob(ledger, "expire-holds", "holds"),
+        "expire-points": LedgerJob(ledger, "expire-points", "members"),
+        "requalify-tiers": RequalifyTiers(ledger, tier_period),
+    }

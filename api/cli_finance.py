@@ -12,12 +12,12 @@ api/cli.py are imported when a command runs (api/cli.py imports this module
 while it loads)."""
 
 import sys
-import time
 from pathlib import Path
 
 import click
 import msgspec
 
+from api.progress import progress_for
 from finance.errors import InvalidExportFormat, InvalidPeriod
 from finance.journal_export import FORMATS
 from finance.period import Period, parse_instant
@@ -65,66 +65,6 @@ def finance() -> None:
 # -- journal export ----------------------------------------------------------------
 
 
-class _Progress:
-    """Postings written so far, on standard error: a bar (rich) on a terminal,
-    else a plain line at most every `every` seconds."""
-
-    every = 10.0
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.tty = sys.stderr.isatty()
-        self.bar = self.task = None
-        self.total = self.done = 0
-        self.started = self.last = time.monotonic()
-
-    def start(self, totals) -> None:
-        self.total = totals.postings
-        if self.tty:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("postings"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(file=sys.stderr),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=self.total)
-        else:
-            self._line(f"{totals.entries:,} entries, {self.total:,} postings to write")
-
-    def advance(self, rows: int) -> None:
-        self.done += rows
-        if self.bar is not None:
-            self.bar.update(self.task, advance=rows)
-            return
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            rate = self.done / max(now - self.started, 1e-9)
-            self._line(f"{self.done:,}/{self.total:,} postings, {rate:,.0f}/s")
-
-    def finish(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-    def _line(self, text: str) -> None:
-        print(f"{self.label}: {text}", file=sys.stderr, flush=True)
-
-
 @finance.command("export-journal")
 @click.option("--from", "start", required=True, help="First instant (a date: its 00:00 UTC).")
 @click.option("--to", "end", required=True, help="End of the period (excluded).")
@@ -152,12 +92,15 @@ def export_journal(start, end, fmt, output: Path, as_json: bool) -> None:
         raise BadInput(f"{error.code}: {error.detail}") from None
     if not output.parent.is_dir():
         raise BadInput(f"--output: no directory {str(output.parent)!r}")
-    progress = _Progress(f"exporting {output.name}")
+    progress = progress_for(sys.stderr)
+
+    def started(totals) -> None:
+        progress.start(f"exporting {output.name}", "postings", totals.postings)
 
     async def work(engine):
         try:
             return await export_journal(
-                engine, period, fmt, output, started=progress.start, progress=progress.advance
+                engine, period, fmt, output, started=started, progress=progress.advance
             )
         finally:
             progress.finish()

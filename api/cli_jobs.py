@@ -35,8 +35,8 @@ def run_job(name: str, as_of, dry_run: bool) -> None:
     transaction (a rerun continues where a killed run stopped), a progress bar
     on a terminal (lines on stderr otherwise), then processed and remaining.
     A run that finds another run of the job going does nothing and says so."""
-    from api.job_progress import progress_for
     from api.jobs_service import cli_runner
+    from api.progress import progress_for
 
     def work(settings: Settings):
         async def run(ledger):

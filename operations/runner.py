@@ -44,7 +44,7 @@ class Progress(Protocol):
 
     def start(self, job: str, unit: str, total: int) -> None: ...
 
-    def advance(self, batch: Batch) -> None: ...
+    def advance(self, items: int, points: int = 0) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -53,7 +53,7 @@ class NoProgress:
     def start(self, job: str, unit: str, total: int) -> None:
         pass
 
-    def advance(self, batch: Batch) -> None:
+    def advance(self, items: int, points: int = 0) -> None:
         pass
 
     def finish(self) -> None:
@@ -205,7 +205,7 @@ class JobRunner:
         def on_batch(batch: Batch) -> None:
             nonlocal done
             done = Batch(done.items + batch.items, done.points + batch.points)
-            progress.advance(batch)
+            progress.advance(batch.items, batch.points)
 
         try:
             due = await job.due(as_of)

@@ -3,10 +3,12 @@ and a Redis, from LOYALTY_TEST_DATABASE_URL / LOYALTY_TEST_REDIS_URL when set,
 else from embedded servers started here."""
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,14 +56,25 @@ def server_url():
         shutil.rmtree(parent, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def own_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A fresh database at the latest revision (`{prefix}_<random>`), dropped
+    afterwards: for tests whose data is programme-wide (tiers, promotions, due
+    jobs) and must not meet the other tests'."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    asyncio.run(ensure_database(server_url, name))
+    try:
+        url = with_database(server_url, name)
+        upgrade(url)
+        yield url
+    finally:
+        asyncio.run(drop_database(server_url, name))
+
+
 @pytest.fixture(scope="session")
 def database_url(server_url):
-    name = f"loyalty_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(ensure_database(server_url, name))
-    url = with_database(server_url, name)
-    upgrade(url)
-    yield url
-    asyncio.run(drop_database(server_url, name))
+    with own_database(server_url, "loyalty_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

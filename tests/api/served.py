@@ -1,21 +1,27 @@
 """The real service as a subprocess: `loyalty serve --workers 2` on the test
 database and a Redis of its own, with helpers to read, write and look at its
-worker processes. Used by the tests that need several workers."""
+worker processes. Used by the tests that need several workers. Also the app
+in a thread of the test process on a real port (`app_in_thread`), for clients
+that need a socket (a browser, Schemathesis)."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import msgspec
 import psutil
 import redis.asyncio as redis
+import uvicorn
 
 from api.auth import mint_token
 from api.cache import key
@@ -24,6 +30,30 @@ from tests.api.conftest import MEMBER_SECRET, SECRET, SECRET_KEY
 
 READS = 20
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def app_in_thread(app, name: str) -> Iterator[str]:
+    """`app` under uvicorn on a free port, in a thread with its own loop; the
+    base URL while it runs."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_config=None, log_level="warning", access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start the app")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def free_port() -> int:

@@ -8,16 +8,14 @@ fails instead, so CI cannot pass without having run it (.ci/run installs
 Chromium)."""
 
 import os
-import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
 from playwright.async_api import async_playwright
 
 from api.app import create_app
+from tests.api.served import app_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -46,27 +44,8 @@ def chromium() -> Path:
 @pytest.fixture(scope="module")
 def served_app(api_settings):
     """The app under uvicorn on a free port, in a thread with its own loop."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(api_settings),
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-        )
-    )
-    thread = threading.Thread(target=server.run, name="docs-app", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start the app")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with app_in_thread(create_app(api_settings), "docs-app") as url:
+        yield url
 
 
 async def open_offline(

@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import itertools
 import json
-import threading
 import time
 import uuid
 from urllib.parse import unquote, urlsplit
@@ -21,14 +20,11 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import requests
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, settings
 from litestar.serialization import encode_json
 
 from api.app import create_app
 from api.auth import mint_token
-from api.embedded import drop_database, ensure_database, with_database
-from api.migrate import upgrade
 from api.settings import Settings
 from ledger.database import create_engine
 from ledger.service import LedgerService
@@ -36,6 +32,8 @@ from members.registry import MemberInput, Members
 from partners.programme import Programme
 from partners.signing import signed_headers
 from tests.api.conftest import MEMBER_SECRET, SECRET, SECRET_KEY
+from tests.api.served import app_in_thread
+from tests.conftest import own_database
 
 MEMBER = "fuzz-member"
 PARTNER = "fuzz-shop"
@@ -49,39 +47,16 @@ EXAMPLES = 15 if settings.default.max_examples <= 25 else 40
 def fuzz_database_url(server_url):
     """A database of the fuzz's own: generated tiers, promotions and coupons
     apply programme-wide and must not leak into the other tests."""
-    name = f"loyalty_fuzz_{uuid.uuid4().hex[:12]}"
-    asyncio.run(ensure_database(server_url, name))
-    url = with_database(server_url, name)
-    upgrade(url)
-    yield url
-    asyncio.run(drop_database(server_url, name))
+    with own_database(server_url, "loyalty_fuzz") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def live_api(api_settings, fuzz_database_url):
     """The app under uvicorn on a free port, in a thread with its own loop."""
     settings = dataclasses.replace(api_settings, database_url=fuzz_database_url)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-        )
-    )
-    thread = threading.Thread(target=server.run, name="fuzz-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start the app")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with app_in_thread(create_app(settings), "fuzz-api") as url:
+        yield url
 
 
 class PartnerSignature(requests.auth.AuthBase):

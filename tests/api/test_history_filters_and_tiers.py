@@ -3,10 +3,8 @@ kind answered an empty page (now a 422 naming the parameter and the kinds
 allowed), and the tier list left out the base tier members without a tier
 have (now listed, marked built in)."""
 
-import asyncio
 import dataclasses
 import re
-import uuid
 from decimal import Decimal
 
 import pytest
@@ -14,13 +12,12 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
 from api.app import create_app
-from api.embedded import drop_database, ensure_database, with_database
-from api.migrate import upgrade
 from ledger.commands import Adjust
 from ledger.database import create_engine
 from ledger.kinds import ENTRY_KINDS
 from ledger.service import LedgerService
 from partners.rulebook import Rulebook, TierInput
+from tests.conftest import own_database
 
 
 @pytest.fixture
@@ -71,12 +68,8 @@ async def test_the_entry_kinds_are_those_the_journal_accepts(engine):
 @pytest.fixture(scope="module")
 def tiers_database_url(server_url):
     """A database of the test's own: the tier list is programme-wide."""
-    name = f"loyalty_tiers_{uuid.uuid4().hex[:12]}"
-    asyncio.run(ensure_database(server_url, name))
-    url = with_database(server_url, name)
-    upgrade(url)
-    yield url
-    asyncio.run(drop_database(server_url, name))
+    with own_database(server_url, "loyalty_tiers") as url:
+        yield url
 
 
 async def test_the_tier_list_includes_the_base_tier(api_settings, tiers_database_url, token):

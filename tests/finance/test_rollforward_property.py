@@ -19,8 +19,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.embedded import drop_database, ensure_database, with_database
-from api.migrate import upgrade
 from finance.period import Period
 from finance.rollforward import roll_forward
 from finance.trial_balance import trial_balance
@@ -44,7 +42,7 @@ from ledger.verify import verify
 from members.registry import CloseInput, MemberInput, Members
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry, SecretBox
-from tests.conftest import TEST_SECRET_KEY, Clock
+from tests.conftest import TEST_SECRET_KEY, Clock, own_database
 
 MEMBERS = 3
 PARTNERS = 2
@@ -69,12 +67,8 @@ operation = st.one_of(
 
 @pytest.fixture(scope="module")
 def property_database(server_url):
-    name = f"loyalty_finance_prop_{uuid.uuid4().hex[:8]}"
-    asyncio.run(ensure_database(server_url, name))
-    url = with_database(server_url, name)
-    upgrade(url)
-    yield url
-    asyncio.run(drop_database(server_url, name))
+    with own_database(server_url, "loyalty_finance_prop") as url:
+        yield url
 
 
 class Run:

@@ -21,9 +21,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
 from api.cli import main
-from api.embedded import drop_database, ensure_database, with_database
 from api.jobs_service import JOB_NAMES, service_jobs
-from api.migrate import upgrade
 from api.settings import Settings
 from ledger.commands import Authorise, Earn
 from ledger.database import create_engine
@@ -35,7 +33,7 @@ from operations.runner import JobRunner, job_lock
 from operations.schedule import Scheduler
 from partners.registry import PartnerInput, Registry, SecretBox
 from partners.rulebook import Rulebook, TierInput
-from tests.conftest import TEST_SECRET_KEY
+from tests.conftest import TEST_SECRET_KEY, own_database
 
 CONFIG = LedgerConfig(expiry_policy=RollingToQuarterEnd(36))  # the CLI's default policy
 HOUR_AGO = datetime.now(UTC) - timedelta(hours=1)
@@ -43,12 +41,8 @@ HOUR_AGO = datetime.now(UTC) - timedelta(hours=1)
 
 @pytest.fixture
 def database(server_url):
-    name = f"loyalty_jobs_{uuid.uuid4().hex[:8]}"
-    asyncio.run(ensure_database(server_url, name))
-    url = with_database(server_url, name)
-    upgrade(url)
-    yield url
-    asyncio.run(drop_database(server_url, name))
+    with own_database(server_url, "loyalty_jobs") as url:
+        yield url
 
 
 @pytest.fixture
@@ -164,7 +158,7 @@ async def test_one_run_expires_every_due_hold_over_several_batches(engine, cli):
     result = await cli("jobs", "run", "expire-holds")
     assert result.exit_code == 0, result.output
     assert result.stdout == "expire-holds: 1005 processed, 0 remaining (holds, 10050 points)\n"
-    assert "expire-holds: 1005 holds due" in result.stderr  # progress, not a terminal: lines
+    assert "expire-holds: 1,005 holds to do" in result.stderr  # progress, not a terminal: lines
 
     async with engine.connect() as conn:
         voids = (
@@ -198,8 +192,8 @@ async def test_one_run_expires_every_due_hold_over_several_batches(engine, cli):
         def start(self, job, unit, total):
             seen.append(Batch(total, -1))
 
-        def advance(self, batch):
-            seen.append(batch)
+        def advance(self, items, points=0):
+            seen.append(Batch(items, points))
 
         def finish(self):
             pass

@@ -25,8 +25,6 @@ The caller (loadtests/__main__.py) drops the database at the end.
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ from finance.period import stamp
 from ledger.database import create_engine
 from ledger.history import WINDOW_ROWS, server_time
 from ledger.verify import verify
+from loadtests.commands import loyalty, run_measured
 
 PARTNER = "bench-export"
 POSTINGS_PER_ENTRY = 4
@@ -137,11 +136,6 @@ async def seed(engine, postings: int, members: int) -> tuple:
     return start, first, end
 
 
-def loyalty() -> list[str]:
-    script = Path(sys.executable).with_name("loyalty")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "api.cli"]
-
-
 def run_export(url: str, tmp: Path, start, end, fmt: str, name: str):
     """The export command to its end: wall time, peak RSS (its own, from
     wait4) and the control totals it wrote."""
@@ -153,16 +147,7 @@ def run_export(url: str, tmp: Path, start, end, fmt: str, name: str):
     }
     command = [*loyalty(), "finance", "export-journal", "--from", stamp(start), "--to"]
     command += [stamp(end), "--format", fmt, "--output", str(output), "--json"]
-    with (tmp / f"{name}.out").open("w+") as out:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)
-        elapsed = time.perf_counter() - started
-        out.seek(0)
-        printed = out.read()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"loyalty finance export-journal failed ({code}): {printed}")
+    printed, elapsed, usage = run_measured(command, env, tmp / f"{name}.out", quiet=True)
     return elapsed, usage.ru_maxrss / 1024, json.loads(printed), output.stat().st_size
 
 

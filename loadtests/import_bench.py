@@ -15,10 +15,7 @@ caller drops the database.
 import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +24,7 @@ from ledger.database import create_engine
 from ledger.service import LedgerService
 from ledger.verify import verify
 from loadtests.batch_bench import ROWS_PER_EARNING, copy_baseline, seed_partner
+from loadtests.commands import loyalty, run_measured
 
 PARTNER = "bench-import"
 HEADER = "card_number,reference,occurred_at,currency,amount_minor,category\n"
@@ -47,27 +45,6 @@ def write_file(path: Path, rows: int, cards: list[str]) -> None:
             )
 
 
-def loyalty() -> list[str]:
-    script = Path(sys.executable).with_name("loyalty")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "api.cli"]
-
-
-def run_import(command: list[str], env: dict, out_path: Path):
-    """Run the import command to its end: its output, wall time and resource
-    usage (its own, from wait4, so its peak RSS is the importer's alone)."""
-    with out_path.open("w+") as out:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out)
-        _, status, usage = os.wait4(process.pid, 0)
-        elapsed = time.perf_counter() - started
-        out.seek(0)
-        output = out.read()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"loyalty partner import failed ({code}): {output}")
-    return output, elapsed, usage
-
-
 async def bench_import(url: str, rows: int, members: int, chunk_size: int) -> None:
     engine = create_engine(url, pool_size=4)
     ledger = LedgerService(engine)
@@ -85,7 +62,7 @@ async def bench_import(url: str, rows: int, members: int, chunk_size: int) -> No
         env = {**os.environ, "LOYALTY_DATABASE_URL": url, "LOYALTY_DATA_DIR": tmp}
         command = [*loyalty(), "partner", "import", str(path), "--partner", PARTNER]
         command += ["--chunk-size", str(chunk_size), "--json"]
-        output, elapsed, usage = run_import(command, env, Path(tmp) / "out.json")
+        output, elapsed, usage = run_measured(command, env, Path(tmp) / "out.json")
     summary = json.loads(output)
     posted = summary["posted"]
     rate = posted / elapsed

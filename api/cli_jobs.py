@@ -7,9 +7,8 @@ import sys
 import click
 
 from api.cli_support import Timestamp, database, load_settings, with_ledger
+from api.jobs_service import JOB_NAMES as JOBS
 from api.settings import Settings
-
-JOBS = ("release-pending", "expire-holds", "expire-points", "requalify-tiers", "purge-idempotency")
 
 
 @click.group()

@@ -36,6 +36,7 @@ JOB_NAMES = (
     "expire-holds",
     "expire-points",
     "requalify-tiers",
+    "create-partitions",
     "purge-idempotency",
 )
 # Seconds between scheduled runs unless LOYALTY_JOB_INTERVALS says otherwise:

@@ -384,13 +384,17 @@ class Journal:
         """Entries, their postings and the balance changes in one statement.
         Returns each draft's entry id, or None where its partner reference was
         taken (that draft posts nothing), and the members' balance rows as
-        changed. Ids are drawn per input row and joined back by position, so
-        the mapping does not depend on the order of RETURNING. The entries are
-        inserted (and a reference taken by a concurrent transaction waited
-        for) before any balance row is locked: the balances aggregate every
-        inserted entry's postings, one row change per account, asset and
-        slot, in address order; a row's version grows by the number of entries
-        that changed it, as if they had been posted one by one."""
+        changed. Ids are drawn per input row (`ledger_id`: the booking month
+        in the high bits, migration 0013) and joined back by position, so the
+        mapping does not depend on the order of RETURNING. A partner's
+        reference is claimed in `partner_references` (unique forever, which a
+        partitioned journal cannot be) and only the entries whose reference
+        was claimed, or that have none, are inserted. The references are
+        claimed (and one claimed by a concurrent transaction waited for) and
+        the entries inserted before any balance row is locked: the balances
+        aggregate every inserted entry's postings, one row change per account,
+        asset and slot, in address order; a row's version grows by the number
+        of entries that changed it, as if they had been posted one by one."""
         slots: dict[str, int] = {}
         lines = []  # (entry position, account, asset, amount, member, slot)
         for n, draft in enumerate(drafts, start=1):
@@ -402,8 +406,10 @@ class Journal:
                 lines.append((n, posting.account, posting.asset, posting.amount, member_id, slot))
         rows = await conn.execute(
             text(
+                # Ids first (month-encoded, migration 0013), so the claims
+                # can name their entries before the entries exist.
                 "WITH input AS MATERIALIZED (SELECT t.*, "
-                "nextval('journal_entries_id_seq') AS id FROM unnest("
+                "ledger_id(nextval('journal_entries_id_seq')) AS id FROM unnest("
                 "CAST(:kinds AS text[]), CAST(:members AS text[]), CAST(:partners AS text[]), "
                 "CAST(:references AS text[]), CAST(:reverses AS bigint[]), "
                 "CAST(:holds AS bigint[]), CAST(:effective AS timestamptz[]), "
@@ -411,13 +417,20 @@ class Journal:
                 "CAST(:breakdowns AS text[])) WITH ORDINALITY AS t(kind, member_id, "
                 "partner_id, partner_reference, reverses_entry_id, hold_id, effective_at, "
                 "posted_by, reason, breakdown, n)), "
+                # A reference is claimed in draft order: the first draft using
+                # it wins, a later one (or another transaction's, once that one
+                # commits; it waits until then) gets no row back.
+                "claimed AS (INSERT INTO partner_references (partner_id, partner_reference, "
+                "entry_id) SELECT partner_id, partner_reference, id FROM input "
+                "WHERE partner_id IS NOT NULL AND partner_reference IS NOT NULL ORDER BY n "
+                "ON CONFLICT (partner_id, partner_reference) DO NOTHING RETURNING entry_id), "
                 "inserted AS (INSERT INTO journal_entries (id, kind, member_id, partner_id, "
                 "partner_reference, reverses_entry_id, hold_id, effective_at, posted_by, "
-                "reason, breakdown) OVERRIDING SYSTEM VALUE SELECT id, kind, member_id, "
-                "partner_id, partner_reference, reverses_entry_id, hold_id, effective_at, "
-                "posted_by, reason, CAST(breakdown AS jsonb) FROM input ORDER BY n "
-                "ON CONFLICT (partner_id, partner_reference) "
-                "WHERE partner_reference IS NOT NULL DO NOTHING RETURNING id), "
+                "reason, breakdown) SELECT id, kind, member_id, partner_id, partner_reference, "
+                "reverses_entry_id, hold_id, effective_at, posted_by, reason, "
+                "CAST(breakdown AS jsonb) FROM input WHERE partner_id IS NULL "
+                "OR partner_reference IS NULL OR id IN (SELECT entry_id FROM claimed) "
+                "ORDER BY n RETURNING id), "
                 "lines AS MATERIALIZED (SELECT input.id AS entry_id, l.account, l.asset, "
                 "l.amount, l.member_id, l.slot, l.k FROM unnest(CAST(:l_entries AS bigint[]), "
                 "CAST(:l_accounts AS text[]), CAST(:l_assets AS text[]), "
@@ -553,11 +566,15 @@ class Journal:
     ) -> list[ConsumedLot]:
         rows = await conn.execute(
             text(
-                "SELECT l.id, l.expires_at, -sum(m.amount) AS outstanding "
-                "FROM lot_movements m JOIN lots l ON l.id = m.lot_id "
-                "WHERE (m.entry_id = :origin AND m.amount < 0) "
-                "   OR (m.origin_entry_id = :origin AND m.amount > 0) "
-                "GROUP BY l.id, l.expires_at HAVING -sum(m.amount) > 0"
+                # The few lots first, then each by key (OFFSET 0 keeps it a
+                # probe of one partition per lot: joined, the planner costs a
+                # probe of every month of lots and may hash them all instead).
+                "SELECT l.id, l.expires_at, c.outstanding FROM (SELECT lot_id, "
+                "-sum(amount) AS outstanding FROM lot_movements "
+                "WHERE (entry_id = :origin AND amount < 0) "
+                "   OR (origin_entry_id = :origin AND amount > 0) "
+                "GROUP BY lot_id HAVING -sum(amount) > 0) AS c CROSS JOIN LATERAL "
+                "(SELECT id, expires_at FROM lots WHERE id = c.lot_id OFFSET 0) AS l"
             ),
             {"origin": origin_entry_id},
         )

@@ -163,15 +163,20 @@ async def history(
     pages stay stable while new entries arrive."""
     check_id("member", member_id)
     before = decode_cursor(cursor) if cursor else None
+    # A plain bound on the partition key, only when there is a cursor (not
+    # `:before IS NULL OR ...`): PostgreSQL then skips every month of
+    # postings after the cursor's, also in a generic plan.
+    below_cursor = "  AND entry_id < :before " if before is not None else ""
+    parameters = {"before": before} if before is not None else {}
     rows = (
         await conn.execute(
             text(
                 # Walk the member's postings newest first and fetch each entry
                 # by key; OFFSET 0 keeps the planner from turning this back
                 # into a backwards walk of every entry of every member.
-                f"SELECT e.* FROM (SELECT DISTINCT entry_id FROM postings "
+                "SELECT e.* FROM (SELECT DISTINCT entry_id FROM postings "
                 "  WHERE member_id = :member_id "
-                "  AND (CAST(:before AS bigint) IS NULL OR entry_id < :before) "
+                f"{below_cursor}"
                 "  ORDER BY entry_id DESC) AS p "
                 f"CROSS JOIN LATERAL (SELECT {_ENTRY_COLUMNS} FROM journal_entries "
                 "  WHERE id = p.entry_id "
@@ -184,11 +189,11 @@ async def history(
             ),
             {
                 "member_id": member_id,
-                "before": before,
                 "fetch": limit + 1,
                 "kinds": list(kinds),
                 "since": since,
                 "until": until,
+                **parameters,
             },
         )
     ).all()

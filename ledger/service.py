@@ -51,6 +51,7 @@ from ledger.journal import (
     Posting,
     Spend,
 )
+from ledger.partitions import ensure_partitions, is_missing_partition
 from ledger.redemption import Redemptions
 from ledger.reversal import Reversals
 from ledger.settlement import Settlements
@@ -140,8 +141,13 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
         connection. A connection lost during the COMMIT itself is never run
         again: whether the server committed is unknown, so the error goes to
         the caller (a 503), and a retry with the same idempotency key finds
-        out (the stored result, or a first run)."""
-        attempt, reconnected = 1, False
+        out (the stored result, or a first run).
+
+        A row that found no partition of its month (nobody ran
+        `ensure_partitions` in time: ledger/partitions.py) rolled the
+        transaction back before anything committed: the months are made in a
+        short transaction of their own and `body` runs once more."""
+        attempt, reconnected, partitioned = 1, False, False
         while True:
             committing = False
             try:
@@ -162,6 +168,12 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
                 if not committing and not reconnected and is_connection_lost(error):
                     reconnected = True
                     log.info("transaction run again on a new connection: %s", type(error).__name__)
+                    continue
+                if not committing and not partitioned and is_missing_partition(error):
+                    partitioned = True
+                    async with self.engine.begin() as conn:
+                        made = await ensure_partitions(conn)
+                    log.warning("a month had no partition: %d made, transaction run again", made)
                     continue
                 if not is_retryable(error) or attempt >= self.retry.attempts:
                     raise

@@ -3,7 +3,10 @@
 Checks that every entry balances per asset with at least two postings, that
 every balance equals the sum of its postings, that lots add up to each
 member's available points, that pending points and open holds add up to the
-pending and held balances, and that only a clawback leaves a member in debt.
+pending and held balances, that only a clawback leaves a member in debt, and
+that every partner reference an entry carries is claimed by that entry in
+`partner_references` (the table that keeps references unique, migration
+0013) and every claim names an entry carrying that reference.
 """
 
 from dataclasses import dataclass, field
@@ -65,6 +68,20 @@ CHECKS: dict[str, str] = {
     "reversals beyond their original": """
         SELECT 'entry ' || entry_id || ': reversed ' || reversed || ' of ' || reversible
         FROM entry_reversals WHERE reversed > reversible""",
+    "partner references not claimed by their entry": """
+        SELECT 'entry ' || e.id || ': ' || e.partner_id || ' ' || e.partner_reference
+               || coalesce(' claimed by entry ' || c.entry_id, ' unclaimed')
+        FROM journal_entries e LEFT JOIN partner_references c
+          ON c.partner_id = e.partner_id AND c.partner_reference = e.partner_reference
+        WHERE e.partner_reference IS NOT NULL AND c.entry_id IS DISTINCT FROM e.id""",
+    "partner reference claims naming another entry": """
+        SELECT c.partner_id || ' ' || c.partner_reference || ': entry ' || c.entry_id
+               || CASE WHEN e.id IS NULL THEN ' does not exist'
+                       ELSE ' has ' || coalesce(e.partner_id || ' ' || e.partner_reference,
+                                                'no reference') END
+        FROM partner_references c LEFT JOIN journal_entries e ON e.id = c.entry_id
+        WHERE e.partner_id IS DISTINCT FROM c.partner_id
+           OR e.partner_reference IS DISTINCT FROM c.partner_reference""",
 }
 
 

@@ -273,6 +273,14 @@ def main() -> None:
     http_earn.add_argument("--concurrency", type=int, default=16)
     http_earn.add_argument("--duration", type=float, default=15.0)
     http_earn.add_argument("--workers", type=int, default=None, help="default: serve's own")
+    http_balance = sub.add_parser(
+        "http-balance", help="cached balance reads over HTTP against GET /health/live"
+    )
+    http_balance.add_argument("--members", type=int, default=2_000)
+    http_balance.add_argument("--concurrency", type=int, default=16)
+    http_balance.add_argument("--duration", type=float, default=15.0)
+    http_balance.add_argument("--idle", type=float, default=70.0, help="seconds without a write")
+    http_balance.add_argument("--workers", type=int, default=None, help="default: serve's own")
     imports = sub.add_parser("import", help="partner file import against COPY of the same rows")
     imports.add_argument("--rows", type=int, default=1_000_000)
     imports.add_argument("--members", type=int, default=10_000)
@@ -305,6 +313,14 @@ def main() -> None:
 
             asyncio.run(
                 bench_http_earn(url, args.members, args.concurrency, args.duration, args.workers)
+            )
+        elif args.scenario == "http-balance":
+            from loadtests.http_balance_bench import bench_http_balance
+
+            asyncio.run(
+                bench_http_balance(
+                    url, args.members, args.concurrency, args.duration, args.idle, args.workers
+                )
             )
         elif args.scenario == "batch":
             from loadtests.batch_bench import bench_batch

@@ -79,6 +79,7 @@ class Service:
     def __init__(self, url: str, secret_key: str, workers: int | None, tmp: Path) -> None:
         self.port = _free_port()
         self.log = tmp / "serve.log"
+        self.member_secret = uuid.uuid4().hex * 2  # to mint card holders' tokens
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
         env.update(
             {
@@ -86,7 +87,7 @@ class Service:
                 "LOYALTY_DATABASE_URL": url,
                 "LOYALTY_SECRET_KEY": secret_key,
                 "LOYALTY_JWT_SECRET": uuid.uuid4().hex * 2,
-                "LOYALTY_MEMBER_JWT_SECRET": uuid.uuid4().hex * 2,
+                "LOYALTY_MEMBER_JWT_SECRET": self.member_secret,
                 "LOYALTY_DATA_DIR": str(tmp / "data"),  # its embedded Redis, if any
             }
         )
@@ -108,7 +109,7 @@ class Service:
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.write(b"GET /health/ready HTTP/1.1\r\nHost: bench\r\n\r\n")
-                status, _ = await _answer(reader)
+                status, _, _ = await _answer(reader)
                 writer.close()
                 if status == 200:
                     return
@@ -195,22 +196,25 @@ class Signer:
         return itertools.chain(ready, iter(self.next, None))
 
 
-async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    """Status, head and body of one answer."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     found = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
     if found is None:
         raise RuntimeError(f"no Content-Length in {head!r}")
-    return status, await reader.readexactly(int(found.group(1)))
+    return status, head, await reader.readexactly(int(found.group(1)))
 
 
 class Clients:
-    """`count` keep-alive connections, each used by one request at a time."""
+    """`count` keep-alive connections, each used by one request at a time; the
+    statuses answered and where reads were answered from (`X-Read-From`)."""
 
     def __init__(self, port: int, count: int) -> None:
         self.port, self.count = port, count
         self.idle: asyncio.Queue = asyncio.Queue()
         self.statuses: Counter[int] = Counter()
+        self.sources: Counter[str] = Counter()
 
     async def open(self) -> None:
         """Fresh connections (the server closes idle ones after 5 s)."""
@@ -222,13 +226,16 @@ class Clients:
         reader, writer = await self.idle.get()
         try:
             writer.write(request)
-            status, _ = await _answer(reader)
+            status, head, _ = await _answer(reader)
         except (OSError, asyncio.IncompleteReadError) as error:
             self.statuses[f"connection lost: {type(error).__name__}"] += 1  # type: ignore[index]
             writer.close()
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         else:
             self.statuses[status] += 1
+            source = re.search(rb"(?i)\r\nx-read-from:\s*(\w+)", head)
+            if source is not None:
+                self.sources[source.group(1).decode()] += 1
         finally:
             self.idle.put_nowait((reader, writer))
 

@@ -31,13 +31,16 @@ POINTS = 100
 # writes, row for row, loaded set-based. Trigger-free when the role may
 # (session_replication_role; the totals are consistent either way).
 SEED = (
+    # Entry ids as the journal draws them (month-encoded, migration 0013).
     "CREATE TEMP TABLE seed AS SELECT m, "
-    "nextval(pg_get_serial_sequence('journal_entries', 'id')) AS e "
+    "ledger_id(nextval('journal_entries_id_seq')) AS e "
     "FROM unnest(CAST(:members AS text[])) AS t(m)",
     "INSERT INTO journal_entries (id, kind, member_id, partner_id, partner_reference, "
-    "effective_at, posted_by, breakdown) OVERRIDING SYSTEM VALUE "
+    "effective_at, posted_by, breakdown) "
     f"SELECT e, 'earn', m, '{PARTNER}', 'SEED-' || e, :earned, 'partner:{PARTNER}', "
     f"""'[{{"amount": {POINTS}, "asset": "PTS", "kind": "base"}}]' FROM seed""",
+    "INSERT INTO partner_references (partner_id, partner_reference, entry_id) "
+    f"SELECT '{PARTNER}', 'SEED-' || e, e FROM seed",
     "INSERT INTO postings (entry_id, account, asset, amount, member_id) "
     f"SELECT e, format('member:%s:available', m), 'PTS', {POINTS}, m FROM seed "
     f"UNION ALL SELECT e, 'partner:{PARTNER}:issued', 'PTS', -{POINTS}, NULL FROM seed",
@@ -101,7 +104,14 @@ async def seed(engine, ledger: LedgerService, members: list[str], earned: dateti
                 )
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        for table in ("journal_entries", "postings", "lots", "lot_movements", "balances"):
+        for table in (
+            "journal_entries",
+            "partner_references",
+            "postings",
+            "lots",
+            "lot_movements",
+            "balances",
+        ):
             await conn.execute(text(f"VACUUM ANALYZE {table}"))
 
 

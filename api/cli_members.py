@@ -106,7 +106,8 @@ def merge_members(source, into, reason) -> None:
         lambda s, ledger: members_of(s, ledger).merge(source, MergeInput(into, reason), actor())
     )
     click.echo(f"{source} merged into {into}; entries: {merger.entry_ids or '-'}")
-    click.echo(f"moved: {merger.moved}")
+    click.echo("moved:")
+    show({f"  {name}": value for name, value in merger.moved.items()})
 
 
 @member.command("erase")

@@ -20,15 +20,17 @@ def load_settings() -> Settings:
 
     settings = Settings.from_env()
     if settings.database_url is not None:
-        try:
-            async_url(settings.database_url)
-        except ValueError:
+        scheme = settings.database_url.partition(":")[0]
+        if scheme not in ("postgresql", "postgresql+asyncpg", "postgres"):
             # The scheme only: the rest of the URL may hold a password.
-            scheme = settings.database_url.partition(":")[0]
             raise SettingsError(
                 "LOYALTY_DATABASE_URL is a PostgreSQL URL "
                 f"(postgresql://USER@HOST:5432/DATABASE), not {scheme}:..."
-            ) from None
+            )
+        try:
+            async_url(settings.database_url)
+        except ValueError as error:  # its message never holds the URL
+            raise SettingsError(f"LOYALTY_DATABASE_URL: {error}") from None
         remember_database(server_of(settings.database_url))
     if settings.redis_url is not None and not settings.redis_url.startswith(
         ("redis://", "rediss://", "unix://")
@@ -177,8 +179,8 @@ def members_of(settings: Settings, ledger):
 
 
 def show(record, *fields: str) -> None:
-    """A record as aligned `field: value` lines (None shown as -)."""
-    data = msgspec.to_builtins(record)
+    """A record (or a dict) as aligned `field: value` lines (None shown as -)."""
+    data = record if isinstance(record, dict) else msgspec.to_builtins(record)
     names = fields or tuple(data)
     width = max(len(n) for n in names)
     for name in names:
@@ -202,6 +204,8 @@ class Timestamp(click.ParamType):
     def convert(self, value, param, ctx):
         from datetime import datetime
 
+        from finance.period import EARLIEST, LATEST
+
         if isinstance(value, datetime):
             return value
         try:
@@ -210,4 +214,11 @@ class Timestamp(click.ParamType):
             self.fail(f"{value!r} is not an ISO 8601 timestamp (2027-01-01T00:00:00Z)", param, ctx)
         if parsed.tzinfo is None:
             self.fail(f"{value!r} has no offset: add Z or +01:00", param, ctx)
+        if not EARLIEST <= parsed < LATEST:
+            # Jobs add years to it (tier periods, expiry): stay far from datetime's end.
+            self.fail(
+                f"{value!r} is out of range: from {EARLIEST.year} to before {LATEST.year}",
+                param,
+                ctx,
+            )
         return parsed

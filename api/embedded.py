@@ -245,16 +245,23 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def with_database(url: str, database: str) -> str:
-    """The same server URL pointing at another database."""
+    """The same server URL pointing at another database (its name
+    percent-encoded as a URL needs)."""
+    from urllib.parse import quote
+
     head, sep, query = url.partition("?")
     base = head.rsplit("/", 1)[0] if head.count("/") > 2 else head
-    return f"{base}/{database}{sep}{query}"
+    return f"{base}/{quote(database, safe='')}{sep}{query}"
 
 
 def database_name(url: str) -> str:
-    """The database a server URL names."""
-    head = url.partition("?")[0]
-    return head.rsplit("/", 1)[-1] if head.count("/") > 2 else ""
+    """The database a server URL names, decoded (`review_q%22x` names
+    `review_q"x`, as the driver connects to it); "" when it names none."""
+    from sqlalchemy.engine import make_url
+
+    from ledger.database import async_url
+
+    return make_url(async_url(url)).database or ""
 
 
 def _identifier(name: str) -> str:
@@ -287,7 +294,8 @@ async def drop_database(admin_url: str, database: str) -> None:
 
 
 def _asyncpg_dsn(url: str) -> str:
-    for prefix in ("postgresql+asyncpg://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix) :]
-    return url
+    """The URL as asyncpg.connect takes it (ledger/database.py `asyncpg_dsn`:
+    `sslmode` kept, unknown parameters refused)."""
+    from ledger.database import asyncpg_dsn
+
+    return asyncpg_dsn(url)

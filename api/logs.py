@@ -8,6 +8,20 @@ while handling it, in any module, says which request it belongs to:
 paths hold card numbers), and `partner_id` / `member_id` once a guard or the
 path has told them. The access line adds `status` and `duration_ms`.
 
+A party id goes on a line only when it is known, not merely claimed: the
+`partner_id` or `member_id` a guard authenticated, or a route's path
+parameter of that name once the caller has been authenticated (a staff read
+of one member). An unauthenticated request, refused (401) or not found, says
+no id it named.
+
+Every value on a line is the caller's to choose in part (a path, a refused
+input in a message), so neither format writes a control character as it is:
+the text format escapes C0 and C1 controls, DEL and the Unicode line and
+paragraph separators (`\\n`, `\\r`, `\\t`, `\\x1b`, `\\u2028`) in the message
+and every field, so one record is one line and no terminal escape reaches the
+reader; a traceback keeps its lines, each indented, so none can pass for a
+record. The JSON format escapes the same characters inside its strings.
+
 What a line never holds: headers (Authorization, the partner signature and
 key id), tokens, signatures, query strings or bodies. Nothing here reads
 them, and a bearer token or JWT that found its way into a message anyway is
@@ -33,8 +47,19 @@ FORMATS = ("json", "text")
 LEVELS = ("debug", "info", "warning", "error", "critical")
 MAX_ID_LENGTH = 128  # a member or partner id taken from a path is cut to this
 
+# What a line never holds as it is: C0 and C1 controls, DEL, and the Unicode
+# line and paragraph separators (str.splitlines breaks on all of them).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# In a JSON document: what json.dumps(ensure_ascii=False) leaves raw.
+_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029]")
 # A bearer token or a bare JWT (three base64url parts, the first `{"` encoded).
 _SECRETS = re.compile(r"(?i)(bearer\s+)[^\s,;\"']+|eyJ[\w-]+\.[\w-]+\.[\w-]*")
+
+
+# What the guards leave in the request's state once they have authenticated
+# the caller (api/auth.py, api/partner_auth.py, api/routes/member.py).
+AUTHENTICATED = ("principal", "partner_id", "member_id")
 
 
 @dataclass(slots=True)
@@ -54,11 +79,18 @@ class RequestContext:
     def route(self) -> str | None:
         return self.scope.get("path_template")
 
+    def authenticated(self) -> bool:
+        """Whether a guard has authenticated the caller (staff, partner or member)."""
+        state = self.scope.get("state", {})
+        return any(state.get(name) is not None for name in AUTHENTICATED)
+
     def party(self, name: str) -> str | None:
         """`partner_id` or `member_id`: as authenticated (the guard's), else
-        as named by the path (a staff read of one member)."""
+        as named by a route's path parameter once the caller is authenticated
+        (a staff read of one member); never what an unauthenticated caller
+        put in a path."""
         value = self.scope.get("state", {}).get(name)
-        if value is None:
+        if value is None and self.authenticated():
             value = self.scope.get("path_params", {}).get(name)
         return None if value is None else str(value)[:MAX_ID_LENGTH]
 
@@ -99,6 +131,24 @@ def mask_secrets(text: str) -> str:
     return _SECRETS.sub(lambda m: f"{m.group(1)}[masked]" if m.group(1) else "[masked]", text)
 
 
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character (C0, C1, DEL, U+2028/9) written
+    as an escape: `\\n`, `\\r`, `\\t`, `\\x1b`, `\\u2028`."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 # Fields a call may add with `extra=` (the access line's); anything else a
 # library passes that way (uvicorn's `color_message`, ...) stays out.
 EXTRA_FIELDS = ("status", "duration_ms")
@@ -132,7 +182,9 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = mask_secrets(self.formatException(record.exc_info))
         elif record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        # json.dumps escapes C0 controls (ESC included) itself; DEL, C1 and
+        # U+2028/9 it leaves raw, and they only ever occur inside strings.
+        return _JSON_RAW.sub(_json_escape, json.dumps(line, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
@@ -141,12 +193,23 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        text = f"{stamp} {record.levelname} {record.name} {mask_secrets(record.getMessage())}"
-        extra = " ".join(f"{name}={value}" for name, value in _fields(record).items())
+        message = escape_controls(mask_secrets(record.getMessage()))
+        text = (
+            f"{stamp} {escape_controls(record.levelname)} {escape_controls(record.name)} {message}"
+        )
+        extra = " ".join(
+            f"{name}={escape_controls(str(value))}" for name, value in _fields(record).items()
+        )
         if extra:
             text = f"{text} {extra}"
+        trace = None
         if record.exc_info:
-            text = f"{text}\n{mask_secrets(self.formatException(record.exc_info))}"
+            trace = mask_secrets(self.formatException(record.exc_info))
+        elif record.stack_info:
+            trace = self.formatStack(record.stack_info)
+        if trace:
+            # Its own lines, each indented and escaped: none reads as a record.
+            text += "".join(f"\n    {escape_controls(ln)}" for ln in trace.splitlines())
         return text
 
 
@@ -207,6 +270,7 @@ __all__ = [
     "current_request",
     "current_request_id",
     "enter_request",
+    "escape_controls",
     "leave_request",
     "litestar_logging",
     "logging_config",

@@ -41,7 +41,11 @@ worker writes its values to files there and a scrape, whichever worker
 answers it, adds up the files of all of them, so nothing a worker counted is
 lost, including what a worker that has since exited counted. The metric
 objects are made on first use, never at import, so a directory is emptied
-before any file of this run exists in it.
+before any file of this run exists in it. A worker's gauges (requests in
+progress, the pools) leave the sums when it stops: on a clean shutdown it
+says so itself (`process_stopped`), and a worker that was killed (`kill -9`,
+the OOM killer) is found dead at the next scrape, from the process ids in the
+names of the live-gauge files, and its gauge files go (`sweep_dead_workers`).
 
 /metrics has no authentication: serve it to the monitoring network only (it
 tells the traffic, its failures and the programme's points liability), or
@@ -53,6 +57,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -189,6 +194,44 @@ def process_stopped() -> None:
         from prometheus_client import multiprocess as shared
 
         shared.mark_process_dead(os.getpid())
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user has the id: alive
+        return True
+    return True
+
+
+def sweep_dead_workers(directory: str | Path | None = None) -> list[int]:
+    """Take the live gauges of workers that no longer exist out of the sums
+    (`mark_process_dead` for each): a worker killed without shutting down
+    leaves its files behind. The ids of the processes found dead."""
+    from prometheus_client import multiprocess as shared
+
+    directory = directory or os.environ.get(MULTIPROC_VARIABLE)
+    if not directory:
+        return []
+    pids = set()
+    try:
+        for name in os.listdir(directory):
+            if match := _LIVE_GAUGE_FILE.fullmatch(name):
+                pids.add(int(match.group(1)))
+    except OSError:
+        return []
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not pid_alive(pid))
+    for pid in dead:
+        try:
+            shared.mark_process_dead(pid, str(directory))
+        except OSError:  # another worker's scrape removed it first
+            pass
+    return dead
 
 
 # -- recording --------------------------------------------------------------------
@@ -338,6 +381,7 @@ async def exposition(state, accept: str | None) -> tuple[bytes, str]:
     if multiprocess():
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        sweep_dead_workers()
         sources = [MultiProcessCollector(None)]
     else:
         sources = [REGISTRY]

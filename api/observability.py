@@ -13,7 +13,10 @@ digits or `.`, `_`, `:`, `-` (a UUID, a ULID, a trace id), so one id can
 follow a call through the caller's systems; anything else (too long, other
 characters, absent) is replaced by a fresh uuid4 in hex. The id is answered
 in the `X-Request-Id` header, written into every problem body (`request_id`,
-api/problems.py) and onto every log line of the request."""
+api/problems.py) and onto every log line of the request.
+
+An answer to a HEAD request goes out without its body (its headers, the
+Content-Length included, are the GET's), whatever the route returned."""
 
 import logging
 import re
@@ -69,6 +72,7 @@ async def observe(app: Litestar, scope: Scope, receive: Receive, send: Send, cal
     recorded.in_progress.inc()
     started = time.perf_counter()
     status, replayed, finished = 500, False, False  # 500: no answer was started
+    head = scope["method"] == "HEAD"
 
     def finish() -> None:
         """Count and log the request, once: as its last byte is about to go
@@ -112,8 +116,11 @@ async def observe(app: Litestar, scope: Scope, receive: Receive, send: Send, cal
             )
             headers.append((REQUEST_ID_HEADER, context.request_id.encode()))
             message = {**message, "headers": headers}
-        elif message["type"] == "http.response.body" and not message.get("more_body", False):
-            finish()
+        elif message["type"] == "http.response.body":
+            if head and message.get("body"):
+                message = {**message, "body": b""}
+            if not message.get("more_body", False):
+                finish()
         await send(message)
 
     try:

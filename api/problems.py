@@ -51,6 +51,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid-period": (422, "Invalid period or instant"),
     "invalid-export-format": (422, "Invalid export format"),
     "export-incomplete": (500, "Export does not match its control totals"),
+    "exports-busy": (503, "Every export connection is in use, retry later"),
     "unknown-category": (422, "Unknown category"),
     "overlapping-exclusive-promotion": (422, "Overlaps another exclusive promotion"),
     "no-rule-in-force": (422, "No rule in force"),

@@ -86,14 +86,24 @@ class Settings:
         values: dict[str, object] = {}
         for spec in fields(cls):
             raw = environ.get(f"LOYALTY_{spec.name.upper()}")
-            if raw is None or raw == "":
+            if raw is None:
                 continue
+            if not raw.strip() and spec.default != "":
+                # Set but empty: a mistake (an unset variable in a deployment
+                # template), not "use the default", which silently means the
+                # embedded database for LOYALTY_DATABASE_URL.
+                raise SettingsError(
+                    f"LOYALTY_{spec.name.upper()} is set but empty: give it a value or unset it"
+                )
             values[spec.name] = _convert(spec.name, spec.type, raw)
         settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise SettingsError(f"LOYALTY_PORT is a port number (1 to 65535), not {self.port}")
+        self.check_secret_key()
         try:
             parse_policy(self.expiry_policy)
         except ValueError as error:
@@ -128,8 +138,8 @@ class Settings:
                 raise SettingsError("LOYALTY_REPLICA_DATABASE_URL needs LOYALTY_DATABASE_URL")
             try:
                 async_url(self.replica_database_url)
-            except ValueError:
-                raise SettingsError("LOYALTY_REPLICA_DATABASE_URL is a PostgreSQL URL") from None
+            except ValueError as error:
+                raise SettingsError(f"LOYALTY_REPLICA_DATABASE_URL: {error}") from None
         if self.replica_timeout_ms < 1:
             raise SettingsError("LOYALTY_REPLICA_TIMEOUT_MS must be at least 1")
         if self.job_intervals:
@@ -144,6 +154,22 @@ class Settings:
             raise SettingsError(f"LOYALTY_LOG_FORMAT is one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise SettingsError(f"LOYALTY_LOG_LEVEL is one of {', '.join(LOG_LEVELS)}")
+
+    def check_secret_key(self) -> None:
+        """LOYALTY_SECRET_KEY, when set, is a Fernet key (unset in embedded
+        mode: one generated in the data directory, api/auth.py)."""
+        if self.secret_key is None:
+            return
+        from cryptography.fernet import Fernet
+
+        try:
+            Fernet(self.secret_key)
+        except (ValueError, TypeError):
+            raise SettingsError(
+                "LOYALTY_SECRET_KEY is not a Fernet key (32 url-safe base64-encoded bytes); "
+                "make one with python -c 'from cryptography.fernet import Fernet as F; "
+                "print(F.generate_key().decode())'"
+            ) from None
 
     def token_keys(self, kind: str) -> "TokenKeys":
         """How tokens of one kind (`staff` or `member`) are signed and for whom."""

@@ -23,3 +23,10 @@ class ExportIncomplete(LedgerError):
     same snapshot: the export is refused rather than handed out incomplete."""
 
     code = "export-incomplete"
+
+
+class ExportsBusy(LedgerError):
+    """Every connection set aside for streamed exports is in use: retry later
+    (the API answers 503 with Retry-After, from the `retry_after` extension)."""
+
+    code = "exports-busy"

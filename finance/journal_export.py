@@ -11,9 +11,13 @@ they were written; timestamps UTC as `2026-04-01T09:00:00.000000Z`):
   repeated (`COLUMNS`); RFC 4180 quoting; an absent value is an empty field;
   `breakdown` is the entry's rule breakdown as JSON text. Amounts are signed
   integers: a credit (positive) increases the account's balance, a debit
-  (negative) decreases it.
+  (negative) decreases it. Text fields are neutralised against formula
+  injection (`csv_text`): one starting with `=`, `+`, `-`, `@`, a tab or a
+  carriage return gets a leading `'`, so a spreadsheet shows it as text
+  instead of evaluating it; numbers (ids, amounts) are written as they are.
 - `jsonl`: one JSON object per entry, its postings in a `postings` list
-  (`posting_id`, `account`, `asset`, `amount`), absent values `null`.
+  (`posting_id`, `account`, `asset`, `amount`), absent values `null`; every
+  value exactly as the ledger holds it (no neutralisation).
 
 Control totals (`ControlTotals`, written by the CLI to `FILE.totals.json`):
 entries, postings, first and last entry id, and per asset the postings, the
@@ -47,7 +51,9 @@ from ledger.history import (
 )
 
 FORMATS = ("csv", "jsonl")
-MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+# Without a charset parameter: Litestar appends `; charset=utf-8` to text/*
+# media types itself (a charset here would be sent twice).
+MEDIA_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
 COLUMNS = WINDOW_COLUMNS
 BATCH_ROWS = 5_000
 PERIOD_TIME = "created_at"
@@ -142,10 +148,25 @@ def _csv_field(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
+# What a spreadsheet reads as the start of a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value):
+    """A CSV text field as written: one a spreadsheet would evaluate as a
+    formula (`=1+2`, `=HYPERLINK(...)`, `@SUM(...)`, ...) gets a leading
+    single quote, shown as text. Anything else, and every non-text value
+    (ids, amounts, absent values), is unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 class _CsvFormat:
     """The entry's twelve columns are quoted once per entry (the breakdown is
     the long field); each posting's four are appended to them. The bytes are
-    those of `csv.writer` writing the sixteen columns of each row."""
+    those of `csv.writer` writing the sixteen columns of each row, their text
+    fields passed through `csv_text`."""
 
     def __init__(self, tally: _Tally) -> None:
         self.tally = tally
@@ -176,9 +197,12 @@ class _CsvFormat:
             tally(r[0], r[14], r[15])
             if r[0] != entry:
                 entry = r[0]
-                self.writer.writerow((entry, created(r[1]), effective(r[2]), *r[3:12]))
+                self.writer.writerow(
+                    (entry, created(r[1]), effective(r[2]), *map(csv_text, r[3:12]))
+                )
                 prefix = self._take()[:-1] + ","
-            lines.append(f"{prefix}{r[12]},{_csv_field(r[13])},{_csv_field(r[14])},{r[15]}\n")
+            account, asset = _csv_field(csv_text(r[13])), _csv_field(csv_text(r[14]))
+            lines.append(f"{prefix}{r[12]},{account},{asset},{r[15]}\n")
         self.entry, self.prefix = entry, prefix
         return "".join(lines).encode()
 

@@ -8,15 +8,28 @@ of accounts (DESIGN.md section 3): the members' accounts summed per kind
 accounts), each partner's `issued` and `redeemed`, and the programme's
 accounts. Every entry balances per asset, so the lines of each asset add up
 to zero; a total that does not is shown as it is (`balanced` false).
+
+One account's balance names an account that exists in the programme: a
+member who is not enrolled or a partner who is not registered is
+`MemberNotFound` / `PartnerNotFound` (a typo must not read as a zero
+balance); the programme's accounts are fixed names (ledger/accounts.py).
 """
 
 from datetime import datetime
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finance.period import stamp
-from ledger.accounts import ASSETS, MEMBER_ACCOUNTS, PARTNER_ACCOUNTS, PROGRAM_ACCOUNTS
+from ledger.accounts import (
+    ASSETS,
+    MEMBER_ACCOUNTS,
+    PARTNER_ACCOUNTS,
+    PROGRAM_ACCOUNTS,
+    Address,
+)
+from ledger.errors import MemberNotFound, PartnerNotFound
 from ledger.history import (
     AccountBalanceAsOf,
     AccountTypeBalance,
@@ -109,7 +122,31 @@ async def trial_balance(engine: AsyncEngine, as_of: datetime) -> TrialBalance:
     return trial_balance_of(rows, as_of)
 
 
+async def check_owner(conn: AsyncConnection, address: Address) -> None:
+    """`MemberNotFound` / `PartnerNotFound` when the address's owner was never
+    enrolled / registered (a closed or merged member still has its history)."""
+    if address.owner == "member":
+        table, error = "members", MemberNotFound
+        detail = f"no enrolled member {address.owner_id!r}"
+        extensions = {"member_id": address.owner_id}
+    elif address.owner == "partner":
+        table, error = "partners", PartnerNotFound
+        detail = f"no registered partner {address.owner_id!r}"
+        extensions = {"partner_id": address.owner_id}
+    else:
+        return  # programme accounts: fixed names, checked by Address.parse
+    found = await conn.execute(
+        text(f"SELECT 1 FROM {table} WHERE id = :id"), {"id": address.owner_id}
+    )
+    if found.first() is None:
+        raise error(detail, **extensions)
+
+
 async def balance_as_of(engine: AsyncEngine, address: str, as_of: datetime) -> AccountBalanceAsOf:
-    """One account's balance per asset as of `as_of`."""
+    """One account's balance per asset as of `as_of`; `InvalidAccount` for
+    an address outside the chart, `MemberNotFound` / `PartnerNotFound` for
+    an owner the programme does not know."""
+    parsed = Address.parse(address)
     async with snapshot(engine) as conn:
+        await check_owner(conn, parsed)
         return await account_balance_as_of(conn, address, as_of)

@@ -56,12 +56,73 @@ class DatabaseLimits:
     command_timeout_seconds: float | None = 30.0
 
 
+class DatabaseUrlError(ValueError):
+    """A database URL this cannot use. The message never holds the URL (it
+    may hold a password)."""
+
+
+# libpq's sslmode values; asyncpg takes the same ones as its `ssl` argument.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Query parameters passed on to asyncpg.connect as they are (it takes them as
+# keyword arguments of the same name): a Unix socket directory or a list of
+# hosts, and which of several servers to use. `sslmode` (libpq's, what
+# managed PostgreSQL providers give) becomes asyncpg's `ssl`.
+URL_PARAMETERS = ("sslmode", "ssl", "host", "port", "target_session_attrs")
+
+
 def async_url(url: str) -> str:
-    """Normalise a PostgreSQL URL to the SQLAlchemy asyncpg dialect."""
+    """Normalise a PostgreSQL URL to the SQLAlchemy asyncpg dialect: libpq's
+    `sslmode` becomes asyncpg's `ssl`; a parameter asyncpg does not take, a
+    port out of range and a URL of another database raise DatabaseUrlError."""
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    raise ValueError(f"not a PostgreSQL URL: {url!r}")
+            url = "postgresql+asyncpg://" + url[len(prefix) :]
+            break
+    else:
+        raise DatabaseUrlError("not a PostgreSQL URL (postgresql://USER@HOST:5432/DATABASE)")
+    parts = _checked(url)
+    mode = parts.query.get("sslmode")
+    if mode is None:
+        return url
+    parts = parts.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
+    return parts.render_as_string(hide_password=False)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A PostgreSQL URL as a DSN for asyncpg.connect (which reads libpq's
+    `sslmode`, and takes any parameter it does not know for a server setting):
+    checked as `async_url` checks it."""
+    parts = _checked(async_url(url)).set(drivername="postgresql")
+    mode = parts.query.get("ssl")
+    if mode is not None:
+        parts = parts.difference_update_query(["ssl"]).update_query_dict({"sslmode": mode})
+    return parts.render_as_string(hide_password=False)
+
+
+def _checked(url: str):
+    from sqlalchemy.engine import make_url
+
+    try:
+        parts = make_url(url)
+        port = parts.port
+    except ValueError:
+        raise DatabaseUrlError("the port is not a number") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise DatabaseUrlError(f"port {port} is out of range (1 to 65535)")
+    for name, value in parts.query.items():
+        if name not in URL_PARAMETERS:
+            raise DatabaseUrlError(
+                f"unsupported parameter ?{name}= (supported: {', '.join(URL_PARAMETERS)})"
+            )
+        if name in ("sslmode", "ssl") and value not in SSL_MODES:
+            raise DatabaseUrlError(f"?{name}= is one of {', '.join(SSL_MODES)}")
+        if name == "port":
+            for each in value if isinstance(value, tuple) else (value,):
+                if not each.isdigit() or not 1 <= int(each) <= 65535:
+                    raise DatabaseUrlError(f"?port= is a port number (1 to 65535), not {each!r}")
+    if "ssl" in parts.query and "sslmode" in parts.query:
+        raise DatabaseUrlError("give ?sslmode= or ?ssl=, not both")
+    return parts
 
 
 def create_engine(

@@ -6,6 +6,16 @@ killed loses at most the batch in flight, and the next run continues), tells
 a `Progress` of every batch, counts what is left at the end and records the
 run in `job_runs` (operations/runs.py).
 
+The record says how far a run got as it goes: after each batch has committed
+its processed count and points are written to the run's row (one small
+UPDATE, `RunLog.progressed`, on a connection of its own in autocommit, not
+in the batch's transaction: the batch's transaction belongs to the ledger
+(ledger/jobs.py, retried as a whole on a conflict) and the record must not
+take part in its retries or its rollback). So a run killed half-way (`kill
+-9`, a lost host) leaves its row at the batches it committed, short by at
+most the one whose count was being written; one that fails is recorded as
+far as it got when it ends.
+
 One run of a job at a time, across processes and hosts: a run holds the
 job's PostgreSQL advisory lock (`pg_try_advisory_lock`, on a connection of
 its own outside any transaction) from before it counts until after it has
@@ -23,6 +33,7 @@ it would move, with the same statements and writes nothing but its record;
 it takes no lock.
 """
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -201,11 +212,25 @@ class JobRunner:
         )
         done = Batch(0, 0)
         remaining: int | None = None
+        recording: set[asyncio.Task] = set()  # the batches' progress writes in flight
 
         def on_batch(batch: Batch) -> None:
+            # Called once the batch has committed, between batches (no await:
+            # the write runs beside the next batch, and is awaited at the end).
             nonlocal done
             done = Batch(done.items + batch.items, done.points + batch.points)
+            task = asyncio.ensure_future(
+                self.log.progressed(run_id, done.items, done.points if job.moves_points else None)
+            )
+            recording.add(task)
+            task.add_done_callback(recording.discard)
             progress.advance(batch.items, batch.points)
+
+        async def recorded_so_far() -> None:
+            """The progress writes in flight, done (one that failed only
+            leaves the row behind: the run's end writes it whole)."""
+            if recording:
+                await asyncio.gather(*recording, return_exceptions=True)
 
         try:
             due = await job.due(as_of)
@@ -250,6 +275,7 @@ class JobRunner:
         except BaseException as error:
             # Recorded as far as it got (the batches committed stay done),
             # then raised: a cancelled run is recorded as such too.
+            await recorded_so_far()
             await self.log.finish(
                 run_id,
                 self.clock(),
@@ -259,6 +285,7 @@ class JobRunner:
                 describe(error),
             )
             raise
+        await recorded_so_far()
         await self.log.finish(
             run_id, self.clock(), report.processed, report.points, report.remaining
         )

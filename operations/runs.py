@@ -1,8 +1,10 @@
 """The record of job runs (`job_runs`, migration 0012): one row per run,
-written when it starts (so a run killed half-way shows as never finished)
-and completed when it ends, with what was due, done and left, the points
-moved, the error if any, the as-of and whether it was a dry run, and who ran
-it (`cli` or `scheduler`, and which user or process). Rows older than
+written when it starts (so a run killed half-way shows as never finished),
+brought up to date after every batch it committed (`progressed`: a run
+killed half-way shows how far it got) and completed when it ends, with
+what was due, done and left, the points moved, the error if any, the as-of
+and whether it was a dry run, and who ran it (`cli` or `scheduler`, and
+which user or process). Rows older than
 `KEEP` go when the same job runs again; a job's last run is always kept.
 """
 
@@ -84,6 +86,22 @@ class RunLog:
         async with self.engine.begin() as conn:
             await conn.execute(
                 text("UPDATE job_runs SET due = :due WHERE id = :id"), {"id": run_id, "due": due}
+            )
+
+    async def progressed(self, run_id: int, processed: int, points: int | None) -> None:
+        """What a run has done so far (after a batch committed). Never moves
+        backwards: two of these in flight at once leave the larger."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(
+                text(
+                    # GREATEST ignores a NULL: a job that moves no points keeps none.
+                    "UPDATE job_runs SET "
+                    "processed = GREATEST(processed, CAST(:processed AS bigint)), "
+                    "points = GREATEST(points, CAST(:points AS bigint)) "
+                    "WHERE id = :id AND finished_at IS NULL"
+                ),
+                {"id": run_id, "processed": processed, "points": points},
             )
 
     async def finish(

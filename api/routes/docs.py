@@ -16,7 +16,8 @@ package's ReDoc is not offered: its page loads a logo from Redocly's CDN."""
 from pathlib import Path
 
 import openapi_ui_bundles
-from litestar import get
+from litestar import Request, Router, get
+from litestar._openapi.plugin import handle_schema_path_not_found
 from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import OpenAPIRenderPlugin, SwaggerRenderPlugin
@@ -65,3 +66,22 @@ def render_plugins() -> list[OpenAPIRenderPlugin]:
             favicon=_FAVICON,
         )
     ]
+
+
+async def _no_html_not_found(request: Request) -> None:
+    """Before Litestar's not-found page for an unknown /docs/... path is
+    rendered: the app's problem 404 instead."""
+    if getattr(request.route_handler, "fn", None) is handle_schema_path_not_found:
+        raise NotFoundException(f"no docs page {request.url.path!r}")
+
+
+def docs_router() -> Router:
+    """The router the OpenAPI pages are served on (`OpenAPIConfig.openapi_router`):
+    Litestar adds the pages and its not-found handler to it; an unknown page
+    is answered as a problem."""
+    return Router(
+        DOCS_PATH,
+        route_handlers=[],
+        include_in_schema=False,
+        before_request=_no_html_not_found,
+    )

@@ -14,19 +14,35 @@ its totals in headers (they are known at its end), so they come from `GET
 /v1/finance/journal/totals` (entries, postings, debits and credits per
 asset); the CLI also writes the file's SHA-256. The rows are checked against
 the database's totals of the same snapshot as they stream: on a mismatch the
-response is cut off before its last chunk, never completed."""
+response is cut off before its last chunk, never completed.
 
+Exports have a pool of their own (`ExportPool`, at most `EXPORT_CONNECTIONS`
+connections per worker, created on the first export, disposed at shutdown by
+`close_export_pool`): a slow download holds its connection (and transaction)
+as long as the client reads, and must never take one the other routes need.
+The connection is taken, and the control totals read, before the response
+starts: an export that cannot get one within `EXPORT_POOL_WAIT_SECONDS`
+answers a 503 `exports-busy` problem with Retry-After, never a 200 that is
+cut. The other finance reads (small answers) use the request pool."""
+
+import contextlib
+import dataclasses
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
 
-from litestar import Request, Router, get
+import anyio
+from litestar import Litestar, Request, Router, get
 from litestar.di import Provide
 from litestar.params import QueryParameter
 from litestar.response import Stream
+from sqlalchemy import exc as sqlalchemy_errors
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import provide_principal, require_staff
 from api.input_guard import PathText
+from finance.errors import ExportsBusy
 from finance.journal_export import (
     MEDIA_TYPES,
     ControlTotals,
@@ -37,6 +53,7 @@ from finance.journal_export import (
 from finance.period import Period, parse_instant
 from finance.rollforward import RollForward, roll_forward
 from finance.trial_balance import TrialBalance, balance_as_of, trial_balance
+from ledger.database import create_engine
 from ledger.history import AccountBalanceAsOf, snapshot
 
 log = logging.getLogger("loyalty.finance")
@@ -75,6 +92,96 @@ def _engine(request: Request):
     return request.app.state.engine
 
 
+# -- the exports' own pool ----------------------------------------------------------
+
+# Connections one worker gives to streamed exports at once (a constant, not a
+# setting: exports are rare, and each holds a connection for minutes). The
+# ledger's create_engine allows as much overflow as its pool size, so a pool
+# of 1 holds at most 2 (one kept idle between exports).
+EXPORT_CONNECTIONS = 2
+EXPORT_POOL_SIZE = EXPORT_CONNECTIONS // 2
+# How long an export waits for one of them before answering 503 exports-busy.
+EXPORT_POOL_WAIT_SECONDS = 2.0
+# What its Retry-After says: the running exports take a while.
+EXPORT_RETRY_AFTER_SECONDS = 30
+STATE_KEY = "finance_export_pool"
+
+
+class ExportPool:
+    """The engine streamed exports use, created on first use (an app that
+    serves no export opens no connection for them)."""
+
+    def __init__(self, url: str, limits) -> None:
+        self.url = url
+        self.limits = dataclasses.replace(limits, pool_timeout_seconds=EXPORT_POOL_WAIT_SECONDS)
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = create_engine(self.url, pool_size=EXPORT_POOL_SIZE, limits=self.limits)
+        return self._engine
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+
+def export_pool(app: Litestar) -> ExportPool:
+    """The app's export pool (made on first call; nothing connects until an
+    export asks for a connection)."""
+    pool = app.state.get(STATE_KEY)
+    if pool is None:
+        settings = app.state.settings
+        pool = ExportPool(settings.database_url, settings.database_limits())
+        app.state[STATE_KEY] = pool
+    return pool
+
+
+async def close_export_pool(app: Litestar) -> None:
+    """Dispose of the export pool's connections: at the app's shutdown
+    (api/app.py), after the requests have ended."""
+    pool = app.state.get(STATE_KEY)
+    if pool is not None:
+        await pool.aclose()
+
+
+async def _open_export(
+    request: Request, period: Period, fmt: str
+) -> tuple[contextlib.AsyncExitStack, JournalStream]:
+    """A connection of the export pool in a snapshot, and the database's
+    control totals read in it: all before the response starts. The stack
+    releases the connection."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        try:
+            conn = await stack.enter_async_context(
+                snapshot(export_pool(request.app).engine, long=True)
+            )
+        except sqlalchemy_errors.TimeoutError:
+            raise ExportsBusy(
+                f"every export connection is in use ({EXPORT_CONNECTIONS} per worker); retry later",
+                retry_after=EXPORT_RETRY_AFTER_SECONDS,
+            ) from None
+        export = JournalStream(conn, period, fmt)
+        await export.open()
+    except BaseException:
+        await _release(stack)
+        raise
+    return stack, export
+
+
+async def _release(stack: contextlib.AsyncExitStack) -> None:
+    """End the export's transaction and return its connection, also when the
+    client went away (the request's cancellation must not skip it)."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await stack.aclose()
+        except Exception:  # the connection is dropped by the pool instead
+            log.warning("releasing an export's connection failed", exc_info=True)
+
+
 @get(
     "/journal",
     summary="The journal of a period, streamed as CSV or JSON Lines",
@@ -83,14 +190,15 @@ def _engine(request: Request):
 async def journal(request: Request, start: From, end: To, fmt: Format = "csv") -> Stream:
     period = Period.parse(start, end)
     check_format(fmt)
-    engine = _engine(request)
+    stack, export = await _open_export(request, period, fmt)
 
-    async def body():
-        async with snapshot(engine, long=True) as conn:
-            export = JournalStream(conn, period, fmt)
-            await export.open()
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield b""  # started here: from now on, closing the body releases the connection
             async for chunk in export.chunks():
                 yield chunk
+        finally:
+            await _release(stack)
         log.info(
             "journal %s exported: %d entries, %d bytes, sha256 %s",
             period.label(),
@@ -99,9 +207,15 @@ async def journal(request: Request, start: From, end: To, fmt: Format = "csv") -
             export.sha256,
         )
 
+    stream = body()
+    try:
+        await anext(stream)
+    except BaseException:
+        await _release(stack)
+        raise
     name = f"journal_{period.start:%Y%m%dT%H%M%S}_{period.end:%Y%m%dT%H%M%S}.{fmt}"
     return Stream(
-        body(),
+        stream,
         media_type=MEDIA_TYPES[fmt],
         headers={
             "Content-Disposition": f'attachment; filename="{name}"',

@@ -1,21 +1,32 @@
 """Liveness and readiness probes, and the Prometheus scrape (`/metrics`,
-registered unless LOYALTY_METRICS_ENABLED=0; see api/metrics.py)."""
+registered unless LOYALTY_METRICS_ENABLED=0; see api/metrics.py).
+
+Each answers HEAD as well as GET (a load balancer's or a person's `curl -I`):
+the same status and headers, no body (the app drops the body of every answer
+to a HEAD, api/observability.py)."""
 
 import asyncio
 
-from litestar import Request, Response, get
+from litestar import HttpMethod, Request, Response, route
 from litestar.datastructures import State
 from sqlalchemy import text
 
 from api.metrics import exposition
 
+GET_AND_HEAD = [HttpMethod.GET, HttpMethod.HEAD]
 
-@get("/health/live", tags=["health"], summary="The process is up")
+
+@route("/health/live", http_method=GET_AND_HEAD, tags=["health"], summary="The process is up")
 async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/health/ready", tags=["health"], summary="PostgreSQL and Redis reachable")
+@route(
+    "/health/ready",
+    http_method=GET_AND_HEAD,
+    tags=["health"],
+    summary="PostgreSQL and Redis reachable",
+)
 async def ready(state: State) -> Response:
     """503 when PostgreSQL is unreachable; `degraded` (still 200) when only
     Redis is: the book of record keeps working without its cache."""
@@ -45,7 +56,7 @@ async def ready(state: State) -> Response:
     return Response({"status": status, **checks}, status_code=code)
 
 
-@get("/metrics", include_in_schema=False)
+@route("/metrics", http_method=GET_AND_HEAD, include_in_schema=False)
 async def scrape(request: Request) -> Response:
     """Prometheus text format (OpenMetrics when the scraper asks for it). No
     authentication: expose it to the monitoring network only."""

@@ -33,4 +33,5 @@ jobs_router = Router(
     route_handlers=[list_jobs],
     guards=[require_staff(*STAFF_ROLES)],
     tags=["staff"],
+    security=[{"bearer": []}],
 )

@@ -106,3 +106,15 @@ async def test_a_docs_asset_outside_the_list_is_not_served(client):
     bundle = await client.get("/docs/assets/swagger-ui-bundle.js")
     assert bundle.status_code == 200
     assert bundle.headers["content-type"].startswith("text/javascript")
+
+
+@pytest.mark.parametrize("page", ["/docs/redoc", "/docs/rapidoc", "/docs/x", "/docs/elements"])
+async def test_an_unknown_docs_page_is_a_problem_404(client, page):
+    response = await client.get(page, headers={"X-Request-Id": "docs-404"})
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert (body["status"], body["request_id"]) == (404, "docs-404")
+    # The pages that exist are still served.
+    assert (await client.get("/docs")).headers["content-type"].startswith("text/html")
+    assert (await client.get("/docs/openapi.json")).status_code == 200

@@ -28,3 +28,12 @@ async def test_staff_see_each_jobs_last_run(client, token, engine):
     assert (await client.get("/v1/staff/jobs")).status_code == 401
     member = await client.get("/v1/staff/jobs", headers=token("m-1", roles=("member",)))
     assert member.status_code in (401, 403)
+
+
+async def test_the_jobs_route_declares_bearer_security_like_the_other_staff_routes(client):
+    document = (await client.get("/docs/openapi.json")).json()
+    operation = document["paths"]["/v1/staff/jobs"]["get"]
+    assert operation.get("security") == [{"bearer": []}]
+    # As every staff route does (Swagger's "Try it out" then sends the token).
+    staff = document["paths"]["/v1/staff/members/{member_id}/balances"]["get"]
+    assert staff.get("security") == operation["security"]

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -390,3 +391,142 @@ async def test_the_metrics_count_the_requests_of_every_worker(two_workers):
     assert len(accessed) == sent
     assert all(GENERATED_ID.fullmatch(ln["request_id"]) for ln in accessed)
     assert f'"GET {route} HTTP/1.1" 200' not in text
+
+
+# -- hostile paths in the log, HEAD, killed workers ---------------------------------------
+
+FORGED = "2026-11-30T22:00:00.000+00:00 CRITICAL loyalty.api database wiped"
+
+
+@pytest.fixture
+def text_log():
+    """What the app's loggers write while the test runs, as the text formatter
+    writes it (LOYALTY_LOG_FORMAT=text), and as the JSON one does."""
+    streams = {"text": io.StringIO(), "json": io.StringIO()}
+    handlers = [logging.StreamHandler(streams["text"]), logging.StreamHandler(streams["json"])]
+    handlers[0].setFormatter(TextFormatter())
+    handlers[1].setFormatter(JsonFormatter())
+    logger = logging.getLogger("loyalty")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        yield lambda: (streams["text"].getvalue(), streams["json"].getvalue())
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+async def test_a_hostile_path_cannot_forge_a_log_line_or_name_a_member(
+    client, token, new_member, text_log
+):
+    forged = await client.get(
+        "/v1/staff/members/x%0A2026-11-30T22:00:00.000+00:00%20CRITICAL%20loyalty.api"
+        "%20database%20wiped/balances",
+        headers={"X-Request-Id": "forge-1"},
+    )
+    assert forged.status_code == 401
+    ansi = await client.get(
+        "/v1/staff/members/x%1B%5B2J/balances", headers={"X-Request-Id": "forge-2"}
+    )
+    assert ansi.status_code == 401
+    member = await new_member()
+    staff = await client.get(
+        f"/v1/staff/members/{member}/balances", headers={**token(), "X-Request-Id": "forge-3"}
+    )
+    assert staff.status_code == 200, staff.text
+    text, json_text = text_log()
+    lines = text.splitlines()
+    assert not any(line.startswith(FORGED) for line in lines), text
+    assert "\x1b" not in text and "\x1b" not in json_text
+    for request_id in ("forge-1", "forge-2"):
+        (line,) = [ln for ln in lines if f"request_id={request_id}" in ln]
+        assert "member_id=" not in line  # the caller proved nothing: no id it named
+        assert "route=/v1/staff/members/{member_id}/balances" in line
+    (line,) = [ln for ln in lines if "request_id=forge-3" in ln]
+    assert f"member_id={member}" in line  # staff, authenticated: the member read
+    records = [json.loads(ln) for ln in json_text.splitlines()]
+    assert all(
+        "member_id" not in r for r in records if r.get("request_id") in ("forge-1", "forge-2")
+    )
+
+
+def test_text_and_json_lines_escape_control_characters():
+    scope = {"path_template": "/v1/x", "path_params": {"member_id": "a\nb"}, "state": {}}
+    token = enter_request(RequestContext("rid\r2", "GET", scope))
+    try:
+        record = logging.makeLogRecord(
+            {
+                "name": "loyalty.api",
+                "levelno": logging.WARNING,
+                "levelname": "WARNING",
+                "msg": "database unavailable on GET %s",
+                "args": (f"/v1/x\n{FORGED}\x1b[2J\x9b1m\x7f\u2028\t",),
+            }
+        )
+        text = TextFormatter().format(record)
+        line = JsonFormatter().format(record)
+    finally:
+        leave_request(token)
+    assert len(text.splitlines()) == 1 and len(line.splitlines()) == 1
+    assert "\\n" + FORGED + "\\x1b[2J\\x9b1m\\x7f\\u2028\\t" in text
+    assert "request_id=rid\\r2" in text and "member_id" not in text
+    assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", text + line)
+    assert json.loads(line)["message"].endswith(f"\n{FORGED}\x1b[2J\x9b1m\x7f\u2028\t")
+
+
+async def test_head_answers_the_probes_and_the_scrape(client):
+    for path in ("/health/live", "/health/ready", "/metrics"):
+        response = await client.head(path)
+        assert response.status_code == 200, (path, response.status_code)
+        assert response.content == b""
+        assert response.headers["x-request-id"]
+    assert (await client.head("/metrics")).headers["content-type"].startswith("text/plain")
+
+
+def spawned_workers(supervisor: psutil.Process) -> set[int]:
+    return {
+        child.pid
+        for child in supervisor.children(recursive=True)
+        if child.is_running()
+        and child.status() != psutil.STATUS_ZOMBIE
+        and "spawn_main" in " ".join(child.cmdline())
+    }
+
+
+async def test_a_killed_workers_gauges_leave_the_sums(two_workers):
+    """`kill -9` of one worker: it cannot say it stopped, so its gauge files
+    stay behind; the next scrape finds it dead and leaves it out."""
+    base, metrics_dir, pids, log = two_workers
+    victim = psutil.Process(pids[0])
+    supervisor = victim.parent()
+    limits = httpx.Limits(max_keepalive_connections=0)
+
+    async def until_gauges_of(client, workers) -> None:
+        """Requests until every one of `workers` has written its pool gauges."""
+        deadline = time.monotonic() + 60  # a new worker takes a while to start
+        while time.monotonic() < deadline:
+            if all((metrics_dir / f"gauge_livesum_{pid}.db").exists() for pid in workers):
+                return
+            assert (await client.get("/health/live")).status_code == 200
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no gauges from {workers}: {sorted(os.listdir(metrics_dir))}")
+
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as client:
+        await until_gauges_of(client, pids)
+        victim.kill()  # SIGKILL: no shutdown, no mark_process_dead
+        victim.wait(10)
+        for _ in range(300):  # uvicorn's supervisor starts a replacement
+            now = spawned_workers(supervisor)
+            if len(now) == 2 and pids[0] not in now:
+                break
+            await asyncio.sleep(0.1)
+        assert len(now) == 2 and pids[0] not in now, (now, output(log))
+        await until_gauges_of(client, now)
+        assert (metrics_dir / f"gauge_livesum_{pids[0]}.db").exists()  # left behind
+        scraped = parse((await client.get("/metrics")).text)
+    assert value(scraped, "loyalty_db_pool_size", pool="primary") == 2 * 10
+    assert not (metrics_dir / f"gauge_livesum_{pids[0]}.db").exists()
+    assert (metrics_dir / f"counter_{pids[0]}.db").exists()  # what it counted stays counted

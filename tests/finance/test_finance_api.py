@@ -1,8 +1,13 @@
 """The finance API on the worked month: the `finance` role required, bad
 periods as 422 problems, the streamed journal byte for byte what `loyalty
 finance export-journal` writes, its control totals, the trial balance, one
-account's balance and the roll-forward."""
+account's balance and the roll-forward. Exports on a pool of their own: a
+busy export pool answers 503 before any byte of a stream, and the request
+pool serves the other routes meanwhile (and the other way round); unknown
+members and partners are 404."""
 
+import asyncio
+import dataclasses
 import json
 import time
 
@@ -12,6 +17,8 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from api.auth import mint_token
+from api.routes import finance as finance_routes
+from api.routes.finance import EXPORT_CONNECTIONS, export_pool
 from api.settings import Settings
 from finance.period import stamp
 from tests.api.conftest import MEMBER_SECRET, SECRET
@@ -33,9 +40,13 @@ def settings(month, redis_url, tmp_path) -> Settings:
     )
 
 
+def make_app(settings):
+    return create_app(settings)
+
+
 @pytest.fixture
 async def client(settings):
-    async with AsyncTestClient(create_app(settings)) as client:
+    async with AsyncTestClient(make_app(settings)) as client:
         yield client
 
 
@@ -138,8 +149,8 @@ async def test_the_streamed_journal_is_the_clis_file(client, auth, month, tmp_pa
     )
     assert response.status_code == 200
     assert response.content == path.read_bytes()
-    media = "text/csv" if fmt == "csv" else "application/x-ndjson"
-    assert response.headers["content-type"].startswith(media)
+    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+    assert response.headers["content-type"] == media  # one charset, not two
     assert response.headers["x-period-time"] == "created_at"
     assert response.headers["content-disposition"].startswith("attachment; filename=")
 
@@ -201,3 +212,126 @@ async def test_trial_balance_roll_forward_and_balances(client, auth, month):
 async def test_finance_problems_are_listed(client):
     listed = {p["type"] for p in (await client.get("/problems")).json()}
     assert {"/problems/invalid-period", "/problems/invalid-export-format"} <= listed
+
+
+# -- the exports' own pool -------------------------------------------------------------
+
+
+@pytest.fixture
+def small_pools(settings, monkeypatch) -> Settings:
+    """A request pool of 2 connections (1 + overflow) that gives up after 1 s,
+    and an export pool that gives up after 0.2 s."""
+    monkeypatch.setattr(finance_routes, "EXPORT_POOL_WAIT_SECONDS", 0.2)
+    return dataclasses.replace(settings, db_pool_size=1, db_pool_timeout_seconds=1)
+
+
+async def hold(client, engine, count: int) -> list:
+    """`count` connections of the app's engine, checked out on the app's event
+    loop (the test client runs the app on a loop of its own)."""
+
+    async def connect():
+        return [await engine.connect() for _ in range(count)]
+
+    return await asyncio.to_thread(client.blocking_portal.call, connect)
+
+
+async def release(client, connections: list) -> None:
+    async def close():
+        for conn in connections:
+            await conn.close()
+
+    await asyncio.to_thread(client.blocking_portal.call, close)
+
+
+async def test_a_busy_export_pool_answers_503_and_the_api_still_serves(small_pools, auth, month):
+    app = make_app(small_pools)
+    async with AsyncTestClient(app) as client:
+        # Every export connection taken, as by slow downloads.
+        held = await hold(client, export_pool(app).engine, EXPORT_CONNECTIONS)
+        try:
+            started = time.monotonic()
+            busy = await client.get(
+                "/v1/finance/journal", params=window(month), headers=auth("finance")
+            )
+            assert time.monotonic() - started < 5
+            assert busy.status_code == 503, busy.text
+            assert busy.headers["content-type"].startswith(PROBLEM)
+            assert busy.headers["retry-after"] == str(finance_routes.EXPORT_RETRY_AFTER_SECONDS)
+            assert "content-disposition" not in busy.headers
+            assert busy.json()["type"] == "/problems/exports-busy"
+            # The request pool is untouched: a staff read and readiness answer.
+            balance = await client.get(
+                "/v1/finance/balances/member:anna:available", headers=auth("finance")
+            )
+            assert balance.status_code == 200 and balance.json()["balances"]["PTS"] == 675
+            assert (await client.get("/health/ready")).status_code == 200
+        finally:
+            await release(client, held)
+        again = await client.get(
+            "/v1/finance/journal", params=window(month), headers=auth("finance")
+        )
+        assert again.status_code == 200 and again.content.startswith(b"entry_id,")
+
+
+async def test_exports_do_not_use_the_request_pool(small_pools, auth, month, tmp_path):
+    app = make_app(small_pools)
+    async with AsyncTestClient(app) as client:
+        # Every connection of the request pool taken: the export still streams
+        # the whole file, on its own pool.
+        held = await hold(client, app.state.engine, 2)
+        try:
+            response = await client.get(
+                "/v1/finance/journal", params=window(month), headers=auth("finance")
+            )
+        finally:
+            await release(client, held)
+        assert response.status_code == 200, response.text
+        assert response.content == (await export(month, tmp_path, "csv")).read_bytes()
+
+
+async def test_the_export_pool_is_made_on_first_use_and_disposed_at_shutdown(settings, auth, month):
+    app = make_app(settings)
+    async with AsyncTestClient(app) as client:
+        await client.get("/v1/finance/trial-balance", headers=auth("finance"))
+        assert app.state.get(finance_routes.STATE_KEY) is None  # no export yet
+        response = await client.get(
+            "/v1/finance/journal", params=window(month), headers=auth("finance")
+        )
+        assert response.status_code == 200
+        engine = export_pool(app).engine
+        assert engine.pool.checkedout() == 0  # the stream gave its connection back
+    assert export_pool(app)._engine is None  # disposed with the app
+
+
+# -- unknown accounts ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("account", "problem"),
+    [
+        ("member:nobody:available", "member-not-found"),
+        ("member:ANNA:available", "member-not-found"),  # ids are case-sensitive
+        ("member:nobody:qp", "member-not-found"),
+        ("partner:nobody:issued", "partner-not-found"),
+    ],
+)
+async def test_an_unknown_member_or_partner_is_a_404(client, auth, account, problem):
+    response = await client.get(f"/v1/finance/balances/{account}", headers=auth("finance"))
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert response.json()["type"] == f"/problems/{problem}"
+
+
+@pytest.mark.parametrize(
+    ("account", "pts"),
+    [
+        ("member:anna:available", 675),
+        ("partner:drugstore:redeemed", 180),
+        ("program:expired", 300),
+        ("program:qp_source", 0),
+    ],
+)
+async def test_known_accounts_answer_their_balance(client, auth, account, pts):
+    response = await client.get(f"/v1/finance/balances/{account}", headers=auth("finance"))
+    assert response.status_code == 200, response.text
+    assert response.json()["balances"]["PTS"] == pts

@@ -254,3 +254,19 @@ async def test_cli_trial_balance_and_roll_forward(month, tmp_path):
     balances = [json.loads(line) for line in every.output.splitlines()]
     assert {"account": "program:expired", "asset": "PTS", "balance": 300} in balances
     assert sum(b["balance"] for b in balances if b["asset"] == "PTS") == 0
+
+
+@pytest.mark.parametrize(
+    ("account", "message"),
+    [
+        ("member:nobody:available", "member-not-found: no enrolled member 'nobody'"),
+        ("member:ANNA:available", "member-not-found: no enrolled member 'ANNA'"),
+        ("partner:nobody:redeemed", "partner-not-found: no registered partner 'nobody'"),
+    ],
+)
+async def test_cli_balances_of_an_unknown_owner_exit_4(month, tmp_path, account, message):
+    result = await loyalty(month, tmp_path, "finance", "balances", account)
+    assert result.exit_code == 4, result.output
+    assert len(result.output.strip().splitlines()) == 1 and message in result.output
+    programme = await loyalty(month, tmp_path, "finance", "balances", "program:adjustments")
+    assert programme.exit_code == 0 and "program:adjustments  PTS" in programme.output

@@ -501,3 +501,52 @@ async def test_create_partitions_makes_the_months_ahead_once(engine, cli):
     assert sorted(p.table for p in made) == sorted(PARTITIONED)
     refused = await cli("jobs", "run", "create-partitions", "--as-of", "2099-01-01T00:00:00Z")
     assert refused.exit_code != 0
+
+
+async def test_a_killed_run_leaves_a_record_of_the_batches_it_committed(engine):
+    """A run killed after two of its batches (the process gone: it never
+    records its end) shows what those two batches did, not 0."""
+    from operations.runs import RunLog
+
+    await due_holds(engine, members=30, per_member=5)  # 150 holds of 10 points
+    ledger = LedgerService(engine, CONFIG)
+    ledger.job_batch = 40  # batches of 40, 40, 40, 30
+    killed = runner(engine, ledger)
+
+    class NoEnd(type(killed.log)):
+        async def finish(self, *args, **kwargs):  # the process died before its end
+            pass
+
+    killed.log = NoEnd(engine)
+
+    class Killed(BaseException):
+        pass
+
+    class KillAfterTwo:
+        batches = 0
+
+        def start(self, job, unit, total):
+            pass
+
+        def advance(self, items, points=0):
+            self.batches += 1
+            if self.batches == 2:
+                raise Killed
+
+        def finish(self):
+            pass
+
+    with pytest.raises(Killed):
+        await killed.run("expire-holds", progress=KillAfterTwo())
+    (run,) = await runs(engine, "expire-holds")
+    assert run.finished_at is None and run.due == 150
+    assert (run.processed, run.points) == (80, 800)
+    async with engine.connect() as conn:
+        open_holds = (
+            await conn.execute(text("SELECT count(*) FROM holds WHERE status = 'open'"))
+        ).scalar_one()
+    assert open_holds == 70  # the two batches committed, nothing more
+
+    # Seen through the staff API as well: how far the killed run got.
+    latest = (await RunLog(engine).latest(["expire-holds"]))["expire-holds"]
+    assert (latest.id, latest.processed, latest.finished_at) == (run.id, 80, None)

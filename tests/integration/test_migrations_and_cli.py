@@ -312,3 +312,129 @@ def test_embedded_servers_are_announced_only_when_started(tmp_path):
     assert started.stderr == f"starting embedded PostgreSQL in {owner.data_dir}\n"
     assert started.stdout == f"database at revision {head_revision()} (head)\n"
     assert not owner.running()  # stopped by the process that started it
+
+
+def test_a_bad_secret_key_is_a_configuration_error_before_anything_runs(database_url, tmp_path):
+    env = configured(
+        database_url,
+        tmp_path,
+        LOYALTY_SECRET_KEY="bad",
+        LOYALTY_JWT_SECRET="s" * 64,
+        LOYALTY_MEMBER_JWT_SECRET="m" * 64,
+    )
+    runner = CliRunner()
+    for command in (
+        ["member", "show", "anna"],
+        ["partner", "create-key", "drugstore"],
+        ["serve", "--port", "1"],  # refused before "serving on ..."
+    ):
+        one_line(
+            runner.invoke(main, command, env=env),
+            1,
+            "LOYALTY_SECRET_KEY is not a Fernet key",
+            "F.generate_key()",
+        )
+
+
+def test_sslmode_is_taken_and_unknown_url_parameters_are_refused(server_url, tmp_path):
+    runner = CliRunner()
+    name = f"loyalty_ssl_{uuid.uuid4().hex[:8]}"
+    url = with_database(server_url, name)
+    # The server URL may have a query already (the embedded server's socket).
+    disabled = configured(url + ("&" if "?" in url else "?") + "sslmode=disable", tmp_path)
+    try:
+        created = runner.invoke(main, ["migrate", "--create-database"], env=disabled)
+        assert created.exit_code == 0, (created.stdout, created.stderr)
+        verified = runner.invoke(main, ["verify"], env=disabled)
+        assert verified.exit_code == 0, (verified.stdout, verified.stderr)
+    finally:
+        asyncio.run(drop_database(server_url, name))
+    unknown = configured("postgresql://postgres:pw@127.0.0.1:5432/x?foo=bar", tmp_path)
+    for command in (["verify"], ["migrate", "--create-database"]):
+        result = runner.invoke(main, command, env=unknown)
+        one_line(result, 1, "LOYALTY_DATABASE_URL: unsupported parameter ?foo=")
+        assert "pw" not in result.stderr
+
+
+def test_ports_out_of_range_are_one_line(database_url, tmp_path):
+    runner = CliRunner()
+    env = configured(database_url, tmp_path)
+    option = runner.invoke(main, ["serve", "--port", "99999"], env=env)
+    assert option.exit_code == 2 and "Invalid value for '--port'" in option.stderr
+    assert "OverflowError" not in option.stderr
+    one_line(
+        runner.invoke(main, ["serve"], env={**env, "LOYALTY_PORT": "99999"}),
+        1,
+        "LOYALTY_PORT is a port number (1 to 65535)",
+    )
+    one_line(
+        runner.invoke(
+            main, ["verify"], env=configured("postgresql://postgres@127.0.0.1:99999/x", tmp_path)
+        ),
+        1,
+        "LOYALTY_DATABASE_URL: port 99999 is out of range",
+    )
+
+
+def test_an_empty_database_url_is_a_configuration_error(tmp_path):
+    # Empty is not unset: it would mean the embedded database in ./.loyalty.
+    result = CliRunner().invoke(main, ["verify"], env=configured("", tmp_path))
+    one_line(result, 1, "LOYALTY_DATABASE_URL is set but empty")
+    assert not (tmp_path / "postgres").exists()
+
+
+def test_as_of_beyond_the_supported_years_is_a_usage_error(database_url, tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["jobs", "run", "requalify-tiers", "--as-of", "9999-12-31T23:59:59Z"],
+        env=configured(database_url, tmp_path),
+    )
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "Invalid value for '--as-of'" in result.stderr and "before 9000" in result.stderr
+
+
+def test_create_database_uses_the_decoded_name(server_url, tmp_path):
+    name = f'review_q"{uuid.uuid4().hex[:6]} x'
+    url = with_database(server_url, name)
+    assert "%22" in url and "%20" in url
+    runner = CliRunner()
+
+    async def names() -> list[str]:
+        import asyncpg
+
+        from api.embedded import _asyncpg_dsn
+
+        conn = await asyncpg.connect(_asyncpg_dsn(server_url))
+        try:
+            rows = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'review_q%'"
+            )
+            return [row["datname"] for row in rows]
+        finally:
+            await conn.close()
+
+    try:
+        created = runner.invoke(
+            main, ["migrate", "--create-database"], env=configured(url, tmp_path)
+        )
+        assert created.exit_code == 0, (created.stdout, created.stderr)
+        assert created.stderr == f"created database {name}\n"
+        present = asyncio.run(names())
+        assert name in present and url.rsplit("/", 1)[-1] not in present
+    finally:
+        asyncio.run(drop_database(server_url, name))
+        asyncio.run(drop_database(server_url, url.rsplit("/", 1)[-1]))  # what it once made
+
+
+def test_debug_does_not_turn_on_alembic_logging(database_url, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
+    env.update(configured(database_url, tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "--debug", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "alembic" not in done.stderr and "INFO" not in done.stderr, done.stderr

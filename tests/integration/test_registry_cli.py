@@ -74,6 +74,11 @@ def test_an_operator_runs_the_registry_from_the_command_line(database_url, tmp_p
 
     merged = run(env, "member", "merge", anna2, anna, "--reason", "one person")
     assert merged.exit_code == 0, merged.output
+    # What moved, as `key: value` lines like every other record (not a dict).
+    lines = merged.stdout.splitlines()
+    assert lines[1] == "moved:" and "{" not in merged.stdout, merged.stdout
+    moved = dict(line.split(":", 1) for line in lines[2:])
+    assert moved["  tier"].strip() and moved["  cards"].strip() == "1", merged.stdout
     shown = run(env, "member", "show", anna)
     assert card in shown.output and "merged-from" in shown.output
 

@@ -78,7 +78,28 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 """
 
-UPGRADE = r"""
+# The keys between the four tables themselves (and lots to members), declared
+# on the partitioned parents going up and on the plain tables going down.
+OWN_FOREIGN_KEYS = r"""
+ALTER TABLE journal_entries ADD CONSTRAINT journal_entries_reverses_entry_id_fkey
+    FOREIGN KEY (reverses_entry_id) REFERENCES journal_entries (id);
+ALTER TABLE postings ADD CONSTRAINT postings_entry_id_fkey
+    FOREIGN KEY (entry_id) REFERENCES journal_entries (id);
+ALTER TABLE lots ADD CONSTRAINT lots_source_entry_id_fkey
+    FOREIGN KEY (source_entry_id) REFERENCES journal_entries (id);
+ALTER TABLE lots ADD CONSTRAINT lots_earn_entry_id_fkey
+    FOREIGN KEY (earn_entry_id) REFERENCES journal_entries (id);
+ALTER TABLE lots ADD CONSTRAINT lots_member_fk FOREIGN KEY (member_id) REFERENCES members (id);
+ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_entry_id_fkey
+    FOREIGN KEY (entry_id) REFERENCES journal_entries (id);
+ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_lot_id_fkey
+    FOREIGN KEY (lot_id) REFERENCES lots (id);
+ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_origin_entry_id_fkey
+    FOREIGN KEY (origin_entry_id) REFERENCES journal_entries (id);
+"""
+
+UPGRADE = (
+    r"""
 -- Nobody writes the ledger while its tables change shape; locked in the
 -- order the write path takes them (entries, postings, lots, movements).
 LOCK TABLE journal_entries, postings, lots, lot_movements IN ACCESS EXCLUSIVE MODE;
@@ -294,21 +315,9 @@ ALTER TABLE journal_entries ADD CONSTRAINT journal_entries_booking_month CHECK (
 -- A lot is made by an entry of its own transaction, so of its month.
 ALTER TABLE lots ADD CONSTRAINT lots_booking_month CHECK (id >> 40 = source_entry_id >> 40);
 
-ALTER TABLE journal_entries ADD CONSTRAINT journal_entries_reverses_entry_id_fkey
-    FOREIGN KEY (reverses_entry_id) REFERENCES journal_entries (id);
-ALTER TABLE postings ADD CONSTRAINT postings_entry_id_fkey
-    FOREIGN KEY (entry_id) REFERENCES journal_entries (id);
-ALTER TABLE lots ADD CONSTRAINT lots_source_entry_id_fkey
-    FOREIGN KEY (source_entry_id) REFERENCES journal_entries (id);
-ALTER TABLE lots ADD CONSTRAINT lots_earn_entry_id_fkey
-    FOREIGN KEY (earn_entry_id) REFERENCES journal_entries (id);
-ALTER TABLE lots ADD CONSTRAINT lots_member_fk FOREIGN KEY (member_id) REFERENCES members (id);
-ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_entry_id_fkey
-    FOREIGN KEY (entry_id) REFERENCES journal_entries (id);
-ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_lot_id_fkey
-    FOREIGN KEY (lot_id) REFERENCES lots (id);
-ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_origin_entry_id_fkey
-    FOREIGN KEY (origin_entry_id) REFERENCES journal_entries (id);
+"""
+    + OWN_FOREIGN_KEYS
+    + r"""
 DO $$
 DECLARE
     fk record;
@@ -362,8 +371,10 @@ $$;
 
 SELECT ledger_ensure_partitions(ledger_month_index(now()), ledger_month_index(now()) + 3);
 """
+)
 
-DOWNGRADE = r"""
+DOWNGRADE = (
+    r"""
 LOCK TABLE journal_entries, postings, lots, lot_movements IN ACCESS EXCLUSIVE MODE;
 
 DROP TABLE partner_references;
@@ -466,21 +477,9 @@ SELECT setval('postings_id_seq', coalesce(max(id), 0) + 1, false) FROM postings;
 SELECT setval('lots_id_seq', coalesce(max(id & 1099511627775), 0) + 1, false) FROM lots;
 SELECT setval('lot_movements_id_seq', coalesce(max(id), 0) + 1, false) FROM lot_movements;
 
-ALTER TABLE journal_entries ADD CONSTRAINT journal_entries_reverses_entry_id_fkey
-    FOREIGN KEY (reverses_entry_id) REFERENCES journal_entries (id);
-ALTER TABLE postings ADD CONSTRAINT postings_entry_id_fkey
-    FOREIGN KEY (entry_id) REFERENCES journal_entries (id);
-ALTER TABLE lots ADD CONSTRAINT lots_source_entry_id_fkey
-    FOREIGN KEY (source_entry_id) REFERENCES journal_entries (id);
-ALTER TABLE lots ADD CONSTRAINT lots_earn_entry_id_fkey
-    FOREIGN KEY (earn_entry_id) REFERENCES journal_entries (id);
-ALTER TABLE lots ADD CONSTRAINT lots_member_fk FOREIGN KEY (member_id) REFERENCES members (id);
-ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_entry_id_fkey
-    FOREIGN KEY (entry_id) REFERENCES journal_entries (id);
-ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_lot_id_fkey
-    FOREIGN KEY (lot_id) REFERENCES lots (id);
-ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_origin_entry_id_fkey
-    FOREIGN KEY (origin_entry_id) REFERENCES journal_entries (id);
+"""
+    + OWN_FOREIGN_KEYS
+    + r"""
 DO $$
 DECLARE
     fk record;
@@ -510,6 +509,7 @@ DROP FUNCTION ledger_id(bigint);
 DROP FUNCTION ledger_month_start(int);
 DROP FUNCTION ledger_month_index(timestamptz);
 """
+)
 
 
 def upgrade() -> None:

@@ -192,3 +192,40 @@ async def test_contention_that_outlives_the_retries_reaches_the_caller(
     assert sqlstate(raised.value) == "55P03"
     assert isinstance(raised.value.orig.__cause__, asyncpg.exceptions.LockNotAvailableError)
     assert ledger.retries["55P03"] == before + ledger.retry.attempts - 1
+
+
+async def test_rows_naming_a_missing_entry_are_refused_per_statement(
+    ledger, engine, new_member, new_partner
+):
+    """Postings, partner reference claims, pending earnings and purchase records
+    name their entry through a check per statement (migration 0014), not a
+    foreign key: a row naming no entry is refused all the same, and the entry
+    a row names never changes."""
+    member, partner = await new_member(), await new_partner()
+    async with engine.connect() as conn:  # an id of this month's partition, never drawn
+        missing = (await conn.execute(text("SELECT ledger_id(549755813887)"))).scalar_one()
+    refused = (
+        # Balanced, so that only the entry is missing.
+        "INSERT INTO postings (entry_id, account, asset, amount, member_id) VALUES "
+        f"({missing}, 'member:{member}:qp', 'QP', 1, '{member}'), "
+        f"({missing}, 'program:qp_source', 'QP', -1, NULL)",
+        "INSERT INTO pending_points (earn_entry_id, member_id, amount, remaining, earned_at, "
+        f"release_at) VALUES ({missing}, '{member}', 1, 1, now(), now())",
+        "INSERT INTO partner_references (partner_id, partner_reference, entry_id) VALUES "
+        f"('{partner}', 'NO-ENTRY', {missing})",
+    )
+    for statement in refused:
+        with pytest.raises(DBAPIError) as raised:
+            async with engine.begin() as conn:
+                await conn.execute(text(statement))
+        assert sqlstate(raised.value) == "23503", statement
+    later = datetime(2100, 1, 1, tzinfo=UTC)
+    earned = await ledger.earn(Earn.simple(member, partner, "R-FIXED", 10, release_at=later))
+    for table, column in (("pending_points", "earn_entry_id"), ("partner_references", "entry_id")):
+        with pytest.raises(DBAPIError) as raised:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(f"UPDATE {table} SET {column} = {column} + 1 WHERE {column} = :e"),
+                    {"e": earned.entry_id},
+                )
+        assert sqlstate(raised.value) == "42501", table

@@ -117,3 +117,10 @@ class PartnerNotFound(LedgerError):
 class LockOrderError(RuntimeError):
     """A programming error, not a domain error: a transaction asked for a
     member's lock after it had locked others (see ledger/journal.py)."""
+
+
+class AsOfRefused(LedgerError):
+    """A job run as of an instant that would date entries before ones already
+    posted (ledger/jobs.py)."""
+
+    code = "as-of-refused"

@@ -41,7 +41,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account, program_account
-from ledger.errors import LedgerError
+from ledger.errors import AsOfRefused
 from ledger.journal import (
     ConsumeLots,
     EntryDraft,
@@ -104,13 +104,6 @@ LATER_ENTRY = (
     "EXISTS (SELECT 1 FROM postings q JOIN journal_entries e ON e.id = q.entry_id "
     "WHERE q.member_id = {member} AND e.effective_at > :as_of)"
 )
-
-
-class AsOfRefused(LedgerError):
-    """A job run as of an instant that would date entries before ones already
-    posted (see the module's docstring)."""
-
-    code = "as-of-refused"
 
 
 @dataclass(frozen=True, slots=True)

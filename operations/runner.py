@@ -44,7 +44,8 @@ from typing import Protocol
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.jobs import AsOfRefused, Batch
+from ledger.errors import AsOfRefused
+from ledger.jobs import Batch
 from ledger.service import utc_now
 from operations.jobs import Job
 from operations.runs import RAN_BY, RunLog

@@ -25,8 +25,9 @@ from api.jobs_service import JOB_NAMES, service_jobs
 from api.settings import Settings
 from ledger.commands import Authorise, Earn
 from ledger.database import create_engine
+from ledger.errors import AsOfRefused
 from ledger.expiry import RollingToQuarterEnd
-from ledger.jobs import AsOfRefused, Batch
+from ledger.jobs import Batch
 from ledger.partitions import PARTITIONED, partitions
 from ledger.service import LedgerConfig, LedgerService
 from ledger.verify import verify

@@ -32,7 +32,11 @@ posted: `loyalty_ledger_points_issued{funder}` (points awarded, net of
 returns: `partner` from the partners' `issued` accounts, `program` from
 `program:promotions`), `loyalty_ledger_points_redeemed` (the partners'
 `redeemed` accounts) and `loyalty_ledger_points_expired` (`program:expired`:
-expiry and forfeits), with `loyalty_ledger_totals_up` 0 when the read failed.
+expiry and forfeits); and each job's last run that was not a dry run, from
+`job_runs` (a second statement; runs from the command line and from any
+instance's scheduler alike): `loyalty_job_last_run_started_timestamp_seconds`,
+`..._duration_seconds` (once finished), `..._processed` and `..._failed`, by
+job. `loyalty_ledger_totals_up` is 0 when these reads failed.
 
 Several workers (`loyalty serve --workers N`): prometheus-client's
 multiprocess mode. The serving process points PROMETHEUS_MULTIPROC_DIR at a
@@ -63,6 +67,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -309,34 +314,81 @@ _TOTALS = text(
     ") AS a LEFT JOIN balances b ON b.account = a.account AND b.asset = 'PTS' "
     "GROUP BY a.measure"
 )
+# Each job's last run that was not a dry run (job_runs, migration 0012): from
+# the command line, the scheduler of any instance, on any host.
+_LAST_JOB_RUNS = text(
+    "SELECT DISTINCT ON (job) job, extract(epoch FROM started_at) AS started, "
+    "extract(epoch FROM finished_at - started_at) AS seconds, processed, "
+    "error IS NOT NULL AS failed FROM job_runs WHERE NOT dry_run "
+    "ORDER BY job, started_at DESC"
+)
 _warned_at = float("-inf")
 
 
-async def ledger_totals(engine: AsyncEngine) -> dict[str, int] | None:
-    """Points issued, redeemed and expired, from the balance rows (None when
-    the database did not answer in time)."""
+class ScrapeReads(NamedTuple):
+    """What a scrape reads from the database: points issued, redeemed and
+    expired from the balance rows, and each job's last run."""
+
+    totals: dict[str, int]
+    job_runs: list
+
+
+async def ledger_totals(engine: AsyncEngine) -> ScrapeReads | None:
+    """The scrape's reads (None when the database did not answer in time)."""
     global _warned_at
     try:
         async with asyncio.timeout(TOTALS_TIMEOUT_SECONDS), engine.connect() as conn:
             autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
             rows = (await autocommit.execute(_TOTALS)).all()
+            runs = (await autocommit.execute(_LAST_JOB_RUNS)).all()
     except Exception as error:  # a scrape must answer whatever the database does
         now = time.monotonic()
         if now - _warned_at >= WARN_EVERY_SECONDS:
             _warned_at = now
             log.warning("ledger totals unavailable for /metrics: %s", type(error).__name__)
         return None
-    return {row.measure: int(row.points) for row in rows}
+    return ScrapeReads({row.measure: int(row.points) for row in rows}, runs)
 
 
-def _totals_families(totals: dict[str, int] | None) -> Iterator[Metric]:
-    up = GaugeMetricFamily(
-        "loyalty_ledger_totals_up", "1 when the ledger totals below were read at this scrape"
+def _job_families(runs: list) -> Iterator[Metric]:
+    started = GaugeMetricFamily(
+        "loyalty_job_last_run_started_timestamp_seconds",
+        "When each job's last run started (Unix time)",
+        labels=["job"],
     )
-    up.add_metric([], 0 if totals is None else 1)
+    seconds = GaugeMetricFamily(
+        "loyalty_job_last_run_duration_seconds",
+        "How long each job's last finished run took",
+        labels=["job"],
+    )
+    processed = GaugeMetricFamily(
+        "loyalty_job_last_run_processed", "Items each job's last run processed", labels=["job"]
+    )
+    failed = GaugeMetricFamily(
+        "loyalty_job_last_run_failed",
+        "1 when each job's last run ended in an error",
+        labels=["job"],
+    )
+    for run in runs:
+        started.add_metric([run.job], float(run.started))
+        if run.seconds is not None:
+            seconds.add_metric([run.job], float(run.seconds))
+        processed.add_metric([run.job], int(run.processed))
+        failed.add_metric([run.job], 1 if run.failed else 0)
+    yield from (started, seconds, processed, failed)
+
+
+def _totals_families(reads: ScrapeReads | None) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "loyalty_ledger_totals_up",
+        "1 when the ledger totals and job runs below were read at this scrape",
+    )
+    up.add_metric([], 0 if reads is None else 1)
     yield up
-    if totals is None:
+    if reads is None:
         return
+    yield from _job_families(reads.job_runs)
+    totals = reads.totals
     issued = GaugeMetricFamily(
         "loyalty_ledger_points_issued",
         "Points awarded, net of returns, by who pays for them",
@@ -362,7 +414,7 @@ class _Scrape:
     """What one scrape exposes: the recorded metrics (this process's, or all
     workers' files) and the totals read for it."""
 
-    def __init__(self, sources: Iterable, totals: dict[str, int] | None) -> None:
+    def __init__(self, sources: Iterable, totals: ScrapeReads | None) -> None:
         self.sources = sources
         self.totals = totals
 

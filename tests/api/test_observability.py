@@ -11,8 +11,10 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import shutil
+import string
 import tempfile
 import time
 import uuid
@@ -25,6 +27,7 @@ from litestar import get
 from litestar.testing import AsyncTestClient
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from api.app import create_app
 from api.logs import JsonFormatter, RequestContext, TextFormatter, enter_request, leave_request
@@ -166,6 +169,32 @@ async def test_pool_gauges_and_openmetrics(client, api_settings):
     )
     assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
     assert openmetrics.text.rstrip().endswith("# EOF")
+
+
+async def test_each_jobs_last_run_is_scraped_from_the_run_records(client, engine):
+    """Runs from the command line or any instance's scheduler alike: the last
+    run that was not a dry run, per job."""
+    job = "probe-" + "".join(random.choices(string.ascii_lowercase, k=10))
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO job_runs (job, ran_by, runner, dry_run, started_at, finished_at, "
+                "due, processed, remaining, error) VALUES "
+                "(:job, 'cli', 'tests', false, now() - interval '1 hour', "
+                " now() - interval '1 hour' + interval '4 seconds', 7, 7, 0, NULL), "
+                "(:job, 'scheduler', 'tests', false, now() - interval '1 minute', "
+                " now() - interval '1 minute' + interval '2 seconds', 5, 3, 2, 'boom'), "
+                "(:job, 'cli', 'tests', true, now(), now(), 5, 0, 5, NULL)"
+            ),
+            {"job": job},
+        )
+    samples = await scrape(client)
+    assert value(samples, "loyalty_ledger_totals_up") == 1
+    assert value(samples, "loyalty_job_last_run_processed", job=job) == 3  # not the dry run
+    assert value(samples, "loyalty_job_last_run_failed", job=job) == 1
+    assert abs(value(samples, "loyalty_job_last_run_duration_seconds", job=job) - 2) < 0.01
+    started = value(samples, "loyalty_job_last_run_started_timestamp_seconds", job=job)
+    assert abs(started - (time.time() - 60)) < 30
 
 
 async def test_metrics_can_be_turned_off(api_settings):

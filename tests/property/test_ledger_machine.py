@@ -924,7 +924,7 @@ def test_ledger_state_machine(database_url, programme_tiers, fee_rate):
     # (Enrolling a successor and settling before a close or merge post several
     # entries in one step: a few steps fewer keep the budget.)
     deep = base.max_examples > 25
-    examples, steps = (20, 42) if deep else (16, 40)
+    examples, steps = (18, 42) if deep else (16, 40)
     if fee_rate != "production":
         examples = examples * 2 // 3
     if os.environ.get("PROPERTY_MACHINE_EXAMPLES"):  # a longer hunt, by hand

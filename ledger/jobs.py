@@ -106,6 +106,20 @@ LATER_ENTRY = (
 )
 
 
+def check_as_of(as_of: datetime, now: datetime) -> None:
+    """An instant a job run may take for now: with an offset, and not before
+    `now` (its entries would be dated before ones already posted, and what
+    was due then is due now)."""
+    if as_of.tzinfo is None:
+        raise AsOfRefused("an as-of needs an offset, e.g. 2027-01-01T00:00:00Z")
+    if as_of < now:
+        raise AsOfRefused(
+            f"as-of {as_of.isoformat()} is before now ({now.isoformat()}): its entries "
+            "would be dated before ones already posted, and what was due then is due "
+            "now (run the job without --as-of)"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """What one committed batch of a job did (or, from `job_due`, what is due):
@@ -154,15 +168,7 @@ class ScheduledJobs:
         it (checked once, when the run starts)."""
         if as_of is None:
             return self.clock()
-        if as_of.tzinfo is None:
-            raise AsOfRefused("an as-of needs an offset (2027-01-01T00:00:00Z)")
-        now = self.clock()
-        if as_of < now:
-            raise AsOfRefused(
-                f"as-of {as_of.isoformat()} is before now ({now.isoformat()}): entries "
-                "would be dated before ones already posted, and everything due then "
-                "is due now (run the job without --as-of)"
-            )
+        check_as_of(as_of, self.clock())
         return as_of
 
     async def _run_job(

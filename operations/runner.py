@@ -45,7 +45,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.errors import AsOfRefused
-from ledger.jobs import Batch
+from ledger.jobs import Batch, check_as_of
 from ledger.service import utc_now
 from operations.jobs import Job
 from operations.runs import RAN_BY, RunLog
@@ -167,15 +167,7 @@ class JobRunner:
         """What can be told of an as-of before touching the database."""
         if not job.takes_as_of:
             raise AsOfRefused(f"{job.name} runs on the clock only: it takes no as-of")
-        if as_of.tzinfo is None:
-            raise AsOfRefused("an as-of needs an offset, e.g. 2027-01-01T00:00:00Z")
-        now = self.clock()
-        if as_of < now:
-            raise AsOfRefused(
-                f"as-of {as_of.isoformat()} is before now ({now.isoformat()}): its entries "
-                "would be dated before ones already posted, and what was due then is due "
-                "now (run the job without --as-of)"
-            )
+        check_as_of(as_of, self.clock())
 
     async def run(
         self,

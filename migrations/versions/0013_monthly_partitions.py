@@ -98,6 +98,21 @@ ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_origin_entry_id_fkey
     FOREIGN KEY (origin_entry_id) REFERENCES journal_entries (id);
 """
 
+# The journal's own triggers, declared once on each table going up (on the
+# partitioned parents) and going down (on the plain tables).
+LEDGER_TRIGGERS = r"""
+CREATE TRIGGER journal_entries_append_only BEFORE UPDATE OR DELETE ON journal_entries
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER journal_entries_partner_registered BEFORE INSERT ON journal_entries
+    FOR EACH ROW WHEN (NEW.partner_id IS NOT NULL)
+    EXECUTE FUNCTION check_partner_registered();
+CREATE TRIGGER postings_append_only BEFORE UPDATE OR DELETE ON postings
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER postings_balance_per_asset AFTER INSERT ON postings
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION check_inserted_entries_balance();
+"""
+
 UPGRADE = (
     r"""
 -- Nobody writes the ledger while its tables change shape; locked in the
@@ -329,16 +344,9 @@ BEGIN
     END LOOP;
 END $$;
 
-CREATE TRIGGER journal_entries_append_only BEFORE UPDATE OR DELETE ON journal_entries
-    FOR EACH ROW EXECUTE FUNCTION refuse_change();
-CREATE TRIGGER journal_entries_partner_registered BEFORE INSERT ON journal_entries
-    FOR EACH ROW WHEN (NEW.partner_id IS NOT NULL)
-    EXECUTE FUNCTION check_partner_registered();
-CREATE TRIGGER postings_append_only BEFORE UPDATE OR DELETE ON postings
-    FOR EACH ROW EXECUTE FUNCTION refuse_change();
-CREATE TRIGGER postings_balance_per_asset AFTER INSERT ON postings
-    REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION check_inserted_entries_balance();
+"""
+    + LEDGER_TRIGGERS
+    + r"""
 
 -- A partner's reference is claimed once, forever, by the entry that used it.
 CREATE TABLE partner_references (
@@ -489,16 +497,9 @@ BEGIN
     END LOOP;
 END $$;
 
-CREATE TRIGGER journal_entries_append_only BEFORE UPDATE OR DELETE ON journal_entries
-    FOR EACH ROW EXECUTE FUNCTION refuse_change();
-CREATE TRIGGER journal_entries_partner_registered BEFORE INSERT ON journal_entries
-    FOR EACH ROW WHEN (NEW.partner_id IS NOT NULL)
-    EXECUTE FUNCTION check_partner_registered();
-CREATE TRIGGER postings_append_only BEFORE UPDATE OR DELETE ON postings
-    FOR EACH ROW EXECUTE FUNCTION refuse_change();
-CREATE TRIGGER postings_balance_per_asset AFTER INSERT ON postings
-    REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION check_inserted_entries_balance();
+"""
+    + LEDGER_TRIGGERS
+    + r"""
 
 DROP FUNCTION ledger_ensure_partitions(int, int);
 DROP FUNCTION ledger_ids_before(timestamptz);

@@ -20,7 +20,12 @@ from api.replica import ReplicaReads
 from api.routes.admin import admin_router
 from api.routes.docs import DOCS_PATH, docs_asset, docs_router, render_plugins
 from api.routes.finance import close_export_pool, finance_router
+from api.routes.finance_breakage import finance_breakage_router
+from api.routes.finance_close import finance_close_router
+from api.routes.finance_reconciliation import finance_reconciliation_router
+from api.routes.finance_settlement import finance_settlement_router
 from api.routes.health import live, ready, scrape
+from api.routes.insights import close_insights_engine, insights_router
 from api.routes.jobs import jobs_router
 from api.routes.member import member_router
 from api.routes.partner import partner_router
@@ -95,6 +100,7 @@ def create_app(settings: Settings) -> ObservedLitestar:
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             await close_export_pool(app)
+            await close_insights_engine(app)
             await engine.dispose()
             process_stopped()
 
@@ -108,6 +114,11 @@ def create_app(settings: Settings) -> ObservedLitestar:
             describe_problem,
             staff_router,
             finance_router,
+            finance_settlement_router,
+            finance_breakage_router,
+            finance_close_router,
+            finance_reconciliation_router,
+            insights_router,
             jobs_router,
             admin_router,
             partner_router,

@@ -15,8 +15,13 @@ from dataclasses import replace
 
 import click
 
+import api.cli_finance_breakage  # noqa: F401  (registers its commands on `finance`)
+from api import cli_finance_close  # noqa: F401  (registers close and periods on `finance`)
 from api.cli_failures import ConfigurationInvalid, Mismatch, failure_for
 from api.cli_finance import finance
+from api.cli_finance_reconcile import reconcile  # noqa: F401  (registers its commands)
+from api.cli_finance_settlement import settle  # noqa: F401  (registers the statements' commands)
+from api.cli_insights import insights
 from api.cli_jobs import jobs
 from api.cli_members import member
 from api.cli_partners import partner
@@ -281,6 +286,7 @@ def token(subject, roles, ttl, private_key, kid) -> None:
 
 for group in (jobs, member, partner, finance):
     main.add_command(group)
+main.add_command(insights)  # api/cli_insights.py
 
 if __name__ == "__main__":
     main()

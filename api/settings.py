@@ -31,6 +31,9 @@ class Settings:
     # there when it has everything the primary has for the member (api/replica.py).
     replica_database_url: str | None = None
     replica_timeout_ms: int = 2_000  # connect / statement / round trip on the replica
+    # Where insights read (read-only transactions, a replica works); unset:
+    # database_url (insights/, api/routes/insights.py).
+    analytics_database_url: str | None = None
     data_dir: Path = Path(".loyalty")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -140,6 +143,11 @@ class Settings:
                 async_url(self.replica_database_url)
             except ValueError as error:
                 raise SettingsError(f"LOYALTY_REPLICA_DATABASE_URL: {error}") from None
+        if self.analytics_database_url is not None:
+            try:
+                async_url(self.analytics_database_url)
+            except ValueError as error:
+                raise SettingsError(f"LOYALTY_ANALYTICS_DATABASE_URL: {error}") from None
         if self.replica_timeout_ms < 1:
             raise SettingsError("LOYALTY_REPLICA_TIMEOUT_MS must be at least 1")
         if self.job_intervals:

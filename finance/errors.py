@@ -30,3 +30,27 @@ class ExportsBusy(LedgerError):
     (the API answers 503 with Retry-After, from the `retry_after` extension)."""
 
     code = "exports-busy"
+
+
+class PeriodAlreadyClosed(LedgerError):
+    """The month ends at or before the boundary: it is closed already."""
+
+    code = "period-already-closed"
+
+
+class PeriodNotOver(LedgerError):
+    """The month has not ended yet by the database's clock."""
+
+    code = "period-not-over"
+
+
+class PeriodNotNext(LedgerError):
+    """Months close in order: the next one to close is `next_period`."""
+
+    code = "period-not-next"
+
+
+class PeriodNotClosed(LedgerError):
+    """No close of that month was recorded."""
+
+    code = "period-not-closed"

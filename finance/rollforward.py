@@ -159,10 +159,32 @@ class RollForward(msgspec.Struct):
     money: dict[str, dict[str, int]]  # currency -> basis -> minor units, partner lines only
 
 
+def contract_in_force(partner: str, at: str) -> str:
+    """SQL selecting the contract version in force at `at` for `partner` (both
+    SQL expressions): the newest version whose `effective_from` is not after
+    it, version 1 before every date; one row (version, price_per_point,
+    redemption_value, currency), none for a NULL partner. Shared with the
+    settlement statements (finance/settlement.py)."""
+    return f"""
+    SELECT pc.version, pc.price_per_point, pc.redemption_value, pa.currency
+    FROM partner_contracts pc JOIN partners pa ON pa.id = pc.partner_id
+    WHERE pc.partner_id = {partner}
+    ORDER BY pc.effective_from <= {at} DESC,
+             CASE WHEN pc.effective_from <= {at} THEN pc.version END DESC, pc.version
+    LIMIT 1"""
+
+
+def value_minor(points: int, rate: Decimal, currency: str) -> int:
+    """Points at a contract rate in minor units of `currency`, rounded once,
+    half up: the one valuation of partner lines (the roll-forward's per line
+    and contract version; the settlement statements' likewise)."""
+    return to_minor(Decimal(points) * rate, currency, "half_up")
+
+
 # The counter postings of the period's entries that touch members' liability
 # accounts, grouped by entry kind, account, sign and the contract version in
 # force at the pricing time (partner accounts only).
-MOVEMENTS = """
+MOVEMENTS = f"""
 WITH win AS MATERIALIZED (
     SELECT id, kind, effective_at, reverses_entry_id FROM journal_entries
     WHERE created_at >= :start AND created_at < :end),
@@ -181,13 +203,12 @@ counter AS (
     WHERE p.asset = 'PTS' AND p.member_id IS NULL)
 SELECT c.kind, c.account, c.sign, k.version, k.price_per_point, k.redemption_value,
        k.currency, sum(c.amount)::bigint AS amount, count(*) AS postings
-FROM counter c LEFT JOIN LATERAL (
-    SELECT pc.version, pc.price_per_point, pc.redemption_value, pa.currency
-    FROM partner_contracts pc JOIN partners pa ON pa.id = pc.partner_id
-    WHERE c.account LIKE 'partner:%' AND pc.partner_id = split_part(c.account, ':', 2)
-    ORDER BY pc.effective_from <= c.priced_at DESC,
-             CASE WHEN pc.effective_from <= c.priced_at THEN pc.version END DESC, pc.version
-    LIMIT 1) k ON true
+FROM counter c LEFT JOIN LATERAL ({
+    contract_in_force(
+        "CASE WHEN c.account LIKE 'partner:%' THEN split_part(c.account, ':', 2) END",
+        "c.priced_at",
+    )
+}) k ON true
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
 
@@ -233,7 +254,7 @@ def build_lines(rows) -> list[RollForwardLine]:
         money.items(), key=lambda item: (str(item[0][0]), item[0][2])
     ):
         line = lines[key]
-        minor = to_minor(Decimal(points) * rate, currency, "half_up")
+        minor = value_minor(points, rate, currency)
         line.money = [*(line.money or []), MoneyPart(currency, version, basis, rate, points, minor)]
     return sorted(lines.values(), key=_line_order)
 

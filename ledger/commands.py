@@ -9,7 +9,7 @@ from datetime import datetime
 import msgspec
 
 from ledger.accounts import ASSETS, PTS, check_id
-from ledger.errors import InvalidAmount, ReasonRequired
+from ledger.errors import InvalidAmount, InvalidEffectiveTime, ReasonRequired
 
 MAX_POINTS = 10**12
 
@@ -154,6 +154,10 @@ class Adjust(msgspec.Struct, frozen=True):
     amount: int  # signed: credit or debit of the member
     reason: str
     asset: str = PTS
+    # Dated back (default: now); never after now, never in a closed period.
+    effective_at: datetime | None = None
+    # The entry this adjustment corrects (kept in the entry's breakdown).
+    corrects_entry_id: int | None = None
 
     def __post_init__(self) -> None:
         check_id("member", self.member_id)
@@ -161,6 +165,12 @@ class Adjust(msgspec.Struct, frozen=True):
         check_reason(self.reason)
         if self.asset not in ASSETS:
             raise InvalidAmount(f"unknown asset {self.asset!r}")
+        if self.effective_at is not None and self.effective_at.tzinfo is None:
+            raise InvalidEffectiveTime("effective_at needs a time zone (e.g. 2026-04-30T12:00Z)")
+        if self.corrects_entry_id is not None and (
+            type(self.corrects_entry_id) is not int or self.corrects_entry_id <= 0
+        ):
+            raise InvalidAmount("corrects_entry_id must be a positive entry id")
 
 
 class PostingInput(msgspec.Struct, frozen=True):

@@ -28,7 +28,13 @@ import asyncpg
 from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ledger.errors import LedgerError, MemberNotActive, MemberNotFound, PartnerNotFound
+from ledger.errors import (
+    LedgerError,
+    MemberNotActive,
+    MemberNotFound,
+    PartnerNotFound,
+    PeriodClosed,
+)
 
 # Deadlock, serialization failure, lock wait over lock_timeout: the whole
 # transaction rolled back and may run again.
@@ -190,11 +196,16 @@ def refused_party(error: BaseException) -> LedgerError | None:
     an unknown or inactive member or an unregistered partner: the registry's
     triggers (SQLSTATE LM404 unknown member, LM409 member not active, LP404
     unknown partner) and its foreign keys (23503 on a `*_member_fk` or
-    `*_partner_fk` constraint). None for anything else."""
+    `*_partner_fk` constraint); also an entry dated or booked in a closed
+    period (SQLSTATE LF422, migration 0015: `PeriodClosed`). None for
+    anything else."""
     state = sqlstate(error)
     orig = getattr(error, "orig", None)
     driver = getattr(orig, "__cause__", None) or orig
     party = getattr(driver, "detail", None) or "?"
+    if state == "LF422":  # migration 0015: DETAIL is the boundary
+        message = getattr(driver, "message", None) or str(driver)
+        return PeriodClosed(message, closed_through=party)
     if state == "23503":
         constraint = getattr(driver, "constraint_name", None) or ""
         found = _MISSING_KEY.search(party)

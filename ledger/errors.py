@@ -124,3 +124,20 @@ class AsOfRefused(LedgerError):
     posted (ledger/jobs.py)."""
 
     code = "as-of-refused"
+
+
+class PeriodClosed(LedgerError):
+    """An entry dated or booked before the end of a closed month (the
+    database's period-close triggers, SQLSTATE LF422): the books are closed
+    through `closed_through`; corrections go into the open period."""
+
+    code = "period-closed"
+
+    def __init__(self, detail: str, closed_through: str) -> None:
+        super().__init__(detail, closed_through=closed_through)
+
+
+class InvalidEffectiveTime(LedgerError):
+    """A caller's effective time that cannot be used (e.g. in the future)."""
+
+    code = "invalid-effective-time"

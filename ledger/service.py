@@ -36,7 +36,10 @@ from ledger.commands import (
 from ledger.database import is_connection_lost, is_retryable, refused_party, sqlstate
 from ledger.errors import (
     DuplicatePartnerReference,
+    EntryNotFound,
     InvalidAccount,
+    InvalidEffectiveTime,
+    PeriodClosed,
     SameMember,
     TransferRefused,
 )
@@ -123,6 +126,23 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
         # deadlock, 40001 serialization failure, 55P03 lock timeout).
         self.retries: Counter[str] = Counter()
         self.journal = Journal(self.config.expiry_policy, self.config.hot_slots)
+        # The end of the latest closed month as this process last learnt it
+        # (from a `PeriodClosed` refusal, migration 0015): a late partner
+        # purchase dated before it is booked at it (partners/accrual.py).
+        self.closed_through: datetime | None = None
+
+    def learn_closed_through(self, refusal: PeriodClosed) -> bool:
+        """Remember the boundary a refusal carries; True when it is later
+        than the one known (a call dated by it may then run again)."""
+        raw = str(refusal.extensions.get("closed_through", ""))
+        try:
+            boundary = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        if self.closed_through is not None and boundary <= self.closed_through:
+            return False
+        self.closed_through = boundary
+        return True
 
     # -- plumbing ---------------------------------------------------------
 
@@ -399,6 +419,24 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
     ) -> Receipt:
         async def body(conn: AsyncConnection) -> Receipt:
             now = self.clock()
+            effective_at = cmd.effective_at or now
+            if effective_at > now:
+                raise InvalidEffectiveTime(
+                    f"effective_at {effective_at.isoformat()} is in the future",
+                    effective_at=effective_at.isoformat(),
+                )
+            breakdown = []
+            if cmd.corrects_entry_id is not None:
+                found = await conn.execute(
+                    text("SELECT 1 FROM journal_entries WHERE id = :id"),
+                    {"id": cmd.corrects_entry_id},
+                )
+                if found.first() is None:
+                    raise EntryNotFound(
+                        f"no journal entry {cmd.corrects_entry_id}",
+                        entry_id=cmd.corrects_entry_id,
+                    )
+                breakdown.append({"corrects_entry_id": cmd.corrects_entry_id})
             account = member_account(cmd.member_id, "available" if cmd.asset == PTS else "qp")
             effects = {}
             if cmd.asset == PTS:
@@ -411,10 +449,11 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
                         Posting(account, cmd.asset, cmd.amount),
                         Posting(program_account("adjustments"), cmd.asset, -cmd.amount),
                     ],
-                    effective_at=now,
+                    effective_at=effective_at,
                     posted_by=posted_by,
                     member_id=cmd.member_id,
                     reason=cmd.reason.strip(),
+                    breakdown=breakdown,
                     lot_effects=effects,
                 ),
                 now,

@@ -452,6 +452,16 @@ class AccrualRun:
 
     # -- writing ------------------------------------------------------------------
 
+    def _booked_at(self, occurred_at: datetime) -> datetime:
+        """The entry's effective time: the purchase time, or, for a late
+        purchase dated in a closed period, the first instant of the open one
+        (the boundary this process knows; Programme.accrue learns a newer one
+        from the database's refusal and runs again). Rules, promotions, tier
+        and contract are still those of the purchase time, and the purchase
+        record keeps it."""
+        boundary = self.ledger.closed_through
+        return boundary if boundary is not None and occurred_at < boundary else occurred_at
+
     async def accrue(self, accruals: Sequence[Accrual]) -> list[PurchaseReceipt | LedgerError]:
         """Earn for every purchase that passes; see the module's docstring."""
         _defs, results = await self.evaluate_all(accruals)
@@ -468,7 +478,7 @@ class AccrualRun:
                         EarnLine(ln.amount, ln.asset, ln.reason, ln.funder, ln.kind, ln.source)
                         for ln in done.earning.lines
                     ),
-                    effective_at=done.item.received.occurred_at,
+                    effective_at=self._booked_at(done.item.received.occurred_at),
                     release_at=done.item.release,
                 )
                 for done in earning

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import check_id
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, PeriodClosed
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from partners.accrual import Accrual, AccrualRun, RunAgain
@@ -136,7 +136,10 @@ class Programme(Returns, Tiering, MemberViews):
         idempotency key, answering `answer(conn, outcomes)` (in the same
         transaction: what it writes commits with the earnings). A reference taken by a
         concurrent call after this one checked it, or definitions that moved
-        under it (`RunAgain`), runs the transaction again."""
+        under it (`RunAgain`), runs the transaction again. So does a
+        purchase dated in a month closed since this process last learnt the
+        boundary: the database refused it (`PeriodClosed`, carrying the
+        boundary), and the run again books it at the boundary."""
 
         async def body(conn: AsyncConnection) -> R:
             outcomes = await AccrualRun(self, conn, partner_id, lock=True).accrue(accruals)
@@ -147,6 +150,9 @@ class Programme(Returns, Tiering, MemberViews):
                 return await self.ledger.run(operation, request, idempotency, result_type, body)
             except RunAgain:
                 if attempt == RUN_ATTEMPTS:
+                    raise
+            except PeriodClosed as refusal:
+                if attempt == RUN_ATTEMPTS or not self.ledger.learn_closed_through(refusal):
                     raise
         raise AssertionError("unreachable")
 

@@ -3,6 +3,7 @@ history, adjustments and reversals. With a replica configured, a member's
 balances and history and journal entries are read there when it has what the
 primary has (api/replica.py; `X-Read-From: replica|primary`)."""
 
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -29,6 +30,11 @@ class AdjustmentRequest(msgspec.Struct, forbid_unknown_fields=True):
     amount: int  # signed: positive credits the member, negative debits
     reason: str
     asset: str = "PTS"
+    # Dated back (default: now): never into a closed period (422 period-closed).
+    effective_at: datetime | None = None
+    # The entry this corrects (404 entry-not-found when there is none); kept
+    # in the new entry's breakdown as {"corrects_entry_id": ...}.
+    corrects_entry_id: int | None = None
 
 
 class ReversalRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -107,7 +113,14 @@ async def adjust(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Receipt:
     staff.require_role("admin")
-    command = Adjust(data.member_id, data.amount, data.reason, data.asset)
+    command = Adjust(
+        data.member_id,
+        data.amount,
+        data.reason,
+        data.asset,
+        data.effective_at,
+        data.corrects_entry_id,
+    )
     return await ledger.adjust(command, f"staff:{staff.subject}", _key(staff, idempotency_key))
 
 

@@ -63,7 +63,11 @@ ROW_TRIGGERS = {
     "lots": [],
     "lot_movements": [],
 }
-STATEMENT_TRIGGERS = {"postings": ["postings_balance_per_asset", "postings_entry_exists"]}
+# Statement-level, on the parent alone (0010, 0014; 0015: the period close).
+STATEMENT_TRIGGERS = {
+    "journal_entries": ["journal_entries_closed_periods"],
+    "postings": ["postings_balance_per_asset", "postings_closed_periods", "postings_entry_exists"],
+}
 # Checked per statement instead of by a foreign key (migration 0014).
 CHECKED_PER_STATEMENT = {
     ("postings", "entry_id"),

@@ -1,0 +1,524 @@
+"""Period close on a database of its own (closes change what every later test
+on the database may post, so never on the shared worked month).
+
+Months are counted back from the database's clock: P3, P2, P1 are the three
+months before the current one (M0). Entries booked in them are written with
+raw SQL (a booking time in the past cannot be made otherwise), which is also
+how the database's refusals are checked. The tests run in order: P3 is closed
+first (the first close may name any month that is over), then P2 (while a
+posting booked in it is in flight), then P1.
+"""
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import jwt
+import msgspec
+import pytest
+from click.testing import CliRunner
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from api.app import create_app
+from api.cli import main
+from api.embedded import drop_database
+from api.settings import Settings
+from finance.close import close_period, month_label, period_close
+from finance.period import Period, stamp
+from finance.rollforward import roll_forward
+from finance.trial_balance import trial_balance
+from ledger.commands import Adjust
+from ledger.database import create_engine, sqlstate
+from ledger.errors import PeriodClosed
+from ledger.history import server_time
+from ledger.service import LedgerService
+from members.registry import MemberInput, Members
+from partners.earning import Purchase, PurchaseLine
+from partners.programme import Programme
+from partners.registry import PartnerInput, Registry, SecretBox
+from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from tests.api.conftest import MEMBER_SECRET, SECRET
+from tests.conftest import TEST_SECRET_KEY
+from tests.finance.conftest import fresh_database
+
+ADMIN = "staff:close-tests"
+PROBLEM = "application/problem+json"
+
+
+def months_before(start: datetime, n: int) -> datetime:
+    year, month = start.year, start.month - n
+    while month < 1:
+        year, month = year - 1, month + 12
+    return datetime(year, month, 1, tzinfo=UTC)
+
+
+class Books:
+    def __init__(self, url, engine, now):
+        self.url, self.engine = url, engine
+        self.m0 = datetime(now.year, now.month, 1, tzinfo=UTC)
+        self.p1, self.p2, self.p3 = (months_before(self.m0, n) for n in (1, 2, 3))
+        self.ledger = LedgerService(engine)
+        self.programme = Programme(self.ledger)
+        self.raw: dict[str, int] = {}
+        self.earned: dict[str, object] = {}
+
+    def label(self, start: datetime) -> str:
+        return month_label(start)
+
+
+async def raw_entry(conn, at: datetime, serial: int, member: str, points: int) -> int:
+    """An adjustment booked (and dated) at `at`, written with raw SQL."""
+    entry_id = (
+        await conn.execute(
+            text("SELECT ledger_month_start(ledger_month_index(:at)) | :serial"),
+            {"at": at, "serial": serial},
+        )
+    ).scalar_one()
+    await conn.execute(
+        text(
+            "INSERT INTO journal_entries (id, kind, member_id, effective_at, created_at, "
+            "posted_by, reason) VALUES (:id, 'adjust', :member, :at, :at, :by, 'raw')"
+        ),
+        {"id": entry_id, "member": member, "at": at, "by": ADMIN},
+    )
+    await conn.execute(
+        text(
+            "INSERT INTO postings (entry_id, account, asset, amount, member_id) VALUES "
+            "(:id, :account, 'PTS', :points, :member), "
+            "(:id, 'program:adjustments', 'PTS', -:points, NULL)"
+        ),
+        {
+            "id": entry_id,
+            "account": f"member:{member}:available",
+            "points": points,
+            "member": member,
+        },
+    )
+    return entry_id
+
+
+@pytest.fixture(scope="module")
+async def books(server_url):
+    name, url = await fresh_database(server_url)
+    engine = create_engine(url, pool_size=6)
+    try:
+        async with engine.connect() as conn:
+            now = await server_time(conn)
+        b = Books(url, engine, now)
+        registry = Registry(engine, SecretBox(TEST_SECRET_KEY))
+        await registry.create_partner(
+            PartnerInput("shop", "Shop", price_per_point=Decimal("0.01"), late_submission_days=45),
+            ADMIN,
+        )
+        members = Members(b.ledger, b.programme)
+        for member in ("anna", "ben", "clara"):
+            await members.enrol(MemberInput(id=member), ADMIN)
+        rules = Rulebook(b.ledger)
+        await rules.create_earn_rule(
+            "shop", EarnRuleInput(datetime(2024, 1, 1, tzinfo=UTC), "EUR", Decimal(1)), ADMIN
+        )
+        # Double points in P1 only: a late purchase from P1 booked in M0 must still get them.
+        await rules.create_promotion(
+            PromotionInput(
+                "P1-DOUBLE",
+                "double points in P1",
+                b.p1,
+                b.m0,
+                multiplier=Decimal(2),
+                partner_ids=["shop"],
+                categories=["drugstore"],
+                accepts_late_submissions=True,
+            ),
+            ADMIN,
+        )
+        async with engine.begin() as conn:
+            for start in (b.p3, b.p2, b.p1):
+                await conn.execute(
+                    text(
+                        "SELECT ledger_ensure_partitions(ledger_month_index(:t), "
+                        "ledger_month_index(:t))"
+                    ),
+                    {"t": start},
+                )
+            b.raw["p1"] = await raw_entry(conn, b.p1 + timedelta(days=3), 1, "anna", 70)
+        yield b
+    finally:
+        await engine.dispose()
+        await drop_database(server_url, name)
+
+
+@pytest.fixture(scope="module")
+def settings(books, redis_url, tmp_path_factory) -> Settings:
+    return Settings(
+        database_url=books.url,
+        redis_url=redis_url,
+        jwt_secret=SECRET,
+        member_jwt_secret=MEMBER_SECRET,
+        data_dir=tmp_path_factory.mktemp("close"),
+        secret_key=TEST_SECRET_KEY,
+    )
+
+
+@pytest.fixture
+async def client(settings):
+    async with AsyncTestClient(create_app(settings)) as client:
+        yield client
+
+
+def auth(settings, *roles: str, subject: str = "fiona") -> dict[str, str]:
+    keys = settings.token_keys("staff")
+    now = int(time.time())
+    claims = {
+        "sub": subject,
+        "roles": list(roles),
+        "iss": keys.issuer,
+        "aud": keys.audience,
+        "iat": now,
+        "exp": now + 300,
+    }
+    return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
+
+
+def problem(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["type"].endswith(f"/{code}"), body
+    return body
+
+
+async def entries(engine) -> int:
+    async with engine.connect() as conn:
+        return (await conn.execute(text("SELECT count(*) FROM journal_entries"))).scalar_one()
+
+
+def grocery(at: datetime) -> Purchase:
+    return Purchase("shop", at, "EUR", (PurchaseLine(5000, "drugstore"),))
+
+
+# -- before any close ---------------------------------------------------------------
+
+
+async def test_a_late_purchase_before_the_close_keeps_its_purchase_time(books):
+    at = books.m0 - timedelta(days=2)
+    receipt = await books.programme.earn_purchase("ben", grocery(at), "before-close")
+    assert receipt.earning.points == 100  # 50 base + 50 from P1's promotion
+    books.earned["before"] = receipt
+    async with books.engine.connect() as conn:
+        effective = (
+            await conn.execute(
+                text("SELECT effective_at FROM journal_entries WHERE id = :id"),
+                {"id": receipt.entry_id},
+            )
+        ).scalar_one()
+    assert effective == at
+
+
+async def test_refused_closes_change_nothing(books, client, settings):
+    finance = auth(settings, "finance")
+    before = await entries(books.engine)
+    problem(
+        await client.post(f"/v1/finance/periods/{books.label(books.m0)}/close", headers=finance),
+        422,
+        "period-not-over",
+    )
+    for bad in ("2026-13", "26-04", "2026-4"):
+        problem(
+            await client.post(f"/v1/finance/periods/{bad}/close", headers=finance),
+            422,
+            "invalid-period",
+        )
+    problem(
+        await client.get(f"/v1/finance/periods/{books.label(books.p1)}", headers=finance),
+        404,
+        "period-not-closed",
+    )
+    # The finance role, not admin alone.
+    problem(
+        await client.post(
+            f"/v1/finance/periods/{books.label(books.p3)}/close", headers=auth(settings, "admin")
+        ),
+        403,
+        "missing-role",
+    )
+    listed = (await client.get("/v1/finance/periods", headers=finance)).json()
+    assert listed == {"closed_through": None, "next_period": None, "closes": []}
+    assert await entries(books.engine) == before
+
+
+# -- closing P3, then P2 while a posting booked in it is in flight ------------------------
+
+
+async def test_first_close_then_months_close_in_order(books, client, settings):
+    finance = auth(settings, "finance")
+    closed = await client.post(
+        f"/v1/finance/periods/{books.label(books.p3)}/close", headers=finance
+    )
+    assert closed.status_code == 201, closed.text
+    summary = closed.json()["summary"]
+    assert summary["period_end"] == stamp(books.p2)
+    assert summary["closed_by"] == "staff:fiona"
+    assert summary["figures_recorded"] and summary["ties"] and summary["balanced"]
+    body = problem(
+        await client.post(f"/v1/finance/periods/{books.label(books.p1)}/close", headers=finance),
+        409,
+        "period-not-next",
+    )
+    assert body["next_period"] == books.label(books.p2)
+    problem(
+        await client.post(f"/v1/finance/periods/{books.label(books.p3)}/close", headers=finance),
+        409,
+        "period-already-closed",
+    )
+    # Before P3: closed implicitly by the first close.
+    problem(
+        await client.post(
+            f"/v1/finance/periods/{books.label(months_before(books.p3, 1))}/close", headers=finance
+        ),
+        409,
+        "period-already-closed",
+    )
+
+
+async def test_close_waits_for_a_posting_in_flight_and_counts_it(books):
+    writer = await books.engine.connect()
+    try:
+        await writer.begin()
+        in_flight = await raw_entry(writer, books.p2 + timedelta(days=10), 1, "clara", 40)
+        closing = asyncio.create_task(close_period(books.engine, books.label(books.p2), ADMIN))
+        await asyncio.sleep(1.0)
+        assert not closing.done()  # waiting for the writer's lock
+        await writer.commit()
+        record = await asyncio.wait_for(closing, 30)
+    finally:
+        await writer.close()
+    lines = {(line.account, line.asset): line.balance for line in record.trial_balance.lines}
+    assert lines[("member:*:available", "PTS")] == 40  # clara's in-flight entry counted
+    assert record.roll_forward.closing == 40 and record.roll_forward.ties
+    # A posting after the close, booked in P2, is refused.
+    with pytest.raises(DBAPIError) as refused:
+        async with books.engine.begin() as conn:
+            await raw_entry(conn, books.p2 + timedelta(days=11), 2, "clara", 5)
+    assert sqlstate(refused.value) == "LF422"
+    async with books.engine.connect() as conn:
+        count = (
+            await conn.execute(
+                text("SELECT count(*) FROM journal_entries WHERE id = :id"), {"id": in_flight}
+            )
+        ).scalar_one()
+    assert count == 1
+
+
+# -- closing P1: its figures, the database's refusals ----------------------------------------
+
+
+async def test_close_records_the_reports_figures(books, client, settings):
+    finance = auth(settings, "finance")
+    label = books.label(books.p1)
+    closed = await client.post(f"/v1/finance/periods/{label}/close", headers=finance)
+    assert closed.status_code == 201, closed.text
+    record = await period_close(books.engine, label)
+    period = Period(books.p1, books.m0)
+    tb, rf = await trial_balance(books.engine, books.m0), await roll_forward(books.engine, period)
+    assert msgspec.to_builtins(record.trial_balance) == msgspec.to_builtins(tb)
+    assert msgspec.to_builtins(record.roll_forward) == msgspec.to_builtins(rf)
+    assert closed.json()["roll_forward"] == msgspec.to_builtins(rf)
+    assert record.summary.closing_liability == rf.closing == 110  # clara 40 + anna 70
+    assert [line.code for line in rf.lines] == ["adjusted-credit"]
+    got = (await client.get(f"/v1/finance/periods/{label}", headers=finance)).json()
+    assert got["summary"]["closing_liability"] == 110
+    listed = (await client.get("/v1/finance/periods", headers=finance)).json()
+    assert listed["closed_through"] == stamp(books.m0)
+    assert listed["next_period"] == books.label(books.m0)
+    assert [c["period"] for c in listed["closes"]] == [
+        books.label(books.p1),
+        books.label(books.p2),
+        books.label(books.p3),
+    ]
+    problem(
+        await client.post(f"/v1/finance/periods/{label}/close", headers=finance),
+        409,
+        "period-already-closed",
+    )
+
+
+async def test_the_database_refuses_back_dated_rows_even_in_raw_sql(books):
+    back = books.p1 + timedelta(days=5)
+    statements = [
+        # an entry dated back (booked now)
+        (
+            "INSERT INTO journal_entries (kind, member_id, effective_at, posted_by, reason) "
+            "VALUES ('adjust', 'anna', :back, 'staff:x', 'dated back')",
+            {"back": back},
+        ),
+        # a posting added to an entry booked in the closed month
+        (
+            "INSERT INTO postings (entry_id, account, asset, amount) VALUES "
+            "(:id, 'program:adjustments', 'PTS', 1), (:id, 'program:promotions', 'PTS', -1)",
+            {"id": books.raw["p1"]},
+        ),
+    ]
+    for sql, params in statements:
+        with pytest.raises(DBAPIError) as refused:
+            async with books.engine.begin() as conn:
+                await conn.execute(text(sql), params)
+        assert sqlstate(refused.value) == "LF422", str(refused.value)[:400]
+    # booked in the closed month (dated now)
+    with pytest.raises(DBAPIError) as refused:
+        async with books.engine.begin() as conn:
+            await raw_entry(conn, books.p1 + timedelta(days=6), 9, "anna", 1)
+    assert sqlstate(refused.value) == "LF422"
+    # The closes themselves are append-only.
+    for sql in (
+        "UPDATE period_closes SET closed_by = 'x'",
+        "DELETE FROM period_close_figures",
+        "TRUNCATE period_closes CASCADE",
+    ):
+        with pytest.raises(DBAPIError):
+            async with books.engine.begin() as conn:
+                await conn.execute(text(sql))
+    record = await period_close(books.engine, books.label(books.p1))
+    assert record.summary.closing_liability == 110
+
+
+async def test_a_late_purchase_after_the_close_is_booked_at_the_boundary(books):
+    at = books.m0 - timedelta(days=2)
+    # A process that has not learnt the boundary yet: the database refuses,
+    # the call learns the boundary and runs again.
+    ledger = LedgerService(books.engine)
+    programme = Programme(ledger)
+    assert ledger.closed_through is None
+    receipt = await programme.earn_purchase("anna", grocery(at), "after-close")
+    assert ledger.closed_through == books.m0
+    before = books.earned["before"]
+    assert receipt.earning.points == before.earning.points == 100
+    assert receipt.earning == msgspec.structs.replace(before.earning, member_id="anna")
+    async with books.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT e.effective_at, p.occurred_at FROM journal_entries e "
+                    "JOIN partner_purchases p ON p.entry_id = e.id WHERE e.id = :id"
+                ),
+                {"id": receipt.entry_id},
+            )
+        ).one()
+    assert row.effective_at == books.m0  # the first instant of the open period
+    assert row.occurred_at == at  # the purchase keeps its time
+    # The process now knows the boundary: no refusal on the next one.
+    again = await programme.earn_purchase("anna", grocery(at), "after-close-2")
+    assert again.earning.points == 100
+
+
+async def test_back_dated_adjustment_refused_and_a_correction_goes_into_the_open_period(
+    books, client, settings
+):
+    admin = auth(settings, "admin", subject="sam")
+    before = await entries(books.engine)
+    body = problem(
+        await client.post(
+            "/v1/staff/adjustments",
+            json={
+                "member_id": "anna",
+                "amount": -70,
+                "reason": "wrong credit",
+                "effective_at": stamp(books.p1 + timedelta(days=3)),
+            },
+            headers=admin,
+        ),
+        422,
+        "period-closed",
+    )
+    assert body["closed_through"].startswith(stamp(books.m0)[:19])
+    problem(
+        await client.post(
+            "/v1/staff/adjustments",
+            json={
+                "member_id": "anna",
+                "amount": -70,
+                "reason": "wrong credit",
+                "corrects_entry_id": 999_999_999,
+            },
+            headers=admin,
+        ),
+        404,
+        "entry-not-found",
+    )
+    problem(
+        await client.post(
+            "/v1/staff/adjustments",
+            json={
+                "member_id": "anna",
+                "amount": -70,
+                "reason": "wrong credit",
+                "effective_at": stamp(datetime.now(UTC) + timedelta(days=1)),
+            },
+            headers=admin,
+        ),
+        422,
+        "invalid-effective-time",
+    )
+    assert await entries(books.engine) == before
+    corrected = await client.post(
+        "/v1/staff/adjustments",
+        json={
+            "member_id": "anna",
+            "amount": -70,
+            "reason": "wrong credit",
+            "corrects_entry_id": books.raw["p1"],
+        },
+        headers=admin,
+    )
+    assert corrected.status_code == 201, corrected.text
+    entry_id = corrected.json()["entry_id"]
+    shown = (await client.get(f"/v1/staff/entries/{entry_id}", headers=admin)).json()
+    assert shown["breakdown"] == [{"corrects_entry_id": books.raw["p1"]}]
+    assert shown["effective_at"] >= stamp(books.m0)[:19]
+    # The closed month's recorded figures are unchanged; the correction is
+    # in the open period's roll-forward.
+    record = await period_close(books.engine, books.label(books.p1))
+    assert record.summary.closing_liability == 110
+
+
+async def test_the_ledger_refuses_an_adjustment_dated_in_a_closed_month(books):
+    with pytest.raises(PeriodClosed) as refused:
+        await books.ledger.adjust(
+            Adjust("ben", 5, "goodwill", effective_at=books.p1 + timedelta(days=1)), ADMIN
+        )
+    assert refused.value.extensions["closed_through"].startswith(stamp(books.m0)[:19])
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+async def loyalty(books, tmp_path, *args: str):
+    env = {
+        "LOYALTY_DATABASE_URL": books.url,
+        "LOYALTY_DATA_DIR": str(tmp_path),
+        "LOYALTY_SECRET_KEY": TEST_SECRET_KEY,
+    }
+    # The command runs its own event loop: in a thread, beside the tests' loop.
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args), env=env)
+
+
+async def test_cli_close_and_periods(books, tmp_path):
+    listed = await loyalty(books, tmp_path, "finance", "periods", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert msgspec.json.decode(listed.output)["closed_through"] == stamp(books.m0)
+    again = await loyalty(books, tmp_path, "finance", "close", "--period", books.label(books.p1))
+    assert again.exit_code == 3 and "period-already-closed" in again.output
+    bad = await loyalty(books, tmp_path, "finance", "close", "--period", "2026-13")
+    assert bad.exit_code == 2 and "invalid-period" in bad.output
+    unfinished = await loyalty(
+        books, tmp_path, "finance", "close", "--period", books.label(books.m0)
+    )
+    assert unfinished.exit_code == 3 and "period-not-over" in unfinished.output
+    shown = await loyalty(books, tmp_path, "finance", "periods", "--period", books.label(books.p1))
+    assert shown.exit_code == 0 and "closing liability: 110 points" in shown.output
+    missing = await loyalty(
+        books, tmp_path, "finance", "periods", "--period", books.label(months_before(books.p3, 1))
+    )
+    assert missing.exit_code == 4 and "period-not-closed" in missing.output

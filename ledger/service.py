@@ -90,6 +90,11 @@ class TransferRules:
         return int((amount * self.fee_rate).to_integral_value(ROUND_CEILING))
 
 
+# How far back staff may date an adjustment (a closed month refuses it anyway):
+# a year and a day, the longest period finance reports on.
+MAX_ADJUSTMENT_BACKDATE = timedelta(days=367)
+
+
 @dataclass(frozen=True)
 class LedgerConfig:
     expiry_policy: ExpiryPolicy = field(default_factory=RollingToQuarterEnd)
@@ -423,6 +428,12 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
             if effective_at > now:
                 raise InvalidEffectiveTime(
                     f"effective_at {effective_at.isoformat()} is in the future",
+                    effective_at=effective_at.isoformat(),
+                )
+            if effective_at < now - MAX_ADJUSTMENT_BACKDATE:
+                raise InvalidEffectiveTime(
+                    f"effective_at {effective_at.isoformat()} is more than "
+                    f"{MAX_ADJUSTMENT_BACKDATE.days} days back",
                     effective_at=effective_at.isoformat(),
                 )
             breakdown = []

@@ -461,6 +461,20 @@ async def test_back_dated_adjustment_refused_and_a_correction_goes_into_the_open
         422,
         "invalid-effective-time",
     )
+    problem(
+        await client.post(
+            "/v1/staff/adjustments",
+            json={
+                "member_id": "anna",
+                "amount": -70,
+                "reason": "wrong credit",
+                "effective_at": "1990-01-01T00:00:00Z",
+            },
+            headers=admin,
+        ),
+        422,
+        "invalid-effective-time",
+    )
     assert await entries(books.engine) == before
     corrected = await client.post(
         "/v1/staff/adjustments",

@@ -21,6 +21,7 @@ import click
 import msgspec
 
 from finance.errors import InvalidPeriod
+from finance.journal_export import csv_text
 from insights import coalition, pareto, promotions, retention, rfm, tiers
 from insights.errors import InvalidInsightParameter
 from insights.reading import bounded, currency, instant, window
@@ -85,7 +86,9 @@ def _show(tables: Tables, as_csv: bool, table: str | None, as_json, answer) -> N
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(v, "") for v in row])
+            # A text cell starting like a formula (a promotion code may start
+            # with '-') is neutralised as in the journal export; numbers never.
+            writer.writerow([csv_text(v) if isinstance(v, str) else _cell(v, "") for v in row])
         return
     for name, (columns, rows) in tables.items():
         if table is not None and name != table:

@@ -23,7 +23,9 @@ are read: once the close has committed, nothing can be booked before the
 month's end, so the month's figures no longer change and are read right after,
 in a snapshot of their own, and stored once (`period_close_figures`). Should
 that step fail, closing the month again records them (and only then is closing
-a closed month not a conflict).
+a closed month not a conflict: while the first close is still recording them,
+a second one is `PeriodAlreadyClosed`, a session advisory lock telling the
+two apart).
 
 Domain code: imports neither litestar, redis nor jwt.
 """
@@ -50,7 +52,9 @@ from finance.trial_balance import TrialBalance, trial_balance
 # queue behind a waiting close, so the wait is short).
 CLOSE_LOCK_TIMEOUT = "5s"
 
-_MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
+# ASCII digits only (`\d` takes any Unicode digit); the year is checked against the
+# bounds before a datetime is built (9999-12's end and 0000-01 are none).
+_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 
 
 def month_period(label: str) -> Period:
@@ -59,6 +63,8 @@ def month_period(label: str) -> Period:
     if found is None:
         raise InvalidPeriod("period", f"a month as YYYY-MM, not {label[:20]!r}")
     year, month = int(found.group(1)), int(found.group(2))
+    if not EARLIEST.year <= year < LATEST.year:
+        raise InvalidPeriod("period", f"between {EARLIEST:%Y-%m} and {LATEST:%Y-%m}")
     start = datetime(year, month, 1, tzinfo=UTC)
     end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
     if not EARLIEST <= start < end <= LATEST:
@@ -119,57 +125,85 @@ async def close_period(engine: AsyncEngine, label: str, closed_by: str) -> Perio
     """Close the month `label` (YYYY-MM) and record its figures; see the module."""
     period = month_period(label)
     label = month_label(period.start)
-    async with engine.begin() as conn:
-        await conn.execute(text(f"SET LOCAL lock_timeout = '{CLOSE_LOCK_TIMEOUT}'"))
-        # One close at a time (SHARE ROW EXCLUSIVE conflicts with itself; the
-        # triggers' reads of period_closes are not blocked).
-        await conn.execute(text("LOCK TABLE period_closes IN SHARE ROW EXCLUSIVE MODE"))
-        state = (
-            await conn.execute(
-                text(
-                    "SELECT clock_timestamp() AS now, ledger_closed_through() AS boundary, "
-                    "(SELECT NOT EXISTS (SELECT 1 FROM period_close_figures f "
-                    " WHERE f.period = c.period) FROM period_closes c "
-                    " WHERE c.period = :period) AS unrecorded"
-                ),
-                {"period": label},
-            )
-        ).one()
-        boundary = state.boundary
-        if boundary is not None and period.end <= boundary:
-            if not state.unrecorded:  # None (closed implicitly) or False (recorded)
-                raise PeriodAlreadyClosed(
-                    f"{label} is closed: the books are closed through {stamp(boundary)}",
-                    period=label,
-                    closed_through=stamp(boundary),
-                )
-        elif state.now < period.end:
-            raise PeriodNotOver(
-                f"{label} ends at {stamp(period.end)}; the database's clock says "
-                f"{stamp(state.now)}",
+    async with engine.connect() as conn:
+        key = {"key": f"period-close:{label}"}
+        # The month's figures have one recorder at a time: a session lock,
+        # taken before the close commits and held until its figures are
+        # stored. A second close finding them missing records them only when
+        # nobody holds it (the first one's step failed); while the first is
+        # still recording, it is a duplicate (409), not a second 201.
+        recorder = False
+        try:
+            async with conn.begin():
+                recorder = await _close(conn, label, period, closed_by, key)
+            await record_figures(engine, label, period)
+        finally:
+            if recorder:
+                await conn.execute(text(f"SELECT pg_advisory_unlock({_KEY})"), key)
+                await conn.commit()
+    return await period_close(engine, label)
+
+
+_KEY = "hashtextextended(:key, 0)"
+
+
+async def _close(conn, label: str, period: Period, closed_by: str, key: dict) -> bool:
+    """The close's transaction; True once this call holds the recorder's lock."""
+    await conn.execute(text(f"SET LOCAL lock_timeout = '{CLOSE_LOCK_TIMEOUT}'"))
+    # One close at a time (SHARE ROW EXCLUSIVE conflicts with itself; the
+    # triggers' reads of period_closes are not blocked).
+    await conn.execute(text("LOCK TABLE period_closes IN SHARE ROW EXCLUSIVE MODE"))
+    state = (
+        await conn.execute(
+            text(
+                "SELECT clock_timestamp() AS now, ledger_closed_through() AS boundary, "
+                "(SELECT NOT EXISTS (SELECT 1 FROM period_close_figures f "
+                " WHERE f.period = c.period) FROM period_closes c "
+                " WHERE c.period = :period) AS unrecorded"
+            ),
+            {"period": label},
+        )
+    ).one()
+    boundary = state.boundary
+    if boundary is not None and period.end <= boundary:
+        if not state.unrecorded or not await _recorder(conn, key):
+            # closed implicitly, recorded, or being recorded by a close
+            raise PeriodAlreadyClosed(
+                f"{label} is closed: the books are closed through {stamp(boundary)}",
                 period=label,
-                period_end=stamp(period.end),
-            )
-        elif boundary is not None and period.start != boundary:
-            following = month_label(boundary)
-            raise PeriodNotNext(
-                f"months close in order: the next to close is {following}",
-                period=label,
-                next_period=following,
                 closed_through=stamp(boundary),
             )
-        else:
-            # Wait for the postings in flight; new ones wait for the commit.
-            await conn.execute(text("LOCK TABLE journal_entries IN SHARE MODE"))
-            await conn.execute(
-                text(
-                    "INSERT INTO period_closes (period, period_start, period_end, closed_by) "
-                    "VALUES (:period, :start, :end, :by)"
-                ),
-                {"period": label, "start": period.start, "end": period.end, "by": closed_by},
-            )
-    await record_figures(engine, label, period)
-    return await period_close(engine, label)
+        return True
+    elif state.now < period.end:
+        raise PeriodNotOver(
+            f"{label} ends at {stamp(period.end)}; the database's clock says {stamp(state.now)}",
+            period=label,
+            period_end=stamp(period.end),
+        )
+    elif boundary is not None and period.start != boundary:
+        following = month_label(boundary)
+        raise PeriodNotNext(
+            f"months close in order: the next to close is {following}",
+            period=label,
+            next_period=following,
+            closed_through=stamp(boundary),
+        )
+    else:
+        # Wait for the postings in flight; new ones wait for the commit.
+        await conn.execute(text("LOCK TABLE journal_entries IN SHARE MODE"))
+        await conn.execute(
+            text(
+                "INSERT INTO period_closes (period, period_start, period_end, closed_by) "
+                "VALUES (:period, :start, :end, :by)"
+            ),
+            {"period": label, "start": period.start, "end": period.end, "by": closed_by},
+        )
+        return await _recorder(conn, key)
+
+
+async def _recorder(conn, key: dict) -> bool:
+    found = await conn.execute(text(f"SELECT pg_try_advisory_lock({_KEY})"), key)
+    return bool(found.scalar_one())
 
 
 async def record_figures(engine: AsyncEngine, label: str, period: Period) -> None:

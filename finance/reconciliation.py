@@ -33,7 +33,8 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from finance.period import Period
+from finance.errors import InvalidPeriod
+from finance.period import MAX_PERIOD, Period
 from finance.reconciliation_files import (
     CLASSES,
     DEFAULT_MAPPING,
@@ -468,6 +469,15 @@ async def reconcile(
             start = _day_start(reader.first_day)
             end = _day_start(reader.last_day) + timedelta(days=1)
             source = "file"
+            # One mistyped year would make every purchase of the partner in
+            # decades missing-at-partner: the range is bounded as a given one
+            # is (refused, nothing stored: the transaction is not committed).
+            if end - start > MAX_PERIOD:
+                raise InvalidPeriod(
+                    "to",
+                    f"the file's dates run from {reader.first_day} to {reader.last_day}, more "
+                    f"than {MAX_PERIOD.days} days: give from and to for the purchases to check",
+                )
         else:
             start = end = None
             source = "none"

@@ -26,7 +26,7 @@ from api.app import create_app
 from api.cli import main
 from api.embedded import drop_database
 from api.settings import Settings
-from finance.close import close_period, month_label, period_close
+from finance.close import PeriodClose, close_period, month_label, period_close
 from finance.period import Period, stamp
 from finance.rollforward import roll_forward
 from finance.trial_balance import trial_balance
@@ -225,11 +225,16 @@ async def test_refused_closes_change_nothing(books, client, settings):
         422,
         "period-not-over",
     )
-    for bad in ("2026-13", "26-04", "2026-4"):
+    # 9999-12 ends in year 10000 and 0000-01 starts in year 0: neither is a
+    # datetime (they were 500s); fullwidth digits are no YYYY-MM.
+    for bad in ("2026-13", "26-04", "2026-4", "9999-12", "0000-01", "\uff12\uff10\uff12\uff16-01"):
         problem(
             await client.post(f"/v1/finance/periods/{bad}/close", headers=finance),
             422,
             "invalid-period",
+        )
+        problem(
+            await client.get(f"/v1/finance/periods/{bad}", headers=finance), 422, "invalid-period"
         )
     problem(
         await client.get(f"/v1/finance/periods/{books.label(books.p1)}", headers=finance),
@@ -318,8 +323,15 @@ async def test_close_waits_for_a_posting_in_flight_and_counts_it(books):
 async def test_close_records_the_reports_figures(books, client, settings):
     finance = auth(settings, "finance")
     label = books.label(books.p1)
-    closed = await client.post(f"/v1/finance/periods/{label}/close", headers=finance)
-    assert closed.status_code == 201, closed.text
+    # A double click: the second close waits for the first, finds its figures
+    # still being recorded and is a duplicate, not a second 201.
+    both = await asyncio.gather(
+        *(close_period(books.engine, label, ADMIN) for _ in range(2)), return_exceptions=True
+    )
+    assert sorted(type(r).__name__ for r in both) == ["PeriodAlreadyClosed", "PeriodClose"]
+    assert next(r for r in both if isinstance(r, PeriodClose)).summary.figures_recorded
+    closed = await client.get(f"/v1/finance/periods/{label}", headers=finance)
+    assert closed.status_code == 200, closed.text
     record = await period_close(books.engine, label)
     period = Period(books.p1, books.m0)
     tb, rf = await trial_balance(books.engine, books.m0), await roll_forward(books.engine, period)

@@ -29,6 +29,7 @@ from api.embedded import drop_database, ensure_database, with_database
 from api.migrate import upgrade
 from api.routes.finance_reconciliation import MAX_UPLOAD_BYTES
 from api.settings import Settings
+from finance.errors import InvalidPeriod
 from finance.period import Period
 from finance.reconciliation import (
     get_reconciliation,
@@ -228,10 +229,26 @@ async def test_a_file_with_every_kind_of_mismatch(world):
         csv_file(*GROCER_FILE),
         "nov.csv",
         actor=ADMIN,
-        period=Period.parse((DAY0 - timedelta(days=20)).date().isoformat(), D1),
+        period=(wider_period := Period.parse((DAY0 - timedelta(days=20)).date().isoformat(), D1)),
     )
     assert wider.range_source == "given"
     assert wider.totals["missing-at-partner"].count == 2
+
+    # One mistyped year would make the file's range decades long (every
+    # purchase of the partner missing-at-partner): refused, nothing stored.
+    async with world.engine.connect() as conn:
+        runs = (await conn.execute(text("SELECT count(*) FROM reconciliations"))).scalar_one()
+    typo = [*GROCER_FILE, f"G-11,{ANNA},2062-11-28,50.00,50"]
+    with pytest.raises(InvalidPeriod, match="give from and to"):
+        await reconcile(world.engine, grocer, csv_file(*typo), "typo.csv", actor=ADMIN)
+    async with world.engine.connect() as conn:
+        assert (
+            await conn.execute(text("SELECT count(*) FROM reconciliations"))
+        ).scalar_one() == runs
+    given = await reconcile(
+        world.engine, grocer, csv_file(*typo), "typo.csv", actor=ADMIN, period=wider_period
+    )
+    assert given.totals["missing-at-partner"].count == 2
 
 
 async def test_the_stored_run_reads_back_and_is_append_only(world):

@@ -217,3 +217,13 @@ async def test_cli_refusals(programme10, tmp_path, args, code, message):
 def test_analytics_url_is_checked():
     with pytest.raises(SettingsError, match="LOYALTY_ANALYTICS_DATABASE_URL"):
         Settings.from_env({"LOYALTY_ANALYTICS_DATABASE_URL": "mysql://x/y"})
+
+
+def test_cli_csv_neutralises_formula_text(capsys):
+    """A text cell that a spreadsheet would run as a formula (a promotion code
+    may start with '-') is neutralised; numbers, negative ones too, are not."""
+    from api.cli_insights import _show
+
+    _show({"promotions": (["code", "points"], [["-A1", -3], ["=1+1", 5]])}, True, None, False, None)
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows == [["code", "points"], ["'-A1", "-3"], ["'=1+1", "5"]]

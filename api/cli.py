@@ -15,12 +15,15 @@ from dataclasses import replace
 
 import click
 
-import api.cli_finance_breakage  # noqa: F401  (registers its commands on `finance`)
-from api import cli_finance_close  # noqa: F401  (registers close and periods on `finance`)
+# Each cli_finance_* module adds its commands to the `finance` group when imported.
+from api import (  # noqa: F401
+    cli_finance_breakage,
+    cli_finance_close,
+    cli_finance_reconcile,
+    cli_finance_settlement,
+)
 from api.cli_failures import ConfigurationInvalid, Mismatch, failure_for
 from api.cli_finance import finance
-from api.cli_finance_reconcile import reconcile  # noqa: F401  (registers its commands)
-from api.cli_finance_settlement import settle  # noqa: F401  (registers the statements' commands)
 from api.cli_insights import insights
 from api.cli_jobs import jobs
 from api.cli_members import member

@@ -58,8 +58,9 @@ def _json(value) -> None:
 
 @click.group()
 def finance() -> None:
-    """Finance: journal export, balances as of an instant, trial balance and
-    points-liability roll-forward, all by booking time (created_at)."""
+    """Finance: journal export, balances as of an instant, trial balance,
+    roll-forward and breakage (by booking time, created_at); settlement
+    statements (by effective month); partner file reconciliation; period close."""
 
 
 # -- journal export ----------------------------------------------------------------

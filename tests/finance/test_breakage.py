@@ -17,18 +17,17 @@ month's figures):
 
 import asyncio
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import jwt
 import pytest
 from click.testing import CliRunner
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
 from api.app import create_app
+from api.auth import mint_token
 from api.cli import main
 from api.embedded import drop_database
 from api.settings import Settings
@@ -382,17 +381,7 @@ async def client(settings):
 
 
 def auth(settings, *roles: str, subject: str = "fiona") -> dict[str, str]:
-    keys = settings.token_keys("staff")
-    moment = int(time.time())
-    claims = {
-        "sub": subject,
-        "roles": list(roles),
-        "iss": keys.issuer,
-        "aud": keys.audience,
-        "iat": moment,
-        "exp": moment + 300,
-    }
-    return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
+    return {"Authorization": "Bearer " + mint_token(settings, subject, list(roles))}
 
 
 def window(story, start: str, end: str) -> dict[str, str]:

@@ -10,11 +10,9 @@ posting booked in it is in flight), then P1.
 """
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import jwt
 import msgspec
 import pytest
 from click.testing import CliRunner
@@ -23,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from api.app import create_app
+from api.auth import mint_token
 from api.cli import main
 from api.embedded import drop_database
 from api.settings import Settings
@@ -169,17 +168,7 @@ async def client(settings):
 
 
 def auth(settings, *roles: str, subject: str = "fiona") -> dict[str, str]:
-    keys = settings.token_keys("staff")
-    now = int(time.time())
-    claims = {
-        "sub": subject,
-        "roles": list(roles),
-        "iss": keys.issuer,
-        "aud": keys.audience,
-        "iat": now,
-        "exp": now + 300,
-    }
-    return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
+    return {"Authorization": "Bearer " + mint_token(settings, subject, list(roles))}
 
 
 def problem(response, status: int, code: str) -> dict:

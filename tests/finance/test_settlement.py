@@ -18,17 +18,16 @@ import asyncio
 import csv
 import io
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import jwt
 import pytest
 from click.testing import CliRunner
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
 from api.app import create_app
+from api.auth import mint_token
 from api.cli import main
 from api.embedded import drop_database
 from api.settings import Settings
@@ -232,17 +231,7 @@ async def loyalty(url: str, tmp_path, *args: str):
 
 
 def staff_headers(settings: Settings, *roles: str) -> dict[str, str]:
-    keys = settings.token_keys("staff")
-    now = int(time.time())
-    claims = {
-        "sub": "fiona",
-        "roles": list(roles),
-        "iss": keys.issuer,
-        "aud": keys.audience,
-        "iat": now,
-        "exp": now + 300,
-    }
-    return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
+    return {"Authorization": "Bearer " + mint_token(settings, "fiona", list(roles))}
 
 
 def settings_for(url: str, redis_url: str, tmp_path) -> Settings:

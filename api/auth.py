@@ -7,7 +7,14 @@ mint member tokens cannot mint a staff one, staff roles are read from staff
 tokens only, and a token of one kind is refused on the other's routes
 (`token-wrong-audience`). Algorithms are pinned by configuration (never taken
 from the token header); issuer, audience, `exp`, `nbf` and `iat` are checked,
-and a token may live at most `LOYALTY_JWT_MAX_LIFETIME_SECONDS`."""
+and a token may live at most `LOYALTY_JWT_MAX_LIFETIME_SECONDS`.
+
+A token that passed every check is remembered by the worker (its exact text,
+until it expires): a card holder's app sends the same token with every
+request for its lifetime, and verifying a signature again (twice decoded, an
+RSA or EC verification with public keys) was a tenth of a cached balance
+read. Only the identical string is taken from memory, and only while its
+`exp` (plus leeway) has not passed; anything else is verified in full."""
 
 import json
 import os
@@ -25,6 +32,8 @@ from api.problems import ApiError
 from api.settings import Settings, SettingsError, TokenKeys
 
 STAFF_ROLES = ("admin", "finance")
+# Verified tokens a worker remembers per kind; beyond it the oldest goes first.
+VERIFIED_TOKENS_KEPT = 10_000
 MEMBER_ROLE = "member"
 DEV_SECRET_FILES = {"staff": "dev-jwt-secret", "member": "dev-member-jwt-secret"}
 
@@ -114,13 +123,15 @@ def _audiences(claims: dict) -> list[str]:
 class KeyedVerifier:
     """Verification of one kind of token with its own keys, issuer and audience."""
 
-    def __init__(self, keys: TokenKeys, leeway: int, max_lifetime: int) -> None:
+    def __init__(self, keys: TokenKeys, leeway: int, max_lifetime: int, clock=time.time) -> None:
         self.kind = keys.kind
         self.algorithms = list(keys.algorithms)
         self.issuer = keys.issuer
         self.audience = keys.audience
         self.leeway = leeway
         self.max_lifetime = max_lifetime
+        self.clock = clock
+        self._verified: dict[str, dict] = {}  # token -> its claims, in insertion order
         self._jwks: jwt.PyJWKSet | None = None
         self._key: object = None
         self._symmetric = keys.symmetric
@@ -181,6 +192,20 @@ class KeyedVerifier:
             )
 
     def verify(self, token: str) -> dict:
+        claims = self._verified.get(token)
+        if claims is not None:
+            # PyJWT's own rule: expired once exp <= now - leeway.
+            if int(claims["exp"]) > self.clock() - self.leeway:
+                return claims
+            del self._verified[token]
+            raise ApiError("token-expired", "the token has expired")
+        claims = self._verify_signed(token)
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = claims
+        return claims
+
+    def _verify_signed(self, token: str) -> dict:
         self._refuse_other_audiences(token)
         try:
             claims = jwt.decode(

@@ -9,7 +9,12 @@ Imported from api/cli.py so the commands register on the `finance` group."""
 import click
 
 from api.cli_finance import BadInput, _json, _run, finance
-from finance.errors import InvalidPeriod
+from finance.errors import (
+    BreakageEstimateBackdated,
+    InvalidBreakageRate,
+    InvalidPeriod,
+    InvalidTrailingMonths,
+)
 
 
 def _bad(error) -> BadInput:
@@ -98,7 +103,6 @@ def breakage(start: str | None, end: str | None, months: int, as_json: bool) -> 
     estimate, the trailing history or the default 0.95), the consideration,
     cumulative and period revenue and deferred revenue per currency."""
     from finance.breakage import (
-        InvalidTrailingMonths,
         breakage_period,
         breakage_report,
         check_trailing_months,
@@ -131,8 +135,6 @@ def breakage_estimate(rate: str, reason: str, effective_from: str | None, as_jso
     --effective-from) until a later estimate; it wins over the history."""
     from api.cli_support import actor
     from finance.breakage import (
-        BreakageEstimateBackdated,
-        InvalidBreakageRate,
         check_rate,
         check_reason,
         set_estimate,

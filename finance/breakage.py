@@ -56,9 +56,10 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from finance.errors import BreakageEstimateBackdated, InvalidBreakageRate, InvalidTrailingMonths
 from finance.period import EARLIEST, LATEST, Period, stamp
 from finance.rollforward import LIABILITY_ACCOUNTS, MOVEMENTS, RollForwardLine, build_lines
-from ledger.errors import LedgerError, ReasonRequired
+from ledger.errors import ReasonRequired
 from ledger.history import snapshot
 
 DEFAULT_RATE = Decimal("0.95")
@@ -71,23 +72,6 @@ ROUNDING = "cumulative revenue rounded half up to minor units, once per instant"
 # A breakage report reads the whole history up to its end whatever its
 # period, so its period is not bounded like the roll-forward's.
 MAX_PERIOD = LATEST - EARLIEST
-
-
-class InvalidBreakageRate(LedgerError):
-    """An expected redemption rate that is not a decimal in (0, 1] with at
-    most 6 decimal places."""
-
-    code = "invalid-breakage-rate"
-
-
-class BreakageEstimateBackdated(LedgerError):
-    """An estimate asked to start before it is recorded."""
-
-    code = "breakage-estimate-backdated"
-
-
-class InvalidTrailingMonths(LedgerError):
-    code = "invalid-trailing-months"
 
 
 # -- validation ---------------------------------------------------------------------

@@ -54,3 +54,78 @@ class PeriodNotClosed(LedgerError):
     """No close of that month was recorded."""
 
     code = "period-not-closed"
+
+
+# -- breakage (finance/breakage.py) --------------------------------------------------
+
+
+class InvalidBreakageRate(LedgerError):
+    """An expected redemption rate that is not a decimal in (0, 1] with at
+    most 6 decimal places."""
+
+    code = "invalid-breakage-rate"
+
+
+class BreakageEstimateBackdated(LedgerError):
+    """An estimate asked to start before it is recorded."""
+
+    code = "breakage-estimate-backdated"
+
+
+class InvalidTrailingMonths(LedgerError):
+    code = "invalid-trailing-months"
+
+
+# -- settlement statements (finance/settlement.py) ------------------------------------
+
+
+class SettlementPeriodOpen(LedgerError):
+    """The month is not over yet: a statement covers a whole month."""
+
+    code = "settlement-period-open"
+
+
+class SettlementExists(LedgerError):
+    """The month is settled for the partner; reissue to recompute it."""
+
+    code = "settlement-exists"
+
+
+class SettlementOutOfOrder(LedgerError):
+    """A month before the partner's last settled month: its entries are settled
+    by the later statements already."""
+
+    code = "settlement-out-of-order"
+
+
+class StatementNotFound(LedgerError):
+    code = "statement-not-found"
+
+
+# -- partner file reconciliation (finance/reconciliation*.py) -------------------------
+
+
+class InvalidReconciliationMapping(LedgerError):
+    """A column mapping that cannot be used; names the field."""
+
+    code = "invalid-reconciliation-mapping"
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}", field=field)
+
+
+class ReconciliationFileInvalid(LedgerError):
+    """The file does not match the partner's mapping (a mapped column is
+    missing from its header, or it has no header): nothing is stored."""
+
+    code = "reconciliation-file-invalid"
+
+
+class ReconciliationNotFound(LedgerError):
+    code = "reconciliation-not-found"
+
+
+class InvalidReconciliationQuery(LedgerError):
+    """A class, limit or cursor the reads do not accept (names the parameter)."""
+
+    code = "invalid-query-parameter"

@@ -33,7 +33,12 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from finance.errors import InvalidPeriod
+from finance.errors import (
+    InvalidPeriod,
+    InvalidReconciliationMapping,
+    InvalidReconciliationQuery,
+    ReconciliationNotFound,
+)
 from finance.period import MAX_PERIOD, Period
 from finance.reconciliation_files import (
     CLASSES,
@@ -41,26 +46,18 @@ from finance.reconciliation_files import (
     FIELDS,
     FileReader,
     FileRow,
-    InvalidReconciliationMapping,
     LedgerPurchase,
     Mapping,
-    ReconciliationNotFound,
     check_mapping,
     classify,
 )
-from ledger.errors import DuplicatePartnerReference, InvalidCursor, LedgerError, PartnerNotFound
+from ledger.errors import DuplicatePartnerReference, InvalidCursor, PartnerNotFound
 from partners.batch import MAX_BATCH_ITEMS, BatchReceipt, EarnItem, earn_batch
 from partners.programme import Programme, PurchaseInput, PurchaseLineInput
 
 CHUNK_ROWS = 1000
 MAX_PAGE = 1000
 MAX_FILE_NAME = 255
-
-
-class InvalidReconciliationQuery(LedgerError):
-    """A class, limit or cursor the reads do not accept (names the parameter)."""
-
-    code = "invalid-query-parameter"
 
 
 # -- answers -------------------------------------------------------------------

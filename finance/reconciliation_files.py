@@ -29,8 +29,8 @@ from typing import BinaryIO
 
 import msgspec
 
+from finance.errors import InvalidReconciliationMapping, ReconciliationFileInvalid
 from finance.period import EARLIEST, LATEST
-from ledger.errors import LedgerError
 from partners.money import MINOR_UNIT_EXPONENTS
 from partners.programme import MAX_REFERENCE
 
@@ -48,26 +48,6 @@ MAX_COLUMN_NAME = 100
 MAX_VALUE = 255  # characters in one stored value
 MAX_LINE_BYTES = 1 << 16  # a longer line is unreadable (and never held whole)
 MAX_POINTS = 10**15
-
-
-class InvalidReconciliationMapping(LedgerError):
-    """A column mapping that cannot be used; names the field."""
-
-    code = "invalid-reconciliation-mapping"
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}", field=field)
-
-
-class ReconciliationFileInvalid(LedgerError):
-    """The file does not match the partner's mapping (a mapped column is
-    missing from its header, or it has no header): nothing is stored."""
-
-    code = "reconciliation-file-invalid"
-
-
-class ReconciliationNotFound(LedgerError):
-    code = "reconciliation-not-found"
 
 
 class Mapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -53,37 +53,20 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from finance.errors import InvalidPeriod
+from finance.errors import (
+    InvalidPeriod,
+    SettlementExists,
+    SettlementOutOfOrder,
+    SettlementPeriodOpen,
+    StatementNotFound,
+)
 from finance.period import EARLIEST, LATEST, stamp
 from finance.rollforward import LINES, MoneyPart, classify, contract_in_force, value_minor
 from ledger.accounts import partner_account
-from ledger.errors import LedgerError, PartnerNotFound
+from ledger.errors import PartnerNotFound
 from ledger.history import server_time, snapshot
 
 PERIOD_TIME = "effective_at"
-
-
-class SettlementPeriodOpen(LedgerError):
-    """The month is not over yet: a statement covers a whole month."""
-
-    code = "settlement-period-open"
-
-
-class SettlementExists(LedgerError):
-    """The month is settled for the partner; reissue to recompute it."""
-
-    code = "settlement-exists"
-
-
-class SettlementOutOfOrder(LedgerError):
-    """A month before the partner's last settled month: its entries are settled
-    by the later statements already."""
-
-    code = "settlement-out-of-order"
-
-
-class StatementNotFound(LedgerError):
-    code = "statement-not-found"
 
 
 # Settlement line codes in the order shown: (roll-forward line, label, who owes).

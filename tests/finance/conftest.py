@@ -7,11 +7,17 @@ The story (effective times; booking times are the real ones, captured from
 the database's clock after each step as `marks`):
 
 before the month  ben earns 300 at the fuel station (2026-01-20; those points
-                  expire on 2026-04-01), anna 1,000 at the drugstore (03-25)
+                  expire on 2026-04-01), anna 1,000 at the drugstore (03-25);
+                  the drugstore's eCoupon DRUGSTORE-3X (3x points on
+                  drugstore products in April, funded by the drugstore) is
+                  issued to anna
    --- start ---
-04-02  anna buys 100.00 EUR of drugstore products: 100 points from the
-       drugstore, 100 from the programme's DRUGSTORE-DOUBLE promotion,
-       pending for the drugstore's 14-day return window
+04-01  anna activates the coupon in the app (no entry)
+04-02  anna buys 100.00 EUR of drugstore products and shows the coupon:
+       100 points from the drugstore (base), 100 from the programme's
+       DRUGSTORE-DOUBLE promotion (x2: +100) and 200 from the coupon (x3:
+       +200, charged to the drugstore): 400, pending for the drugstore's
+       14-day return window
 04-03  clara buys 200.00 EUR of fuel: 200 points (and 200 QP)
 04-05  the expiry job: ben's 300 points expire
 04-08  anna redeems 400 points at the fuel station
@@ -21,7 +27,7 @@ before the month  ben earns 300 at the fuel station (2026-01-20; those points
 04-12  anna sends ben 100 points; the 5 % fee (5 points) goes to
        program:adjustments
 04-15  staff credit ben 25 points (goodwill)
-04-17  the release job: anna's 200 pending points become available
+04-17  the release job: anna's 400 pending points become available
 04-20  anna authorises 50 points at the drugstore, which captures 30
 04-25  ben authorises 10 points at the fuel station (still open at the end)
    --- end ---
@@ -30,6 +36,32 @@ before the month  ben earns 300 at the fuel station (2026-01-20; those points
 The fuel station's contract changes on 2026-04-06: 0.012 -> 0.015 EUR per
 point issued, 0.009 -> 0.010 EUR reimbursed per point redeemed; the
 drugstore's is 0.01 both ways.
+
+By hand, at the end of the month:
+
+  anna   1,000 - 400 burnt - 105 sent (100 + 5 fee) + 400 released - 30 captured = 865
+  ben        300 - 300 expired + 100 received + 25 goodwill - 10 held             = 115 (+10 held)
+  clara      200 - 150 burnt - 200 returned                                       = -150
+  liability  865 + 115 - 150 available + 0 pending + 10 held                       = 840
+
+  partner:drugstore:issued    -1,000 - 100 base - 200 coupon       = -1,300
+  partner:drugstore:redeemed      150 clara + 30 anna's capture    =    180
+  partner:fuelstation:issued     -300 - 200 + 200 returned         =   -300
+  partner:fuelstation:redeemed                                     =    400
+  program:promotions / expired / adjustments (5 fee - 25)  = -100 / 300 / -20
+  PTS: 840 - 1,300 + 180 - 300 + 400 - 100 + 300 - 20 = 0
+
+  roll-forward: 1,300 opening + 300 issued by the drugstore (100 + 200
+  coupon) + 200 by the fuel station + 100 promotions - 200 returned - 180
+  - 400 redeemed - 300 expired - 5 fee + 25 goodwill = 1,300 - 460 = 840;
+  in EUR: drugstore 300 x 0.01 = 3.00, fuel station 200 x 0.012 = 2.40
+  (and -2.40 returned), redeemed 180 x 0.01 = 1.80 and 400 x 0.010 = 4.00
+
+  the drugstore's April statement: issued 100 x 0.01 = 1.00 and the coupon's
+  200 x 0.01 = 2.00 (promotion points charged to the partner) owed by the
+  drugstore, 180 x 0.01 = 1.80 redeemed owed to it: net 3.00 - 1.80 = 1.20
+  (the drugstore pays the programme); the programme's 100 promotion points
+  and ben's open authorisation are not on it
 """
 
 import asyncio
@@ -51,7 +83,7 @@ from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
 from partners.registry import ContractInput, PartnerInput, Registry, SecretBox
-from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.rulebook import CouponInput, EarnRuleInput, PromotionInput, Rulebook
 from tests.conftest import TEST_SECRET_KEY, Clock
 
 ADMIN = "staff:finance-tests"
@@ -142,6 +174,21 @@ async def build_month(engine, url: str) -> Month:
         ),
         ADMIN,
     )
+    # The drugstore's own eCoupon, issued to anna: it pays for the points.
+    await rules.create_coupon(
+        CouponInput(
+            "DRUGSTORE-3X",
+            "3x points on drugstore products, paid by the drugstore",
+            APRIL,
+            APRIL + timedelta(days=30),
+            funder="partner",
+            multiplier=Decimal(3),
+            partner_ids=["drugstore"],
+            categories=["drugstore"],
+        ),
+        ADMIN,
+    )
+    await rules.issue_coupon("DRUGSTORE-3X", ["anna"], ADMIN)
 
     async def now() -> datetime:
         async with engine.connect() as conn:
@@ -165,12 +212,23 @@ async def build_month(engine, url: str) -> Month:
     async def step() -> None:
         marks.append(await now())
 
+    on(1)
+    await programme.activate_coupon("anna", "DRUGSTORE-3X")  # in the app, before shopping
     on(2)
     receipt = await programme.earn_purchase(
         "anna",
         Purchase("drugstore", clock.now, "EUR", (PurchaseLine(10000, "drugstore"),)),
         "DS-0402",
+        coupon_codes=("DRUGSTORE-3X",),
     )
+    assert [(ln.kind, ln.funder, ln.amount) for ln in receipt.earning.lines] == [
+        ("base", "partner", 100),
+        ("promotion", "program", 100),
+        ("coupon", "partner", 200),
+    ]
+    assert [(c.code, c.status) for c in await programme.coupons("anna")] == [
+        ("DRUGSTORE-3X", "used")
+    ]
     entries["anna-promo-earn"] = receipt.entry_id
     await step()
     on(3)
@@ -227,7 +285,7 @@ async def build_month(engine, url: str) -> Month:
     entries["after"] = (await ledger.earn(Earn.simple("anna", "drugstore", "DS-0502", 10))).entry_id
     after = await now()
 
-    assert (await ledger.balances("anna")).available == 675  # 665 + 10 after the month
+    assert (await ledger.balances("anna")).available == 875  # 865 + 10 after the month
     assert (await ledger.balances("ben")).held == 10
     return Month(url, engine, start, end, after, marks, entries)
 

@@ -33,8 +33,6 @@ from api.embedded import drop_database
 from api.settings import Settings
 from finance.breakage import (
     DEFAULT_RATE,
-    BreakageEstimateBackdated,
-    InvalidBreakageRate,
     breakage_period,
     breakage_report,
     check_rate,
@@ -44,6 +42,7 @@ from finance.breakage import (
     months_before,
     set_estimate,
 )
+from finance.errors import BreakageEstimateBackdated, InvalidBreakageRate
 from finance.period import EARLIEST, Period, stamp
 from ledger.commands import Burn, Earn, Reverse
 from ledger.database import create_engine

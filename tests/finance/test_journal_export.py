@@ -84,7 +84,7 @@ async def test_csv_export_of_the_month(month, tmp_path):
     path = await export(month, tmp_path, "csv")
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
     expected = await window_postings(month, month.start, month.end)
-    assert len(rows) == len(expected) == 33
+    assert len(rows) == len(expected) == 35
     assert list(rows[0]) == list(COLUMNS)
     for row, db in zip(rows, expected, strict=True):
         assert (int(row["entry_id"]), row["kind"], int(row["posting_id"])) == (
@@ -116,7 +116,9 @@ async def test_csv_export_of_the_month(month, tmp_path):
     assert returned[0]["reverses_entry_id"] == str(month.entries["clara-earn"])
     assert returned[0]["effective_at"].startswith("2026-04-10T10:00:00")
     promo = [r for r in rows if r["entry_id"] == str(month.entries["anna-promo-earn"])]
-    assert [line["kind"] for line in json.loads(promo[0]["breakdown"])] == ["base", "promotion"]
+    assert [
+        (line["kind"], line["funder"], line["amount"]) for line in json.loads(promo[0]["breakdown"])
+    ] == [("base", "partner", 100), ("promotion", "program", 100), ("coupon", "partner", 200)]
     assert str(month.entries["after"]) not in {r["entry_id"] for r in rows}
 
 
@@ -130,9 +132,9 @@ async def test_control_totals_and_checksum(month, tmp_path):
         per["postings"] += 1
         per["debits" if p["amount"] < 0 else "credits"] += p["amount"]
     assert totals["entries"] == len({p["id"] for p in expected}) == 13
-    assert totals["postings"] == 33
+    assert totals["postings"] == 35
     assert totals["assets"] == sums
-    assert totals["assets"]["PTS"]["debits"] == -totals["assets"]["PTS"]["credits"] == -1890
+    assert totals["assets"]["PTS"]["debits"] == -totals["assets"]["PTS"]["credits"] == -2290
     assert totals["assets"]["QP"] == {"postings": 4, "debits": -400, "credits": 400}
     assert (totals["first_entry_id"], totals["last_entry_id"]) == (
         min(p["id"] for p in expected),
@@ -156,7 +158,7 @@ async def test_jsonl_export_of_the_month(month, tmp_path):
     entries = [json.loads(line) for line in path.read_text().splitlines()]
     expected = await window_postings(month, month.start, month.end)
     assert [e["entry_id"] for e in entries] == sorted({p["id"] for p in expected})
-    assert sum(len(e["postings"]) for e in entries) == 33
+    assert sum(len(e["postings"]) for e in entries) == 35
     by_id = {e["entry_id"]: e for e in entries}
     transfer = by_id[month.entries["transfer"]]
     assert transfer["kind"] == "transfer" and transfer["member_id"] == "anna"

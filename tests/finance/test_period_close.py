@@ -1,15 +1,27 @@
-"""Period close on a database of its own (closes change what every later test
-on the database may post, so never on the shared worked month).
+"""Period close, on databases of this module's own (a close changes what every
+later entry on its database may carry, so never on the shared worked month).
+Every test stands alone: run alone, in any order, it passes.
 
 Months are counted back from the database's clock: P3, P2, P1 are the three
 months before the current one (M0). Entries booked in them are written with
 raw SQL (a booking time in the past cannot be made otherwise), which is also
-how the database's refusals are checked. The tests run in order: P3 is closed
-first (the first close may name any month that is over), then P2 (while a
-posting booked in it is in flight), then P1.
+how the database's refusals are checked. Each database starts with anna's 70
+points booked in P1 (`new_books`). Three states:
+
+- `open_books`: nothing closed (module-scoped; its tests close nothing);
+- `closed_books`: clara's 40 points booked in P2 and ben's purchase of P1
+  reported before the close, then P3, P2 and P1 closed in order by the
+  fixture (module-scoped; its tests only read what the closes recorded, are
+  refused, or post into the open month M0, which no other test reads);
+- the ordered scenario of closing, in ONE test on a database of its own:
+  P3 first (the first close may name any month that is over), then P2 while
+  a posting booked in it is in flight, then P1 (a double click is one close)
+  with the reports' figures recorded.
 """
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -37,6 +49,7 @@ from ledger.service import LedgerService
 from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
+from partners.receipts import PurchaseReceipt
 from partners.registry import PartnerInput, Registry, SecretBox
 from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
 from tests.api.conftest import MEMBER_SECRET, SECRET
@@ -62,7 +75,7 @@ class Books:
         self.ledger = LedgerService(engine)
         self.programme = Programme(self.ledger)
         self.raw: dict[str, int] = {}
-        self.earned: dict[str, object] = {}
+        self.earned: dict[str, PurchaseReceipt] = {}
 
     def label(self, start: datetime) -> str:
         return month_label(start)
@@ -99,8 +112,11 @@ async def raw_entry(conn, at: datetime, serial: int, member: str, points: int) -
     return entry_id
 
 
-@pytest.fixture(scope="module")
-async def books(server_url):
+@asynccontextmanager
+async def new_books(server_url: str) -> AsyncIterator[Books]:
+    """A database of its own, nothing closed: a shop (45 days to report a
+    purchase late) with double points in P1, anna, ben and clara, and anna's
+    70 points booked in P1."""
     name, url = await fresh_database(server_url)
     engine = create_engine(url, pool_size=6)
     try:
@@ -149,22 +165,47 @@ async def books(server_url):
         await drop_database(server_url, name)
 
 
+def grocery(at: datetime) -> Purchase:
+    return Purchase("shop", at, "EUR", (PurchaseLine(5000, "drugstore"),))
+
+
+def late_in_p1(books: Books) -> datetime:
+    """A purchase time in P1, two days before its end (reported now, in M0)."""
+    return books.m0 - timedelta(days=2)
+
+
 @pytest.fixture(scope="module")
-def settings(books, redis_url, tmp_path_factory) -> Settings:
-    return Settings(
+async def open_books(server_url):
+    async with new_books(server_url) as books:
+        yield books
+
+
+@pytest.fixture(scope="module")
+async def closed_books(server_url):
+    async with new_books(server_url) as books:
+        books.earned["before"] = await books.programme.earn_purchase(
+            "ben", grocery(late_in_p1(books)), "before-close"
+        )
+        async with books.engine.begin() as conn:
+            books.raw["p2"] = await raw_entry(conn, books.p2 + timedelta(days=10), 1, "clara", 40)
+        for start in (books.p3, books.p2, books.p1):
+            await close_period(books.engine, books.label(start), ADMIN)
+        yield books
+
+
+@asynccontextmanager
+async def serving(books: Books, redis_url: str, data_dir) -> AsyncIterator[tuple]:
+    """The API on the books' database: (client, settings)."""
+    settings = Settings(
         database_url=books.url,
         redis_url=redis_url,
         jwt_secret=SECRET,
         member_jwt_secret=MEMBER_SECRET,
-        data_dir=tmp_path_factory.mktemp("close"),
+        data_dir=data_dir,
         secret_key=TEST_SECRET_KEY,
     )
-
-
-@pytest.fixture
-async def client(settings):
     async with AsyncTestClient(create_app(settings)) as client:
-        yield client
+        yield client, settings
 
 
 def auth(settings, *roles: str, subject: str = "fiona") -> dict[str, str]:
@@ -184,19 +225,14 @@ async def entries(engine) -> int:
         return (await conn.execute(text("SELECT count(*) FROM journal_entries"))).scalar_one()
 
 
-def grocery(at: datetime) -> Purchase:
-    return Purchase("shop", at, "EUR", (PurchaseLine(5000, "drugstore"),))
-
-
 # -- before any close ---------------------------------------------------------------
 
 
-async def test_a_late_purchase_before_the_close_keeps_its_purchase_time(books):
-    at = books.m0 - timedelta(days=2)
-    receipt = await books.programme.earn_purchase("ben", grocery(at), "before-close")
+async def test_a_late_purchase_before_the_close_keeps_its_purchase_time(open_books):
+    at = late_in_p1(open_books)
+    receipt = await open_books.programme.earn_purchase("ben", grocery(at), "before-close")
     assert receipt.earning.points == 100  # 50 base + 50 from P1's promotion
-    books.earned["before"] = receipt
-    async with books.engine.connect() as conn:
+    async with open_books.engine.connect() as conn:
         effective = (
             await conn.execute(
                 text("SELECT effective_at FROM journal_entries WHERE id = :id"),
@@ -206,48 +242,78 @@ async def test_a_late_purchase_before_the_close_keeps_its_purchase_time(books):
     assert effective == at
 
 
-async def test_refused_closes_change_nothing(books, client, settings):
-    finance = auth(settings, "finance")
+async def test_refused_closes_change_nothing(open_books, redis_url, tmp_path):
+    books = open_books
     before = await entries(books.engine)
-    problem(
-        await client.post(f"/v1/finance/periods/{books.label(books.m0)}/close", headers=finance),
-        422,
-        "period-not-over",
-    )
-    # 9999-12 ends in year 10000 and 0000-01 starts in year 0: neither is a
-    # datetime (they were 500s); fullwidth digits are no YYYY-MM.
-    for bad in ("2026-13", "26-04", "2026-4", "9999-12", "0000-01", "\uff12\uff10\uff12\uff16-01"):
+    async with serving(books, redis_url, tmp_path) as (client, settings):
+        finance = auth(settings, "finance")
         problem(
-            await client.post(f"/v1/finance/periods/{bad}/close", headers=finance),
+            await client.post(
+                f"/v1/finance/periods/{books.label(books.m0)}/close", headers=finance
+            ),
             422,
-            "invalid-period",
+            "period-not-over",
         )
+        # 9999-12 ends in year 10000 and 0000-01 starts in year 0: neither is a
+        # datetime (they were 500s); fullwidth digits are no YYYY-MM.
+        for bad in (
+            "2026-13",
+            "26-04",
+            "2026-4",
+            "9999-12",
+            "0000-01",
+            "\uff12\uff10\uff12\uff16-01",
+        ):
+            problem(
+                await client.post(f"/v1/finance/periods/{bad}/close", headers=finance),
+                422,
+                "invalid-period",
+            )
+            problem(
+                await client.get(f"/v1/finance/periods/{bad}", headers=finance),
+                422,
+                "invalid-period",
+            )
         problem(
-            await client.get(f"/v1/finance/periods/{bad}", headers=finance), 422, "invalid-period"
+            await client.get(f"/v1/finance/periods/{books.label(books.p1)}", headers=finance),
+            404,
+            "period-not-closed",
         )
-    problem(
-        await client.get(f"/v1/finance/periods/{books.label(books.p1)}", headers=finance),
-        404,
-        "period-not-closed",
-    )
-    # The finance role, not admin alone.
-    problem(
-        await client.post(
-            f"/v1/finance/periods/{books.label(books.p3)}/close", headers=auth(settings, "admin")
-        ),
-        403,
-        "missing-role",
-    )
-    listed = (await client.get("/v1/finance/periods", headers=finance)).json()
+        # The finance role, not admin alone.
+        problem(
+            await client.post(
+                f"/v1/finance/periods/{books.label(books.p3)}/close",
+                headers=auth(settings, "admin"),
+            ),
+            403,
+            "missing-role",
+        )
+        listed = (await client.get("/v1/finance/periods", headers=finance)).json()
     assert listed == {"closed_through": None, "next_period": None, "closes": []}
     assert await entries(books.engine) == before
 
 
-# -- closing P3, then P2 while a posting booked in it is in flight ------------------------
+# -- closing in order: the one ordered scenario ----------------------------------------
 
 
-async def test_first_close_then_months_close_in_order(books, client, settings):
-    finance = auth(settings, "finance")
+@pytest.fixture
+async def fresh_books(server_url):
+    async with new_books(server_url) as books:
+        yield books
+
+
+async def test_months_close_in_order_counting_postings_in_flight(fresh_books, redis_url, tmp_path):
+    """P3, then P2 while a posting booked in it is in flight, then P1 with
+    its figures: one scenario, each step on the state the one before made."""
+    books = fresh_books
+    async with serving(books, redis_url, tmp_path) as (client, settings):
+        finance = auth(settings, "finance")
+        await first_close_then_only_the_next_month(books, client, finance)
+        await close_waits_for_a_posting_in_flight_and_counts_it(books)
+        await close_records_the_reports_figures(books, client, finance)
+
+
+async def first_close_then_only_the_next_month(books, client, finance) -> None:
     closed = await client.post(
         f"/v1/finance/periods/{books.label(books.p3)}/close", headers=finance
     )
@@ -277,7 +343,7 @@ async def test_first_close_then_months_close_in_order(books, client, settings):
     )
 
 
-async def test_close_waits_for_a_posting_in_flight_and_counts_it(books):
+async def close_waits_for_a_posting_in_flight_and_counts_it(books) -> None:
     writer = await books.engine.connect()
     try:
         await writer.begin()
@@ -306,11 +372,7 @@ async def test_close_waits_for_a_posting_in_flight_and_counts_it(books):
     assert count == 1
 
 
-# -- closing P1: its figures, the database's refusals ----------------------------------------
-
-
-async def test_close_records_the_reports_figures(books, client, settings):
-    finance = auth(settings, "finance")
+async def close_records_the_reports_figures(books, client, finance) -> None:
     label = books.label(books.p1)
     # A double click: the second close waits for the first, finds its figures
     # still being recorded and is a duplicate, not a second 201.
@@ -329,8 +391,6 @@ async def test_close_records_the_reports_figures(books, client, settings):
     assert closed.json()["roll_forward"] == msgspec.to_builtins(rf)
     assert record.summary.closing_liability == rf.closing == 110  # clara 40 + anna 70
     assert [line.code for line in rf.lines] == ["adjusted-credit"]
-    got = (await client.get(f"/v1/finance/periods/{label}", headers=finance)).json()
-    assert got["summary"]["closing_liability"] == 110
     listed = (await client.get("/v1/finance/periods", headers=finance)).json()
     assert listed["closed_through"] == stamp(books.m0)
     assert listed["next_period"] == books.label(books.m0)
@@ -346,7 +406,24 @@ async def test_close_records_the_reports_figures(books, client, settings):
     )
 
 
-async def test_the_database_refuses_back_dated_rows_even_in_raw_sql(books):
+# -- after P1 is closed: the database's refusals, late purchases, corrections ---------------
+
+
+async def test_the_closes_recorded_their_figures(closed_books, redis_url, tmp_path):
+    books = closed_books
+    async with serving(books, redis_url, tmp_path) as (client, settings):
+        got = await client.get(
+            f"/v1/finance/periods/{books.label(books.p1)}", headers=auth(settings, "finance")
+        )
+    assert got.status_code == 200, got.text
+    assert got.json()["summary"]["closing_liability"] == 110  # clara 40 + anna 70
+    assert got.json()["summary"]["closed_by"] == ADMIN
+    p2 = await period_close(books.engine, books.label(books.p2))
+    assert p2.summary.closing_liability == 40 and p2.summary.ties
+
+
+async def test_the_database_refuses_back_dated_rows_even_in_raw_sql(closed_books):
+    books = closed_books
     back = books.p1 + timedelta(days=5)
     statements = [
         # an entry dated back (booked now)
@@ -385,8 +462,9 @@ async def test_the_database_refuses_back_dated_rows_even_in_raw_sql(books):
     assert record.summary.closing_liability == 110
 
 
-async def test_a_late_purchase_after_the_close_is_booked_at_the_boundary(books):
-    at = books.m0 - timedelta(days=2)
+async def test_a_late_purchase_after_the_close_is_booked_at_the_boundary(closed_books):
+    books = closed_books
+    at = late_in_p1(books)
     # A process that has not learnt the boundary yet: the database refuses,
     # the call learns the boundary and runs again.
     ledger = LedgerService(books.engine)
@@ -394,7 +472,7 @@ async def test_a_late_purchase_after_the_close_is_booked_at_the_boundary(books):
     assert ledger.closed_through is None
     receipt = await programme.earn_purchase("anna", grocery(at), "after-close")
     assert ledger.closed_through == books.m0
-    before = books.earned["before"]
+    before = books.earned["before"]  # ben's purchase of the same time, reported before the close
     assert receipt.earning.points == before.earning.points == 100
     assert receipt.earning == msgspec.structs.replace(before.earning, member_id="anna")
     async with books.engine.connect() as conn:
@@ -415,81 +493,56 @@ async def test_a_late_purchase_after_the_close_is_booked_at_the_boundary(books):
 
 
 async def test_back_dated_adjustment_refused_and_a_correction_goes_into_the_open_period(
-    books, client, settings
+    closed_books, redis_url, tmp_path
 ):
-    admin = auth(settings, "admin", subject="sam")
+    books = closed_books
     before = await entries(books.engine)
-    body = problem(
-        await client.post(
+    # A credit: raw SQL leaves the live balances as they were, so anna has none
+    # of her P1 points to debit unless another test credited her.
+    correction = {"member_id": "anna", "amount": 30, "reason": "P1 credit was 30 short"}
+    async with serving(books, redis_url, tmp_path) as (client, settings):
+        admin = auth(settings, "admin", subject="sam")
+        body = problem(
+            await client.post(
+                "/v1/staff/adjustments",
+                json={**correction, "effective_at": stamp(books.p1 + timedelta(days=3))},
+                headers=admin,
+            ),
+            422,
+            "period-closed",
+        )
+        assert body["closed_through"].startswith(stamp(books.m0)[:19])
+        problem(
+            await client.post(
+                "/v1/staff/adjustments",
+                json={**correction, "corrects_entry_id": 999_999_999},
+                headers=admin,
+            ),
+            404,
+            "entry-not-found",
+        )
+        for effective_at in (
+            stamp(datetime.now(UTC) + timedelta(days=1)),
+            "1990-01-01T00:00:00Z",
+        ):
+            problem(
+                await client.post(
+                    "/v1/staff/adjustments",
+                    json={**correction, "effective_at": effective_at},
+                    headers=admin,
+                ),
+                422,
+                "invalid-effective-time",
+            )
+        assert await entries(books.engine) == before
+        corrected = await client.post(
             "/v1/staff/adjustments",
-            json={
-                "member_id": "anna",
-                "amount": -70,
-                "reason": "wrong credit",
-                "effective_at": stamp(books.p1 + timedelta(days=3)),
-            },
+            json={**correction, "corrects_entry_id": books.raw["p1"]},
             headers=admin,
-        ),
-        422,
-        "period-closed",
-    )
-    assert body["closed_through"].startswith(stamp(books.m0)[:19])
-    problem(
-        await client.post(
-            "/v1/staff/adjustments",
-            json={
-                "member_id": "anna",
-                "amount": -70,
-                "reason": "wrong credit",
-                "corrects_entry_id": 999_999_999,
-            },
-            headers=admin,
-        ),
-        404,
-        "entry-not-found",
-    )
-    problem(
-        await client.post(
-            "/v1/staff/adjustments",
-            json={
-                "member_id": "anna",
-                "amount": -70,
-                "reason": "wrong credit",
-                "effective_at": stamp(datetime.now(UTC) + timedelta(days=1)),
-            },
-            headers=admin,
-        ),
-        422,
-        "invalid-effective-time",
-    )
-    problem(
-        await client.post(
-            "/v1/staff/adjustments",
-            json={
-                "member_id": "anna",
-                "amount": -70,
-                "reason": "wrong credit",
-                "effective_at": "1990-01-01T00:00:00Z",
-            },
-            headers=admin,
-        ),
-        422,
-        "invalid-effective-time",
-    )
-    assert await entries(books.engine) == before
-    corrected = await client.post(
-        "/v1/staff/adjustments",
-        json={
-            "member_id": "anna",
-            "amount": -70,
-            "reason": "wrong credit",
-            "corrects_entry_id": books.raw["p1"],
-        },
-        headers=admin,
-    )
-    assert corrected.status_code == 201, corrected.text
-    entry_id = corrected.json()["entry_id"]
-    shown = (await client.get(f"/v1/staff/entries/{entry_id}", headers=admin)).json()
+        )
+        assert corrected.status_code == 201, corrected.text
+        entry_id = corrected.json()["entry_id"]
+        shown = (await client.get(f"/v1/staff/entries/{entry_id}", headers=admin)).json()
     assert shown["breakdown"] == [{"corrects_entry_id": books.raw["p1"]}]
     assert shown["effective_at"] >= stamp(books.m0)[:19]
     # The closed month's recorded figures are unchanged; the correction is
@@ -498,7 +551,8 @@ async def test_back_dated_adjustment_refused_and_a_correction_goes_into_the_open
     assert record.summary.closing_liability == 110
 
 
-async def test_the_ledger_refuses_an_adjustment_dated_in_a_closed_month(books):
+async def test_the_ledger_refuses_an_adjustment_dated_in_a_closed_month(closed_books):
+    books = closed_books
     with pytest.raises(PeriodClosed) as refused:
         await books.ledger.adjust(
             Adjust("ben", 5, "goodwill", effective_at=books.p1 + timedelta(days=1)), ADMIN
@@ -519,7 +573,8 @@ async def loyalty(books, tmp_path, *args: str):
     return await asyncio.to_thread(CliRunner().invoke, main, list(args), env=env)
 
 
-async def test_cli_close_and_periods(books, tmp_path):
+async def test_cli_close_and_periods(closed_books, tmp_path):
+    books = closed_books
     listed = await loyalty(books, tmp_path, "finance", "periods", "--json")
     assert listed.exit_code == 0, listed.output
     assert msgspec.json.decode(listed.output)["closed_through"] == stamp(books.m0)

@@ -29,7 +29,12 @@ from api.embedded import drop_database, ensure_database, with_database
 from api.migrate import upgrade
 from api.routes.finance_reconciliation import MAX_UPLOAD_BYTES
 from api.settings import Settings
-from finance.errors import InvalidPeriod
+from finance.errors import (
+    InvalidPeriod,
+    InvalidReconciliationMapping,
+    ReconciliationFileInvalid,
+    ReconciliationNotFound,
+)
 from finance.period import Period
 from finance.reconciliation import (
     get_reconciliation,
@@ -41,11 +46,8 @@ from finance.reconciliation import (
 )
 from finance.reconciliation_files import (
     FileRow,
-    InvalidReconciliationMapping,
     LedgerPurchase,
     Mapping,
-    ReconciliationFileInvalid,
-    ReconciliationNotFound,
     check_mapping,
     classify,
 )

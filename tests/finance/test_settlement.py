@@ -97,18 +97,23 @@ async def test_the_drugstores_april_statement(settled):
     assert st.number == "ST-drugstore-2026-04-1"
     assert st.period_from == "2026-04-01T00:00:00.000000Z"
     assert st.period_to == "2026-05-01T00:00:00.000000Z"
-    # 100 points of anna's purchase (the other 100 are the programme's
-    # promotion: not the drugstore's to pay); clara's 150 and anna's captured
-    # 30 redeemed; the open authorisation and the May earning are not on it.
+    # anna's purchase: its 100 base points, and the 200 of the drugstore's
+    # own coupon as promotion points charged to it (the programme's 100
+    # promotion points are not the drugstore's to pay); clara's 150 and
+    # anna's captured 30 redeemed; the open authorisation and the May
+    # earning are not on it.
     assert lines_of(st) == [
         ("regular", "2026-04", "issued", 1, 100, 100),
+        ("regular", "2026-04", "promotions", 1, 200, 200),
         ("regular", "2026-04", "redeemed", 2, 180, 180),
     ]
     assert rates_of(st) == {
         "issued": [(1, "price_per_point", "0.01", 100, 100)],
+        "promotions": [(1, "price_per_point", "0.01", 200, 200)],
         "redeemed": [(1, "redemption_value", "0.01", 180, 180)],
     }
-    assert (st.owed_by_partner_minor, st.owed_to_partner_minor, st.net_minor) == (100, 180, -80)
+    # 3.00 owed by the drugstore - 1.80 owed to it: the drugstore pays 1.20.
+    assert (st.owed_by_partner_minor, st.owed_to_partner_minor, st.net_minor) == (300, 180, 120)
     assert st.entries == 3
 
 
@@ -341,18 +346,19 @@ async def test_documents_are_the_same_bytes_from_the_api_and_the_cli(month, api,
     answer = await client.get(path, headers={**finance, "Accept": "text/csv"})
     assert answer.content == (tmp_path / "statement.csv").read_bytes()
     document = json.loads((tmp_path / "statement.json").read_bytes())
-    assert document["net_minor"] == -80 and document["number"] == "ST-drugstore-2026-04-1"
+    assert document["net_minor"] == 120 and document["number"] == "ST-drugstore-2026-04-1"
     rows = list(csv.reader(io.StringIO((tmp_path / "statement.csv").read_text())))
     assert [r[5:8] + r[11:14] for r in rows[1:]] == [
         ["issued", "points issued", "partner", "1", "100", "1.00"],
+        ["promotions", "promotion points charged to the partner", "partner", "1", "200", "2.00"],
         ["redeemed", "points redeemed", "programme", "2", "180", "1.80"],
-        ["owed-by-partner", "owed by the partner", "partner", "", "", "1.00"],
+        ["owed-by-partner", "owed by the partner", "partner", "", "", "3.00"],
         ["owed-to-partner", "owed to the partner", "programme", "", "", "1.80"],
-        ["net", "net: owed by the partner - owed to the partner", "", "", "", "-0.80"],
+        ["net", "net: owed by the partner - owed to the partner", "", "", "", "1.20"],
     ]
     page = (tmp_path / "statement.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "@media print" in page
-    assert "ST-drugstore-2026-04-1" in page and "-0.80" in page
+    assert "ST-drugstore-2026-04-1" in page and "1.20" in page
     # Self-contained: nothing fetched from elsewhere.
     assert "http" not in page.replace("GET /v1", "") and "<script" not in page
     entries = await client.get(path + "/entries", headers=finance)
@@ -361,7 +367,13 @@ async def test_documents_are_the_same_bytes_from_the_api_and_the_cli(month, api,
         month.url, tmp_path, "finance", "statement", "ST-drugstore-2026-04-1", "--entries"
     )
     assert result.stdout_bytes == entries.content
-    assert len(entry_rows(entries.content)) == 3
+    # anna's purchase has a row per line (issued, promotions), then the two redemptions.
+    assert [(r["line"], int(r["points"])) for r in entry_rows(entries.content)] == [
+        ("issued", 100),
+        ("promotions", 200),
+        ("redeemed", 150),
+        ("redeemed", 30),
+    ]
 
 
 async def test_cli_refusals_are_one_line_with_their_exit_code(month, settled, tmp_path):
@@ -384,7 +396,7 @@ async def test_cli_refusals_are_one_line_with_their_exit_code(month, settled, tm
         "the",
         "partner",
         "pays)",
-        "-0.80",
+        "1.20",
     ]
     result = await loyalty(month.url, tmp_path, "finance", "statement", "ST-nothing-1")
     assert result.exit_code == 4 and "statement-not-found" in result.output

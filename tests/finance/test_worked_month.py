@@ -30,10 +30,10 @@ def lines_of(tb) -> list[tuple[str, str, int, int]]:
 async def test_trial_balance_at_the_end_of_the_month(month):
     tb = await trial_balance(month.engine, month.end)
     assert lines_of(tb) == [
-        ("PTS", "member:*:available", 3, 630),  # anna 665, ben 115, clara -150 (owes)
+        ("PTS", "member:*:available", 3, 830),  # anna 865, ben 115, clara -150 (owes)
         ("PTS", "member:*:pending", 1, 0),
         ("PTS", "member:*:held", 2, 10),  # ben's open authorisation
-        ("PTS", "partner:drugstore:issued", 1, -1100),
+        ("PTS", "partner:drugstore:issued", 1, -1300),  # 1,000 + 100 + 200 (the coupon)
         ("PTS", "partner:drugstore:redeemed", 1, 180),
         ("PTS", "partner:fuelstation:issued", 1, -300),  # 300 + 200 - 200 returned
         ("PTS", "partner:fuelstation:redeemed", 1, 400),
@@ -54,8 +54,8 @@ async def test_trial_balance_at_the_opening_and_after_the_month(month):
         ("PTS", "partner:fuelstation:issued", 1, -300),
     ]
     after = await trial_balance(month.engine, month.after)
-    assert ("PTS", "member:*:available", 3, 640) in lines_of(after)
-    assert ("PTS", "partner:drugstore:issued", 1, -1110) in lines_of(after)
+    assert ("PTS", "member:*:available", 3, 840) in lines_of(after)
+    assert ("PTS", "partner:drugstore:issued", 1, -1310) in lines_of(after)
     assert after.balanced
     # Nothing was booked before the first entry.
     first = await trial_balance(month.engine, month.start - timedelta(days=365))
@@ -74,7 +74,7 @@ async def test_the_roll_forward_of_the_month(month):
         "held": 0,
     }
     assert rows_of(rf) == [
-        ("issued-partner", "drugstore", 100),
+        ("issued-partner", "drugstore", 300),  # 100 base + 200 from its coupon
         ("issued-partner", "fuelstation", 200),
         ("issued-promotions", None, 100),
         ("returned-partner", "fuelstation", -200),
@@ -84,12 +84,12 @@ async def test_the_roll_forward_of_the_month(month):
         ("transfer-fees", None, -5),
         ("adjusted-credit", None, 25),
     ]
-    assert rf.movement == -660
-    assert rf.closing_computed == rf.closing == 640 and rf.difference == 0
-    assert rf.closing_by_account == {"available": 630, "pending": 0, "held": 10}
+    assert rf.movement == -460
+    assert rf.closing_computed == rf.closing == 840 and rf.difference == 0
+    assert rf.closing_by_account == {"available": 830, "pending": 0, "held": 10}
     assert rf.ties
     assert {c.kind: (c.member_side, c.lines, c.difference) for c in rf.checks} == {
-        "earn": (400, 400, 0),
+        "earn": (600, 600, 0),  # anna 400, clara 200
         "burn": (-550, -550, 0),
         "capture": (-30, -30, 0),
         "hold": (0, 0, 0),  # available -> held: no line
@@ -112,8 +112,8 @@ async def test_partner_lines_are_valued_at_the_contract_in_force(month):
         if line.money is not None
     }
     assert money == {
-        # 0.01 EUR per point issued, 100 points: 1.00 EUR.
-        ("issued-partner", "drugstore"): [(1, "price_per_point", "0.01", 100, 100)],
+        # 0.01 EUR per point issued, 300 points (the coupon's 200 too): 3.00 EUR.
+        ("issued-partner", "drugstore"): [(1, "price_per_point", "0.01", 300, 300)],
         # Earned 04-03, before version 2 (04-06): 0.012.
         ("issued-partner", "fuelstation"): [(1, "price_per_point", "0.012", 200, 240)],
         # The return (04-10) is valued as the earning it reverses (04-03).
@@ -124,7 +124,7 @@ async def test_partner_lines_are_valued_at_the_contract_in_force(month):
     }
     programme_lines = {line.code for line in rf.lines if line.money is None}
     assert programme_lines == {"issued-promotions", "expired", "transfer-fees", "adjusted-credit"}
-    assert rf.money == {"EUR": {"price_per_point": 100, "redemption_value": -580}}
+    assert rf.money == {"EUR": {"price_per_point": 300, "redemption_value": -580}}
 
 
 async def test_the_roll_forward_ties_for_every_split_of_the_month(month):
@@ -148,8 +148,8 @@ async def test_the_roll_forward_ties_for_every_split_of_the_month(month):
 
 async def test_a_period_after_the_month_has_its_own_lines(month):
     rf = await roll_forward(month.engine, Period(month.end, month.after))
-    assert rf.opening == 640 and rows_of(rf) == [("issued-partner", "drugstore", 10)]
-    assert rf.closing == 650 and rf.ties
+    assert rf.opening == 840 and rows_of(rf) == [("issued-partner", "drugstore", 10)]
+    assert rf.closing == 850 and rf.ties
 
 
 async def test_one_account_as_of_instants(month):
@@ -162,7 +162,7 @@ async def test_one_account_as_of_instants(month):
     assert at == {
         "opening": {"PTS": 1000, "QP": 0},
         "after the burn": {"PTS": 600, "QP": 0},
-        "end": {"PTS": 665, "QP": 0},
+        "end": {"PTS": 865, "QP": 0},
     }
     issued = await balance_as_of(month.engine, "partner:fuelstation:issued", month.end)
     assert issued.balances == {"PTS": -300, "QP": 0}

@@ -8,14 +8,13 @@ insights read."""
 import asyncio
 import csv
 import io
-import time
 
-import jwt
 import pytest
 from click.testing import CliRunner
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from api.auth import mint_token
 from api.cli import main
 from api.settings import Settings, SettingsError
 from tests.api.conftest import MEMBER_SECRET, SECRET
@@ -47,11 +46,7 @@ async def client(settings):
 
 
 def staff(settings, *roles: str) -> dict[str, str]:
-    keys = settings.token_keys("staff")
-    now = int(time.time())
-    claims = {"sub": "olga", "roles": list(roles), "iss": keys.issuer, "aud": keys.audience,
-              "iat": now, "exp": now + 300}  # fmt: skip
-    return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
+    return {"Authorization": "Bearer " + mint_token(settings, "olga", list(roles))}
 
 
 FIGURES = [

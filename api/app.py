@@ -18,6 +18,7 @@ from api.observability import ObservedLitestar
 from api.problems import EXCEPTION_HANDLERS
 from api.replica import ReplicaReads
 from api.routes.admin import admin_router
+from api.routes.dashboard import dashboard_router
 from api.routes.docs import DOCS_PATH, docs_asset, docs_router, render_plugins
 from api.routes.finance import close_export_pool, finance_router
 from api.routes.finance_breakage import finance_breakage_router
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> ObservedLitestar:
             finance_close_router,
             finance_reconciliation_router,
             insights_router,
+            dashboard_router,
             jobs_router,
             admin_router,
             partner_router,

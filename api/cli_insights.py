@@ -22,7 +22,7 @@ import msgspec
 
 from finance.errors import InvalidPeriod
 from finance.journal_export import csv_text
-from insights import coalition, pareto, promotions, retention, rfm, tiers
+from insights import coalition, overview, pareto, promotions, retention, rfm, tiers
 from insights.errors import InvalidInsightParameter
 from insights.reading import bounded, currency, instant, window
 
@@ -75,6 +75,16 @@ def _cell(value, empty: str) -> str:
     return str(value)
 
 
+def write_csv(stream, columns: list[str], rows: list[list]) -> None:
+    """One table as CSV (the terminal's `--csv`, the dashboard's CSV links)."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        # A text cell starting like a formula (a promotion code may start
+        # with '-') is neutralised as in the journal export; numbers never.
+        writer.writerow([csv_text(v) if isinstance(v, str) else _cell(v, "") for v in row])
+
+
 def _show(tables: Tables, as_csv: bool, table: str | None, as_json, answer) -> None:
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(answer)).decode())
@@ -82,13 +92,7 @@ def _show(tables: Tables, as_csv: bool, table: str | None, as_json, answer) -> N
     if table is not None and table not in tables:
         raise BadInput(f"--table: one of {', '.join(tables)}")
     if as_csv:
-        columns, rows = tables[table or next(iter(tables))]
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            # A text cell starting like a formula (a promotion code may start
-            # with '-') is neutralised as in the journal export; numbers never.
-            writer.writerow([csv_text(v) if isinstance(v, str) else _cell(v, "") for v in row])
+        write_csv(sys.stdout, *tables[table or next(iter(tables))])
         return
     for name, (columns, rows) in tables.items():
         if table is not None and name != table:
@@ -138,8 +142,9 @@ def as_of_option(function):
 
 @click.group()
 def insights() -> None:
-    """Insights: Pareto, RFM, lost members, churn and cohorts, cross-shopping,
-    promotions, tiers and the expiry outlook (purchase time; read-only)."""
+    """Insights: the overview (KPIs), Pareto, RFM, lost members, churn and
+    cohorts, cross-shopping, promotions, tiers and the expiry outlook
+    (purchase time; read-only)."""
 
 
 @insights.command("pareto")
@@ -297,3 +302,15 @@ def expiry_command(as_of, as_csv, table, as_json) -> None:
     moment = _checked(lambda: instant(as_of, "as-of"))
     answer = _run(lambda conn: tiers.expiry_outlook(conn, moment))
     _show(tiers.outlook_tables(answer), as_csv, table, as_json, answer)
+
+
+@insights.command("overview")
+@as_of_option
+@output
+def overview_command(as_of, as_csv, table, as_json) -> None:
+    """The KPIs: members active in the 30 days before --as-of, points issued
+    and redeemed in its month so far (purchase time); points outstanding now,
+    their money value (deferred revenue) and the breakage rate (finance's)."""
+    moment = _checked(lambda: instant(as_of, "as-of"))
+    answer = _run(lambda conn: overview.overview(conn, moment))
+    _show(overview.tables(answer), as_csv, table, as_json, answer)

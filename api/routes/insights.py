@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import provide_principal, require_staff
 from api.input_guard import PathText
-from insights import coalition, pareto, promotions, retention, rfm, tiers
+from insights import coalition, overview, pareto, promotions, retention, rfm, tiers
 from insights.reading import (
     bounded,
     create_insights_engine,
@@ -198,6 +198,13 @@ async def get_expiry_outlook(request: Request, as_of: AsOf = None) -> tiers.Expi
         return await tiers.expiry_outlook(conn, moment)
 
 
+@get("/overview", summary="KPIs: active members, points this month, outstanding, breakage")
+async def get_overview(request: Request, as_of: AsOf = None) -> overview.Overview:
+    moment = instant(as_of, "as_of")
+    async with _read(request) as conn:
+        return await overview.overview(conn, moment)
+
+
 def _now() -> datetime:
     return instant(None, "as_of")
 
@@ -214,6 +221,7 @@ insights_router = Router(
         get_promotions,
         get_tiers,
         get_expiry_outlook,
+        get_overview,
     ],
     guards=[require_staff("finance", "admin")],
     dependencies={"staff": Provide(provide_principal, sync_to_thread=False)},

@@ -3,8 +3,9 @@ problem handlers, the OpenAPI UI (served from the package, api/routes/docs.py)
 and, around it all, the request observation (request ids, metrics, access
 log: api/observability.py)."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -18,6 +19,13 @@ from api.observability import ObservedLitestar
 from api.problems import EXCEPTION_HANDLERS
 from api.replica import ReplicaReads
 from api.routes.admin import admin_router
+from api.routes.claims import member_claims_router, staff_claims_router
+from api.routes.clubs import (
+    admin_clubs_router,
+    member_clubs_router,
+    partner_clubs_router,
+    staff_clubs_router,
+)
 from api.routes.dashboard import dashboard_router
 from api.routes.docs import DOCS_PATH, docs_asset, docs_router, render_plugins
 from api.routes.finance import close_export_pool, finance_router
@@ -31,17 +39,26 @@ from api.routes.jobs import jobs_router
 from api.routes.member import member_router
 from api.routes.partner import partner_router
 from api.routes.partner_files import partner_files_router
+from api.routes.pools import member_pools_router, staff_pools_router
 from api.routes.problems import describe_problem, list_problems
+from api.routes.rewards import admin_rewards_router, member_rewards_router
 from api.routes.staff import staff_router
 from api.settings import Settings, SettingsError
 from ledger.database import create_engine
+from ledger.service import utc_now
 from members.registry import Members
 from partners.programme import Programme
 from partners.registry import Registry, SecretBox, SigningKeyCache
 from partners.rulebook import Rulebook
 
 
-def create_app(settings: Settings) -> ObservedLitestar:
+def create_app(settings: Settings, clock: Callable[[], datetime] | None = None) -> ObservedLitestar:
+    """The app; `clock` is the business time every service it builds reads
+    (effective times, purchase-time bounds, claim windows, club terms):
+    the real time unless a test plays a story at its dates. Transport time
+    (signature freshness, token expiry, rate-limit windows, cache TTLs)
+    stays on the real clock."""
+    clock = clock or utc_now
     if settings.database_url is None:
         raise ValueError("create_app needs a database URL (the CLI resolves the embedded one)")
     verifier = TokenVerifier(settings)
@@ -62,9 +79,11 @@ def create_app(settings: Settings) -> ObservedLitestar:
             else None
         )
         # Counts the entries its operations post (api/metrics.py).
-        app.state.ledger = MeteredLedger(engine, settings.ledger_config())
+        app.state.ledger = MeteredLedger(engine, settings.ledger_config(), clock=clock)
         app.state.rulebook = Rulebook(app.state.ledger)
-        app.state.programme = Programme(app.state.ledger, settings.tier_period)
+        app.state.programme = Programme(
+            app.state.ledger, settings.tier_period, settings.expiring_window()
+        )
         app.state.cache = BalanceCache(
             app.state.redis,
             app.state.programme,
@@ -87,6 +106,8 @@ def create_app(settings: Settings) -> ObservedLitestar:
                 settings.ledger_config(),
                 settings.tier_period,
                 app.state.cache.current_token,
+                expiring=settings.expiring_window(),
+                ledger_clock=clock,
             )
             app.state.cache.replica = app.state.replica
         app.state.registry = Registry(engine, SecretBox(settings.secret_key))
@@ -126,6 +147,16 @@ def create_app(settings: Settings) -> ObservedLitestar:
             partner_router,
             partner_files_router,
             member_router,
+            member_rewards_router,
+            admin_rewards_router,
+            member_claims_router,
+            staff_claims_router,
+            member_clubs_router,
+            admin_clubs_router,
+            staff_clubs_router,
+            partner_clubs_router,
+            member_pools_router,
+            staff_pools_router,
         ],
         lifespan=[lifespan],
         guards=[reject_hostile_input],  # before any other guard: no hostile value reaches SQL
@@ -155,6 +186,7 @@ def create_app(settings: Settings) -> ObservedLitestar:
     )
     app.state.verifier = verifier
     app.state.settings = settings
+    app.state.clock = clock  # the scheduler's jobs read it too (api/jobs_service.py)
     return app
 
 

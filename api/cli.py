@@ -28,6 +28,7 @@ from api.cli_insights import insights
 from api.cli_jobs import jobs
 from api.cli_members import member
 from api.cli_partners import partner
+from api.cli_programmes import PROGRAMMES, load_programme
 from api.cli_support import (
     database,
     load_settings,
@@ -237,10 +238,45 @@ def _print_balances(rows) -> None:
 
 
 @main.command()
-def demo() -> None:
-    """Load the demo programme (3 members, 3 partners); safe to run twice."""
-    with database(load_settings()) as settings:
-        _print_balances(asyncio.run(with_ledger(settings, _load_demo_with(settings))))
+@click.option(
+    "--members",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Generate a coalition programme of this many members (20,000) with its history.",
+)
+@click.option(
+    "--months",
+    type=click.IntRange(8, 60),
+    default=None,
+    help="Months of generated history up to now (18).",
+)
+@click.option(
+    "--seed", type=int, default=None, help="The generator's seed (1): same seed, same demo."
+)
+@click.option(
+    "--programme",
+    type=click.Choice(PROGRAMMES),
+    default=None,
+    help="Load a whole programme as data with its worked example (README, Programmes); "
+    "safe to run twice.",
+)
+def demo(members, months, seed, programme) -> None:
+    """Load the demo programme (3 members, 3 partners; safe to run twice), or
+    with --members, --months or --seed generate a coalition programme with its
+    history (refused, exit 3, on a database that holds one), or with
+    --programme load a programme and its worked example."""
+    if programme is not None:
+        if members is not None or months is not None or seed is not None:
+            raise click.UsageError("--programme loads a fixed programme: no --members/--seed")
+        load_programme(programme)
+        return
+    if members is None and months is None and seed is None:
+        with database(load_settings()) as settings:
+            _print_balances(asyncio.run(with_ledger(settings, _load_demo_with(settings))))
+        return
+    from api.cli_demo import generate_demo
+
+    generate_demo(members, months, seed)
 
 
 @main.command()

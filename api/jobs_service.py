@@ -38,6 +38,8 @@ JOB_NAMES = (
     "requalify-tiers",
     "create-partitions",
     "purge-idempotency",
+    "lapse-club-memberships",
+    "club-anniversary-gifts",
 )
 # Seconds between scheduled runs unless LOYALTY_JOB_INTERVALS says otherwise:
 # keys past their retention are purged hourly (small deletes).
@@ -123,7 +125,8 @@ def with_scheduler(app: Litestar, settings: Settings) -> Litestar:
 
     async def start() -> None:
         engine = jobs_engine(settings)
-        ledger = LedgerService(engine, settings.ledger_config())
+        # The app's business clock (api/app.py); the runner's intervals stay real time.
+        ledger = LedgerService(engine, settings.ledger_config(), clock=app.state.clock)
         jobs = service_jobs(settings, ledger)
         runner = JobRunner(
             engine, jobs, "scheduler", f"scheduler@{socket.gethostname()}:{os.getpid()}"

@@ -43,6 +43,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from sqlalchemy import exc, text
@@ -51,8 +52,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ledger import queries
 from ledger.database import is_unavailable, sqlstate
 from ledger.errors import EntryNotFound, LedgerError
-from ledger.service import LedgerConfig, LedgerService
+from ledger.service import LedgerConfig, LedgerService, utc_now
 from ledger.views import EntryView, HistoryPage, MemberBalances
+from partners.expiry_notice import ExpiringWindow
 from partners.programme import Programme
 
 log = logging.getLogger("loyalty.replica")
@@ -96,10 +98,13 @@ class ReplicaReads:
         *,
         retry_after_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        expiring: ExpiringWindow | None = None,
+        ledger_clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.engine = engine  # autocommit, no ping on checkout (ledger.database.create_engine)
-        self.ledger = LedgerService(engine, config)
-        self.programme = Programme(self.ledger, tier_period)
+        self.ledger = LedgerService(engine, config, clock=ledger_clock)
+        # The primary's programme settings: its views are the same.
+        self.programme = Programme(self.ledger, tier_period, expiring)
         self.primary_token = primary_token
         self.retry_after = retry_after_seconds
         self.clock = clock

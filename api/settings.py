@@ -14,6 +14,7 @@ from api.logs import LEVELS as LOG_LEVELS
 from ledger.database import DatabaseLimits, async_url
 from ledger.expiry import parse_policy
 from ledger.service import LedgerConfig, TransferRules
+from partners.expiry_notice import ExpiringWindow, parse_window
 
 
 class SettingsError(ValueError):
@@ -65,6 +66,10 @@ class Settings:
     hot_account_slots: int = 8
     hold_ttl_seconds: int = 900
     tier_period: str = "calendar"  # calendar | rolling (12 months)
+    claim_window_days: int = 90  # how old a purchase a member may claim missing points for
+    # How far ahead a member's balance view shows expiring points: days:N, or
+    # quarters:N (this quarter and the next N-1, grouped by quarter).
+    expiring_view: str = "days:90"
     secret_key: str | None = None  # Fernet key for partner secrets; embedded: generated
     partner_rate_limit: int = 100  # requests per second per partner
     member_rate_limit: int = 10  # requests per second per member
@@ -119,6 +124,12 @@ class Settings:
             raise SettingsError("LOYALTY_TRANSFER_FEE_RATE is at least 0 and below 1")
         if self.tier_period not in ("calendar", "rolling"):
             raise SettingsError("LOYALTY_TIER_PERIOD is calendar or rolling")
+        if not 1 <= self.claim_window_days <= 730:
+            raise SettingsError("LOYALTY_CLAIM_WINDOW_DAYS must be between 1 and 730")
+        try:
+            parse_window(self.expiring_view)
+        except ValueError as error:
+            raise SettingsError(f"LOYALTY_EXPIRING_VIEW: {error}") from None
         self.check_tokens()
         for name in (
             "db_statement_timeout_ms",
@@ -240,6 +251,9 @@ class Settings:
                 daily_limit=self.transfer_daily_limit,
             ),
         )
+
+    def expiring_window(self) -> ExpiringWindow:
+        return parse_window(self.expiring_view)
 
     def as_environ(self) -> dict[str, str]:
         """The settings as LOYALTY_* variables (for worker processes)."""

@@ -12,7 +12,7 @@ For an instant T (booking time, `created_at`: the entries booked before T):
      funded (`partner:{id}:issued`) and programme promotions
      (`program:promotions`), net of returns of earnings. Goodwill
      adjustments and transfers are not issued points.
-  R  points redeemed: burns and captures to `partner:{id}:redeemed`, net of
+  R  points redeemed: burns, captures and reward orders to `partner:{id}:redeemed`, net of
      redemptions refunded.
   C  the consideration, per currency: the partner-funded points issued net of
      returns, valued at the partner's contract `price_per_point` in force at

@@ -10,7 +10,7 @@ The liability is what members hold: the sum of every member's `available`,
   + issued, programme promotions             earn      -> program:promotions
   - returns of earnings, per partner         reverse   -> partner:{id}:issued
   - returns of promotion points              reverse   -> program:promotions
-  - redeemed, per partner                    burn, capture -> partner:{id}:redeemed
+  - redeemed, per partner                    burn, capture, reward -> partner:{id}:redeemed
   + redemptions refunded, per partner        reverse   -> partner:{id}:redeemed
   - expired                                  expire    -> program:expired
   - forfeited when accounts closed           forfeit   -> program:expired
@@ -86,7 +86,7 @@ def classify(kind: str, account: str, sign: int) -> tuple[str, str | None]:
         return ("issued-partner" if kind == "earn" else "returned-partner"), partner
     if account == "program:promotions" and kind in ("earn", "reverse"):
         return ("issued-promotions" if kind == "earn" else "returned-promotions"), None
-    if owner == "partner" and name == "redeemed" and kind in ("burn", "capture"):
+    if owner == "partner" and name == "redeemed" and kind in ("burn", "capture", "reward"):
         return "redeemed", partner
     if owner == "partner" and name == "redeemed" and kind == "reverse":
         return "refunded", partner

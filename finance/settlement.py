@@ -22,8 +22,11 @@ points and in minor units of the partner's currency:
 
   issued      earnings' partner-funded points (base, category, tier)  owed by the partner
   promotions  partner-funded promotion and coupon points of earnings  owed by the partner
+              (the partner's share of a co-funded promotion: a producer's
+              statement charges its share of its dealers' promotions, the
+              dealer's the rest; each share is posted on its own account)
   returned    reversals of earnings (all their issued points)         owed by the partner, < 0
-  redeemed    burns and captures at the partner                       owed to the partner
+  redeemed    burns, captures and reward orders it fulfils           owed to the partner
   refunded    reversals of redemptions                                owed to the partner, < 0
   other       anything else on the partner's accounts: points only, shown, never hidden
 
@@ -236,8 +239,10 @@ GROUP BY p.entry_id
 
 # The covered entries of (partner, month) valued for this statement: one row
 # per entry and partner account, an earning's partner-funded promotion and
-# coupon points (its breakdown) apart from its other points; priced at the
-# entry's effective_at, a reversal at its original's.
+# coupon points (its breakdown lines this account's partner pays: funder
+# `partner` on the earning partner's account, `partner:{id}` on another's)
+# apart from its other points; priced at the entry's effective_at, a
+# reversal at its original's.
 VALUE = f"""
 INSERT INTO settlement_statement_entries (statement, entry_id, account, promotion, kind,
     effective_at, booked_at, reverses_entry_id, partner_reference, priced_at, amount,
@@ -256,7 +261,10 @@ priced AS (
            THEN least(-m.amount, coalesce((
                SELECT sum((b ->> 'amount')::bigint) FROM jsonb_array_elements(e.breakdown) b
                WHERE coalesce(b ->> 'asset', 'PTS') = 'PTS'
-                 AND coalesce(b ->> 'funder', 'partner') = 'partner'
+                 AND CASE coalesce(b ->> 'funder', 'partner')
+                     WHEN 'partner' THEN e.partner_id
+                     ELSE substr(b ->> 'funder', length('partner:') + 1) END
+                     = split_part(m.account, ':', 2)
                  AND b ->> 'kind' IN ('promotion', 'coupon')), 0))
            ELSE 0 END AS promo
     FROM moved m JOIN journal_entries e ON e.id = m.entry_id

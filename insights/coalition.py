@@ -52,6 +52,8 @@ class Coalition(msgspec.Struct, frozen=True):
     cross_shopping: list[CrossShopping]  # every ordered pair of active partners
 
 
+# The pairs, and the reach (members by the number of partners they used)
+# from the same (member, partner) rows: the activity is read once.
 PAIRS = (
     with_(ACTIVITY)
     + """,
@@ -60,18 +62,14 @@ used AS MATERIALIZED (
     FROM counted GROUP BY member_id, partner_id)
 SELECT a.partner_id AS a, b.partner_id AS b, count(*) AS members,
        sum(a.purchases) FILTER (WHERE a.partner_id = b.partner_id)::bigint AS purchases,
-       sum(a.spend) FILTER (WHERE a.partner_id = b.partner_id)::bigint AS spend
+       sum(a.spend) FILTER (WHERE a.partner_id = b.partner_id)::bigint AS spend,
+       NULL::bigint AS partners
 FROM used a JOIN used b ON a.member_id = b.member_id
-GROUP BY 1, 2"""
-)
-
-REACH = (
-    with_(ACTIVITY)
-    + """
-SELECT least(partners, 3) AS partners, count(*) AS members
-FROM (SELECT member_id, count(DISTINCT partner_id) AS partners FROM counted
-      GROUP BY member_id) AS m
-GROUP BY 1"""
+GROUP BY 1, 2
+UNION ALL
+SELECT NULL, NULL, count(*), NULL, NULL, least(partners, 3)
+FROM (SELECT member_id, count(*) AS partners FROM used GROUP BY member_id) AS m
+GROUP BY least(partners, 3)"""
 )
 
 POINTS = (
@@ -86,8 +84,9 @@ GROUP BY partner_id"""
 
 async def coalition(conn: AsyncConnection, period: Period, currency: str) -> Coalition:
     params = {"start": period.start, "end": period.end, "currency": currency}
-    pairs = (await conn.execute(text(PAIRS), params)).all()
-    reach_rows = {int(r.partners): int(r.members) for r in await conn.execute(text(REACH), params)}
+    rows = (await conn.execute(text(PAIRS), params)).all()
+    pairs = [r for r in rows if r.partners is None]
+    reach_rows = {int(r.partners): int(r.members) for r in rows if r.partners is not None}
     points = {r.partner_id: r for r in await conn.execute(text(POINTS), params)}
     own = {r.a: r for r in pairs if r.a == r.b}
     active = sum(reach_rows.values())

@@ -172,8 +172,8 @@ ranked AS MATERIALIZED (
     SELECT metric, partner_id, v, row_number() OVER w AS r, count(*) OVER s AS n,
            sum(v) OVER w AS running
     FROM scoped WHERE v > 0
-    WINDOW s AS (PARTITION BY metric, partner_id),
-           w AS (s ORDER BY v DESC, member_id ROWS UNBOUNDED PRECEDING))
+    WINDOW s AS (PARTITION BY metric, partner_id COLLATE "C"),
+           w AS (s ORDER BY v DESC, member_id COLLATE "C" ROWS UNBOUNDED PRECEDING))
 SELECT metric, partner_id, 'summary' AS row, max(n) AS n, sum(v)::bigint AS value,
        sum((n + 1 - 2 * r) * v)::numeric AS gini_numerator
 FROM ranked GROUP BY metric, partner_id

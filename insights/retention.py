@@ -212,42 +212,6 @@ CHURN_DEFINITION = (
     "and churned during it / alive at the month's start"
 )
 
-CHURN = (
-    with_(ACTIVITY)
-    + """,
-events AS (SELECT DISTINCT member_id, at FROM counted),
-gaps AS MATERIALIZED (
-    SELECT member_id, at, lead(at) OVER (PARTITION BY member_id ORDER BY at) AS next_at
-    FROM events),
--- The month starts each activity keeps its member alive at: after it, up to
--- inactive_days later or the next activity (which covers the rest), so each
--- (member, month) comes from one activity only.
-alive AS (
-    SELECT m AS month, count(*) AS members FROM gaps,
-        generate_series(date_trunc('month', at) + interval '1 month',
-                        least(at + make_interval(days => :days), next_at),
-                        interval '1 month') AS m
-    GROUP BY m),
-churned AS (
-    SELECT date_trunc('month', at + make_interval(days => :days)) AS month, count(*) AS members
-    FROM gaps
-    WHERE (next_at IS NULL OR next_at >= at + make_interval(days => :days))
-      AND at + make_interval(days => :days) < :end
-      AND at < date_trunc('month', at + make_interval(days => :days))
-    GROUP BY 1),
-active AS (
-    SELECT date_trunc('month', at) AS month, count(DISTINCT member_id) AS members
-    FROM events GROUP BY 1)
-SELECT s.month, coalesce(alive.members, 0) AS alive, coalesce(churned.members, 0) AS churned,
-       coalesce(active.members, 0) AS active
-FROM generate_series(CAST(:first AS timestamptz), CAST(:last AS timestamptz),
-                     interval '1 month') AS s(month)
-LEFT JOIN alive ON alive.month = s.month
-LEFT JOIN churned ON churned.month = s.month
-LEFT JOIN active ON active.month = s.month
-ORDER BY s.month"""
-)
-
 
 def month_range(
     start: str | datetime | None, end: str | datetime | None, as_of: datetime
@@ -266,38 +230,6 @@ def month_range(
     if add_months(first, MAX_MONTHS) < last:
         raise InvalidPeriod("to", f"at most {MAX_MONTHS} months")
     return first, last
-
-
-async def churn(
-    conn: AsyncConnection,
-    first: datetime,
-    end: datetime,
-    as_of: datetime,
-    inactive_days: int,
-) -> Churn:
-    rows = await conn.execute(
-        text(CHURN),
-        {
-            "start": first - timedelta(days=inactive_days + 1),
-            "end": as_of,
-            "currency": "",
-            "days": inactive_days,
-            "first": first,
-            "last": add_months(end, -1),
-        },
-    )
-    months = [
-        ChurnMonth(
-            month_label(r.month),
-            int(r.alive),
-            int(r.churned),
-            share(int(r.churned), int(r.alive)),
-            int(r.active),
-            add_months(r.month, 1) <= as_of,
-        )
-        for r in rows
-    ]
-    return Churn(stamp(as_of), inactive_days, CHURN_DEFINITION, months)
 
 
 # -- cohorts -------------------------------------------------------------------------
@@ -373,61 +305,6 @@ def retention_table(
     return rows
 
 
-COHORTS = (
-    with_(ACTIVITY)
-    + """,
-joined AS MATERIALIZED (
-    SELECT m.id AS member_id, date_trunc('month', least(m.enrolled_at, min(c.at))) AS cohort
-    FROM members m LEFT JOIN counted c ON c.member_id = m.id
-    WHERE m.status <> 'merged'
-    GROUP BY m.id, m.enrolled_at),
-chosen AS (SELECT * FROM joined WHERE cohort >= :first AND cohort < :last),
-active AS (
-    SELECT DISTINCT c.member_id, date_trunc('month', c.at) AS month
-    FROM counted c JOIN chosen USING (member_id) WHERE c.at >= :first)
-SELECT 'size' AS row, chosen.cohort, 0 AS k, count(*) AS members FROM chosen GROUP BY cohort
-UNION ALL
-SELECT 'active', j.cohort,
-       ((extract(year FROM a.month) * 12 + extract(month FROM a.month))
-        - (extract(year FROM j.cohort) * 12 + extract(month FROM j.cohort)))::int,
-       count(*)
-FROM chosen j JOIN active a USING (member_id) WHERE a.month >= j.cohort
-GROUP BY 2, 3"""
-)
-
-
-async def retention(
-    conn: AsyncConnection,
-    first: datetime,
-    end: datetime,
-    as_of: datetime,
-    months_since: int = DEFAULT_MONTHS,
-) -> Retention:
-    rows = await conn.execute(
-        text(COHORTS),
-        {
-            "start": datetime(2000, 1, 1, tzinfo=first.tzinfo),
-            "end": as_of,
-            "currency": "",
-            "first": first,
-            "last": end,
-        },
-    )
-    sizes: dict[int, int] = {}
-    active: dict[tuple[int, int], int] = {}
-    for r in rows:
-        cohort = month_index(r.cohort)
-        if r.row == "size":
-            sizes[cohort] = int(r.members)
-        elif r.k <= months_since:
-            active[(cohort, int(r.k))] = int(r.members)
-    cohorts = list(range(month_index(first), month_index(end)))
-    table = retention_table(
-        CohortCounts(sizes, active), cohorts, months_since, month_index(month_start(as_of))
-    )
-    return Retention(stamp(as_of), months_since, COHORT_DEFINITION, table)
-
-
 def lost_tables(answer: LostMembers) -> dict[str, tuple[list[str], list[list]]]:
     columns = [
         "member",
@@ -479,6 +356,74 @@ class RetentionFigures(msgspec.Struct, frozen=True):
     cohorts: Retention
 
 
+# Churn and cohorts from one reading of the activity (insights/activity.py),
+# sorted once by member and time: each activity's next and previous one.
+FIGURES = (
+    with_(ACTIVITY)
+    + """,
+-- Two activities at one instant need no DISTINCT: the first's next is the
+-- second, so it keeps nobody alive and churns nobody. Members are grouped in
+-- byte order ("C"): any order groups them, and it sorts fastest.
+gaps AS MATERIALIZED (
+    SELECT member_id, at, date_trunc('month', at) AS month, lead(at) OVER w AS next_at,
+           lag(at) OVER w AS prev_at
+    FROM counted WINDOW w AS (PARTITION BY member_id COLLATE "C" ORDER BY at)),
+-- The month starts each activity keeps its member alive at: after it, up to
+-- inactive_days later or the next activity (which covers the rest), so each
+-- (member, month) comes from one activity only: [since, until). Counted as
+-- +1 at since and -1 at until, the running total at a month start is who is
+-- alive then. Activities before :churn_start keep nobody alive at the months
+-- shown.
+spans AS (
+    SELECT month + interval '1 month' AS since,
+           date_trunc('month', least(at + make_interval(days => :days), next_at))
+             + interval '1 month' AS until
+    FROM gaps WHERE at >= :churn_start),
+changes AS MATERIALIZED (
+    SELECT c.month, sum(c.n) AS n
+    FROM spans, LATERAL (VALUES (since, 1), (until, -1)) AS c(month, n)
+    WHERE until > since GROUP BY 1),
+alive AS (
+    SELECT s.month, (SELECT coalesce(sum(n), 0) FROM changes c WHERE c.month <= s.month)
+             AS members
+    FROM generate_series(CAST(:first AS timestamptz), CAST(:last_month AS timestamptz),
+                         interval '1 month') AS s(month)),
+churned AS (
+    SELECT date_trunc('month', at + make_interval(days => :days)) AS month, count(*) AS members
+    FROM gaps
+    WHERE at >= :churn_start
+      AND (next_at IS NULL OR next_at >= at + make_interval(days => :days))
+      AND at + make_interval(days => :days) < :end
+      AND at < date_trunc('month', at + make_interval(days => :days))
+    GROUP BY 1),
+-- Each member's months with activity: the month's first activity.
+firsts AS MATERIALIZED (
+    SELECT member_id, month FROM gaps WHERE prev_at IS NULL OR prev_at < month),
+active AS (SELECT month, count(*) AS members FROM firsts GROUP BY 1),
+joined AS (
+    SELECT m.id AS member_id, date_trunc('month', least(m.enrolled_at, g.at)) AS cohort
+    FROM members m LEFT JOIN gaps g ON g.member_id = m.id AND g.prev_at IS NULL
+    WHERE m.status <> 'merged'),
+chosen AS MATERIALIZED (SELECT * FROM joined WHERE cohort >= :first AND cohort < :last)
+SELECT 'churn' AS row, s.month, 0 AS k, coalesce(alive.members, 0) AS members,
+       coalesce(churned.members, 0) AS churned, coalesce(active.members, 0) AS active
+FROM generate_series(CAST(:first AS timestamptz), CAST(:last_month AS timestamptz),
+                     interval '1 month') AS s(month)
+LEFT JOIN alive ON alive.month = s.month
+LEFT JOIN churned ON churned.month = s.month
+LEFT JOIN active ON active.month = s.month
+UNION ALL
+SELECT 'size', cohort, 0, count(*), NULL, NULL FROM chosen GROUP BY cohort
+UNION ALL
+SELECT 'active', j.cohort,
+       ((extract(year FROM f.month) * 12 + extract(month FROM f.month))
+        - (extract(year FROM j.cohort) * 12 + extract(month FROM j.cohort)))::int,
+       count(*), NULL, NULL
+FROM chosen j JOIN firsts f USING (member_id) WHERE f.month >= j.cohort
+GROUP BY 2, 3"""
+)
+
+
 async def retention_figures(
     conn: AsyncConnection,
     first: datetime,
@@ -487,11 +432,47 @@ async def retention_figures(
     inactive_days: int = DEFAULT_INACTIVE_DAYS,
     months_since: int = DEFAULT_MONTHS,
 ) -> RetentionFigures:
+    rows = await conn.execute(
+        text(FIGURES),
+        {
+            "start": datetime(2000, 1, 1, tzinfo=first.tzinfo),
+            "end": as_of,
+            "currency": "",
+            "days": inactive_days,
+            "churn_start": first - timedelta(days=inactive_days + 1),
+            "first": first,
+            "last": end,
+            "last_month": add_months(end, -1),
+        },
+    )
+    months: list[ChurnMonth] = []
+    sizes: dict[int, int] = {}
+    active: dict[tuple[int, int], int] = {}
+    for r in rows:
+        if r.row == "churn":
+            months.append(
+                ChurnMonth(
+                    month_label(r.month),
+                    int(r.members),
+                    int(r.churned),
+                    share(int(r.churned), int(r.members)),
+                    int(r.active),
+                    add_months(r.month, 1) <= as_of,
+                )
+            )
+        elif r.row == "size":
+            sizes[month_index(r.month)] = int(r.members)
+        elif r.k <= months_since:
+            active[(month_index(r.month), int(r.k))] = int(r.members)
+    cohorts = list(range(month_index(first), month_index(end)))
+    table = retention_table(
+        CohortCounts(sizes, active), cohorts, months_since, month_index(month_start(as_of))
+    )
     return RetentionFigures(
         month_label(first),
         month_label(end),
-        await churn(conn, first, end, as_of, inactive_days),
-        await retention(conn, first, end, as_of, months_since),
+        Churn(stamp(as_of), inactive_days, CHURN_DEFINITION, sorted(months, key=lambda m: m.month)),
+        Retention(stamp(as_of), months_since, COHORT_DEFINITION, table),
     )
 
 

@@ -36,7 +36,9 @@ class EarnLine(msgspec.Struct, frozen=True):
     amount: int
     asset: str = PTS
     reason: str = "base"
-    funder: str = "partner"  # partner | program
+    # partner (the earning's) | program | partner:{id} (another partner paying
+    # this line, e.g. a producer's share of its dealer's promotion)
+    funder: str = "partner"
     kind: str = "base"  # base | category | tier | promotion | coupon | qualifying
     source: str | None = None  # the promotion, coupon, category or tier behind it
 
@@ -45,7 +47,12 @@ class EarnLine(msgspec.Struct, frozen=True):
         if self.asset not in ASSETS:
             raise InvalidAmount(f"unknown asset {self.asset!r}")
         if self.funder not in ("partner", "program"):
-            raise InvalidAmount(f"funder is 'partner' or 'program', not {self.funder!r}")
+            owner, _, partner_id = self.funder.partition(":")
+            if owner != "partner" or not partner_id:
+                raise InvalidAmount(
+                    f"funder is 'partner', 'program' or 'partner:{{id}}', not {self.funder!r}"
+                )
+            check_id("partner", partner_id)
 
 
 class Earn(msgspec.Struct, frozen=True):

@@ -47,9 +47,12 @@ class Redemptions:
         amount: int,
         into: str,
         now: datetime,
+        posted_by: str | None = None,
+        reason: str | None = None,
     ) -> int:
         """Move points a partner redeems out of the member's available points
-        (never overdrawing) into `into`; returns the entry id."""
+        (never overdrawing) into `into`; returns the entry id. Posted by the
+        partner unless `posted_by` names someone else."""
         posted = await self.journal.post(
             conn,
             EntryDraft(
@@ -59,10 +62,11 @@ class Redemptions:
                     Posting(into, PTS, amount),
                 ],
                 effective_at=now,
-                posted_by=f"partner:{partner_id}",
+                posted_by=posted_by or f"partner:{partner_id}",
                 member_id=member_id,
                 partner_id=partner_id,
                 partner_reference=reference,
+                reason=reason,
                 lot_effects={member_id: Spend()},
             ),
             now,
@@ -84,6 +88,34 @@ class Redemptions:
             return await self._receipt(conn, entry_id, "burn", cmd.member_id, cmd.amount)
 
         return await self.run("burn", cmd, idempotency, Receipt, body)
+
+    async def redeem_in(
+        self,
+        conn: AsyncConnection,
+        kind: str,
+        member_id: str,
+        partner_id: str,
+        amount: int,
+        posted_by: str,
+        reason: str,
+    ) -> Receipt:
+        """A burn under a kind of its own (e.g. `reward`) inside the caller's
+        transaction: the member's points, earliest-expiring lots first and
+        never overdrawn, to the partner's `redeemed` account, with the reason
+        the member's history shows; reversible as a burn is."""
+        entry_id = await self._spend(
+            conn,
+            kind,
+            member_id,
+            partner_id,
+            None,
+            amount,
+            partner_account(partner_id, "redeemed"),
+            self.clock(),
+            posted_by=posted_by,
+            reason=reason,
+        )
+        return await self._receipt(conn, entry_id, kind, member_id, amount)
 
     async def authorise(self, cmd: Authorise, idempotency: IdempotencyKey | None = None) -> Receipt:
         async def body(conn: AsyncConnection) -> Receipt:

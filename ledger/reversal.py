@@ -28,6 +28,9 @@ from ledger.views import (
 )
 
 REVERSIBLE_KINDS = ("earn", "burn", "capture")
+# A `reward` entry is reversed only by whoever owns its record (the reward
+# order it paid for, partners/rewards.py), never on its own: that record would
+# not know its points came back.
 
 
 class Reversals:
@@ -43,20 +46,26 @@ class Reversals:
         )
 
     async def reverse_in(
-        self, conn: AsyncConnection, cmd: Reverse, posted_by: str, member_now: str | None = None
+        self,
+        conn: AsyncConnection,
+        cmd: Reverse,
+        posted_by: str,
+        member_now: str | None = None,
+        kinds: tuple[str, ...] = REVERSIBLE_KINDS,
     ) -> Receipt:
         """Reverse (part of) an entry inside the caller's transaction.
 
         `member_now`: the member who holds the original member's points today
-        (the original was merged into it); the reversal posts to its accounts."""
+        (the original was merged into it); the reversal posts to its accounts.
+        `kinds`: the kinds of entry this caller may reverse."""
         now = self.clock()
         original = await queries.entry(conn, cmd.entry_id)
         if cmd.partner_id is not None and original.partner_id != cmd.partner_id:
             raise EntryNotFound(f"no journal entry {cmd.entry_id}", entry_id=cmd.entry_id)
-        if original.kind not in REVERSIBLE_KINDS:
+        if original.kind not in kinds:
             raise NotReversible(
-                f"a {original.kind} entry cannot be reversed; "
-                f"reversible kinds: {', '.join(REVERSIBLE_KINDS)}"
+                f"a {original.kind} entry cannot be reversed here; "
+                f"reversible kinds: {', '.join(kinds)}"
             )
         lines = _reversible_lines(original)
         whole = sum(p.amount for p in lines[PTS][0]) if PTS in lines else 0

@@ -298,11 +298,12 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
                     postings.append(Posting(member_account(cmd.member_id, "qp"), QP, line.amount))
                     postings.append(Posting(program_account("qp_source"), QP, -line.amount))
                     continue
-                funder = (
-                    partner_account(cmd.partner_id, "issued")
-                    if line.funder == "partner"
-                    else program_account("promotions")
-                )
+                if line.funder == "program":
+                    funder = program_account("promotions")
+                else:
+                    # "partner": the earning's partner; "partner:{id}": another one.
+                    payer = line.funder.partition(":")[2] or cmd.partner_id
+                    funder = partner_account(payer, "issued")
                 postings.append(Posting(member_points, PTS, line.amount))
                 postings.append(Posting(funder, PTS, -line.amount))
             points = sum(line.amount for line in cmd.lines if line.asset == PTS)

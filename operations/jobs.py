@@ -5,7 +5,9 @@ run itself, batch by batch until nothing is due.
 
 The ledger's three (release-pending, expire-holds, expire-points) are
 set-based batches in ledger/jobs.py; requalify-tiers is the programme's
-(partners/tiering.py), run in passes of `batch` members until none is due.
+(partners/tiering.py), run in passes of `batch` members until none is due;
+the clubs' two (lapse-club-memberships, club-anniversary-gifts) are
+clubs/membership.py's set-based batches.
 """
 
 from datetime import datetime
@@ -13,6 +15,7 @@ from typing import Protocol
 
 from sqlalchemy import text
 
+from clubs.membership import ANNIVERSARIES, Clubs
 from ledger.jobs import LATER_ENTRY, Batch, OnBatch
 from ledger.partitions import PARTITIONED, ensure_partitions, partitions
 from ledger.service import LedgerService
@@ -164,6 +167,85 @@ class CreatePartitions:
         return made
 
 
+class LapseClubMemberships:
+    """Active club memberships whose paid term ended become lapsed, or
+    cancelled when the member cancelled (clubs/membership.py `lapse`), in
+    batches until none is due. No points move: the benefits already follow
+    the paid terms; this is the status the member sees."""
+
+    name = "lapse-club-memberships"
+    unit = "memberships"
+    moves_points = False
+    takes_as_of = True
+
+    def __init__(self, ledger: LedgerService, batch: int = 1_000) -> None:
+        self.clubs = Clubs(ledger)
+        self.clock = ledger.clock
+        self.batch = batch
+
+    async def due(self, as_of: datetime | None) -> Batch:
+        return Batch(await self.clubs.lapses_due(as_of or self.clock()), 0)
+
+    async def blocked(self, as_of: datetime) -> list[str]:
+        return []
+
+    async def run(self, as_of: datetime | None, on_batch: OnBatch) -> int:
+        done = 0
+        while count := await self.clubs.lapse(as_of or self.clock(), self.batch):
+            done += count
+            on_batch(Batch(count, 0))
+        return done
+
+
+class ClubAnniversaryGifts:
+    """Each club membership's anniversary gift (the club's points, funded by
+    its brand) once per membership and year, for an anniversary a paid term
+    covered (clubs/membership.py `give_anniversary_gifts`); a second run
+    finds nothing due."""
+
+    name = "club-anniversary-gifts"
+    unit = "gifts"
+    moves_points = True
+    takes_as_of = True
+
+    def __init__(self, ledger: LedgerService, batch: int = 500) -> None:
+        self.ledger = ledger
+        self.batch = batch
+
+    def _clubs(self, as_of: datetime | None) -> Clubs:
+        if as_of is None:
+            return Clubs(self.ledger)
+        # The gifts' entries are dated as_of: a ledger whose clock says so.
+        return Clubs(
+            LedgerService(
+                self.ledger.engine, self.ledger.config, clock=lambda: as_of, retry=self.ledger.retry
+            )
+        )
+
+    async def due(self, as_of: datetime | None) -> Batch:
+        return await Clubs(self.ledger).anniversaries_due(as_of or self.ledger.clock())
+
+    async def blocked(self, as_of: datetime) -> list[str]:
+        async with self.ledger.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    f"SELECT DISTINCT due.member_id FROM ({ANNIVERSARIES}) AS due "
+                    f"WHERE {LATER_ENTRY.format(member='due.member_id')} ORDER BY 1 LIMIT 5"
+                ),
+                {"now": as_of, "as_of": as_of},
+            )
+            return [r.member_id for r in rows]
+
+    async def run(self, as_of: datetime | None, on_batch: OnBatch) -> int:
+        clubs = self._clubs(as_of)
+        now = as_of or self.ledger.clock()
+        done = 0
+        while (batch := await clubs.give_anniversary_gifts(now, self.batch)).items:
+            done += batch.items
+            on_batch(batch)
+        return done
+
+
 # Seconds between scheduled runs by default: holds keep a member's points
 # from them, so they go back within a minute; a return window passing within a
 # quarter of an hour; statuses running out and lots expiring (at a quarter's
@@ -175,15 +257,19 @@ INTERVALS = {
     "expire-points": 3600,
     "requalify-tiers": 3600,
     "create-partitions": 86400,
+    "lapse-club-memberships": 3600,
+    "club-anniversary-gifts": 86400,
 }
 
 
 def standard_jobs(ledger: LedgerService, tier_period: str) -> dict[str, Job]:
-    """The programme's four jobs and the journal's months ahead."""
+    """The programme's four jobs, the journal's months ahead and the clubs' two."""
     return {
         "release-pending": LedgerJob(ledger, "release-pending", "earnings"),
         "expire-holds": LedgerJob(ledger, "expire-holds", "holds"),
         "expire-points": LedgerJob(ledger, "expire-points", "members"),
         "requalify-tiers": RequalifyTiers(ledger, tier_period),
         "create-partitions": CreatePartitions(ledger),
+        "lapse-club-memberships": LapseClubMemberships(ledger),
+        "club-anniversary-gifts": ClubAnniversaryGifts(ledger),
     }

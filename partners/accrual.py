@@ -23,7 +23,8 @@ The flow and its decisions are here, the statements in partners/accrual_sql.py.
 4. Under those locks, one statement reads what the members' earnings depend
    on: tiers, balances, the references already used, the QP of the tier
    periods and the points counted against period caps; the promotion usage
-   (a per-member limit) and the coupons are one statement each, when named.
+   (a per-member limit), the coupons and the members' paid club terms (a
+   promotion for club members, clubs/) are one statement each, when named.
 5. The engine (partners/earning.py, pure) evaluates the purchases in order
    with a running state per member, promotion and partner (tier upgrades,
    caps, budgets, member limits, coupons, the partner's credit), exactly as
@@ -43,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account
@@ -113,6 +115,9 @@ class Accrual:
     member_id: str | None = None
     coupons: tuple[str, ...] = ()
     release_at: datetime | None = None  # a caller's own release time, if later
+    # A member's missing-points claim (partners/claims.py): its own window
+    # bounded the purchase time, the partner's submission window does not.
+    claimed: bool = False
 
 
 @dataclass(slots=True)
@@ -152,6 +157,14 @@ class _Members:
     fresh: dict[int, object] = field(default_factory=dict)  # budgeted promotions, as locked
     budget_used: dict[int, int] = field(default_factory=dict)  # their budgets, running
     used_coupons: set[tuple[str, str]] = field(default_factory=set)  # (member, code)
+    # member -> (club, term start, term end): the paid club terms
+    club_terms: dict[str, list[tuple[str, datetime, datetime]]] = field(default_factory=dict)
+
+    def clubs_at(self, member_id: str, at: datetime) -> frozenset[str]:
+        """The clubs the member belonged to at `at` (a paid term covers it)."""
+        return frozenset(
+            club for club, start, end in self.club_terms.get(member_id, ()) if start <= at < end
+        )
 
 
 def _cap_start(rule: EarnRule, at: datetime) -> datetime | None:
@@ -235,7 +248,8 @@ class AccrualRun:
         contract = defs.contract_in_force(purchase.partner_id, purchase.occurred_at)
         release = accrual.release_at
         if contract is not None:
-            check_purchase_time(contract, purchase.occurred_at, self.now)
+            if not accrual.claimed:
+                check_purchase_time(contract, purchase.occurred_at, self.now)
             window_end = release_time(contract, purchase.occurred_at, self.now)
             if window_end is not None and (release is None or window_end > release):
                 release = window_end
@@ -284,6 +298,7 @@ class AccrualRun:
             }
         )
         coupons = sorted({(i.member_id, code) for i in items for code in i.accrual.coupons})
+        clubs = sorted({i.member_id for i in items if any(r.clubs for r in i.promotions)})
         return _Members(
             tiers=found.tiers,
             balances=found.balances,
@@ -292,6 +307,7 @@ class AccrualRun:
             usage=await read_usage(self.conn, usage, self.lock),
             coupons=await read_coupons(self.conn, coupons, self.lock),
             taken=found.taken,
+            club_terms=await _club_terms(self.conn, clubs),
         )
 
     # -- evaluating ---------------------------------------------------------------
@@ -329,7 +345,13 @@ class AccrualRun:
             else 0
         )
         earning = evaluate(
-            item.received, item.rule, tier.code, tier.earn_multiplier, offers, so_far
+            item.received,
+            item.rule,
+            tier.code,
+            tier.earn_multiplier,
+            offers,
+            so_far,
+            known.clubs_at(item.member_id, at),
         )
         return _Evaluated(item, tier, earning, coupons)
 
@@ -553,6 +575,25 @@ class AccrualRun:
             if done.earning.points_from("coupon", code) and done.item.index in entries
         ]
         await book_offers(self.conn, budget_used, usage, used)
+
+
+async def _club_terms(
+    conn: AsyncConnection, members: list[str]
+) -> dict[str, list[tuple[str, datetime, datetime]]]:
+    """The members' paid club terms (club_payments, migration 0021); none
+    read when no promotion for club members may pay."""
+    terms: dict[str, list[tuple[str, datetime, datetime]]] = defaultdict(list)
+    if members:
+        rows = await conn.execute(
+            text(
+                "SELECT member_id, club_code, term_starts_at, term_ends_at FROM club_payments "
+                "WHERE member_id = ANY(CAST(:members AS text[]))"
+            ),
+            {"members": members},
+        )
+        for row in rows:
+            terms[row.member_id].append((row.club_code, row.term_starts_at, row.term_ends_at))
+    return terms
 
 
 def _tier_of(defs: Definitions, known: _Members, member_id: str) -> tuple[Tier, datetime | None]:

@@ -5,7 +5,11 @@ amount, asset, reason and funder. Same input, same output; no I/O.
 
 An offer applies by the purchase time; a promotion that had ended when the
 purchase was reported pays only if it accepts late submissions. A
-partner-funded offer applies only at the partners it names.
+partner-funded offer applies only at the partners it names. An offer naming
+clubs pays only to a member of one of them at the purchase time (the caller
+says which clubs the member belonged to then). A co-funded offer's points
+are split: the co-funder (a producer paying part of its dealer's promotion)
+pays its share rounded down, the offer's own funder the rest.
 
 Points never come out negative, rounding is explicit (floor by default, so a
 line never gives more than its exact value), caps bound the rule's own points,
@@ -86,10 +90,14 @@ class Offer:
     member_remaining: int | None = None  # None: unlimited
     # Pays for a purchase in its window even when reported after it ended.
     accepts_late_submissions: bool = False
+    clubs: frozenset[str] = frozenset()  # empty: every member
+    co_funder: str | None = None  # a partner paying `co_funder_share` of the points
+    co_funder_share: Decimal | None = None
 
-    def applies(self, purchase: Purchase, tier: str) -> bool:
+    def applies(self, purchase: Purchase, tier: str, clubs: frozenset[str] = frozenset()) -> bool:
         return (
             self.starts_at <= purchase.occurred_at < self.ends_at
+            and (not self.clubs or not self.clubs.isdisjoint(clubs))
             and (
                 self.accepts_late_submissions
                 or purchase.received_at is None
@@ -154,6 +162,7 @@ def evaluate(
     tier_multiplier: Decimal = Decimal(1),
     offers: Sequence[Offer] = (),
     period_points_so_far: int = 0,
+    clubs: frozenset[str] = frozenset(),
 ) -> Earning:
     lines: list[PointsLine] = []
     # Excluded categories and a multiplier of zero earn nothing, QP included.
@@ -218,11 +227,11 @@ def evaluate(
             )
         )
 
-    applicable = [o for o in offers if o.applies(purchase, tier)]
+    applicable = [o for o in offers if o.applies(purchase, tier, clubs)]
     promotions = [o for o in applicable if o.kind == "promotion"]
     coupons = [o for o in applicable if o.kind == "coupon"]
     lines += _stack(promotions, purchase, eligible, value)
-    lines += [ln for o in coupons if (ln := _offer_line(o, purchase, eligible, value))]
+    lines += [ln for o in coupons for ln in _offer_lines(o, purchase, eligible, value)]
 
     if spent_enough and eligible:
         qp_exact = sum(
@@ -264,10 +273,11 @@ def _cap(lines: list[PointsLine], rule: EarnRule, period_so_far: int) -> list[Po
     return capped
 
 
-def _offer_line(offer: Offer, purchase: Purchase, eligible, value) -> PointsLine | None:
+def _offer_lines(offer: Offer, purchase: Purchase, eligible, value) -> list[PointsLine]:
+    """The offer's points: one line, or two when a co-funder pays a share."""
     lines = [ln for ln in eligible if not offer.categories or ln.category in offer.categories]
     if not lines:
-        return None
+        return []
     if offer.multiplier is not None:
         exact = sum((value(ln) for ln in lines), Decimal(0)) * (offer.multiplier - 1)
         points, how = round_points(exact), _fmt(offer.multiplier)
@@ -277,10 +287,33 @@ def _offer_line(offer: Offer, purchase: Purchase, eligible, value) -> PointsLine
         if limit is not None:
             points = min(points, max(limit, 0))
     if points <= 0:
-        return None
-    return PointsLine(
-        points, PTS, offer.kind, f"{offer.kind} {offer.code} {how}", offer.funder, offer.code
-    )
+        return []
+    reason = f"{offer.kind} {offer.code} {how}"
+    if offer.co_funder is None or offer.co_funder_share is None:
+        return [PointsLine(points, PTS, offer.kind, reason, offer.funder, offer.code)]
+    shared = split_share(points, offer.co_funder_share)
+    share = f"{(offer.co_funder_share * 100).normalize():f} %"
+    return [
+        line
+        for line in (
+            PointsLine(points - shared, PTS, offer.kind, reason, offer.funder, offer.code),
+            PointsLine(
+                shared,
+                PTS,
+                offer.kind,
+                f"{reason} ({share} paid by {offer.co_funder})",
+                f"partner:{offer.co_funder}",
+                offer.code,
+            ),
+        )
+        if line.amount > 0
+    ]
+
+
+def split_share(points: int, share: Decimal) -> int:
+    """The co-funder's part of `points`: rounded down, so the remainder (at
+    most one point per line) stays with the offer's own funder."""
+    return round_points(points * share, "floor")
 
 
 def _stack(promotions: Sequence[Offer], purchase, eligible, value) -> list[PointsLine]:
@@ -288,7 +321,7 @@ def _stack(promotions: Sequence[Offer], purchase, eligible, value) -> list[Point
     chosen only when it gives more than all combinable ones together."""
 
     def lines_of(offers):
-        return [ln for o in offers if (ln := _offer_line(o, purchase, eligible, value))]
+        return [ln for o in offers for ln in _offer_lines(o, purchase, eligible, value)]
 
     combinable = lines_of([o for o in promotions if not o.exclusive])
     best = max(

@@ -88,3 +88,65 @@ class CreditLimitExceeded(LedgerError):
     beyond its credit limit (plus deposit)."""
 
     code = "credit-limit-exceeded"
+
+
+class InvalidReward(LedgerError):
+    """A catalogue item that cannot be accepted; names the field."""
+
+    code = "invalid-reward"
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}", field=field)
+
+
+class RewardNotFound(LedgerError):
+    code = "reward-not-found"
+
+
+class RewardExists(LedgerError):
+    code = "reward-exists"
+
+
+class RewardOutOfStock(LedgerError):
+    code = "reward-out-of-stock"
+
+
+class RewardOrderNotFound(LedgerError):
+    code = "reward-order-not-found"
+
+
+class RewardOrderNotOpen(LedgerError):
+    """The order was shipped or cancelled already: it changes no more."""
+
+    code = "reward-order-not-open"
+
+
+class InvalidClaim(LedgerError):
+    """A missing-points claim that cannot be accepted; names the field."""
+
+    code = "invalid-claim"
+
+    def __init__(self, field: str, detail: str, **extensions: object) -> None:
+        super().__init__(f"{field}: {detail}", field=field, **extensions)
+
+
+class ClaimOutsideWindow(LedgerError):
+    """A purchase older than the claim window."""
+
+    code = "claim-outside-window"
+
+
+class ClaimExists(LedgerError):
+    """An open claim for the same receipt of the partner."""
+
+    code = "claim-exists"
+
+
+class ClaimNotFound(LedgerError):
+    code = "claim-not-found"
+
+
+class ClaimNotOpen(LedgerError):
+    """The claim was confirmed, settled by the partner's send, or rejected."""
+
+    code = "claim-not-open"

@@ -17,6 +17,7 @@ from ledger.views import ExpiringPoints
 from partners import rulebook
 from partners.burning import RedemptionQuote, quote_redemption
 from partners.errors import CouponNotFound, CurrencyMismatch, NoRuleInForce
+from partners.expiry_notice import QuarterExpiring
 from partners.money import check_currency
 
 
@@ -45,6 +46,9 @@ class BalanceView(msgspec.Struct, frozen=True):
     expiring: tuple[ExpiringPoints, ...]
     expiring_within_days: int
     tier: TierStatus
+    # With LOYALTY_EXPIRING_VIEW=quarters:N: this quarter and the next N-1,
+    # each with what expires in it (partners/expiry_notice.py).
+    expiring_by_quarter: tuple[QuarterExpiring, ...] = ()
 
 
 class CouponView(msgspec.Struct, frozen=True):
@@ -64,14 +68,17 @@ class MemberViews:
     # -- the card holder's view ----------------------------------------------------
 
     async def balance_view(
-        self, member_id: str, within_days: int = 90
+        self, member_id: str
     ) -> tuple[BalanceView, tuple[int, int], datetime | None]:
-        """Balances, pending releases, expiring points and tier from one snapshot,
-        with the view's token (`balance_token`) read in that same snapshot, and
-        the time the view next changes by time alone (None: not before the
-        token changes)."""
+        """Balances, pending releases, expiring points (as far ahead as the
+        programme's `expiring_window`) and tier from one snapshot, with the
+        view's token (`balance_token`) read in that same snapshot, and the time
+        the view next changes by time alone (None: not before the token
+        changes)."""
         check_id("member", member_id)
         now = self.ledger.clock()
+        window = self.expiring_window
+        within_days = window.within_days(now)
         async with self.engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             summary = await queries.member_balances(conn, member_id, now, within_days)
@@ -86,6 +93,12 @@ class MemberViews:
             tier, valid_until, _ = await self._tier(conn, member_id)
             token = await self.balance_token(member_id, conn)
         b = summary.balances
+        # Whole days may reach past a window of quarters: cut at its end.
+        end = window.end(now)
+        expiring = tuple(e for e in summary.expiring if e.expires_at <= end)
+        changes_at = summary.expiring_changes_at
+        if (moves := window.next_change(now)) is not None:
+            changes_at = moves if changes_at is None else min(changes_at, moves)
         view = BalanceView(
             member_id,
             b.available,
@@ -94,11 +107,12 @@ class MemberViews:
             b.qp,
             b.version,
             pending,
-            summary.expiring,
+            expiring,
             within_days,
             TierStatus(tier.code, tier.name, valid_until),
+            window.by_quarter(expiring, now),
         )
-        return view, token, summary.expiring_changes_at
+        return view, token, changes_at
 
     # Everything in a balance view changes with one of these: every posting to a
     # member account bumps that balance row's version (lots, pending releases and

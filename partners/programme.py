@@ -36,6 +36,7 @@ from partners.credit import partner_points
 from partners.definitions import DefinitionCache
 from partners.earning import Purchase, PurchaseLine
 from partners.errors import InvalidPurchase, PartnerNotFound
+from partners.expiry_notice import ExpiringWindow
 from partners.member_views import MemberViews
 from partners.money import check_currency
 from partners.receipts import EarningView, PurchaseReceipt, earning_view
@@ -90,10 +91,17 @@ class Programme(Returns, Tiering, MemberViews):
     and the card holder's views are mixed in (returns.py, tiering.py,
     member_views.py)."""
 
-    def __init__(self, ledger: LedgerService, tier_period: str = "calendar") -> None:
+    def __init__(
+        self,
+        ledger: LedgerService,
+        tier_period: str = "calendar",
+        expiring: ExpiringWindow | None = None,
+    ) -> None:
         self.ledger = ledger
         self.engine = ledger.engine
         self.tier_period = tier_period
+        # How far ahead the balance view shows expiring points (LOYALTY_EXPIRING_VIEW).
+        self.expiring_window = expiring or ExpiringWindow()
         self.definitions = DefinitionCache()
 
     # -- quote and earn ---------------------------------------------------------

@@ -71,6 +71,12 @@ class PromotionInput(msgspec.Struct, forbid_unknown_fields=True):
     exclusive: bool = False
     # Pays for purchases in its window reported after it ended (default: not).
     accepts_late_submissions: bool = False
+    # Pays only to members of one of these clubs at the purchase time.
+    clubs: list[str] = []
+    # A partner-funded promotion split: the co-funder (a producer) pays this
+    # share of its points, rounded down; the named partner pays the rest.
+    co_funder_id: str | None = None
+    co_funder_share: Decimal | None = None
 
 
 class CouponInput(msgspec.Struct, forbid_unknown_fields=True):
@@ -378,9 +384,32 @@ class Rulebook:
         )
         for partner_id in promotion.partner_ids:
             check_id("partner", partner_id)
+        _require(
+            (promotion.co_funder_id is None) == (promotion.co_funder_share is None),
+            "co_funder_share",
+            "co_funder_id and co_funder_share go together",
+        )
+        if promotion.co_funder_id is not None and promotion.co_funder_share is not None:
+            check_id("partner", promotion.co_funder_id)
+            _require(
+                promotion.funder == "partner"
+                and promotion.co_funder_id not in promotion.partner_ids,
+                "co_funder_id",
+                "co-funds a partner-funded promotion of another partner",
+            )
+            _require(
+                promotion.co_funder_share.is_finite() and 0 < promotion.co_funder_share < 1,
+                "co_funder_share",
+                "must be above 0 and below 1",
+            )
         async with begin(self.engine) as conn:
             await self._check_categories(conn, "categories", promotion.categories)
             await self._check_tiers(conn, promotion.tiers)
+            await self._check_known(conn, "clubs", "clubs", "code", promotion.clubs)
+            if promotion.co_funder_id is not None:
+                await self._check_known(
+                    conn, "co_funder_id", "partners", "id", [promotion.co_funder_id]
+                )
             if promotion.exclusive:
                 # One exclusive promotion at a time per partner: serialise the check.
                 await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('exclusive'))"))
@@ -410,11 +439,12 @@ class Rulebook:
                         "INSERT INTO promotions (code, name, starts_at, ends_at, partner_ids, "
                         "categories, tiers, multiplier, fixed_bonus, min_spend_minor, "
                         "budget_points, per_member_limit, funder, exclusive, "
-                        "accepts_late_submissions, created_by) VALUES "
+                        "accepts_late_submissions, clubs, co_funder_id, co_funder_share, "
+                        "created_by) VALUES "
                         "(:code, :name, :starts_at, :ends_at, :partner_ids, :categories, :tiers, "
                         ":multiplier, :fixed_bonus, :min_spend_minor, :budget_points, "
                         ":per_member_limit, :funder, :exclusive, :accepts_late_submissions, "
-                        ":actor) "
+                        ":clubs, :co_funder_id, :co_funder_share, :actor) "
                         "ON CONFLICT (code) DO NOTHING RETURNING *"
                     ),
                     {**msgspec.structs.asdict(promotion), "actor": actor},
@@ -425,6 +455,25 @@ class Rulebook:
             view = _row(row)
             await record_change(conn, "promotion", promotion.code, "create", actor, None, view)
             return view
+
+    async def _check_known(self, conn, field: str, table: str, column: str, values) -> None:
+        """Every value names a row of `table` (a club, a partner)."""
+        values = sorted(set(values))
+        if not values:
+            return
+        known = set(
+            (
+                await conn.execute(
+                    text(
+                        f"SELECT {column} FROM {table} "
+                        f"WHERE {column} = ANY(CAST(:values AS text[]))"
+                    ),
+                    {"values": values},
+                )
+            ).scalars()
+        )
+        unknown = [v for v in values if v not in known]
+        _require(not unknown, field, f"unknown {table} {unknown}")
 
     async def _check_tiers(self, conn, codes) -> None:
         if not codes:
@@ -714,6 +763,9 @@ def offer_from_promotion(row, member_used: int, budget_used: int | None = None) 
         if row.per_member_limit is None
         else row.per_member_limit - member_used,
         accepts_late_submissions=row.accepts_late_submissions,
+        clubs=frozenset(row.clubs),
+        co_funder=row.co_funder_id,
+        co_funder_share=row.co_funder_share,
     )
 
 

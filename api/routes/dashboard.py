@@ -22,7 +22,8 @@ answer 422, on the page as an error panel, for a CSV link as a problem.
 
 Every dashboard answer carries a strict Content-Security-Policy (no inline
 script or style, nothing from another origin, no framing) and is not
-stored by caches, but for the static files (api/routes/dashboard_assets.py).
+stored by caches, but for the static files (api/routes/dashboard_assets.py);
+a problem answered here (a CSV link's, a static file's) too.
 This module is the HTTP part only: dashboard_view gathers the figures,
 dashboard_html draws them."""
 
@@ -40,7 +41,7 @@ from litestar.response import Redirect
 
 from api.auth import Principal
 from api.cli_insights import write_csv
-from api.problems import ApiError
+from api.problems import EXCEPTION_HANDLERS, ApiError
 from api.routes.dashboard_assets import dashboard_asset
 from api.routes.dashboard_html import LOGIN_PATH, error_page, login_page
 from api.routes.dashboard_html import dashboard_page as render_dashboard
@@ -64,6 +65,7 @@ HEADERS = [
     ResponseHeader(name="Referrer-Policy", value="same-origin"),
 ]
 NO_STORE = "no-store"
+MAX_NEXT = 255  # the login form's `next`, as its query parameter takes it
 
 
 def _token(request: Request) -> str | None:
@@ -118,6 +120,8 @@ def _cleared(request: Request) -> list[Cookie]:
 def _next_path(value: object) -> str:
     """Where to go after signing in: a dashboard page, never elsewhere."""
     text = value if isinstance(value, str) else ""
+    if len(text) > MAX_NEXT:
+        return DASHBOARD_PATH
     if text == DASHBOARD_PATH or text.startswith(DASHBOARD_PATH + "?"):
         return text
     return DASHBOARD_PATH
@@ -193,7 +197,8 @@ async def dashboard_csv(
 @get("/login", name="dashboard-login")
 async def login_form(
     next_path: Annotated[
-        str | None, QueryParameter(name="next", description="Where to go after", max_length=255)
+        str | None,
+        QueryParameter(name="next", description="Where to go after", max_length=MAX_NEXT),
     ] = None,
 ) -> Response:
     return _html(login_page(None, _next_path(next_path)))
@@ -233,9 +238,22 @@ async def sign_out(request: Request) -> Response:
     )
 
 
+def _with_headers(handler):
+    """The app's problem handler, its answer with the dashboard's headers."""
+
+    def answer(request: Request, error: Exception) -> Response:
+        response = handler(request, error)
+        response.headers.update({h.name: h.value for h in HEADERS})
+        response.headers["Cache-Control"] = NO_STORE
+        return response
+
+    return answer
+
+
 dashboard_router = Router(
     path=DASHBOARD_PATH,
     route_handlers=[dashboard, dashboard_csv, login_form, sign_in, sign_out, dashboard_asset],
     response_headers=HEADERS,
+    exception_handlers={kind: _with_headers(h) for kind, h in EXCEPTION_HANDLERS.items()},
     include_in_schema=False,
 )

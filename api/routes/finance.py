@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import anyio
@@ -84,8 +84,10 @@ AsOf = Annotated[
 Format = Annotated[str, QueryParameter(name="format", description="csv or jsonl", max_length=10)]
 
 
-def _as_of(value: str | None) -> datetime:
-    return parse_instant(value, "as_of") if value is not None else datetime.now(UTC)
+def _as_of(request: Request, value: str | None) -> datetime:
+    if value is not None:
+        return parse_instant(value, "as_of")
+    return request.app.state.ledger.clock()  # the app's business time
 
 
 def _engine(request: Request):
@@ -234,14 +236,14 @@ async def journal_control_totals(
 
 @get("/trial-balance", summary="The trial balance as of an instant")
 async def get_trial_balance(request: Request, as_of: AsOf = None) -> TrialBalance:
-    return await trial_balance(_engine(request), _as_of(as_of))
+    return await trial_balance(_engine(request), _as_of(request, as_of))
 
 
 @get("/balances/{account:str}", summary="One account's balances as of an instant")
 async def get_balance(
     request: Request, account: PathText, as_of: AsOf = None
 ) -> AccountBalanceAsOf:
-    return await balance_as_of(_engine(request), account, _as_of(as_of))
+    return await balance_as_of(_engine(request), account, _as_of(request, as_of))
 
 
 @get("/roll-forward", summary="The points-liability roll-forward of a period")

@@ -363,7 +363,8 @@ async def test_openapi_declares_the_signature_and_idempotency_headers(openapi):
         for path, item in openapi["paths"].items()
         if path.startswith("/v1/partner/") and "post" in item
     ]
-    assert len(partner_posts) == 8  # earn, earnings/batch, files, quote, returns, redemptions (3)
+    # earn, earnings/batch, files, quote, returns, redemptions (3), service-visits
+    assert len(partner_posts) == 9
     for path in partner_posts:
         parameters = _parameters(openapi, path, "post")
         for name in (*signature, "idempotency-key"):

@@ -303,3 +303,37 @@ async def test_the_vendored_chart_js_is_the_recorded_file(client):
         assert (await client.get(f"/dashboard/static/{name}")).status_code == 200
     for name in ("chart.umd.min.js.map", "..%2Fdashboard.py", "README.md"):
         assert (await client.get(f"/dashboard/static/{name}")).status_code == 404
+
+
+async def test_refusals_under_the_dashboard_carry_its_headers(client, settings):
+    """A problem answered under /dashboard (a CSV link's or a static file's)
+    is not stored and carries the page's policy; `next` stays a dashboard
+    page the login form takes (255 characters at most), however it came."""
+    admin = bearer(mint_token(settings, "olga", ["admin"]))
+    refusals = [
+        await client.get("/dashboard/data/pareto.csv", params={"from": "yesterday"}, headers=admin),
+        await client.get("/dashboard/data/secrets.csv", headers=admin),
+        await client.get("/dashboard/data/pareto.csv", headers=bearer("garbage")),
+        await client.get("/dashboard/static/README.md"),
+    ]
+    assert [r.status_code for r in refusals] == [422, 404, 401, 404]
+    for refused in refusals:
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["content-security-policy"] == CSP
+        assert (refused.headers["x-content-type-options"], refused.headers["cache-control"]) == (
+            "nosniff", "no-store",
+        )  # fmt: skip
+
+    long = "/dashboard?" + "&".join(f"p{i}=1" for i in range(60))
+    signed_in = await client.post(
+        "/dashboard/login",
+        data={"token": mint_token(settings, "olga", ["finance"]), "next": long},
+        follow_redirects=False,
+    )
+    assert (signed_in.status_code, signed_in.headers["location"]) == (303, "/dashboard")
+    client.cookies.clear()
+    asked = await client.get(long, follow_redirects=False)
+    form = await client.get(asked.headers["location"])
+    assert (asked.headers["location"], form.status_code) == (
+        "/dashboard/login?next=%2Fdashboard", 200,
+    )  # fmt: skip

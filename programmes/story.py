@@ -1,0 +1,125 @@
+"""A programme's worked example as a story: steps at fixed dates, each an
+action of the programme's own types, played by a player (through the
+services here, over HTTP in tests/programmes/http_player.py) into one
+outcome per step: what the step did and every member's available points
+after it. The README's tables print these outcomes and tests check them."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Protocol
+
+from sqlalchemy import text
+
+from ledger.errors import LedgerError
+from ledger.service import LedgerService
+from partners.registry import Registry
+
+
+@dataclass(frozen=True)
+class Step:
+    at: datetime  # the business time the step happens at
+    what: str
+    action: object  # one of the programme's action types
+
+
+@dataclass(frozen=True)
+class Outcome:
+    step: Step
+    result: str  # what it did: points moved, a status, a statement, or the refusal
+    available: dict[str, int]  # each member's available points after it
+
+
+class Player(Protocol):
+    async def play(self, step: Step) -> str:
+        """Do the step at its date; what it did, or `refused: CODE`."""
+        ...
+
+
+def signed(points: int) -> str:
+    return f"{points:+,}"
+
+
+def refused(code: str) -> str:
+    return f"refused: {code}"
+
+
+def euros(minor: int) -> str:
+    return f"{Decimal(minor).scaleb(-2):,.2f} EUR"
+
+
+def at(text_: str) -> datetime:
+    """A story's instant, written without its zone: UTC."""
+    return datetime.fromisoformat(text_).replace(tzinfo=UTC)
+
+
+class ServicesPlayer(ABC):
+    """Plays each step through the real services on a ledger whose clock is
+    the step's date; a refusal is its outcome, not an error."""
+
+    def __init__(self, ledger: LedgerService, registry: Registry) -> None:
+        self.base = ledger
+        self.registry = registry
+
+    def ledger_at(self, when: datetime) -> LedgerService:
+        return LedgerService(self.base.engine, self.base.config, clock=lambda: when)
+
+    async def play(self, step: Step) -> str:
+        try:
+            return await self.act(self.ledger_at(step.at), step.at, step.action)
+        except LedgerError as refusal:
+            return refused(refusal.code)
+
+    @abstractmethod
+    async def act(self, ledger: LedgerService, when: datetime, action: object) -> str:
+        """Do one action on a ledger at `when`; what it did."""
+
+
+async def play(
+    player: Player,
+    story: Iterable[Step],
+    available: Callable[[], Awaitable[dict[str, int]]],
+) -> list[Outcome]:
+    """Play the story step by step; each outcome with the balances after it."""
+    outcomes = []
+    for step in story:
+        result = await player.play(step)
+        outcomes.append(Outcome(step, result, await available()))
+    return outcomes
+
+
+def programme_ledger(ledger: LedgerService, **config) -> LedgerService:
+    """The ledger on the same engine and clock with the programme's own
+    configuration (its expiry policy, its transfer rules)."""
+    return LedgerService(ledger.engine, replace(ledger.config, **config), clock=ledger.clock)
+
+
+async def exists(ledger: LedgerService, query: str, **parameters) -> bool:
+    """Whether `query` finds a row: how a programme tells it is loaded already."""
+    async with ledger.engine.connect() as conn:
+        return (await conn.execute(text(query), parameters)).first() is not None
+
+
+async def members_available(ledger: LedgerService, members: Iterable[str]) -> dict[str, int]:
+    return {member: (await ledger.balances(member)).available for member in members}
+
+
+async def load_once(
+    ledger: LedgerService,
+    registry: Registry,
+    *,
+    loaded: Callable[[LedgerService], Awaitable[bool]],
+    define: Callable[[LedgerService, Registry], Awaitable[None]],
+    player: Callable[[LedgerService, Registry], Player],
+    story: Iterable[Step],
+    members: Mapping[str, str] | Iterable[str],
+) -> list[Outcome]:
+    """Define the programme and play its story on `ledger` (the programme's
+    own, `programme_ledger`); nothing when it is loaded already. One outcome
+    per step, with the members' available points after it."""
+    if await loaded(ledger):
+        return []
+    await define(ledger, registry)
+    return await play(player(ledger, registry), story, lambda: members_available(ledger, members))

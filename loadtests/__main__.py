@@ -288,6 +288,12 @@ def main() -> None:
     exports = sub.add_parser("export", help="journal export against COPY of the same rows")
     exports.add_argument("--postings", type=int, default=1_000_000)
     exports.add_argument("--members", type=int, default=10_000)
+    insight = sub.add_parser(
+        "insights", help="insights query times on the generated demo against a bare scan"
+    )
+    insight.add_argument("--members", type=int, default=20_000)
+    insight.add_argument("--months", type=int, default=18)
+    insight.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
     server = os.environ.get("LOYALTY_BENCH_DATABASE_URL") or os.environ.get("LOYALTY_DATABASE_URL")
@@ -334,6 +340,10 @@ def main() -> None:
             from loadtests.export_bench import bench_export
 
             asyncio.run(bench_export(url, args.postings, args.members))
+        elif args.scenario == "insights":
+            from loadtests.insights_bench import bench_insights
+
+            asyncio.run(bench_insights(url, args.members, args.months, args.seed))
         elif args.scenario == "expire":
             from loadtests.jobs_bench import bench_expire
 

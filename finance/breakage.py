@@ -58,7 +58,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finance.errors import BreakageEstimateBackdated, InvalidBreakageRate, InvalidTrailingMonths
 from finance.period import EARLIEST, LATEST, Period, stamp
-from finance.rollforward import LIABILITY_ACCOUNTS, MOVEMENTS, RollForwardLine, build_lines
+from finance.rollforward import (
+    LIABILITY_ACCOUNTS,
+    MOVEMENT_POINTS,
+    MOVEMENTS,
+    RollForwardLine,
+    build_lines,
+    merge_movements,
+)
 from ledger.errors import ReasonRequired
 from ledger.history import snapshot
 
@@ -231,13 +238,16 @@ class BreakageReport(msgspec.Struct, frozen=True):
 # -- reads --------------------------------------------------------------------------
 
 
-async def _lines(conn: AsyncConnection, start: datetime, end: datetime) -> list[RollForwardLine]:
-    """The roll-forward's lines of the entries booked in [start, end), valued
-    as the roll-forward values them."""
+async def _movements(
+    conn: AsyncConnection, start: datetime, end: datetime, valued: bool = True
+) -> list[tuple]:
+    """The roll-forward's movement rows of the entries booked in [start, end);
+    `valued`: with the contract version of each (money), else points only."""
     rows = await conn.execute(
-        text(MOVEMENTS), {"start": start, "end": end, "accounts": list(LIABILITY_ACCOUNTS)}
+        text(MOVEMENTS if valued else MOVEMENT_POINTS),
+        {"start": start, "end": end, "accounts": list(LIABILITY_ACCOUNTS)},
     )
-    return build_lines([tuple(r) for r in rows])
+    return [tuple(r) for r in rows]
 
 
 def _points(lines: list[RollForwardLine], *codes: str) -> int:
@@ -274,7 +284,7 @@ async def estimate_in_force(conn: AsyncConnection, as_of: datetime) -> Estimate 
 async def rate_in_force(conn: AsyncConnection, as_of: datetime, months: int) -> RateInForce:
     """The expected redemption rate at `as_of` and the method that gave it."""
     window_from = months_before(as_of, months)
-    lines = await _lines(conn, window_from, as_of)
+    lines = build_lines(await _movements(conn, window_from, as_of, valued=False))
     redeemed = -_points(lines, "redeemed", "refunded")
     expired = -_points(lines, "expired", "forfeited")
     history = HistoryWindow(
@@ -289,11 +299,11 @@ async def rate_in_force(conn: AsyncConnection, as_of: datetime, months: int) -> 
 
 
 async def _at(
-    conn: AsyncConnection, as_of: datetime, months: int
+    conn: AsyncConnection, as_of: datetime, months: int, movements: list[tuple]
 ) -> tuple[PointsAt, dict[str, tuple[int, int]]]:
-    """Programme-wide points as of `as_of`, and per currency (partner points,
-    consideration in minor units)."""
-    lines = await _lines(conn, EARLIEST, as_of)
+    """Programme-wide points as of `as_of` from the movements booked before
+    it, and per currency (partner points, consideration in minor units)."""
+    lines = build_lines(movements)
     partner = _points(lines, "issued-partner", "returned-partner")
     promotions = _points(lines, "issued-promotions", "returned-promotions")
     issued = partner + promotions
@@ -324,8 +334,11 @@ async def breakage_in(
 ) -> BreakageReport:
     """The breakage report of `period`, read inside the caller's snapshot."""
     months = check_trailing_months(trailing_months)
-    start, start_money = await _at(conn, period.start, months)
-    end, end_money = await _at(conn, period.end, months)
+    # The journal read once: up to the period, then the period itself.
+    before = await _movements(conn, EARLIEST, period.start)
+    during = await _movements(conn, period.start, period.end)
+    start, start_money = await _at(conn, period.start, months, before)
+    end, end_money = await _at(conn, period.end, months, merge_movements(before, during))
     currencies = []
     for currency in sorted(set(start_money) | set(end_money)):
         _, paid_start = start_money.get(currency, (0, 0))

@@ -184,7 +184,7 @@ def value_minor(points: int, rate: Decimal, currency: str) -> int:
 # The counter postings of the period's entries that touch members' liability
 # accounts, grouped by entry kind, account, sign and the contract version in
 # force at the pricing time (partner accounts only).
-MOVEMENTS = f"""
+COUNTER_POSTINGS = """
 WITH win AS MATERIALIZED (
     SELECT id, kind, effective_at, reverses_entry_id FROM journal_entries
     WHERE created_at >= :start AND created_at < :end),
@@ -201,6 +201,8 @@ counter AS (
     JOIN postings p ON p.entry_id = l.entry_id
     LEFT JOIN journal_entries o ON o.id = win.reverses_entry_id
     WHERE p.asset = 'PTS' AND p.member_id IS NULL)
+"""
+MOVEMENTS = f"""{COUNTER_POSTINGS}
 SELECT c.kind, c.account, c.sign, k.version, k.price_per_point, k.redemption_value,
        k.currency, sum(c.amount)::bigint AS amount, count(*) AS postings
 FROM counter c LEFT JOIN LATERAL ({
@@ -211,6 +213,27 @@ FROM counter c LEFT JOIN LATERAL ({
 }) k ON true
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
+# The same rows without a contract (no money): points only, for what counts
+# points alone (breakage's history rate), without a contract lookup per posting.
+MOVEMENT_POINTS = f"""{COUNTER_POSTINGS}
+SELECT c.kind, c.account, c.sign, NULL, NULL, NULL, NULL,
+       sum(c.amount)::bigint AS amount, count(*) AS postings
+FROM counter c GROUP BY 1, 2, 3
+"""
+
+
+def merge_movements(*parts) -> list[tuple]:
+    """Movement rows of consecutive windows as the rows of their union (pure):
+    amounts and postings added per (kind, account, sign, contract version),
+    so the lines built from them are valued, and rounded, as one window's."""
+    merged: dict[tuple, list[int]] = {}
+    for rows in parts:
+        for *key, amount, postings in rows:
+            total = merged.setdefault(tuple(key), [0, 0])
+            total[0] += int(amount)
+            total[1] += int(postings)
+    return [(*key, amount, postings) for key, (amount, postings) in merged.items()]
+
 
 MEMBER_SIDE = """
 WITH win AS MATERIALIZED (

@@ -202,15 +202,39 @@ counter AS (
     LEFT JOIN journal_entries o ON o.id = win.reverses_entry_id
     WHERE p.asset = 'PTS' AND p.member_id IS NULL)
 """
-MOVEMENTS = f"""{COUNTER_POSTINGS}
+# Each partner's contract versions as ranges of pricing time: from each
+# distinct `effective_from` to the next, the newest version in force
+# (`contract_in_force`'s rule, set-based), and before the first date the
+# lowest version. A hash join on the partner then takes one range per posting,
+# instead of a sorted lookup of the contracts per posting.
+CONTRACT_RANGES = """
+contract_ranges AS MATERIALIZED (
+    SELECT r.partner_id, r.lo, r.hi, pc.version, pc.price_per_point,
+           pc.redemption_value, pa.currency
+    FROM (
+        SELECT partner_id, effective_from AS lo,
+               lead(effective_from) OVER w AS hi,
+               max(version) OVER (w RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                   AS version
+        FROM partner_contracts
+        WINDOW w AS (PARTITION BY partner_id ORDER BY effective_from)
+        UNION ALL
+        SELECT partner_id, '-infinity', min(effective_from),
+               (array_agg(version ORDER BY version))[1]
+        FROM partner_contracts GROUP BY partner_id
+    ) r
+    JOIN partner_contracts pc ON pc.partner_id = r.partner_id AND pc.version = r.version
+    JOIN partners pa ON pa.id = r.partner_id
+    WHERE r.hi IS NULL OR r.lo < r.hi)
+"""
+MOVEMENTS = f"""{COUNTER_POSTINGS.rstrip()},
+{CONTRACT_RANGES}
 SELECT c.kind, c.account, c.sign, k.version, k.price_per_point, k.redemption_value,
        k.currency, sum(c.amount)::bigint AS amount, count(*) AS postings
-FROM counter c LEFT JOIN LATERAL ({
-    contract_in_force(
-        "CASE WHEN c.account LIKE 'partner:%' THEN split_part(c.account, ':', 2) END",
-        "c.priced_at",
-    )
-}) k ON true
+FROM counter c LEFT JOIN contract_ranges k
+    ON k.partner_id = CASE WHEN c.account LIKE 'partner:%'
+                           THEN split_part(c.account, ':', 2) END
+   AND c.priced_at >= k.lo AND (k.hi IS NULL OR c.priced_at < k.hi)
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
 # The same rows without a contract (no money): points only, for what counts

@@ -59,12 +59,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from finance.errors import BreakageEstimateBackdated, InvalidBreakageRate, InvalidTrailingMonths
 from finance.period import EARLIEST, LATEST, Period, stamp
 from finance.rollforward import (
-    LIABILITY_ACCOUNTS,
-    MOVEMENT_POINTS,
-    MOVEMENTS,
     RollForwardLine,
     build_lines,
     merge_movements,
+    movements_by_window,
 )
 from ledger.errors import ReasonRequired
 from ledger.history import snapshot
@@ -238,16 +236,11 @@ class BreakageReport(msgspec.Struct, frozen=True):
 # -- reads --------------------------------------------------------------------------
 
 
-async def _movements(
-    conn: AsyncConnection, start: datetime, end: datetime, valued: bool = True
-) -> list[tuple]:
-    """The roll-forward's movement rows of the entries booked in [start, end);
-    `valued`: with the contract version of each (money), else points only."""
-    rows = await conn.execute(
-        text(MOVEMENTS if valued else MOVEMENT_POINTS),
-        {"start": start, "end": end, "accounts": list(LIABILITY_ACCOUNTS)},
+def _span(windows: list[list[tuple]], bounds: list[datetime], start, end) -> list[tuple]:
+    """The movement rows of [start, end), a union of consecutive windows."""
+    return merge_movements(
+        *(rows for i, rows in enumerate(windows) if start <= bounds[i] and bounds[i + 1] <= end)
     )
-    return [tuple(r) for r in rows]
 
 
 def _points(lines: list[RollForwardLine], *codes: str) -> int:
@@ -281,14 +274,21 @@ async def estimate_in_force(conn: AsyncConnection, as_of: datetime) -> Estimate 
     return None if row is None else _estimate(row)
 
 
-async def rate_in_force(conn: AsyncConnection, as_of: datetime, months: int) -> RateInForce:
-    """The expected redemption rate at `as_of` and the method that gave it."""
-    window_from = months_before(as_of, months)
-    lines = build_lines(await _movements(conn, window_from, as_of, valued=False))
+async def rate_in_force(
+    conn: AsyncConnection, as_of: datetime, months: int, window: list[tuple]
+) -> RateInForce:
+    """The expected redemption rate at `as_of` and the method that gave it;
+    `window`: the movement rows of the trailing `months` before `as_of`."""
+    lines = build_lines(window)
     redeemed = -_points(lines, "redeemed", "refunded")
     expired = -_points(lines, "expired", "forfeited")
     history = HistoryWindow(
-        stamp(window_from), stamp(as_of), months, redeemed, expired, history_rate(redeemed, expired)
+        stamp(months_before(as_of, months)),
+        stamp(as_of),
+        months,
+        redeemed,
+        expired,
+        history_rate(redeemed, expired),
     )
     estimate = await estimate_in_force(conn, as_of)
     if estimate is not None:
@@ -298,16 +298,15 @@ async def rate_in_force(conn: AsyncConnection, as_of: datetime, months: int) -> 
     return RateInForce(DEFAULT_RATE, "default", None, history)
 
 
-async def _at(
-    conn: AsyncConnection, as_of: datetime, months: int, movements: list[tuple]
+def _at(
+    as_of: datetime, rate: RateInForce, movements: list[tuple]
 ) -> tuple[PointsAt, dict[str, tuple[int, int]]]:
     """Programme-wide points as of `as_of` from the movements booked before
-    it, and per currency (partner points, consideration in minor units)."""
+    it (pure), and per currency (partner points, consideration in minor units)."""
     lines = build_lines(movements)
     partner = _points(lines, "issued-partner", "returned-partner")
     promotions = _points(lines, "issued-promotions", "returned-promotions")
     issued = partner + promotions
-    rate = await rate_in_force(conn, as_of, months)
     expected = expected_redemptions(rate.rate, issued)
     points = PointsAt(
         as_of=stamp(as_of),
@@ -334,11 +333,23 @@ async def breakage_in(
 ) -> BreakageReport:
     """The breakage report of `period`, read inside the caller's snapshot."""
     months = check_trailing_months(trailing_months)
-    # The journal read once: up to the period, then the period itself.
-    before = await _movements(conn, EARLIEST, period.start)
-    during = await _movements(conn, period.start, period.end)
-    start, start_money = await _at(conn, period.start, months, before)
-    end, end_money = await _at(conn, period.end, months, merge_movements(before, during))
+    # The journal read once, cut at every instant a figure starts or ends: the
+    # history up to the period and to its end, and the trailing windows of
+    # both rates are unions of those windows.
+    start_window = months_before(period.start, months)
+    end_window = months_before(period.end, months)
+    bounds = sorted({EARLIEST, start_window, period.start, end_window, period.end})
+    windows = await movements_by_window(conn, bounds)
+    start_rate = await rate_in_force(
+        conn, period.start, months, _span(windows, bounds, start_window, period.start)
+    )
+    end_rate = await rate_in_force(
+        conn, period.end, months, _span(windows, bounds, end_window, period.end)
+    )
+    start, start_money = _at(
+        period.start, start_rate, _span(windows, bounds, bounds[0], period.start)
+    )
+    end, end_money = _at(period.end, end_rate, _span(windows, bounds, bounds[0], period.end))
     currencies = []
     for currency in sorted(set(start_money) | set(end_money)):
         _, paid_start = start_money.get(currency, (0, 0))

@@ -44,6 +44,8 @@ breakage will bring.
 """
 
 from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 
 import msgspec
@@ -51,12 +53,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from finance.period import Period, stamp
-from ledger.accounts import PTS
+from ledger.accounts import MEMBER_ACCOUNTS, PTS
 from ledger.history import member_accounts_as_of, snapshot
+from ledger.partitions import booked_in
 from partners.money import to_minor
 
 PERIOD_TIME = "created_at"
-LIABILITY_ACCOUNTS = ("available", "pending", "held")
+# Every member account in points (the chart, ledger/accounts.py: `qp` is the
+# only other member account, and postings_member_asset ties it to QP): the
+# statements select them as `member_id IS NOT NULL AND asset = 'PTS'`, which
+# the planner estimates from statistics, unlike a test of the account's name.
+LIABILITY_ACCOUNTS = tuple(name for name in MEMBER_ACCOUNTS if name != "qp")
 
 # Line codes in the order they are shown, with their label and the contract
 # rate that values them (None: points only).
@@ -182,25 +189,25 @@ def value_minor(points: int, rate: Decimal, currency: str) -> int:
 
 
 # The counter postings of the period's entries that touch members' liability
-# accounts, grouped by entry kind, account, sign and the contract version in
-# force at the pricing time (partner accounts only).
-COUNTER_POSTINGS = """
+# accounts, grouped by window (`bucket`: which of the consecutive windows
+# between `bounds` the entry was booked in), entry kind, account, sign and the
+# contract version in force at the pricing time (partner accounts only).
+_WINDOW = ("CAST(:start AS timestamptz)", "CAST(:end AS timestamptz)")
+COUNTER_POSTINGS = f"""
 WITH win AS MATERIALIZED (
-    SELECT id, kind, effective_at, reverses_entry_id FROM journal_entries
-    WHERE created_at >= :start AND created_at < :end),
-liability AS MATERIALIZED (
-    SELECT p.entry_id, sum(p.amount) AS member_delta FROM postings p
-    JOIN win ON win.id = p.entry_id
-    WHERE p.member_id IS NOT NULL AND p.asset = 'PTS'
-      AND split_part(p.account, ':', 3) = ANY(CAST(:accounts AS text[]))
-    GROUP BY p.entry_id),
+    SELECT id, kind, effective_at, reverses_entry_id,
+           width_bucket(created_at, CAST(:bounds AS timestamptz[])) AS bucket
+    FROM journal_entries
+    WHERE created_at >= :start AND created_at < :end AND {booked_in("id", *_WINDOW)}),
 counter AS (
-    SELECT win.kind, p.account, sign(p.amount)::int AS sign, p.amount,
+    SELECT win.bucket, win.kind, p.account, sign(p.amount)::int AS sign, p.amount,
            coalesce(o.effective_at, win.effective_at) AS priced_at
-    FROM liability l JOIN win ON win.id = l.entry_id
-    JOIN postings p ON p.entry_id = l.entry_id
+    FROM postings p JOIN win ON win.id = p.entry_id
     LEFT JOIN journal_entries o ON o.id = win.reverses_entry_id
-    WHERE p.asset = 'PTS' AND p.member_id IS NULL)
+    WHERE p.asset = 'PTS' AND p.member_id IS NULL AND {booked_in("p.entry_id", *_WINDOW)}
+      AND p.entry_id IN (SELECT m.entry_id FROM postings m
+                         WHERE m.member_id IS NOT NULL AND m.asset = 'PTS'
+                           AND {booked_in("m.entry_id", *_WINDOW)}))
 """
 # Each partner's contract versions as ranges of pricing time: from each
 # distinct `effective_from` to the next, the newest version in force
@@ -229,21 +236,36 @@ contract_ranges AS MATERIALIZED (
 """
 MOVEMENTS = f"""{COUNTER_POSTINGS.rstrip()},
 {CONTRACT_RANGES}
-SELECT c.kind, c.account, c.sign, k.version, k.price_per_point, k.redemption_value,
-       k.currency, sum(c.amount)::bigint AS amount, count(*) AS postings
+SELECT c.bucket, c.kind, c.account, c.sign, k.version, k.price_per_point,
+       k.redemption_value, k.currency, sum(c.amount)::bigint AS amount, count(*) AS postings
 FROM counter c LEFT JOIN contract_ranges k
     ON k.partner_id = CASE WHEN c.account LIKE 'partner:%'
                            THEN split_part(c.account, ':', 2) END
    AND c.priced_at >= k.lo AND (k.hi IS NULL OR c.priced_at < k.hi)
-GROUP BY 1, 2, 3, 4, 5, 6, 7
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 """
-# The same rows without a contract (no money): points only, for what counts
-# points alone (breakage's history rate), without a contract lookup per posting.
-MOVEMENT_POINTS = f"""{COUNTER_POSTINGS}
-SELECT c.kind, c.account, c.sign, NULL, NULL, NULL, NULL,
-       sum(c.amount)::bigint AS amount, count(*) AS postings
-FROM counter c GROUP BY 1, 2, 3
-"""
+
+
+async def movements_by_window(
+    conn: AsyncConnection, bounds: Sequence[datetime]
+) -> list[list[tuple]]:
+    """The movement rows of consecutive windows [bounds[i], bounds[i + 1]) read
+    in one pass over the journal (`bounds` ascending, at least two): one list
+    per window of (kind, account, sign, version, price_per_point,
+    redemption_value, currency, amount, postings)."""
+    rows = await conn.execute(
+        text(MOVEMENTS),
+        {
+            "start": bounds[0],
+            "end": bounds[-1],
+            "bounds": list(bounds),
+        },
+    )
+    # width_bucket numbers the window starting at bounds[i] i + 1.
+    windows: list[list[tuple]] = [[] for _ in bounds[1:]]
+    for bucket, *row in rows:
+        windows[bucket - 1].append(tuple(row))
+    return windows
 
 
 def merge_movements(*parts) -> list[tuple]:
@@ -259,13 +281,13 @@ def merge_movements(*parts) -> list[tuple]:
     return [(*key, amount, postings) for key, (amount, postings) in merged.items()]
 
 
-MEMBER_SIDE = """
+MEMBER_SIDE = f"""
 WITH win AS MATERIALIZED (
-    SELECT id, kind FROM journal_entries WHERE created_at >= :start AND created_at < :end)
+    SELECT id, kind FROM journal_entries
+    WHERE created_at >= :start AND created_at < :end AND {booked_in("id", *_WINDOW)})
 SELECT win.kind, count(DISTINCT p.entry_id) AS entries, sum(p.amount)::bigint AS delta
 FROM postings p JOIN win ON win.id = p.entry_id
-WHERE p.member_id IS NOT NULL AND p.asset = 'PTS'
-  AND split_part(p.account, ':', 3) = ANY(CAST(:accounts AS text[]))
+WHERE p.member_id IS NOT NULL AND p.asset = 'PTS' AND {booked_in("p.entry_id", *_WINDOW)}
 GROUP BY win.kind
 """
 
@@ -308,15 +330,15 @@ def build_lines(rows) -> list[RollForwardLine]:
 
 async def roll_forward_in(conn: AsyncConnection, period: Period) -> RollForward:
     """The roll-forward read inside the caller's snapshot."""
-    window = {"start": period.start, "end": period.end, "accounts": list(LIABILITY_ACCOUNTS)}
+    window = {"start": period.start, "end": period.end}
     opening = await member_accounts_as_of(conn, period.start, LIABILITY_ACCOUNTS, PTS)
     closing = await member_accounts_as_of(conn, period.end, LIABILITY_ACCOUNTS, PTS)
-    rows = (await conn.execute(text(MOVEMENTS), window)).all()
+    (rows,) = await movements_by_window(conn, (period.start, period.end))
     member_side = (await conn.execute(text(MEMBER_SIDE), window)).all()
-    lines = build_lines([tuple(r) for r in rows])
+    lines = build_lines(rows)
     by_kind: dict[str, int] = defaultdict(int)
-    for row in rows:
-        by_kind[row.kind] -= int(row.amount)
+    for kind, *_, amount, _postings in rows:
+        by_kind[kind] -= int(amount)
     checks = []
     for r in sorted(member_side, key=lambda r: r.kind):
         delta = int(r.delta)

@@ -36,7 +36,7 @@ from finance.rollforward import LIABILITY_ACCOUNTS
 from insights.activity import ACTIVITY, ISSUED, REDEEMED, with_
 from insights.reading import month_start
 from ledger.accounts import PTS
-from ledger.history import member_accounts_as_of, server_time
+from ledger.history import member_accounts_now, server_time
 
 ACTIVE_DAYS = 30
 
@@ -83,7 +83,7 @@ async def overview(conn: AsyncConnection, as_of: datetime) -> Overview:
     active = await conn.execute(text(ACTIVE), {"start": active_from, "end": as_of, "currency": ""})
     month = (await conn.execute(text(MONTH), {"start": month_from, "end": as_of})).one()
     booked = await server_time(conn)
-    outstanding = await member_accounts_as_of(conn, booked, LIABILITY_ACCOUNTS, PTS)
+    outstanding = await member_accounts_now(conn, LIABILITY_ACCOUNTS, PTS)
     report = await breakage_in(conn, Period(month_start(booked), booked), DEFAULT_TRAILING_MONTHS)
     rate = report.end.rate
     return Overview(

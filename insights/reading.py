@@ -32,6 +32,10 @@ DEFAULT_CURRENCY = "EUR"
 POOL_SIZE = 2
 
 
+# Per sort or hash of one insights statement, in its own transaction only.
+ANALYTICS_WORK_MEM = "64MB"
+
+
 def create_insights_engine(url: str, limits: DatabaseLimits | None = None) -> AsyncEngine:
     """The engine insights read through; every read opens `read_only`."""
     return create_engine(url, pool_size=POOL_SIZE, limits=limits)
@@ -44,8 +48,14 @@ async def read_only(engine: AsyncEngine, *, long: bool = False) -> AsyncIterator
     can be written through it, so it runs on a hot standby as well.
     `long` lifts the statement time limit (the command line)."""
     async with snapshot(engine, long=long) as conn:
-        # Months and days are cut in UTC, whatever the server's time zone.
-        await conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
+        # Months and days are cut in UTC, whatever the server's time zone; the
+        # figures hash and sort whole tables, in memory rather than on disk.
+        await conn.execute(
+            text(
+                "SELECT set_config('TimeZone', 'UTC', true), "
+                f"set_config('work_mem', '{ANALYTICS_WORK_MEM}', true)"
+            )
+        )
         yield conn
 
 

@@ -190,9 +190,8 @@ async def assert_clean(engine):
     return check
 
 
-@pytest.fixture(scope="session")
-async def programme_tiers(engine):
-    """Silver (1,000 QP, x1.25) and gold (3,000 QP, x1.5, expiry-protected), once per run."""
+async def put_programme_tiers(engine) -> None:
+    """Silver (1,000 QP, x1.25) and gold (3,000 QP, x1.5, expiry-protected)."""
     from decimal import Decimal
 
     from partners.rulebook import Rulebook, TierInput
@@ -206,3 +205,9 @@ async def programme_tiers(engine):
         TierInput("Gold", 2, 3000, Decimal("1.5"), Decimal("0.10"), expiry_protected=True),
         "staff:tests",
     )
+
+
+@pytest.fixture(scope="session")
+async def programme_tiers(engine):
+    """The programme tiers in the session's database, once per run."""
+    await put_programme_tiers(engine)

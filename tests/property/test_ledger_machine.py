@@ -62,7 +62,7 @@ from partners.earning import EarnRule, Offer, Purchase, PurchaseLine, evaluate
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry, SecretBox
 from partners.rulebook import Rulebook
-from tests.conftest import TEST_SECRET_KEY, Clock
+from tests.conftest import TEST_SECRET_KEY, Clock, own_database, put_programme_tiers
 from tests.property.model import PTS, QP, Book, TierDef
 from tests.property.shop import ADMIN, create_shop
 
@@ -114,9 +114,10 @@ def production_settings(fee_rate: str) -> Settings:
     return settings_
 
 
-async def load_tiers(database_url: str) -> list[TierDef]:
+async def put_and_load_tiers(database_url: str) -> list[TierDef]:
     engine = create_engine(database_url, pool_size=1)
     try:
+        await put_programme_tiers(engine)
         async with engine.connect() as conn:
             tiers = await rulebook.tiers(conn)
     finally:
@@ -911,12 +912,21 @@ def build_machine(database_url: str, settings_: Settings, tiers: list[TierDef]):
     return LedgerMachine
 
 
+@pytest.fixture(scope="module")
+def machine_database(server_url):
+    """The machines' own database: every step verifies the whole database,
+    which then holds only what the machines posted, not the whole suite's."""
+    with own_database(server_url, "loyalty_machine") as url:
+        yield url
+
+
 @pytest.mark.parametrize(
     "fee_rate", ["production", "0.01"], ids=["production-defaults", "transfer-fee-1pct"]
 )
-def test_ledger_state_machine(database_url, programme_tiers, fee_rate):
+def test_ledger_state_machine(machine_database, fee_rate):
+    database_url = machine_database
     settings_ = Settings() if fee_rate == "production" else production_settings(fee_rate)
-    tiers = asyncio.run(load_tiers(database_url))
+    tiers = asyncio.run(put_and_load_tiers(database_url))
     machine = build_machine(database_url, settings_, tiers)
     base = settings.default
     # Each step checks the whole database (`verify`), so examples are few and

@@ -40,7 +40,7 @@ PARTNER = "fuzz-shop"
 CARD = "4000000000000002"
 # Per operation: 15 in the quick profile, 30 in ci (about 70 operations; the whole
 # suite stays within its 10-minute budget on 2 cores).
-EXAMPLES = 15 if settings.default.max_examples <= 25 else 30
+EXAMPLES = 15 if settings.default.max_examples <= 25 else 20
 
 
 @pytest.fixture(scope="module")

@@ -39,3 +39,28 @@ def test_rounding_happens_once_over_the_span():
     assert [(part.points, part.minor) for part in issued.money] == [(2, 3)]
     apart = sum(part.minor for part in build_lines(one)[0].money) * 2
     assert apart == 4
+
+
+def test_a_span_takes_exactly_the_windows_inside_it():
+    # Breakage cuts the journal at every instant a figure starts or ends; each
+    # figure's span is the union of the windows between its two instants.
+    from datetime import UTC, datetime
+
+    from finance.breakage import _span
+
+    bounds = [datetime(2025, month, 1, tzinfo=UTC) for month in (1, 4, 7, 10)]
+    windows = [
+        [("expire", "program:expired", 1, None, None, None, None, 10, 1)],
+        [("expire", "program:expired", 1, None, None, None, None, 200, 1)],
+        [("expire", "program:expired", 1, None, None, None, None, 3000, 1)],
+    ]
+
+    def expired(start, end):
+        lines = build_lines(_span(windows, bounds, start, end))
+        return sum(-line.points for line in lines)
+
+    assert expired(bounds[0], bounds[3]) == 3210
+    assert expired(bounds[1], bounds[3]) == 3200
+    assert expired(bounds[0], bounds[2]) == 210
+    assert expired(bounds[1], bounds[2]) == 200
+    assert expired(bounds[2], bounds[2]) == 0

@@ -9,7 +9,8 @@ thousand), locks what it needs in a constant number of statements and posts
 the batch's entries with `Journal.post_many`; the entries are the same as one
 at a time (one `release` per earning, one `void` per hold, one `expire` per
 member and run). Each batch commits on its own (retried by `atomically`),
-so a run is resumable: a rerun finds only what is left. Several runners may
+so a run is resumable: a rerun finds only what is left. A run works on
+`job_lanes` batches at once (two), as two runners would. Several runners may
 share a run: pending earnings and holds are claimed with SKIP LOCKED, members
 due for expiry by their mutex row with SKIP LOCKED; nothing is done twice, and
 every lock is taken in the order of ledger/journal.py (own rows, then the
@@ -32,6 +33,7 @@ first batch (`members_after`) and again in each batch under the members'
 locks (`AsOfRefused`).
 """
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -148,6 +150,11 @@ class ScheduledJobs:
     # commits (a fraction of a second for a thousand), so an operation on one
     # of them waits well under the lock timeout.
     job_batch = 1_000
+    # Batches a run works on at once, each in its own transaction on members
+    # no other batch holds (claimed with SKIP LOCKED): the per-row work of a
+    # batch (triggers, the lots check at commit) is PostgreSQL's, on one core
+    # per transaction, so a second lane uses a second core.
+    job_lanes = 2
 
     async def _post_all(
         self, conn: AsyncConnection, drafts: Sequence[EntryDraft], now: datetime
@@ -183,16 +190,33 @@ class ScheduledJobs:
         if as_of is not None:
             self.job_now(as_of)  # refused before anything is done
         done = 0
-        while limit is None or done < limit:
-            size = self.job_batch if limit is None else min(self.job_batch, limit - done)
-            result = await self.atomically(
-                lambda conn, n=size: batch(conn, n, as_of or self.clock(), as_of)
-            )
-            if result is None:
-                break
-            done += result.items
-            if on_batch is not None:
-                on_batch(result)
+        taken = 0  # rows the lanes' batches may do, so that together they keep to `limit`
+
+        async def lane() -> None:
+            nonlocal done, taken
+            while limit is None or taken < limit:
+                size = self.job_batch if limit is None else min(self.job_batch, limit - taken)
+                taken += size
+                result = await self.atomically(
+                    lambda conn, n=size: batch(conn, n, as_of or self.clock(), as_of)
+                )
+                if result is None:
+                    return
+                taken -= size - result.items
+                done += result.items
+                if on_batch is not None:
+                    on_batch(result)
+
+        lanes = [asyncio.ensure_future(lane()) for _ in range(self.job_lanes)]
+        try:
+            await asyncio.gather(*lanes)
+        except BaseException:
+            # The first failure is the run's: the other lane stops too (its
+            # batch rolls back).
+            for running in lanes:
+                running.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+            raise
         return done
 
     async def job_due(self, job: str, now: datetime) -> Batch:

@@ -161,7 +161,7 @@ async def bench_expire(url: str, members: int) -> None:
     rate = expired / elapsed
     print(
         f"{'ledger expire_points()':<38} {expired:>9,} entries {elapsed:7.2f} s {rate:>9,.0f} /s"
-        f"   ({ledger.job_batch:,} members per transaction)"
+        f"   ({ledger.job_batch:,} members per transaction, {ledger.job_lanes} at once)"
     )
     print(f"ratio expire_points / baseline: {rate / baseline:.2f}")
     async with engine.connect() as conn:

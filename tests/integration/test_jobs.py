@@ -196,7 +196,12 @@ async def test_two_runners_share_each_job_and_do_nothing_twice(
 ):
     def runner() -> LedgerService:
         config = LedgerConfig(expiry_policy=RollingToQuarterEnd(36))
-        return small_batches(LedgerService(engine, config, clock=clock), batch=13)
+        ledger = small_batches(LedgerService(engine, config, clock=clock), batch=13)
+        # One lane each: two runners of one lane are the sharing under test (a
+        # runner's two lanes share the same way, and could leave the other
+        # runner nothing to do on so few members).
+        ledger.job_lanes = 1
+        return ledger
 
     first, second = runner(), runner()
     partner = await new_partner()

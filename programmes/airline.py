@@ -42,7 +42,15 @@ from partners.programme import Programme
 from partners.registry import PartnerInput, Registry
 from partners.rulebook import BurnRuleInput, EarnRuleInput, PromotionInput, Rulebook, TierInput
 from programmes import story
-from programmes.story import Outcome, ServicesPlayer, Step, at, signed
+from programmes.story import (
+    ConfirmClaim,
+    FileClaim,
+    Outcome,
+    ServicesPlayer,
+    Step,
+    at,
+    signed,
+)
 
 NAME = "airline"
 EXPIRY_POLICY = RollingToQuarterEnd(36)
@@ -158,18 +166,6 @@ class LeavePool:
 
 
 @dataclass(frozen=True)
-class FileClaim:
-    member: str
-    claim: ClaimInput
-
-
-@dataclass(frozen=True)
-class ConfirmClaim:
-    partner: str
-    ticket: str
-
-
-@dataclass(frozen=True)
 class SendMiles:
     sender: str
     receiver: str
@@ -266,7 +262,6 @@ class StoryPlayer(ServicesPlayer):
     def __init__(self, ledger: LedgerService, registry: Registry) -> None:
         super().__init__(ledger, registry)
         self.pools: dict[str, int] = {}  # opener -> pool id
-        self.claims: dict[tuple[str, str], int] = {}
 
     async def act(self, ledger: LedgerService, when: datetime, action: Action) -> str:
         programme = Programme(ledger)
@@ -314,13 +309,8 @@ class StoryPlayer(ServicesPlayer):
             case LeavePool():
                 left = await pools.leave(action.member, f"member:{action.member}")
                 return f"left; may join again from {left.may_join_from.date().isoformat()}"
-            case FileClaim():
-                claim = await claims.file(action.member, action.claim)
-                self.claims[(claim.partner_id, claim.receipt)] = claim.id
-                return f"claim open, expects {signed(claim.expected_points)}"
-            case ConfirmClaim():
-                claim = await claims.confirm(self.claims[(action.partner, action.ticket)], ADMIN)
-                return signed(claim.points or 0)
+            case FileClaim() | ConfirmClaim():
+                return await self.claim(claims, action, ADMIN)
             case SendMiles():
                 await ledger.transfer(
                     Transfer(action.sender, action.receiver, action.miles), _key(action.key)

@@ -37,7 +37,16 @@ from partners.registry import PartnerInput, Registry
 from partners.rewards import RewardInput, Rewards
 from partners.rulebook import BurnRuleInput, CouponInput, EarnRuleInput, Rulebook
 from programmes import story
-from programmes.story import Outcome, ServicesPlayer, Step, at, refused, signed
+from programmes.story import (
+    ConfirmClaim,
+    FileClaim,
+    Outcome,
+    ServicesPlayer,
+    Step,
+    at,
+    refused,
+    signed,
+)
 
 NAME = "coalition"
 EXPIRY_POLICY = AnnualCutoff(36)
@@ -160,18 +169,6 @@ class ShipOrder:
     key: str
 
 
-@dataclass(frozen=True)
-class FileClaim:
-    member: str
-    claim: ClaimInput
-
-
-@dataclass(frozen=True)
-class ConfirmClaim:
-    partner: str
-    receipt: str
-
-
 Action = (
     Till
     | BatchFile
@@ -245,7 +242,6 @@ class StoryPlayer(ServicesPlayer):
     def __init__(self, ledger: LedgerService, registry: Registry) -> None:
         super().__init__(ledger, registry)
         self.orders: dict[str, int] = {}
-        self.claims: dict[tuple[str, str], int] = {}
 
     async def act(self, ledger: LedgerService, when: datetime, action: Action) -> str:
         programme = Programme(ledger)
@@ -318,13 +314,8 @@ class StoryPlayer(ServicesPlayer):
             case ShipOrder():
                 await rewards.ship(self.orders[action.key], ADMIN)
                 return "shipped"
-            case FileClaim():
-                claim = await claims.file(action.member, action.claim)
-                self.claims[(claim.partner_id, claim.receipt)] = claim.id
-                return f"claim open, expects {signed(claim.expected_points)}"
-            case ConfirmClaim():
-                claim = await claims.confirm(self.claims[(action.partner, action.receipt)], ADMIN)
-                return signed(claim.points or 0)
+            case FileClaim() | ConfirmClaim():
+                return await self.claim(claims, action, ADMIN)
         raise TypeError(f"not a step of the story: {action!r}")
 
 

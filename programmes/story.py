@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from ledger.errors import LedgerError
 from ledger.service import LedgerService
+from partners.claims import ClaimInput, Claims
 from partners.registry import Registry
 
 
@@ -55,6 +56,22 @@ def at(text_: str) -> datetime:
     return datetime.fromisoformat(text_).replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True)
+class FileClaim:
+    """A member claims the points of a purchase the partner did not report."""
+
+    member: str
+    claim: ClaimInput
+
+
+@dataclass(frozen=True)
+class ConfirmClaim:
+    """The programme confirms the claim of `receipt` (a till receipt, a ticket)."""
+
+    partner: str
+    receipt: str
+
+
 class ServicesPlayer(ABC):
     """Plays each step through the real services on a ledger whose clock is
     the step's date; a refusal is its outcome, not an error."""
@@ -62,6 +79,7 @@ class ServicesPlayer(ABC):
     def __init__(self, ledger: LedgerService, registry: Registry) -> None:
         self.base = ledger
         self.registry = registry
+        self.claims: dict[tuple[str, str], int] = {}  # (partner, receipt) -> claim id
 
     def ledger_at(self, when: datetime) -> LedgerService:
         return LedgerService(self.base.engine, self.base.config, clock=lambda: when)
@@ -71,6 +89,16 @@ class ServicesPlayer(ABC):
             return await self.act(self.ledger_at(step.at), step.at, step.action)
         except LedgerError as refusal:
             return refused(refusal.code)
+
+    async def claim(self, claims: Claims, action: FileClaim | ConfirmClaim, staff: str) -> str:
+        """A claim step through the claims service; claims filed are
+        remembered by (partner, receipt) for their confirmation."""
+        if isinstance(action, FileClaim):
+            claim = await claims.file(action.member, action.claim)
+            self.claims[(claim.partner_id, claim.receipt)] = claim.id
+            return f"claim open, expects {signed(claim.expected_points)}"
+        claim = await claims.confirm(self.claims[(action.partner, action.receipt)], staff)
+        return signed(claim.points or 0)
 
     @abstractmethod
     async def act(self, ledger: LedgerService, when: datetime, action: object) -> str:

@@ -22,7 +22,7 @@ from api.settings import Settings
 from partners.client import PartnerAuth
 from partners.money import units
 from programmes import airline, club, coalition
-from programmes.story import ServicesPlayer, Step, euros, refused, signed
+from programmes.story import ConfirmClaim, FileClaim, ServicesPlayer, Step, euros, refused, signed
 
 NO_ENDPOINT = (airline.ExpiryRun, club.RunJob)  # jobs: the scheduler's or the CLI's
 
@@ -206,14 +206,12 @@ class HttpPlayer:
             case coalition.ShipOrder():
                 await self.as_staff(f"/v1/admin/reward-orders/{self.orders[action.key]}/ship")
                 return "shipped"
-            case coalition.FileClaim() | airline.FileClaim():
+            case FileClaim():
                 claim = await self.as_member(action.member, "/v1/me/claims", _body(action.claim))
                 self.claims[(claim["partner_id"], claim["receipt"])] = claim["id"]
                 return f"claim open, expects {signed(claim['expected_points'])}"
-            case coalition.ConfirmClaim():
+            case ConfirmClaim():
                 return await self._confirm(action.partner, action.receipt)
-            case airline.ConfirmClaim():
-                return await self._confirm(action.partner, action.ticket)
             case airline.Flight():
                 receipt = await self._earn(
                     action.partner, action.card, action.ticket, action.segments

@@ -58,22 +58,26 @@ UNSHIM = (
 )
 
 ROW_TRIGGERS = {
-    "journal_entries": ["journal_entries_append_only", "journal_entries_partner_registered"],
+    "journal_entries": ["journal_entries_append_only"],
     "postings": ["postings_append_only", "postings_entry_fixed"],
-    "lots": [],
-    "lot_movements": [],
+    "lots": ["lots_never_deleted"],
+    "lot_movements": ["lot_movements_append_only"],
 }
-# Statement-level, on the parent alone (0010, 0014; 0015: the period close).
+# Statement-level, on the parent alone (0010, 0014; 0015: the period close;
+# 0023: the party and lot movement checks).
 STATEMENT_TRIGGERS = {
-    "journal_entries": ["journal_entries_closed_periods"],
+    "journal_entries": ["journal_entries_closed_periods", "journal_entries_partners_registered"],
     "postings": ["postings_balance_per_asset", "postings_closed_periods", "postings_entry_exists"],
+    "lot_movements": ["lot_movements_entry_exists", "lot_movements_lot_exists"],
 }
-# Checked per statement instead of by a foreign key (migration 0014).
+# Checked per statement instead of by a foreign key (migrations 0014, 0023).
 CHECKED_PER_STATEMENT = {
     ("postings", "entry_id"),
     ("partner_references", "entry_id"),
     ("pending_points", "earn_entry_id"),
     ("partner_purchases", "entry_id"),
+    ("lot_movements", "entry_id"),
+    ("lot_movements", "lot_id"),
 }
 
 

@@ -300,8 +300,8 @@ SEEDED: dict[int, int] = {}
 def trigger_queries() -> list[tuple[str, str, tuple]]:
     """What the triggers run: the statement-level balance check (migration
     0010, its transition table stood in for by a one-row list), the deferred
-    ones at commit (0001 and 0004), the party checks on every balance row and
-    entry written (0007)."""
+    ones at commit (0001 and 0004), the party checks of the balance rows and
+    entries a statement wrote (0023; the lot movements' references too)."""
     earned = entry("earn", 101)
     return [
         (
@@ -338,14 +338,26 @@ def trigger_queries() -> list[tuple[str, str, tuple]]:
             ("seed-000101",),
         ),
         (
-            "trigger check_member_active",
-            "SELECT status FROM members WHERE id = $1",
+            "trigger check_written_balances",
+            "SELECT w.member_id, m.status FROM (SELECT DISTINCT member_id FROM "
+            "(VALUES (CAST($1 AS text))) AS written(member_id) WHERE member_id IS NOT NULL) "
+            "AS w LEFT JOIN members m ON m.id = w.member_id "
+            "WHERE m.status IS DISTINCT FROM 'active' ORDER BY w.member_id LIMIT 1",
             ("seed-000101",),
         ),
         (
-            "trigger check_partner_registered",
-            "SELECT 1 FROM partners WHERE id = $1",
+            "trigger check_inserted_partners_registered",
+            "SELECT i.partner_id FROM (VALUES (CAST($1 AS text))) AS i(partner_id) "
+            "WHERE i.partner_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM partners p WHERE p.id = i.partner_id) LIMIT 1",
             ("seedp-1",),
+        ),
+        (
+            "trigger check_inserted_references_exist",
+            "SELECT n.lot_id FROM (VALUES (CAST($1 AS bigint))) AS n(lot_id) "
+            "WHERE n.lot_id IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM lots r WHERE r.id = n.lot_id) LIMIT 1",
+            (earned,),
         ),
     ]
 

@@ -11,9 +11,7 @@ Examples per operation follow the hypothesis profile: 15 in the default
 
 import asyncio
 import dataclasses
-import itertools
 import json
-import time
 import uuid
 from urllib.parse import unquote, urlsplit
 
@@ -33,7 +31,7 @@ from partners.programme import Programme
 from partners.signing import signed_headers
 from tests.api.conftest import MEMBER_SECRET, SECRET, SECRET_KEY
 from tests.api.served import app_in_thread
-from tests.conftest import own_database
+from tests.conftest import SigningSeconds, own_database
 
 MEMBER = "fuzz-member"
 PARTNER = "fuzz-shop"
@@ -66,7 +64,7 @@ class PartnerSignature(requests.auth.AuthBase):
     def __init__(self, key_id: str, secret: str) -> None:
         self.key_id = key_id
         self.secret = secret
-        self.seconds_back = itertools.cycle(range(250))
+        self.signing_seconds = SigningSeconds()
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         url = urlsplit(request.path_url)
@@ -83,7 +81,7 @@ class PartnerSignature(requests.auth.AuthBase):
                 unquote(url.path),  # the server signs the decoded path
                 url.query,
                 body,
-                time.time() - next(self.seconds_back),
+                self.signing_seconds(),
                 request.headers.get("Idempotency-Key", ""),
             )
         )

@@ -8,8 +8,6 @@ budget and member usage they paid for and undo the tier they caused."""
 
 import asyncio
 import dataclasses
-import itertools
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,12 +19,11 @@ from partners.programme import Programme
 from partners.registry import Registry, SecretBox
 from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
 from tests.api.conftest import SECRET_KEY
+from tests.conftest import SigningSeconds
 
 FROM = datetime(2024, 1, 1, tzinfo=UTC)
 ADMIN = "staff:tests"
-# Each request signed at another second (within the 300 s tolerance): two
-# identical requests in one second would be one signature, refused as a replay.
-SECONDS_BACK = itertools.cycle(range(250))
+SIGNING_SECONDS = SigningSeconds()  # no two requests signed in one second
 
 
 @dataclasses.dataclass
@@ -38,7 +35,7 @@ class Shop:
     member_id: str
 
     def auth(self) -> PartnerAuth:
-        return PartnerAuth(self.key_id, self.secret, clock=lambda: time.time() - next(SECONDS_BACK))
+        return PartnerAuth(self.key_id, self.secret, clock=SIGNING_SECONDS)
 
 
 def card_number() -> str:

@@ -43,8 +43,14 @@ from partners.import_formats import FORMATS
     show_default=True,
     help="Purchases per transaction (and per checkpoint).",
 )
+@click.option(
+    "--lanes",
+    type=click.IntRange(1, 16),
+    help="Transactions at once, each for its own cards; default 2 (1: the file's order "
+    "throughout). A resumed file keeps the lanes it was started with.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, as_json) -> None:
+def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, lanes, as_json) -> None:
     """Earn a partner's transaction FILE (CSV or JSON Lines).
 
     Started again after an interruption, the same file goes on from its last
@@ -56,7 +62,7 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, as_json
     from api.cli_support import run as _run
     from partners.errors import InvalidPurchase
     from partners.import_formats import format_of
-    from partners.imports import ImportSource, import_file, write_rejects
+    from partners.imports import IMPORT_LANES, ImportSource, import_file, write_rejects
     from partners.programme import Programme
 
     source = ImportSource.from_path(file)
@@ -98,6 +104,7 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, as_json
                 fmt,
                 actor=_actor(),
                 chunk_size=chunk_size,
+                lanes=lanes or IMPORT_LANES,
                 progress=progress,
             )
             return summary, await write_rejects(ledger.engine, summary.import_id, rejects_path)

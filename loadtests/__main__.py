@@ -266,6 +266,12 @@ def main() -> None:
     batch.add_argument("--members", type=int, default=10_000)
     batch.add_argument("--batch", type=int, default=1_000)
     batch.add_argument("--batches", type=int, default=10)
+    batch.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="partner clients sending batches at once, each its own card holders",
+    )
     http_earn = sub.add_parser(
         "http-earn", help="signed earns over HTTP against a pgbench bare transfer"
     )
@@ -331,7 +337,7 @@ def main() -> None:
         elif args.scenario == "batch":
             from loadtests.batch_bench import bench_batch
 
-            asyncio.run(bench_batch(url, args.members, args.batch, args.batches))
+            asyncio.run(bench_batch(url, args.members, args.batch, args.batches, args.clients))
         elif args.scenario == "import":
             from loadtests.import_bench import bench_import
 

@@ -3,12 +3,16 @@
 A partner with an earn rule (1 point per EUR, QP per EUR, a 14-day return
 window) sends batches of `--batch` purchases (default 1,000) for random card
 holders; the figure is purchases earned per second, and rows written per
-second (entries, postings, pending earnings, purchases). The baseline, in the
-same run on the same server: `COPY` of the same number of rows of the same
-shape into plain tables without constraints or triggers, the fastest way
-PostgreSQL takes rows in.
+second (entries, postings, pending earnings, purchases). With `--clients N`,
+N clients send the `--batches` batches between them at once, each for card
+holders of its own (as a partner's stores would, or the lanes of a file
+import): one batch's transaction then never waits for another's members.
+The baseline, in the same run on the same server: `COPY` of the same number
+of rows of the same shape into plain tables without constraints or
+triggers, the fastest way PostgreSQL takes rows in.
 """
 
+import asyncio
 import random
 import time
 import uuid
@@ -70,8 +74,8 @@ async def seed_partner(engine, ledger, partner: str, ids: list[str], card_prefix
     return cards
 
 
-async def bench_batch(url: str, members: int, batch: int, batches: int) -> None:
-    engine = create_engine(url, pool_size=4)
+async def bench_batch(url: str, members: int, batch: int, batches: int, clients: int = 1) -> None:
+    engine = create_engine(url, pool_size=max(4, clients + 1))
     ledger = LedgerService(engine)
     programme = Programme(ledger)
     partner = "bench-batch"
@@ -80,10 +84,11 @@ async def bench_batch(url: str, members: int, batch: int, batches: int) -> None:
     run = uuid.uuid4().hex[:6]
     references = iter(range(10**9))
 
-    def items() -> list[EarnItem]:
+    def items(client: int = 0) -> list[EarnItem]:
+        own = cards[client::clients]
         return [
             EarnItem(
-                random.choice(cards),
+                random.choice(own),
                 f"{run}-{next(references)}",
                 PurchaseInput(
                     "EUR", [PurchaseLineInput(random.randrange(100, 20_000), "groceries")]
@@ -92,12 +97,21 @@ async def bench_batch(url: str, members: int, batch: int, batches: int) -> None:
             for _ in range(batch)
         ]
 
-    print(f"batch earn benchmark: {members} members, {batches} batches of {batch}")
+    print(
+        f"batch earn benchmark: {members} members, {batches} batches of {batch}, "
+        f"{clients} client(s) at once"
+    )
     await earn_batch(programme, partner, items())  # warm-up
-    started, earned = time.perf_counter(), 0
-    for _ in range(batches):
-        receipt = await earn_batch(programme, partner, items())
-        earned += receipt.posted
+    work = [[items(c) for _ in range(c, batches, clients)] for c in range(clients)]
+    earned = 0
+
+    async def client(own: list[list[EarnItem]]) -> None:
+        nonlocal earned
+        for sent in own:
+            earned += (await earn_batch(programme, partner, sent)).posted
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(own) for own in work))
     elapsed = time.perf_counter() - started
     rate = earned / elapsed
     print(f"batch earn: {earned} purchases in {elapsed:.1f} s = {rate:,.0f} purchases/s")

@@ -4,15 +4,26 @@ transaction files"), earned in chunks of up to 1,000 through the batch earn
 (partners/batch.py), streamed (constant memory whatever the file's size) and
 resumable.
 
+The purchases are dealt by card number to `lanes` (default 2) transactions
+that run at once, so PostgreSQL works on one lane's chunk while Python
+evaluates the other's. Every card's purchases stay in one lane, earned in
+file order; a member holding several cards may have them earned in another
+order (import with one lane to keep the file's order across cards). A
+reference sent twice in a file is decided in file order whatever the lanes:
+before a purchase goes to its lane, the lane holding an earlier purchase
+with the same reference, not yet committed, commits it first.
+
 A file is known by its partner and SHA-256. Its row in `partner_imports`
-holds the checkpoint (data rows, file line and byte offset done) and the
-counts, updated in the same transaction as each chunk's postings and its
-rejects (`partner_import_rejects`): a process killed anywhere loses nothing
-and repeats nothing, and the same file started again seeks to the checkpoint
-and goes on. A finished file started again answers its earlier summary. While
-one process imports a file, it holds a session advisory lock on it, and a
-second process is refused (`request-in-flight`). Each reference is unique per
-partner for ever besides, so no purchase can post twice whatever happens.
+holds a checkpoint per lane (data rows, file line and byte offset after the
+lane's last purchase) and the counts, updated in the same transaction as each
+chunk's postings and its rejects (`partner_import_rejects`): a process
+killed anywhere loses nothing and repeats nothing, and the same file started
+again seeks to the checkpoint furthest behind, skips what each lane has
+done, and goes on. A finished file started again answers its earlier
+summary. While one process imports a file, it holds a session advisory lock
+on it, and a second process is refused (`request-in-flight`). Each reference
+is unique per partner for ever besides, so no purchase can post twice
+whatever happens.
 
 A row that cannot be read never stops the import: it is a reject with its
 line number and reason (`invalid-purchase`), like a purchase the batch
@@ -21,7 +32,8 @@ refuses (duplicate reference, unknown card, closed member, ...).
 
 import asyncio
 import csv
-from collections.abc import AsyncIterator, Callable
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -38,7 +50,6 @@ from partners.import_formats import (
     ImportSource,
     Parsed,
     check_header,
-    chunks,
     digest,
     format_of,
     read_file,
@@ -46,6 +57,8 @@ from partners.import_formats import (
 from partners.programme import Programme
 
 BAD = "invalid-purchase"  # the code of a row that cannot be read
+IMPORT_LANES = 2  # transactions at once; a file keeps the number it started with
+MAX_LANES = 16
 
 
 class ImportSummary(msgspec.Struct, frozen=True):
@@ -77,7 +90,8 @@ class Reject(msgspec.Struct, frozen=True):
 
 _COLUMNS = (
     "id, partner_id, file_name, sha256, format, rows_done, line_done, offset_done, purchases, "
-    "posted, duplicates, rejected, points, started_at, finished_at, runs"
+    "posted, duplicates, rejected, points, started_at, finished_at, runs, lanes, lane_rows, "
+    "lane_lines, lane_offsets"
 )
 
 
@@ -102,10 +116,17 @@ def _summary(row, already_imported: bool = False) -> ImportSummary:
 
 
 async def _begin(
-    conn: AsyncConnection, partner_id: str, sha: str, size: int, name: str, fmt: str, actor: str
+    conn: AsyncConnection,
+    partner_id: str,
+    sha: str,
+    size: int,
+    name: str,
+    fmt: str,
+    actor: str,
+    lanes: int,
 ):
-    """The file's import row: new, or the unfinished one (one more run), or
-    the finished one as it stands."""
+    """The file's import row: new (with `lanes` lanes), or the unfinished one
+    (one more run, its own lanes), or the finished one as it stands."""
     status = (
         await conn.execute(text("SELECT status FROM partners WHERE id = :p"), {"p": partner_id})
     ).scalar()
@@ -117,11 +138,21 @@ async def _begin(
         await conn.execute(
             text(
                 "INSERT INTO partner_imports (partner_id, sha256, file_name, format, size_bytes, "
-                "started_by) VALUES (:p, :s, :n, :f, :b, :a) ON CONFLICT (partner_id, sha256) "
+                "started_by, lanes, lane_rows, lane_lines, lane_offsets) VALUES (:p, :s, :n, :f, "
+                ":b, :a, :lanes, :zeros, :zeros, :zeros) ON CONFLICT (partner_id, sha256) "
                 "DO UPDATE SET runs = partner_imports.runs + 1, updated_at = now() "
                 f"WHERE partner_imports.finished_at IS NULL RETURNING {_COLUMNS}"
             ),
-            {"p": partner_id, "s": sha, "n": name[:MAX_FIELD], "f": fmt, "b": size, "a": actor},
+            {
+                "p": partner_id,
+                "s": sha,
+                "n": name[:MAX_FIELD],
+                "f": fmt,
+                "b": size,
+                "a": actor,
+                "lanes": lanes,
+                "zeros": [0] * lanes,
+            },
         )
     ).first()
     if row is None:
@@ -164,8 +195,11 @@ def _rejects_of(chunk: list[Parsed], receipt: BatchReceipt | None) -> list[Rejec
     return rejects
 
 
-async def _commit_chunk(conn: AsyncConnection, state, chunk: list[Parsed], receipt) -> None:
-    """The chunk's rejects and the checkpoint, in the chunk's transaction."""
+async def _commit_chunk(
+    conn: AsyncConnection, import_id: int, lane: int, done: int, chunk: list[Parsed], receipt
+) -> None:
+    """The chunk's rejects and its lane's checkpoint, in the chunk's
+    transaction; `done` is the data rows the lane had committed before it."""
     rejects = _rejects_of(chunk, receipt)
     if rejects:
         await conn.execute(
@@ -175,7 +209,7 @@ async def _commit_chunk(conn: AsyncConnection, state, chunk: list[Parsed], recei
                 "unnest(CAST(:c AS text[])), unnest(CAST(:d AS text[]))"
             ),
             {
-                "i": state.id,
+                "i": import_id,
                 "l": [r.line for r in rejects],
                 "r": [r.reference for r in rejects],
                 "c": [r.code for r in rejects],
@@ -183,19 +217,29 @@ async def _commit_chunk(conn: AsyncConnection, state, chunk: list[Parsed], recei
             },
         )
     unread = sum(p.item is None for p in chunk)
+    rows = sum(p.rows for p in chunk)
+    # The other lanes' checkpoints as they stand when this one commits (the
+    # row lock orders the lanes' commits); line_done / offset_done: the lane
+    # furthest behind.
     moved = (
         await conn.execute(
             text(
-                "UPDATE partner_imports SET rows_done = rows_done + :rows, line_done = :line, "
-                "offset_done = :offset, purchases = purchases + :n, posted = posted + :posted, "
-                "duplicates = duplicates + :dup, rejected = rejected + :rej, "
-                "points = points + :pts, updated_at = now() "
-                "WHERE id = :id AND rows_done = :done AND finished_at IS NULL RETURNING 1"
+                "UPDATE partner_imports SET lane_rows[:lane] = lane_rows[:lane] + :rows, "
+                "lane_lines[:lane] = :line, lane_offsets[:lane] = :offset, "
+                "rows_done = rows_done + :rows, purchases = purchases + :n, "
+                "posted = posted + :posted, duplicates = duplicates + :dup, "
+                "rejected = rejected + :rej, points = points + :pts, updated_at = now(), "
+                "(line_done, offset_done) = (SELECT CASE WHEN i = :lane THEN :line ELSE l END, "
+                "CASE WHEN i = :lane THEN :offset ELSE o END FROM unnest(lane_lines, "
+                "lane_offsets) WITH ORDINALITY AS t(l, o, i) "
+                "ORDER BY 2 LIMIT 1) "
+                "WHERE id = :id AND lane_rows[:lane] = :done AND finished_at IS NULL RETURNING 1"
             ),
             {
-                "id": state.id,
-                "done": state.rows_done,
-                "rows": sum(p.rows for p in chunk),
+                "id": import_id,
+                "lane": lane + 1,
+                "done": done,
+                "rows": rows,
                 "line": chunk[-1].end_line,
                 "offset": chunk[-1].end_offset,
                 "n": len(chunk),
@@ -220,12 +264,17 @@ async def import_file(
     *,
     actor: str,
     chunk_size: int = MAX_BATCH_ITEMS,
+    lanes: int = IMPORT_LANES,
     progress: Callable[[int, ImportSummary], None] | None = None,
 ) -> ImportSummary:
     """Import (or go on importing) a partner's file; see the module's docstring.
-    `progress(bytes_done, summary)` is called after each committed chunk."""
+    `lanes` applies to a file started now (a resumed one keeps its own).
+    `progress(bytes_done, summary)` is called after each committed chunk,
+    with the offset every lane has passed."""
     if not 1 <= chunk_size <= MAX_BATCH_ITEMS:
         raise InvalidPurchase(f"a chunk has 1 to {MAX_BATCH_ITEMS} purchases")
+    if not 1 <= lanes <= MAX_LANES:
+        raise InvalidPurchase(f"an import has 1 to {MAX_LANES} lanes")
     fmt = fmt or format_of(source.name)
     if fmt not in FORMATS:
         raise InvalidPurchase(f"unknown file format {fmt!r}: one of {', '.join(FORMATS)}")
@@ -249,17 +298,15 @@ async def import_file(
                     retry_after=5,
                 )
             async with engine.begin() as conn:
-                state = await _begin(conn, partner_id, sha, size, source.name, fmt, actor)
+                state = await _begin(conn, partner_id, sha, size, source.name, fmt, actor, lanes)
             if state.finished_at is not None:
                 return _summary(state, already_imported=True)
             if progress is not None:
                 progress(state.offset_done, _summary(state))
             with source.open() as stream:
-                parsed = read_file(fmt, stream, state.offset_done, state.line_done)
-                for chunk in chunks(parsed, chunk_size):
-                    state = await _import_chunk(programme, partner_id, state, chunk)
-                    if progress is not None:
-                        progress(state.offset_done, _summary(state))
+                await _Lanes(programme, partner_id, state, chunk_size, progress).run(
+                    read_file(fmt, stream, state.offset_done, state.line_done)
+                )
             async with engine.begin() as conn:
                 state = (
                     await conn.execute(
@@ -276,22 +323,120 @@ async def import_file(
             await holder.invalidate()
 
 
-async def _import_chunk(programme: Programme, partner_id: str, state, chunk: list[Parsed]):
-    items = [p.item for p in chunk if p.item is not None]
+def card_lane(card_number: str, lanes: int) -> int:
+    """The lane of a card's purchases: the same in every run and process."""
+    return zlib.crc32(card_number.encode()) % lanes
 
-    async def after(conn: AsyncConnection, receipt: BatchReceipt | None) -> None:
-        await _commit_chunk(conn, state, chunk, receipt)
 
-    if items:
-        await earn_batch(programme, partner_id, items, after=after)
-    else:
-        await programme.ledger.atomically(lambda conn: after(conn, None))
-    async with programme.ledger.engine.connect() as conn:
-        return (
-            await conn.execute(
-                text(f"SELECT {_COLUMNS} FROM partner_imports WHERE id = :id"), {"id": state.id}
-            )
-        ).one()
+def lane_of(parsed: Parsed, lanes: int) -> int:
+    """The lane of a purchase: its card's; a row that could not be read, by
+    its line."""
+    if parsed.item is None:
+        return parsed.line % lanes
+    return card_lane(parsed.item.card_number, lanes)
+
+
+class _Lanes:
+    """Deals a file's purchases to its lanes and runs them at once: each lane
+    a task taking chunks from a queue of one (the reader waits while both
+    the lane's queued chunk and its running one are full: constant memory)."""
+
+    def __init__(self, programme: Programme, partner_id: str, state, chunk_size: int, progress):
+        self.programme, self.partner_id = programme, partner_id
+        self.import_id, self.chunk_size, self.progress = state.id, chunk_size, progress
+        count = state.lanes
+        self.rows_done = list(state.lane_rows)  # per lane, as committed
+        self.lines_done = list(state.lane_lines)
+        self.queues: list[asyncio.Queue] = [asyncio.Queue(maxsize=1) for _ in range(count)]
+        self.buffers: list[list[Parsed]] = [[] for _ in range(count)]
+        self.sent = [0] * count  # chunks handed to each lane
+        self.committed = [0] * count
+        self.moved = asyncio.Condition()  # a lane committed a chunk
+        # Each reference of a chunk not yet committed: (lane, its chunk number).
+        self.uncommitted: dict[str, tuple[int, int]] = {}
+
+    async def run(self, parsed: Iterator[Parsed]) -> None:
+        try:
+            async with asyncio.TaskGroup() as lanes:
+                for lane in range(len(self.queues)):
+                    lanes.create_task(self._lane(lane))
+                await self._deal(parsed)
+        except BaseExceptionGroup as failed:
+            # The first lane's error, as one lane would have raised it.
+            first = failed.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+
+    async def _deal(self, parsed: Iterator[Parsed]) -> None:
+        count = len(self.queues)
+        for purchase in parsed:
+            lane = lane_of(purchase, count)
+            if purchase.end_line <= self.lines_done[lane]:
+                continue  # committed by an earlier run
+            if purchase.item is not None:
+                reference = purchase.item.reference
+                earlier = self.uncommitted.get(reference)
+                if earlier is not None and earlier[0] != lane:
+                    await self._committed(*earlier)
+                self.uncommitted[reference] = (lane, self.sent[lane] + 1)
+            self.buffers[lane].append(purchase)
+            if len(self.buffers[lane]) == self.chunk_size:
+                await self._send(lane)
+        for lane in range(count):
+            if self.buffers[lane]:
+                await self._send(lane)
+            await self.queues[lane].put(None)
+
+    async def _send(self, lane: int) -> None:
+        chunk, self.buffers[lane] = self.buffers[lane], []
+        self.sent[lane] += 1
+        await self.queues[lane].put(chunk)
+
+    async def _committed(self, lane: int, number: int) -> None:
+        """Wait until `lane` has committed its chunk `number` (sent now if
+        it is still being filled)."""
+        if number > self.sent[lane]:
+            await self._send(lane)
+        async with self.moved:
+            await self.moved.wait_for(lambda: self.committed[lane] >= number)
+
+    async def _lane(self, lane: int) -> None:
+        while (chunk := await self.queues[lane].get()) is not None:
+            await self._post(lane, chunk)
+            async with self.moved:
+                self.committed[lane] += 1
+                for p in chunk:
+                    if p.item is not None and self.uncommitted.get(p.item.reference) == (
+                        lane,
+                        self.committed[lane],
+                    ):
+                        del self.uncommitted[p.item.reference]
+                self.moved.notify_all()
+            if self.progress is not None:
+                async with self.programme.ledger.engine.connect() as conn:
+                    state = (
+                        await conn.execute(
+                            text(f"SELECT {_COLUMNS} FROM partner_imports WHERE id = :id"),
+                            {"id": self.import_id},
+                        )
+                    ).one()
+                self.progress(state.offset_done, _summary(state))
+
+    async def _post(self, lane: int, chunk: list[Parsed]) -> None:
+        """Earn a chunk and move its lane's checkpoint, in one transaction."""
+        done = self.rows_done[lane]
+        items = [p.item for p in chunk if p.item is not None]
+
+        async def after(conn: AsyncConnection, receipt: BatchReceipt | None) -> None:
+            await _commit_chunk(conn, self.import_id, lane, done, chunk, receipt)
+
+        if items:
+            await earn_batch(self.programme, self.partner_id, items, after=after)
+        else:
+            await self.programme.ledger.atomically(lambda conn: after(conn, None))
+        self.rows_done[lane] = done + sum(p.rows for p in chunk)
+        self.lines_done[lane] = chunk[-1].end_line
 
 
 async def stream_rejects(engine: AsyncEngine, import_id: int) -> AsyncIterator[Reject]:

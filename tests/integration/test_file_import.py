@@ -25,7 +25,7 @@ from sqlalchemy import text
 from ledger.errors import RequestInFlight
 from partners.errors import InvalidPurchase, PartnerNotFound
 from partners.import_formats import ImportSource
-from partners.imports import import_file, stream_rejects
+from partners.imports import card_lane, import_file, stream_rejects
 from partners.programme import Programme
 from partners.registry import Registry, SecretBox
 from partners.rulebook import EarnRuleInput, Rulebook
@@ -240,6 +240,116 @@ async def test_files_refused_whole_post_nothing(ledger, engine, new_partner, new
     assert await entries_of(engine, shop) == 0
     done = await import_file(programme, shop, ImportSource.from_bytes("a.csv", good), actor=ADMIN)
     assert (done.posted, done.runs) == (1, 1)
+
+
+async def cards_for_lanes(registry, members: list[str], lanes: list[int]) -> list[str]:
+    """A new card for each member, in the import lane given for it."""
+    cards = []
+    for member, lane in zip(members, lanes, strict=True):
+        card = card_number()
+        while card_lane(card, 2) != lane:
+            card = card_number()
+        await registry.issue_card(member, card, ADMIN)
+        cards.append(card)
+    return cards
+
+
+async def test_a_reference_sent_twice_is_decided_in_file_order_whatever_the_lanes(
+    ledger, engine, new_partner, new_member, monkeypatch, assert_clean
+):
+    import partners.imports as imports
+
+    programme = Programme(ledger)
+    shop, _, registry = await shop_with_members(ledger, engine, new_partner, new_member, 0)
+    anna, ben = await new_member(), await new_member()
+    a_card, b_card = await cards_for_lanes(registry, [anna, ben], [0, 1])
+    when = at()
+    rows = []
+    for n in range(3):  # each time, the later row is in the other lane, sent first
+        rows += [
+            f"{a_card},X-{n},{when},EUR,1000,groceries,,",  # anna's lane: posts 10
+            f"{b_card},B-{n},{when},EUR,100,groceries,,",  # ben's lane: posts 1
+            f"{b_card},X-{n},{when},EUR,5000,groceries,,",  # the duplicate
+        ]
+    data = (HEADER + "\n".join(rows) + "\n").encode()
+    earn_batch = imports.earn_batch
+
+    async def anna_late(programme, partner_id, items, **options):
+        if any(item.card_number == a_card for item in items):
+            await asyncio.sleep(0.3)  # her lane would commit after ben's
+        return await earn_batch(programme, partner_id, items, **options)
+
+    monkeypatch.setattr(imports, "earn_batch", anna_late)
+
+    summary = await import_file(
+        programme, shop, ImportSource.from_bytes("twice.csv", data), actor=ADMIN, chunk_size=3
+    )
+
+    assert (summary.posted, summary.duplicates, summary.rejected) == (6, 3, 0)
+    assert (await ledger.balances(anna)).available == 3 * 10
+    assert (await ledger.balances(ben)).available == 3 * 1
+    assert await rejects_of(engine, summary.import_id) == [
+        (4 + 3 * n, f"X-{n}", "duplicate-partner-reference") for n in range(3)
+    ]
+    await assert_clean()
+
+
+async def test_an_import_failing_in_one_lane_goes_on_from_each_lanes_checkpoint(
+    ledger, engine, new_partner, new_member, monkeypatch, assert_clean
+):
+    """One lane's transaction fails (the other lane is further on, or
+    behind): started again, every purchase posts once, every reject is
+    reported once, and the counts are the file's."""
+    import partners.imports as imports
+
+    programme = Programme(ledger)
+    shop, _, registry = await shop_with_members(ledger, engine, new_partner, new_member, 0)
+    members = [await new_member() for _ in range(4)]
+    cards = await cards_for_lanes(registry, members, [0, 0, 1, 1])
+    when, expected, rows = at(), dict.fromkeys(members, 0), []
+    for i in range(40):
+        member, card = members[i % 4], cards[i % 4]
+        if i == 21:
+            rows.append(f"{'9' * 16},L-{i},{when},EUR,1000,groceries,,")  # unknown card
+            continue
+        rows.append(f"{card},L-{i},{when},EUR,{100 * (i + 1)},groceries,,")
+        expected[member] += i + 1
+    data = (HEADER + "\n".join(rows) + "\n").encode()
+    commit_chunk, calls = imports._commit_chunk, []
+
+    async def failing(conn, import_id, lane, done, chunk, receipt):
+        calls.append(lane)
+        if len(calls) == 5:
+            raise RuntimeError("the power went out")
+        await commit_chunk(conn, import_id, lane, done, chunk, receipt)
+
+    monkeypatch.setattr(imports, "_commit_chunk", failing)
+    source = ImportSource.from_bytes("night.csv", data)
+    with pytest.raises(RuntimeError, match="power"):
+        await import_file(programme, shop, source, actor=ADMIN, chunk_size=3)
+    async with engine.connect() as conn:
+        stopped = (
+            await conn.execute(
+                text(
+                    "SELECT rows_done, posted, lane_rows FROM partner_imports WHERE partner_id = :p"
+                ),
+                {"p": shop},
+            )
+        ).one()
+    assert 0 < stopped.rows_done < 40 and sum(stopped.lane_rows) == stopped.rows_done
+    assert await entries_of(engine, shop) == stopped.posted
+
+    monkeypatch.setattr(imports, "_commit_chunk", commit_chunk)
+    summary = await import_file(programme, shop, source, actor=ADMIN, chunk_size=3)
+
+    assert summary.runs == 2
+    assert (summary.rows, summary.posted, summary.duplicates, summary.rejected) == (40, 39, 0, 1)
+    assert summary.points == sum(expected.values())
+    assert await entries_of(engine, shop) == 39
+    for member, points in expected.items():
+        assert (await ledger.balances(member)).available == points
+    assert await rejects_of(engine, summary.import_id) == [(23, "L-21", "card-not-found")]
+    await assert_clean()
 
 
 def loyalty_command() -> list[str]:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import ASSETS, PTS, QP, Address, member_account, member_of
@@ -40,6 +39,7 @@ from ledger.errors import (
 )
 from ledger.expiry import ExpiryPolicy
 from ledger.lots import ConsumedLot, OpenLot, allocate_debit, allocate_restore
+from ledger.statements import statement
 
 LOCKED_MEMBERS = (
     "ledger.locked_members"  # conn.info key: members whose mutex this transaction holds
@@ -249,7 +249,7 @@ class Journal:
         if not wanted or held:
             return {}
         rows = await conn.execute(
-            text(
+            statement(
                 "WITH "
                 + member_mutex_cte("locked", "unnest(CAST(:members AS text[]))")
                 + " SELECT member_id, balance, version FROM locked"
@@ -282,7 +282,7 @@ class Journal:
         if not wanted or held:
             raise LockOrderError("members are claimed once, before any other member lock")
         rows = await conn.execute(
-            text(
+            statement(
                 "SELECT member_id FROM balances WHERE account = ANY(CAST(:accounts AS text[])) "
                 "AND asset = 'PTS' AND slot = 0 "
                 'ORDER BY account COLLATE "C" LIMIT :limit FOR NO KEY UPDATE SKIP LOCKED'
@@ -405,7 +405,7 @@ class Journal:
                 slot = 0 if member_id else slots[posting.account]
                 lines.append((n, posting.account, posting.asset, posting.amount, member_id, slot))
         rows = await conn.execute(
-            text(
+            statement(
                 # Ids first (month-encoded, migration 0013), so the claims
                 # can name their entries before the entries exist.
                 "WITH input AS MATERIALIZED (SELECT t.*, "
@@ -553,7 +553,7 @@ class Journal:
 
     async def open_lots(self, conn: AsyncConnection, member_id: str) -> list[OpenLot]:
         rows = await conn.execute(
-            text(
+            statement(
                 "SELECT id, remaining, expires_at, earn_entry_id FROM lots "
                 "WHERE member_id = :member_id AND remaining > 0"
             ),
@@ -565,7 +565,7 @@ class Journal:
         self, conn: AsyncConnection, origin_entry_id: int
     ) -> list[ConsumedLot]:
         rows = await conn.execute(
-            text(
+            statement(
                 # The few lots first, then each by key (OFFSET 0 keeps it a
                 # probe of one partition per lot: joined, the planner costs a
                 # probe of every month of lots and may hash them all instead).
@@ -586,7 +586,7 @@ class Journal:
         if lots.created:
             columns = list(zip(*lots.created, strict=True))
             await conn.execute(
-                text(
+                statement(
                     "WITH created AS (INSERT INTO lots (member_id, source_entry_id, "
                     "earn_entry_id, amount, remaining, earned_at, expires_at, source) "
                     "SELECT m, e, ee, a, a, ea, x, s FROM unnest(CAST(:members AS text[]), "
@@ -610,7 +610,7 @@ class Journal:
         if not lots.moved:
             return
         await conn.execute(
-            text(
+            statement(
                 "INSERT INTO lot_movements (entry_id, lot_id, amount, origin_entry_id) "
                 "SELECT * FROM unnest(CAST(:entries AS bigint[]), CAST(:lots AS bigint[]), "
                 "CAST(:amounts AS bigint[]), CAST(:origins AS bigint[]))"
@@ -628,7 +628,7 @@ class Journal:
         changed = sorted((lot_id, amount) for lot_id, amount in net.items() if amount)
         if changed:
             await conn.execute(
-                text(
+                statement(
                     "UPDATE lots SET remaining = lots.remaining + c.amount FROM "
                     "unnest(CAST(:ids AS bigint[]), CAST(:amounts AS bigint[])) AS c(id, amount) "
                     "WHERE lots.id = c.id"

@@ -44,7 +44,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account
@@ -55,6 +54,7 @@ from ledger.errors import (
     MemberNotActive,
     MemberNotFound,
 )
+from ledger.statements import statement
 from ledger.views import Balances, PostedEarning
 from partners import rulebook
 from partners.accrual_sql import (
@@ -585,7 +585,7 @@ async def _club_terms(
     terms: dict[str, list[tuple[str, datetime, datetime]]] = defaultdict(list)
     if members:
         rows = await conn.execute(
-            text(
+            statement(
                 "SELECT member_id, club_code, term_starts_at, term_ends_at FROM club_payments "
                 "WHERE member_id = ANY(CAST(:members AS text[]))"
             ),

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.journal import member_mutex_cte
+from ledger.statements import statement
 
 
 class MemberRows(NamedTuple):
@@ -47,7 +47,7 @@ async def open_call(
     mutex = ", " + member_mutex_cte("taken", active) if take_members else ""
     row = (
         await conn.execute(
-            text(
+            statement(
                 "WITH held AS MATERIALIZED (SELECT card_number, member_id, status FROM cards "
                 "WHERE card_number = ANY(CAST(:cards AS text[]))), "
                 "registered AS MATERIALIZED (SELECT id, status FROM members "
@@ -74,7 +74,7 @@ async def lock_budgets(conn: AsyncConnection, ids: list[int], lock: bool) -> dic
     if not ids:
         return {}
     rows = await conn.execute(
-        text(
+        statement(
             "SELECT * FROM promotions WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id"
             + (" FOR UPDATE" if lock else "")
         ),
@@ -98,7 +98,7 @@ async def read_members(
     cap."""
     row = (
         await conn.execute(
-            text(
+            statement(
                 "SELECT (SELECT json_agg(json_build_array(member_id, tier_code, valid_until)) "
                 "FROM member_tiers WHERE member_id = ANY(CAST(:members AS text[]))) AS tiers, "
                 "(SELECT json_agg(json_build_array(account, balance, version)) FROM balances "
@@ -168,19 +168,19 @@ async def read_usage(
     params = {"ids": [p for p, _ in pairs], "members": [m for _, m in pairs]}
     if lock:
         # The no-op update locks an existing row like the insert locks a new one.
-        statement = (
+        sql = (
             "INSERT INTO promotion_usage AS u (promotion_id, member_id, points) "
             "SELECT i, m, 0 FROM unnest(CAST(:ids AS bigint[]), CAST(:members AS text[])) "
             'AS t(i, m) ORDER BY i, m COLLATE "C" ON CONFLICT (promotion_id, member_id) '
             "DO UPDATE SET points = u.points RETURNING promotion_id, member_id, points"
         )
     else:
-        statement = (
+        sql = (
             "SELECT u.promotion_id, u.member_id, u.points FROM promotion_usage u "
             "JOIN unnest(CAST(:ids AS bigint[]), CAST(:members AS text[])) AS t(i, m) "
             "ON u.promotion_id = t.i AND u.member_id = t.m"
         )
-    for r in await conn.execute(text(statement), params):
+    for r in await conn.execute(statement(sql), params):
         usage[(r.promotion_id, r.member_id)] = r.points
     return usage
 
@@ -194,7 +194,7 @@ async def read_coupons(
     if not pairs:
         return coupons
     rows = await conn.execute(
-        text(
+        statement(
             "SELECT mc.member_id, c.*, mc.activated_at, mc.used_at FROM member_coupons mc "
             "JOIN coupons c ON c.id = mc.coupon_id JOIN unnest(CAST(:members AS text[]), "
             "CAST(:codes AS text[])) AS t(m, code) ON mc.member_id = t.m AND c.code = t.code "
@@ -226,7 +226,7 @@ async def record_purchases(
     if not purchases:
         return set()
     rows = await conn.execute(
-        text(
+        statement(
             "INSERT INTO partner_purchases (partner_id, partner_reference, member_id, "
             "entry_id, currency, total_minor, occurred_at) SELECT :p, r, m, e, c, t, at "
             "FROM unnest(CAST(:refs AS text[]), CAST(:members AS text[]), "
@@ -258,7 +258,7 @@ async def book_offers(
     the call locked), and mark the coupons used ((coupon id, member, entry))."""
     if usage:
         await conn.execute(
-            text(
+            statement(
                 "WITH budgets AS (UPDATE promotions SET budget_used = budget_used + t.points "
                 "FROM unnest(CAST(:ids AS bigint[]), CAST(:points AS bigint[])) "
                 "AS t(id, points) WHERE promotions.id = t.id) "
@@ -277,7 +277,7 @@ async def book_offers(
         )
     if used:
         await conn.execute(
-            text(
+            statement(
                 "UPDATE member_coupons mc SET used_at = now(), used_entry_id = t.e FROM "
                 "unnest(CAST(:coupons AS bigint[]), CAST(:members AS text[]), "
                 "CAST(:entries AS bigint[])) AS t(c, m, e) "
@@ -300,7 +300,7 @@ async def book_tiers(conn: AsyncConnection, changes: list[tuple]) -> None:
     final = {m: (to, at, until) for m, at, _, _, _, to, until, _ in changes}
     members = sorted(final)
     await conn.execute(
-        text(
+        statement(
             "WITH final AS (INSERT INTO member_tiers (member_id, tier_code, qualified_at, "
             "valid_until) SELECT * FROM unnest(CAST(:members AS text[]), "
             "CAST(:codes AS text[]), CAST(:times AS timestamptz[]), "

@@ -108,7 +108,8 @@ async def bench_batch(url: str, members: int, batch: int, batches: int, clients:
     async def client(own: list[list[EarnItem]]) -> None:
         nonlocal earned
         for sent in own:
-            earned += (await earn_batch(programme, partner, sent)).posted
+            receipt = await earn_batch(programme, partner, sent)
+            earned += receipt.posted  # after the await: the clients interleave
 
     started = time.perf_counter()
     await asyncio.gather(*(client(own) for own in work))

@@ -352,14 +352,3 @@ def check_header(fmt: str, stream: BinaryIO) -> None:
         raise InvalidPurchase(f"unknown file format {fmt!r}: one of {', '.join(FORMATS)}")
     if fmt == "csv":
         csv_header(_Lines(stream))
-
-
-def chunks(parsed: Iterator[Parsed], size: int) -> Iterator[list[Parsed]]:
-    chunk: list[Parsed] = []
-    for purchase in parsed:
-        chunk.append(purchase)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

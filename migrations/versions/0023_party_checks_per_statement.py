@@ -12,14 +12,15 @@ partner check 14 ms for 1,000 entries; the two foreign keys of
 `lot_movements`, each a lookup through a partitioned parent per row, 33 ms
 of an expiry batch. One join of the statement's new rows (a transition
 table) does each check whatever their number, with the same errors
-(SQLSTATE LM404, LM409, LP404, 23503), so the services map them as before.
+(SQLSTATE LM404, LM409, LP404, 23503, 23514), so the services map them as
+before.
 
 The member check runs after the statement instead of before each row, and
 before the check of held and pending balances, as the row triggers did (a
 write to a closed member's accounts is refused as such). The ledger writes
-at READ COMMITTED, so the check's query sees every status
-committed before it runs, in particular the close or merge of a member whose
-balance row the statement waited for: what the row trigger guaranteed.
+at READ COMMITTED, so the check's query sees every status committed before
+it runs, in particular the close or merge of a member whose balance row the
+statement waited for: what the row trigger guaranteed.
 
 Lot movements are append-only and lots are never deleted (row triggers
 below), so a movement cannot lose its entry or lot later either: the rest of

@@ -3,7 +3,10 @@ files post the right balances; duplicates, unknown and blocked cards and bad
 lines go to the rejects with their line and reason while the good rows post
 once; a file imported again answers its earlier summary; and an import whose
 `loyalty partner import` process is killed with SIGKILL between two
-checkpoints, started again, posts every row exactly once."""
+checkpoints, started again, posts every row exactly once. In lanes (the
+default two): a reference sent twice is decided in file order even when the
+later row's lane would commit first, and an import failing in one lane goes
+on from each lane's checkpoint."""
 
 import asyncio
 import csv

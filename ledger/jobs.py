@@ -33,7 +33,6 @@ first batch (`members_after`) and again in each batch under the members'
 locks (`AsOfRefused`).
 """
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from ledger.journal import (
     Posting,
     RestoreLots,
 )
+from ledger.lanes import in_lanes
 from ledger.redemption import HOLD_COLUMNS
 
 # A member is protected from expiry while an expiry-protected tier is valid.
@@ -207,16 +207,7 @@ class ScheduledJobs:
                 if on_batch is not None:
                     on_batch(result)
 
-        lanes = [asyncio.ensure_future(lane()) for _ in range(self.job_lanes)]
-        try:
-            await asyncio.gather(*lanes)
-        except BaseException:
-            # The first failure is the run's: the other lane stops too (its
-            # batch rolls back).
-            for running in lanes:
-                running.cancel()
-            await asyncio.gather(*lanes, return_exceptions=True)
-            raise
+        await in_lanes(*(lane() for _ in range(self.job_lanes)))
         return done
 
     async def job_due(self, job: str, now: datetime) -> Batch:

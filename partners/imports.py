@@ -42,6 +42,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.errors import RequestInFlight
+from ledger.lanes import in_lanes
 from partners.batch import MAX_BATCH_ITEMS, BatchReceipt, earn_batch
 from partners.errors import InvalidPurchase, PartnerNotFound, PartnerSuspended
 from partners.import_formats import (
@@ -356,17 +357,8 @@ class _Lanes:
         self.uncommitted: dict[str, tuple[int, int]] = {}
 
     async def run(self, parsed: Iterator[Parsed]) -> None:
-        try:
-            async with asyncio.TaskGroup() as lanes:
-                for lane in range(len(self.queues)):
-                    lanes.create_task(self._lane(lane))
-                await self._deal(parsed)
-        except BaseExceptionGroup as failed:
-            # The first lane's error, as one lane would have raised it.
-            first = failed.exceptions[0]
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise first from None
+        """Deal and earn the whole file; a lane's failure stops the others."""
+        await in_lanes(self._deal(parsed), *(self._lane(n) for n in range(len(self.queues))))
 
     async def _deal(self, parsed: Iterator[Parsed]) -> None:
         count = len(self.queues)

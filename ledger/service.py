@@ -58,6 +58,7 @@ from ledger.partitions import ensure_partitions, is_missing_partition
 from ledger.redemption import Redemptions
 from ledger.reversal import Reversals
 from ledger.settlement import Settlements
+from ledger.statements import statement
 from ledger.views import (
     AccountBalance,
     Balances,
@@ -343,7 +344,7 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
         if waiting:
             columns = list(zip(*waiting, strict=True))
             await conn.execute(
-                text(
+                statement(
                     "INSERT INTO pending_points (earn_entry_id, member_id, amount, remaining, "
                     "earned_at, release_at) SELECT e, m, a, a, ea, r FROM unnest("
                     "CAST(:entries AS bigint[]), CAST(:members AS text[]), "

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -39,6 +40,16 @@ settings.register_profile(
 def pytest_configure(config):
     if not config.getoption("hypothesis_profile", None):
         settings.load_profile("quick")
+
+
+def pytest_collection_modifyitems(items):
+    """Schemathesis gives every operation's test the function's node id (the
+    operation is in the item's name only); pytest-xdist tells items apart by
+    node id and would run one of them. Each gets the id its name gives
+    (pytest 9 keeps a node's id in `_id`; no public way to set it)."""
+    for item in items:
+        if item.nodeid.rpartition("::")[2] != item.name:
+            item._id = item.parent.id.child(item.name)
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +89,24 @@ def database_url(server_url):
         yield url
 
 
+def own_redis_database(url: str) -> str:
+    """The Redis database of this test process: the URL's own for a run in one
+    process; under pytest-xdist, one per worker counting down from it
+    (gw0 the URL's, gw1 the one below, ...), so that a test that flushes its
+    Redis flushes no other worker's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    parts = urlsplit(url)
+    database = int(parts.path.strip("/") or 0) - int(worker.removeprefix("gw"))
+    if database < 0:
+        raise RuntimeError(f"{url}: no Redis database left for xdist worker {worker}")
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
 @pytest.fixture(scope="session")
 def redis_url():
     url = os.environ.get("LOYALTY_TEST_REDIS_URL")
     if url:
-        yield url
+        yield own_redis_database(url)
         return
     directory = Path(tempfile.mkdtemp(prefix="loyalty-test-redis-"))
     embedded = EmbeddedRedis(directory)

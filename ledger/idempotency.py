@@ -22,12 +22,16 @@ holds with the key.
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.errors import IdempotencyKeyReused, InvalidAmount, RequestInFlight
+from ledger.statements import statement
+
+R = TypeVar("R")
 
 
 class KeyOutcome:
@@ -84,9 +88,11 @@ _STORED = text(
     "SELECT operation, fingerprint, result FROM idempotency_keys "
     "WHERE caller = :caller AND key = :key"
 )
-_RECORD = text(
-    "UPDATE idempotency_keys SET result = CAST(:result AS jsonb), entry_id = :entry_id "
-    "WHERE caller = :caller AND key = :key"
+# The first result, stored with its key: alone (`record`), or as a part of the
+# body's own last statement (`storing`, `Stored`), one round trip less.
+STORE_RESULT = (
+    "UPDATE idempotency_keys SET result = CAST(:stored_result AS jsonb), "
+    "entry_id = :stored_entry_id WHERE caller = :stored_caller AND key = :stored_key"
 )
 
 
@@ -124,15 +130,24 @@ async def claim(
     return stored.result
 
 
-async def record(
-    conn: AsyncConnection, key: IdempotencyKey, result: object, entry_id: int | None
-) -> None:
-    await conn.execute(
-        _RECORD,
-        {
-            "caller": key.caller,
-            "key": key.key,
-            "result": msgspec.json.encode(result).decode(),
-            "entry_id": entry_id,
-        },
-    )
+def storing(key: IdempotencyKey, result: object) -> dict[str, object]:
+    """The parameters of `STORE_RESULT` for `result` under `key` (its
+    `entry_id`, when it has one, kept with the key)."""
+    return {
+        "stored_caller": key.caller,
+        "stored_key": key.key,
+        "stored_result": msgspec.json.encode(msgspec.to_builtins(result)).decode(),
+        "stored_entry_id": getattr(result, "entry_id", None),
+    }
+
+
+async def record(conn: AsyncConnection, key: IdempotencyKey, result: object) -> None:
+    await conn.execute(statement(STORE_RESULT), storing(key, result))
+
+
+@dataclass(frozen=True, slots=True)
+class Stored(Generic[R]):
+    """What a body of `LedgerService.run` returns when its own last statement
+    stored the result with the key (`STORE_RESULT` with `storing`)."""
+
+    result: R

@@ -44,7 +44,7 @@ from ledger.errors import (
     TransferRefused,
 )
 from ledger.expiry import ExpiryPolicy, RollingToQuarterEnd
-from ledger.idempotency import IdempotencyKey, claim, record
+from ledger.idempotency import IdempotencyKey, Stored, claim, record
 from ledger.jobs import ScheduledJobs
 from ledger.journal import (
     LOCKED_MEMBERS,
@@ -215,11 +215,13 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
         command: object,
         idempotency: IdempotencyKey | None,
         result_type: type[R],
-        body: Callable[[AsyncConnection], Awaitable[R]],
+        body: Callable[[AsyncConnection], Awaitable[R | Stored[R]]],
     ) -> R:
-        """Run `body` in one transaction, once per idempotency key. Once it
-        committed, the key's `outcome` names the operation whose result is
-        stored with the key, and whether this call got an earlier call's."""
+        """Run `body` in one transaction, once per idempotency key; its result
+        is stored with the key, unless the body stored it in its own last
+        statement and says so by returning it as `Stored`. Once it committed,
+        the key's `outcome` names the operation whose result is stored with
+        the key, and whether this call got an earlier call's."""
         replayed = False
 
         async def once(conn: AsyncConnection) -> R:
@@ -231,13 +233,10 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
                     replayed = True
                     return msgspec.convert(stored, result_type)
             result = await body(conn)
+            if isinstance(result, Stored):
+                return result.result
             if idempotency is not None:
-                await record(
-                    conn,
-                    idempotency,
-                    msgspec.to_builtins(result),
-                    getattr(result, "entry_id", None),
-                )
+                await record(conn, idempotency, result)
             return result
 
         result = await self.atomically(once)

@@ -29,9 +29,10 @@ The flow and its decisions are here, the statements in partners/accrual_sql.py.
    with a running state per member, promotion and partner (tier upgrades,
    caps, budgets, member limits, coupons, the partner's credit), exactly as
    if they had come one by one.
-6. One `earn_many_in` posts every earning; then one statement each records
-   the purchases, the promotions' budgets and usage, the coupons used and
-   the tier changes.
+6. One `earn_many_in` posts every earning (`AccrualRun.post`); then one
+   statement (`AccrualRun.record`) records the purchases, the promotions'
+   budgets and usage, the coupons used, the tier changes and the call's
+   result with its idempotency key.
 
 A reference is checked against the journal and the purchases in step 4; a
 concurrent call that takes it between that check and the posting makes the
@@ -58,14 +59,12 @@ from ledger.statements import statement
 from ledger.views import Balances, PostedEarning
 from partners import rulebook
 from partners.accrual_sql import (
-    book_offers,
-    book_tiers,
     lock_budgets,
     open_call,
     read_coupons,
     read_members,
     read_usage,
-    record_purchases,
+    record_call,
 )
 from partners.credit import CallCredit
 from partners.definitions import Definitions
@@ -219,6 +218,8 @@ class AccrualRun:
         self.partner_id = partner_id
         self.lock = lock  # False: a quote (nothing locked, nothing written)
         self.now: datetime = programme.ledger.clock()
+        # What `post` posted, for `record`: the purchases accepted, their entries.
+        self._posted: tuple[list[_Evaluated], dict[int, PostedEarning]] = ([], {})
 
     # -- reading ----------------------------------------------------------------
 
@@ -484,8 +485,9 @@ class AccrualRun:
         boundary = self.ledger.closed_through
         return boundary if boundary is not None and occurred_at < boundary else occurred_at
 
-    async def accrue(self, accruals: Sequence[Accrual]) -> list[PurchaseReceipt | LedgerError]:
-        """Earn for every purchase that passes; see the module's docstring."""
+    async def post(self, accruals: Sequence[Accrual]) -> list[PurchaseReceipt | LedgerError]:
+        """Earn for every purchase that passes (see the module's docstring);
+        what the earnings did waits for `record`, the call's last statement."""
         _defs, results = await self.evaluate_all(accruals)
         accepted = [r for r in results if isinstance(r, _Evaluated)]
         earning = [done for done in accepted if done.earning.lines]
@@ -511,15 +513,7 @@ class AccrualRun:
             if isinstance(result, DuplicatePartnerReference):
                 raise ReferenceTaken(done.item.accrual.reference)
             entries[done.item.index] = result
-        await self._record_purchases(accepted, entries)
-        await self._book_offers(accepted, entries)
-        # Every upgrade or renewal, in order (the members' mutexes are held).
-        changes = [
-            (d.item.member_id, d.item.received.occurred_at, entries[d.item.index].entry_id, *c)
-            for d in accepted
-            if (c := d.tier_change) is not None
-        ]
-        await book_tiers(self.conn, changes)
+        self._posted = (accepted, entries)
         return [
             PurchaseReceipt(
                 earning_view(r.item.member_id, r.item.accrual.purchase, r.tier, r.earning),
@@ -533,30 +527,13 @@ class AccrualRun:
             for r in results
         ]
 
-    async def _record_purchases(self, accepted: list[_Evaluated], entries: dict) -> None:
-        """The purchases as reported, with the entries that earned their points:
-        later returns are measured against them."""
-        recorded = await record_purchases(
-            self.conn,
-            self.partner_id,
-            [
-                (
-                    d.item.accrual.reference,
-                    d.item.member_id,
-                    entries[d.item.index].entry_id if d.item.index in entries else None,
-                    d.item.received.currency,
-                    d.item.received.total_minor,
-                    d.item.received.occurred_at,
-                )
-                for d in accepted
-            ],
-        )
-        for done in accepted:
-            if done.item.accrual.reference not in recorded:
-                raise ReferenceTaken(done.item.accrual.reference)
-
-    async def _book_offers(self, accepted: list[_Evaluated], entries: dict) -> None:
-        """Budgets and usage of the promotions that paid, the coupons used."""
+    async def record(self, stored: dict[str, object] | None = None) -> None:
+        """One statement: the purchases as reported, with the entries that
+        earned their points (later returns are measured against them); the
+        budgets and usage of the promotions that paid and the coupons used;
+        every tier upgrade or renewal, in order (the members' mutexes are
+        held); and, with `stored`, the call's result with its idempotency key."""
+        accepted, entries = self._posted
         budget_used: dict[int, int] = defaultdict(int)
         usage: dict[tuple[int, str], int] = defaultdict(int)
         for done in accepted:
@@ -568,13 +545,38 @@ class AccrualRun:
                     budget_used[row.id] += points
                 if row.budget_points is not None or row.per_member_limit:
                     usage[(row.id, done.item.member_id)] += points
-        used = [
-            (coupon_id, done.item.member_id, entries[done.item.index].entry_id)
-            for done in accepted
-            for code, coupon_id in done.coupons.items()
-            if done.earning.points_from("coupon", code) and done.item.index in entries
-        ]
-        await book_offers(self.conn, budget_used, usage, used)
+        recorded = await record_call(
+            self.conn,
+            self.partner_id,
+            purchases=[
+                (
+                    d.item.accrual.reference,
+                    d.item.member_id,
+                    entries[d.item.index].entry_id if d.item.index in entries else None,
+                    d.item.received.currency,
+                    d.item.received.total_minor,
+                    d.item.received.occurred_at,
+                )
+                for d in accepted
+            ],
+            budget_used=budget_used,
+            usage=usage,
+            used=[
+                (coupon_id, done.item.member_id, entries[done.item.index].entry_id)
+                for done in accepted
+                for code, coupon_id in done.coupons.items()
+                if done.earning.points_from("coupon", code) and done.item.index in entries
+            ],
+            changes=[
+                (d.item.member_id, d.item.received.occurred_at, entries[d.item.index].entry_id, *c)
+                for d in accepted
+                if (c := d.tier_change) is not None
+            ],
+            stored=stored,
+        )
+        for done in accepted:
+            if done.item.accrual.reference not in recorded:
+                raise ReferenceTaken(done.item.accrual.reference)
 
 
 async def _club_terms(

@@ -2,9 +2,10 @@
 the decisions): plain async functions over the caller's connection and plain
 data, each one statement (or none when it has nothing to do), whatever the
 number of purchases. The reads open the call, lock the budgeted promotions
-and read the members' state under their locks; the writes record what the
-call's earnings did after they are posted. With `lock` False (a quote) the
-reads lock nothing; the writes run only when earning.
+and read the members' state under their locks; one write records what the
+call's earnings did after they are posted, with the call's stored result.
+With `lock` False (a quote) the reads lock nothing; the writes run only
+when earning.
 """
 
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.idempotency import STORE_RESULT
 from ledger.journal import member_mutex_cte
 from ledger.statements import statement
 
@@ -214,117 +216,128 @@ def _timestamp(value: str | None) -> datetime | None:
 # -- writing --------------------------------------------------------------------
 
 
-async def record_purchases(
+async def record_call(
     conn: AsyncConnection,
     partner_id: str,
     purchases: list[tuple[str, str, int | None, str, int, datetime]],
-) -> set[str]:
-    """The purchases (reference, member, entry or None, currency, total,
-    occurred at) as reported, with the entries that earned their points:
-    later returns are measured against them. The references recorded (one
-    missing: a concurrent call recorded it first)."""
-    if not purchases:
-        return set()
-    rows = await conn.execute(
-        statement(
-            "INSERT INTO partner_purchases (partner_id, partner_reference, member_id, "
-            "entry_id, currency, total_minor, occurred_at) SELECT :p, r, m, e, c, t, at "
-            "FROM unnest(CAST(:refs AS text[]), CAST(:members AS text[]), "
-            "CAST(:entries AS bigint[]), CAST(:currencies AS text[]), "
-            "CAST(:totals AS bigint[]), CAST(:times AS timestamptz[])) "
-            "AS u(r, m, e, c, t, at) ON CONFLICT DO NOTHING RETURNING partner_reference"
-        ),
-        {
-            "p": partner_id,
-            "refs": [p[0] for p in purchases],
-            "members": [p[1] for p in purchases],
-            "entries": [p[2] for p in purchases],
-            "currencies": [p[3] for p in purchases],
-            "totals": [p[4] for p in purchases],
-            "times": [p[5] for p in purchases],
-        },
-    )
-    return set(rows.scalars())
-
-
-async def book_offers(
-    conn: AsyncConnection,
     budget_used: dict[int, int],
     usage: dict[tuple[int, str], int],
     used: list[tuple[int, str, int]],
-) -> None:
-    """Add the points the promotions paid to their budgets (promotion id ->
-    points) and to the members' usage ((promotion id, member) -> points, rows
-    the call locked), and mark the coupons used ((coupon id, member, entry))."""
+    changes: list[tuple],
+    stored: dict[str, object] | None = None,
+) -> set[str]:
+    """What the call's earnings did, after they are posted, in one statement
+    (a part per kind of record the call has; none: no statement):
+
+    - the purchases (reference, member, entry or None, currency, total,
+      occurred at) as reported, with the entries that earned their points:
+      later returns are measured against them;
+    - the points the promotions paid added to their budgets (promotion id ->
+      points) and to the members' usage ((promotion id, member) -> points,
+      rows the call locked);
+    - the coupons used ((coupon id, member, entry));
+    - every tier change, in order ((member, at, entry, from, previous
+      validity, to, validity, reason)), and each member's tier after the last
+      of them (no lock of its own: the members' mutexes are held);
+    - with `stored` (`ledger.idempotency.storing`), the call's result with
+      its idempotency key.
+
+    Each part writes another table, so no row is written twice. Returns the
+    references recorded (one missing: a concurrent call recorded it first)."""
+    parts: list[str] = []
+    params: dict[str, object] = {}
+    if purchases:
+        parts.append(
+            "purchases AS (INSERT INTO partner_purchases (partner_id, partner_reference, "
+            "member_id, entry_id, currency, total_minor, occurred_at) SELECT :partner, r, m, "
+            "e, c, t, at FROM unnest(CAST(:refs AS text[]), CAST(:buyers AS text[]), "
+            "CAST(:entries AS bigint[]), CAST(:currencies AS text[]), "
+            "CAST(:totals AS bigint[]), CAST(:times AS timestamptz[])) "
+            "AS u(r, m, e, c, t, at) ON CONFLICT DO NOTHING RETURNING partner_reference)"
+        )
+        params.update(
+            partner=partner_id,
+            refs=[p[0] for p in purchases],
+            buyers=[p[1] for p in purchases],
+            entries=[p[2] for p in purchases],
+            currencies=[p[3] for p in purchases],
+            totals=[p[4] for p in purchases],
+            times=[p[5] for p in purchases],
+        )
+    if budget_used:
+        parts.append(
+            "budgets AS (UPDATE promotions SET budget_used = budget_used + t.points "
+            "FROM unnest(CAST(:budget_ids AS bigint[]), CAST(:budget_points AS bigint[])) "
+            "AS t(id, points) WHERE promotions.id = t.id)"
+        )
+        params.update(
+            budget_ids=sorted(budget_used),
+            budget_points=[budget_used[i] for i in sorted(budget_used)],
+        )
     if usage:
-        await conn.execute(
-            statement(
-                "WITH budgets AS (UPDATE promotions SET budget_used = budget_used + t.points "
-                "FROM unnest(CAST(:ids AS bigint[]), CAST(:points AS bigint[])) "
-                "AS t(id, points) WHERE promotions.id = t.id) "
-                "UPDATE promotion_usage u SET points = u.points + t.points FROM "
-                "unnest(CAST(:uids AS bigint[]), CAST(:members AS text[]), "
-                "CAST(:upoints AS bigint[])) AS t(id, m, points) "
-                "WHERE u.promotion_id = t.id AND u.member_id = t.m"
-            ),
-            {
-                "ids": sorted(budget_used),
-                "points": [budget_used[i] for i in sorted(budget_used)],
-                "uids": [i for i, _ in sorted(usage)],
-                "members": [m for _, m in sorted(usage)],
-                "upoints": [usage[k] for k in sorted(usage)],
-            },
+        parts.append(
+            "usage AS (UPDATE promotion_usage u SET points = u.points + t.points FROM "
+            "unnest(CAST(:usage_ids AS bigint[]), CAST(:usage_members AS text[]), "
+            "CAST(:usage_points AS bigint[])) AS t(id, m, points) "
+            "WHERE u.promotion_id = t.id AND u.member_id = t.m)"
+        )
+        params.update(
+            usage_ids=[i for i, _ in sorted(usage)],
+            usage_members=[m for _, m in sorted(usage)],
+            usage_points=[usage[k] for k in sorted(usage)],
         )
     if used:
-        await conn.execute(
-            statement(
-                "UPDATE member_coupons mc SET used_at = now(), used_entry_id = t.e FROM "
-                "unnest(CAST(:coupons AS bigint[]), CAST(:members AS text[]), "
-                "CAST(:entries AS bigint[])) AS t(c, m, e) "
-                "WHERE mc.coupon_id = t.c AND mc.member_id = t.m AND mc.used_at IS NULL"
-            ),
-            {
-                "coupons": [c for c, _, _ in used],
-                "members": [m for _, m, _ in used],
-                "entries": [e for _, _, e in used],
-            },
+        parts.append(
+            "coupons_used AS (UPDATE member_coupons mc SET used_at = now(), "
+            "used_entry_id = t.e FROM unnest(CAST(:coupons AS bigint[]), "
+            "CAST(:coupon_members AS text[]), CAST(:coupon_entries AS bigint[])) "
+            "AS t(c, m, e) WHERE mc.coupon_id = t.c AND mc.member_id = t.m "
+            "AND mc.used_at IS NULL)"
         )
-
-
-async def book_tiers(conn: AsyncConnection, changes: list[tuple]) -> None:
-    """Every tier change, in order: (member, at, entry, from, previous
-    validity, to, validity, reason); and each member's tier after the last of
-    them (no lock of its own: the members' mutexes are held)."""
-    if not changes:
-        return
-    final = {m: (to, at, until) for m, at, _, _, _, to, until, _ in changes}
-    members = sorted(final)
-    await conn.execute(
-        statement(
-            "WITH final AS (INSERT INTO member_tiers (member_id, tier_code, qualified_at, "
-            "valid_until) SELECT * FROM unnest(CAST(:members AS text[]), "
-            "CAST(:codes AS text[]), CAST(:times AS timestamptz[]), "
-            "CAST(:untils AS timestamptz[])) ON CONFLICT (member_id) "
+        params.update(
+            coupons=[c for c, _, _ in used],
+            coupon_members=[m for _, m, _ in used],
+            coupon_entries=[e for _, _, e in used],
+        )
+    if changes:
+        final = {m: (to, at, until) for m, at, _, _, _, to, until, _ in changes}
+        members = sorted(final)
+        parts.append(
+            "tiers AS (INSERT INTO member_tiers (member_id, tier_code, qualified_at, "
+            "valid_until) SELECT * FROM unnest(CAST(:tier_members AS text[]), "
+            "CAST(:tier_codes AS text[]), CAST(:tier_times AS timestamptz[]), "
+            "CAST(:tier_untils AS timestamptz[])) ON CONFLICT (member_id) "
             "DO UPDATE SET tier_code = EXCLUDED.tier_code, "
-            "qualified_at = EXCLUDED.qualified_at, valid_until = EXCLUDED.valid_until) "
-            "INSERT INTO tier_changes (member_id, from_tier, to_tier, reason, changed_at, "
-            "entry_id, previous_valid_until) SELECT m, f, t, r, at, e, p FROM unnest("
-            "CAST(:cm AS text[]), CAST(:cfrom AS text[]), CAST(:cto AS text[]), "
+            "qualified_at = EXCLUDED.qualified_at, valid_until = EXCLUDED.valid_until), "
+            "tier_changes AS (INSERT INTO tier_changes (member_id, from_tier, to_tier, "
+            "reason, changed_at, entry_id, previous_valid_until) SELECT m, f, t, r, at, e, p "
+            "FROM unnest(CAST(:cm AS text[]), CAST(:cfrom AS text[]), CAST(:cto AS text[]), "
             "CAST(:creason AS text[]), CAST(:cat AS timestamptz[]), "
             "CAST(:centry AS bigint[]), CAST(:cprevious AS timestamptz[])) "
-            "WITH ORDINALITY AS c(m, f, t, r, at, e, p, n) ORDER BY n"
-        ),
-        {
-            "members": members,
-            "codes": [final[m][0] for m in members],
-            "times": [final[m][1] for m in members],
-            "untils": [final[m][2] for m in members],
-            "cm": [c[0] for c in changes],
-            "cfrom": [c[3] for c in changes],
-            "cto": [c[5] for c in changes],
-            "creason": [c[7] for c in changes],
-            "cat": [c[1] for c in changes],
-            "centry": [c[2] for c in changes],
-            "cprevious": [c[4] for c in changes],
-        },
-    )
+            "WITH ORDINALITY AS c(m, f, t, r, at, e, p, n) ORDER BY n)"
+        )
+        params.update(
+            tier_members=members,
+            tier_codes=[final[m][0] for m in members],
+            tier_times=[final[m][1] for m in members],
+            tier_untils=[final[m][2] for m in members],
+            cm=[c[0] for c in changes],
+            cfrom=[c[3] for c in changes],
+            cto=[c[5] for c in changes],
+            creason=[c[7] for c in changes],
+            cat=[c[1] for c in changes],
+            centry=[c[2] for c in changes],
+            cprevious=[c[4] for c in changes],
+        )
+    if stored is not None:
+        parts.append(f"stored AS ({STORE_RESULT})")
+        params.update(stored)
+    if not parts:
+        return set()
+    recorded = "(SELECT json_agg(partner_reference) FROM purchases)" if purchases else "NULL"
+    row = (
+        await conn.execute(
+            statement("WITH " + ", ".join(parts) + f" SELECT {recorded} AS recorded"), params
+        )
+    ).one()
+    return set(row.recorded or ())

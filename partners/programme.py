@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import check_id
 from ledger.errors import LedgerError, PeriodClosed
-from ledger.idempotency import IdempotencyKey
+from ledger.idempotency import IdempotencyKey, Stored, storing
 from ledger.service import LedgerService
 from partners.accrual import Accrual, AccrualRun, RunAgain
 from partners.credit import partner_points
@@ -149,9 +149,15 @@ class Programme(Returns, Tiering, MemberViews):
         boundary: the database refused it (`PeriodClosed`, carrying the
         boundary), and the run again books it at the boundary."""
 
-        async def body(conn: AsyncConnection) -> R:
-            outcomes = await AccrualRun(self, conn, partner_id, lock=True).accrue(accruals)
-            return await answer(conn, outcomes)
+        async def body(conn: AsyncConnection) -> R | Stored[R]:
+            run = AccrualRun(self, conn, partner_id, lock=True)
+            result = await answer(conn, await run.post(accruals))
+            if idempotency is None:
+                await run.record()
+                return result
+            # The result rides with the call's records: one round trip less.
+            await run.record(storing(idempotency, result))
+            return Stored(result)
 
         for attempt in range(1, RUN_ATTEMPTS + 1):
             try:

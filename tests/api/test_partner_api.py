@@ -372,20 +372,20 @@ async def test_a_crash_before_the_posting_commits_leaves_nothing_and_the_retry_p
 ):
     """The worker dies after posting, before its transaction commits: the
     key, the entry and the lots roll back together; the retry posts once."""
-    import ledger.service as ledger_service
+    import partners.accrual as accrual
 
     body = earn_body(shop, "K-1", 10000)
     # No occurred_at: the server fills in the purchase time.
-    real_record = ledger_service.record
+    real_record = accrual.record_call  # the call's last statement, after the posting
 
     async def crash(*args, **kwargs):
         raise ConnectionResetError("worker killed")
 
-    monkeypatch.setattr(ledger_service, "record", crash)
+    monkeypatch.setattr(accrual, "record_call", crash)
     failed = await post(client, shop, "/v1/partner/earn", body, key="crash-1")
     assert failed.status_code >= 500
     assert await _entries(engine, shop.partner_id) == 0
-    monkeypatch.setattr(ledger_service, "record", real_record)
+    monkeypatch.setattr(accrual, "record_call", real_record)
     later = shop.auth(clock=lambda: time.time() + 1)  # a new signature for the same request
     retried = await post(client, shop, "/v1/partner/earn", body, key="crash-1", auth=later)
     assert retried.status_code == 201, retried.text

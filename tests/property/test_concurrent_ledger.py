@@ -729,7 +729,10 @@ def test_concurrent_operations_keep_the_books(database_url, programme_tiers):
     deep = settings.default.max_examples > 25
     rounds, per_worker = (4, 100) if deep else (2, 50)
     seed = int(os.environ.get("LOYALTY_CONCURRENCY_SEED") or random.randrange(2**32))
-    driver = asyncio.run(drive(database_url, seed, rounds, per_worker))
+    try:
+        driver = asyncio.run(drive(database_url, seed, rounds, per_worker))
+    except AssertionError as failure:  # the books did not match: say how to replay it
+        raise AssertionError(f"LOYALTY_CONCURRENCY_SEED={seed}\n{failure}") from failure
     report, failures = summarise(driver)
     print("\n" + report)
     assert not failures, report

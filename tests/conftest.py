@@ -50,6 +50,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.nodeid.rpartition("::")[2] != item.name:
             item._id = item.parent.id.child(item.name)
+    # pytest-xdist hands modules out in collection order: the long ones first,
+    # so that the two workers finish together (a stable sort keeps the rest).
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 @pytest.fixture(scope="session")

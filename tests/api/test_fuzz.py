@@ -33,6 +33,8 @@ from tests.api.conftest import MEMBER_SECRET, SECRET, SECRET_KEY
 from tests.api.served import app_in_thread
 from tests.conftest import SigningSeconds, own_database
 
+pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)
+
 MEMBER = "fuzz-member"
 PARTNER = "fuzz-shop"
 CARD = "4000000000000002"

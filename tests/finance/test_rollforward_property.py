@@ -44,6 +44,8 @@ from partners.programme import Programme
 from partners.registry import PartnerInput, Registry, SecretBox
 from tests.conftest import TEST_SECRET_KEY, Clock, own_database
 
+pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)
+
 MEMBERS = 3
 PARTNERS = 2
 

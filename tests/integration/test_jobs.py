@@ -8,12 +8,15 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import text
 
 from ledger.commands import Authorise, Burn, Earn, Reverse
 from ledger.expiry import RollingToQuarterEnd
 from ledger.service import LedgerConfig, LedgerService
 from tests.conftest import Clock
+
+pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)
 
 OLD_LOTS = (100, 40, 25)  # points of the due lots a member may have
 FRESH = 10  # every member's lot that is not due

@@ -38,6 +38,8 @@ from partners.registry import PartnerInput, Registry, SecretBox
 from partners.rulebook import Rulebook, TierInput
 from tests.conftest import TEST_SECRET_KEY, own_database
 
+pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)
+
 CONFIG = LedgerConfig(expiry_policy=RollingToQuarterEnd(36))  # the CLI's default policy
 HOUR_AGO = datetime.now(UTC) - timedelta(hours=1)
 

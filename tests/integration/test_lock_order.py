@@ -30,6 +30,8 @@ from partners.programme import Programme
 from partners.rulebook import EarnRuleInput, Rulebook
 from tests.conftest import Clock
 
+pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)
+
 ROUNDS = 3  # batches per pair
 FUNDS = 10_000  # each member's points before the race
 STAFF = "staff:tests"

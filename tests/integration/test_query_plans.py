@@ -40,6 +40,8 @@ from partners.registry import PartnerInput, Registry, SecretBox
 from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
 from tests.conftest import TEST_SECRET_KEY
 
+pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)
+
 MEMBERS = 100_000
 PARTNERS = 50
 HEAVY = "seed-000100"  # a member with years of history

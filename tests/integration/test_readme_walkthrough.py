@@ -24,6 +24,8 @@ from api.embedded import drop_database, ensure_database, with_database
 from tests.api.conftest import MEMBER_SECRET, SECRET, SECRET_KEY
 from tests.api.served import free_port, loyalty, output, stop, wait_ready
 
+pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 MARKED = re.compile(
     r"^<!-- walkthrough -->\n```(bash|python)\n(.*?)^```$", re.MULTILINE | re.DOTALL

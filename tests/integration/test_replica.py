@@ -47,6 +47,8 @@ from partners.programme import Programme
 from partners.registry import Registry, SecretBox
 from tests.conftest import TEST_SECRET_KEY
 
+pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)
+
 SECRET = "test-secret-" + "0123456789abcdef" * 4
 MEMBER_SECRET = "test-member-secret-" + "fedcba9876543210" * 4
 DATABASE = "loyalty_replica"

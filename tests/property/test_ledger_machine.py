@@ -66,6 +66,8 @@ from tests.conftest import TEST_SECRET_KEY, Clock, own_database, put_programme_t
 from tests.property.model import PTS, QP, Book, TierDef
 from tests.property.shop import ADMIN, create_shop
 
+pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)
+
 MEMBERS = 3  # seats: the members the rules pick (a fresh one may replace one who left)
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)

@@ -63,7 +63,7 @@ class Settings:
     jwt_leeway_seconds: int = 30  # clock skew allowed on exp, nbf and iat
     jwt_max_lifetime_seconds: int = 3600  # longest exp - iat accepted (either kind)
     expiry_policy: str = "rolling:36"
-    hot_account_slots: int = 8
+    hot_account_slots: int = 64
     hold_ttl_seconds: int = 900
     tier_period: str = "calendar"  # calendar | rolling (12 months)
     claim_window_days: int = 90  # how old a purchase a member may claim missing points for

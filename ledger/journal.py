@@ -15,10 +15,13 @@ deadlocks:
 3. hot-account slots (partner, programme) in address order, in the same
    statement as the members' balance changes, after them ("member:" sorts
    first).
-   Hot accounts take a random slot per entry, so concurrent accruals from one
-   partner do not queue on one row.
+   Hot accounts take the slot of the connection that posts (`Journal.hot_slot`):
+   a process's connections hold consecutive slots from a random start, so its
+   transactions in flight never queue on one another's hot rows, and those of
+   other processes only where their slots meet.
 """
 
+import itertools
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -228,12 +231,28 @@ def _held_members(conn: AsyncConnection, wanted: set[str]) -> set[str]:
     return held
 
 
+# Numbers given to this process's database connections as they first post,
+# from a random start, so two processes' connections rarely share a slot.
+_connection_numbers = itertools.count(random.randrange(1 << 16))
+
+
 class Journal:
     """Posts entries; holds the pieces of configuration posting depends on."""
 
-    def __init__(self, expiry_policy: ExpiryPolicy, hot_slots: int = 8) -> None:
+    def __init__(self, expiry_policy: ExpiryPolicy, hot_slots: int = 64) -> None:
         self.expiry_policy = expiry_policy
         self.hot_slots = hot_slots
+
+    def hot_slot(self, conn: AsyncConnection) -> int:
+        """The slot of every hot account (partner, programme) this connection
+        posts to. A transaction holds its hot rows from its posting statement to
+        its commit; a connection runs one transaction at a time, so transactions
+        on this process's connections (consecutive numbers) never wait for one
+        another there. The number lives with the pooled connection (`info`)."""
+        number = conn.info.get("hot_slot_number")
+        if number is None:
+            number = conn.info["hot_slot_number"] = next(_connection_numbers)
+        return number % self.hot_slots
 
     async def lock_members(
         self, conn: AsyncConnection, member_ids: Iterable[str]
@@ -395,14 +414,12 @@ class Journal:
         aggregate every inserted entry's postings, one row change per account,
         asset and slot, in address order; a row's version grows by the number
         of entries that changed it, as if they had been posted one by one."""
-        slots: dict[str, int] = {}
+        hot = self.hot_slot(conn)
         lines = []  # (entry position, account, asset, amount, member, slot)
         for n, draft in enumerate(drafts, start=1):
             for posting in draft.postings:
                 member_id = member_of(posting.account)
-                if member_id is None and posting.account not in slots:
-                    slots[posting.account] = random.randrange(self.hot_slots)
-                slot = 0 if member_id else slots[posting.account]
+                slot = 0 if member_id else hot
                 lines.append((n, posting.account, posting.asset, posting.amount, member_id, slot))
         rows = await conn.execute(
             statement(

@@ -99,7 +99,7 @@ MAX_ADJUSTMENT_BACKDATE = timedelta(days=367)
 @dataclass(frozen=True)
 class LedgerConfig:
     expiry_policy: ExpiryPolicy = field(default_factory=RollingToQuarterEnd)
-    hot_slots: int = 8
+    hot_slots: int = 64
     hold_ttl: timedelta = timedelta(minutes=15)
     transfers: TransferRules = field(default_factory=TransferRules)
 

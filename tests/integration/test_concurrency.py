@@ -50,6 +50,23 @@ async def test_concurrent_accruals_from_one_partner_spread_over_slots(
     await assert_clean()
 
 
+async def test_an_accrual_does_not_wait_for_another_in_flight_at_the_same_partner(
+    ledger, new_member, new_partner, engine, assert_clean
+):
+    partner = await new_partner()
+    first, second = await new_member(), await new_member()
+    async with engine.begin() as in_flight:
+        await ledger.earn_in(in_flight, Earn.simple(first, partner, "open", 5, 1))
+        # The first holds its rows of the partner's accounts until it commits;
+        # the second (another connection of the process: another slot) posts
+        # meanwhile. Were it to queue, its lock timeout would fail it here.
+        meanwhile = await ledger.earn(Earn.simple(second, partner, "meanwhile", 7, 1))
+        assert meanwhile.amount == 7
+    issued = await ledger.account_balance(f"partner:{partner}:issued")
+    assert issued.balances[0].balance == -12
+    await assert_clean()
+
+
 async def test_crossing_transfers_do_not_deadlock(ledger, new_member, new_partner, assert_clean):
     a, b, partner = await new_member(), await new_member(), await new_partner()
     await ledger.earn(Earn.simple(a, partner, "ra", 100))

@@ -157,8 +157,10 @@ def with_scheduler(app: Litestar, settings: Settings) -> Litestar:
 def create_app_from_env() -> Litestar:
     """Factory for server workers: the app, with the scheduler when the
     settings ask for it (`loyalty serve --with-scheduler` passes it on)."""
-    from api.app import create_app
+    from api.app import create_app, freeze_startup_heap
 
     settings = Settings.from_env()
     app = create_app(settings)
-    return with_scheduler(app, settings) if settings.scheduler else app
+    app = with_scheduler(app, settings) if settings.scheduler else app
+    freeze_startup_heap()
+    return app

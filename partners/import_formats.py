@@ -321,14 +321,16 @@ def read_jsonl(stream: BinaryIO, offset: int = 0, line: int = 0) -> Iterator[Par
                 raise ValueError(lines.flaw[1])
             try:
                 item = _ITEM.decode(raw)
-            except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as error:
                 try:
                     loose = _ANY.decode(raw)
                     reference = loose.get("reference") if isinstance(loose, dict) else None
                     if isinstance(reference, str):
                         parsed.reference = _text(reference, "reference", lines.line)
-                except (msgspec.DecodeError, ValueError):
+                except (msgspec.DecodeError, ValueError, RecursionError):
                     pass
+                if isinstance(error, RecursionError):  # msgspec's depth limit
+                    raise ValueError(f"line {lines.line}: JSON nested too deeply") from None
                 raise ValueError(f"line {lines.line}: {error}") from None
             parsed.reference = _text(item.reference, "reference", lines.line)
             _item_problem(item, lines.line)

@@ -190,6 +190,9 @@ async def test_a_json_lines_file_posts_purchases_of_several_lines(
         ),  # no time
         item(b_card, "J-2", (100, "groceries")),  # line 7: duplicate
         item(b_card, "J-8", (-5, "groceries")),  # line 8: a negative amount
+        "[" * 5000,  # line 9: nested deeper than the decoder goes
+        '{"reference": "J-10", "purchase": ' + '{"a": ' * 5000,  # line 10: so
+        item(b_card, "J-11", (700, "groceries")),  # and the file goes on: 7
     ]
     data = ("\n".join(lines) + "\n").encode()
 
@@ -197,16 +200,18 @@ async def test_a_json_lines_file_posts_purchases_of_several_lines(
         programme, shop, ImportSource.from_bytes("day.jsonl", data), actor=ADMIN
     )
 
-    assert (summary.rows, summary.posted, summary.duplicates, summary.rejected) == (7, 2, 1, 4)
-    assert summary.points == 80
+    assert (summary.rows, summary.posted, summary.duplicates, summary.rejected) == (10, 3, 1, 6)
+    assert summary.points == 87
     assert (await ledger.balances(anna)).available == 30
-    assert (await ledger.balances(ben)).available == 50
+    assert (await ledger.balances(ben)).available == 57
     assert await rejects_of(engine, summary.import_id) == [
         (4, "J-3", "invalid-purchase"),
         (5, None, "invalid-purchase"),
         (6, "J-6", "invalid-purchase"),
         (7, "J-2", "duplicate-partner-reference"),
         (8, "J-8", "invalid-purchase"),
+        (9, None, "invalid-purchase"),
+        (10, None, "invalid-purchase"),
     ]
     await assert_clean()
 

@@ -211,13 +211,22 @@ def _coupon_problem(row, at: datetime) -> str | None:
 class AccrualRun:
     """One call of the accrual path inside the caller's transaction."""
 
-    def __init__(self, programme, conn: AsyncConnection, partner_id: str, lock: bool) -> None:
+    def __init__(
+        self,
+        programme,
+        conn: AsyncConnection,
+        partner_id: str,
+        lock: bool,
+        received_at: datetime | None = None,
+    ) -> None:
         self.programme = programme
         self.ledger = programme.ledger
         self.conn = conn
         self.partner_id = partner_id
         self.lock = lock  # False: a quote (nothing locked, nothing written)
-        self.now: datetime = programme.ledger.clock()
+        # When the call came: the instant a purchase without its own time took,
+        # so that it is inside any submission window (a run taken again too).
+        self.now: datetime = received_at or programme.ledger.clock()
         # What `post` posted, for `record`: the purchases accepted, their entries.
         self._posted: tuple[list[_Evaluated], dict[int, PostedEarning]] = ([], {})
 

@@ -118,5 +118,5 @@ async def earn_batch(
         return receipt
 
     return await programme.accrue(
-        partner_id, accruals, "earn_batch", request, idempotency, BatchReceipt, answer
+        partner_id, accruals, "earn_batch", request, idempotency, BatchReceipt, answer, now
     )

@@ -107,13 +107,18 @@ class Programme(Returns, Tiering, MemberViews):
     # -- quote and earn ---------------------------------------------------------
 
     async def quote(
-        self, member_id: str, purchase: Purchase, coupon_codes: tuple[str, ...] = ()
+        self,
+        member_id: str,
+        purchase: Purchase,
+        coupon_codes: tuple[str, ...] = (),
+        received_at: datetime | None = None,
     ) -> EarningView:
-        """The breakdown an earning would get, posting nothing and using no budget."""
+        """The breakdown an earning would get, posting nothing and using no
+        budget. `received_at`: when the call came (see `accrue`)."""
         check_id("member", member_id)
         check_purchase(purchase)
         async with self.engine.connect() as conn:
-            run = AccrualRun(self, conn, purchase.partner_id, lock=False)
+            run = AccrualRun(self, conn, purchase.partner_id, lock=False, received_at=received_at)
             _, (result,) = await run.evaluate_all(
                 [Accrual(purchase, "quote", member_id=member_id, coupons=coupon_codes)]
             )
@@ -139,10 +144,13 @@ class Programme(Returns, Tiering, MemberViews):
         idempotency: IdempotencyKey | None,
         result_type: type[R],
         answer: Callable[[AsyncConnection, list[PurchaseReceipt | LedgerError]], Awaitable[R]],
+        received_at: datetime | None = None,
     ) -> R:
         """Earn for the accruals in one transaction (`AccrualRun`), once per
         idempotency key, answering `answer(conn, outcomes)` (in the same
-        transaction: what it writes commits with the earnings). A reference taken by a
+        transaction: what it writes commits with the earnings). `received_at`:
+        when the call came, the time its purchases without one of their own
+        were given (default: when the run starts). A reference taken by a
         concurrent call after this one checked it, or definitions that moved
         under it (`RunAgain`), runs the transaction again. So does a
         purchase dated in a month closed since this process last learnt the
@@ -150,7 +158,7 @@ class Programme(Returns, Tiering, MemberViews):
         boundary), and the run again books it at the boundary."""
 
         async def body(conn: AsyncConnection) -> R | Stored[R]:
-            run = AccrualRun(self, conn, partner_id, lock=True)
+            run = AccrualRun(self, conn, partner_id, lock=True, received_at=received_at)
             result = await answer(conn, await run.post(accruals))
             if idempotency is None:
                 await run.record()
@@ -179,12 +187,14 @@ class Programme(Returns, Tiering, MemberViews):
         release_at: datetime | None = None,
         idempotency: IdempotencyKey | None = None,
         card_number: str | None = None,
+        received_at: datetime | None = None,
     ) -> PurchaseReceipt:
         """Earn for a purchase (the member by id, or by `card_number` when
         `member_id` is None). The points wait in `pending` until the later of
         `release_at` (a caller's own) and the end of the return window of the
         partner's contract in force at the purchase time, counted from the
-        purchase but never from before it was received."""
+        purchase but never from before it was received (`received_at`, see
+        `accrue`)."""
         if card_number is None:
             check_id("member", member_id)
         check_purchase(purchase)
@@ -214,6 +224,7 @@ class Programme(Returns, Tiering, MemberViews):
             idempotency,
             PurchaseReceipt,
             only,
+            received_at,
         )
 
     # -- closing and merging members ------------------------------------------------

@@ -357,8 +357,9 @@ async def audit(
 
 @post("/quote", status_code=200, summary="What a purchase would earn (nothing posted)")
 async def quote(data: JSONBody[QuoteRequest], programme: NamedDependency[Programme]) -> EarningView:
-    purchase = data.purchase.to_purchase(data.partner_id, programme.ledger.clock())
-    return await programme.quote(data.member_id, purchase, tuple(data.coupons))
+    received_at = programme.ledger.clock()
+    purchase = data.purchase.to_purchase(data.partner_id, received_at)
+    return await programme.quote(data.member_id, purchase, tuple(data.coupons), received_at)
 
 
 admin_router = Router(

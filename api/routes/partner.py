@@ -130,7 +130,8 @@ async def earn(request: Request, data: JSONBody[EarnRequest], programme: Program
     partner_id = _partner(request)
 
     async def run(key):
-        purchase = data.purchase.to_purchase(partner_id, programme.ledger.clock())
+        received_at = programme.ledger.clock()
+        purchase = data.purchase.to_purchase(partner_id, received_at)
         # The card's holder, and the contract in force at the purchase time
         # (submission and return windows, credit limit), are read inside the
         # earning's own transaction.
@@ -141,6 +142,7 @@ async def earn(request: Request, data: JSONBody[EarnRequest], programme: Program
             tuple(data.coupons),
             idempotency=key,
             card_number=data.card_number,
+            received_at=received_at,
         )
 
     return await idempotent(request, partner_id, run)
@@ -188,8 +190,9 @@ async def quote(request: Request, data: JSONBody[QuoteRequest], programme: Progr
 
     async def run(_key) -> EarningView:
         member_id = await _member(request, data.card_number)
-        purchase = data.purchase.to_purchase(partner_id, programme.ledger.clock())
-        return await programme.quote(member_id, purchase, tuple(data.coupons))
+        received_at = programme.ledger.clock()
+        purchase = data.purchase.to_purchase(partner_id, received_at)
+        return await programme.quote(member_id, purchase, tuple(data.coupons), received_at)
 
     return await idempotent(request, partner_id, run, status_code=200)
 

@@ -152,6 +152,24 @@ async def test_the_window_is_the_contracts(client, open_shop):
     assert (await post(client, shop, "/v1/partner/earn", one_day)).status_code == 201
 
 
+async def test_a_purchase_without_a_time_is_inside_the_narrowest_window(client, open_shop):
+    # No day back, no second ahead: only purchases at the moment the call
+    # comes, which is the time a purchase without its own is given.
+    shop = await open_shop(late_submission_days=0, future_tolerance_seconds=0)
+    earned = await post(client, shop, "/v1/partner/earn", earn_body(shop, "N-1", 1000))
+    assert earned.status_code == 201, earned.text
+    quote = {key: v for key, v in earn_body(shop, "-", 1000).items() if key != "reference"}
+    quoted = await post(client, shop, "/v1/partner/quote", quote)
+    assert quoted.status_code == 200, quoted.text
+    batch = {"items": [earn_body(shop, "N-3", 500)]}
+    answered = await post(client, shop, "/v1/partner/earnings/batch", batch)
+    assert [r["status"] for r in answered.json()["results"]] == [201], answered.text
+    second_ago = earn_body(shop, "N-4", 1000, at=datetime.now(UTC) - timedelta(seconds=1))
+    assert problem_type(await post(client, shop, "/v1/partner/earn", second_ago)) == (
+        "purchase-time-outside-window"
+    )
+
+
 async def test_a_back_dated_purchase_still_waits_the_whole_return_window(client, open_shop, ledger):
     shop = await open_shop(return_window_days=14)
     now = datetime.now(UTC)

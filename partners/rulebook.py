@@ -107,6 +107,29 @@ def _require(condition: bool, field: str, detail: str) -> None:
         raise InvalidRule(field, detail)
 
 
+# Bounds of a rule's rates: far beyond any programme's (a few points per euro,
+# bonus categories of 2-20x), near enough that no earning overflows a point.
+RATE_PLACES = 6
+MAX_POINTS_PER_UNIT = Decimal(10_000)
+MAX_MULTIPLIER = Decimal(100)
+
+
+def _rate(value: Decimal, field: str, low: Decimal, high: Decimal, low_included: bool) -> None:
+    """A rate: finite, within its bounds, with at most RATE_PLACES decimal places."""
+    within = (
+        value.is_finite()
+        and (low <= value if low_included else low < value)
+        and value <= high
+        and value.normalize().as_tuple().exponent >= -RATE_PLACES
+    )
+    _require(
+        within,
+        field,
+        f"must be {'from' if low_included else 'above'} {low} and at most {high}, "
+        f"with at most {RATE_PLACES} decimal places",
+    )
+
+
 def _window(start: datetime, end: datetime | None, start_field: str, end_field: str) -> None:
     _require(start.tzinfo is not None, start_field, "needs a time zone")
     if end is not None:
@@ -144,7 +167,7 @@ def _offer_value(multiplier: Decimal | None, fixed_bonus: int | None) -> None:
         "give either a multiplier or a fixed_bonus",
     )
     if multiplier is not None:
-        _require(multiplier.is_finite() and multiplier > 1, "multiplier", "must be above 1")
+        _rate(multiplier, "multiplier", Decimal(1), MAX_MULTIPLIER, low_included=False)
     if fixed_bonus is not None:
         _require(fixed_bonus > 0, "fixed_bonus", "must be positive")
 
@@ -198,23 +221,13 @@ class Rulebook:
         check_id("partner", partner_id)
         _window(rule.valid_from, rule.valid_to, "valid_from", "valid_to")
         _require(rule.currency in MINOR_UNIT_EXPONENTS, "currency", "unknown currency")
-        _require(
-            rule.points_per_unit.is_finite() and rule.points_per_unit >= 0,
-            "points_per_unit",
-            "must be zero or more",
-        )
+        zero = Decimal(0)
+        _rate(rule.points_per_unit, "points_per_unit", zero, MAX_POINTS_PER_UNIT, True)
         _require(rule.rounding in ("floor", "half_up"), "rounding", "floor or half_up")
-        _require(
-            rule.qp_per_unit.is_finite() and rule.qp_per_unit >= 0,
-            "qp_per_unit",
-            "must be zero or more",
-        )
+        _rate(rule.qp_per_unit, "qp_per_unit", zero, MAX_POINTS_PER_UNIT, True)
         for category, multiplier in rule.category_multipliers.items():
-            _require(
-                multiplier.is_finite() and multiplier >= 0,
-                f"category_multipliers.{category}",
-                "must be zero or more",
-            )
+            field = f"category_multipliers.{category}"
+            _rate(multiplier, field, zero, MAX_MULTIPLIER, True)
         for category, qp in rule.category_qp.items():
             _require(qp >= 0, f"category_qp.{category}", "must be zero or more")
         _require(rule.min_spend_minor >= 0, "min_spend_minor", "must be zero or more")
@@ -274,11 +287,7 @@ class Rulebook:
         check_id("partner", partner_id)
         _window(rule.valid_from, rule.valid_to, "valid_from", "valid_to")
         _require(rule.currency in MINOR_UNIT_EXPONENTS, "currency", "unknown currency")
-        _require(
-            rule.points_per_unit.is_finite() and rule.points_per_unit > 0,
-            "points_per_unit",
-            "must be positive",
-        )
+        _rate(rule.points_per_unit, "points_per_unit", Decimal(0), MAX_POINTS_PER_UNIT, False)
         _require(rule.min_points > 0, "min_points", "must be positive")
         _require(rule.step > 0, "step", "must be positive")
         _require(
@@ -587,11 +596,7 @@ class Rulebook:
         _require(bool(tier.name.strip()), "name", "is required")
         _require(tier.rank >= 0, "rank", "must be zero or more")
         _require(tier.qp_threshold >= 0, "qp_threshold", "must be zero or more")
-        _require(
-            tier.earn_multiplier.is_finite() and tier.earn_multiplier >= 1,
-            "earn_multiplier",
-            "must be 1 or more",
-        )
+        _rate(tier.earn_multiplier, "earn_multiplier", Decimal(1), MAX_MULTIPLIER, True)
         _require(
             tier.burn_discount.is_finite() and 0 <= tier.burn_discount < 1,
             "burn_discount",

@@ -57,6 +57,16 @@ async def test_earn_rule_versions_quote_and_audit(
     ("body", "problem", "field"),
     [
         ({"points_per_unit": "-1"}, "invalid-rule", "points_per_unit"),
+        # Rates beyond any programme's, which would make every earning there
+        # a 422 for an amount of 300 digits, or 0 points whatever the basket.
+        ({"points_per_unit": "1e308"}, "invalid-rule", "points_per_unit"),
+        ({"points_per_unit": "1e-400"}, "invalid-rule", "points_per_unit"),
+        ({"qp_per_unit": "10000.5"}, "invalid-rule", "qp_per_unit"),
+        (
+            {"category_multipliers": {"electronics": "1e300"}},
+            "invalid-rule",
+            "category_multipliers.electronics",
+        ),
         ({"excluded_categories": ["spaceships"]}, "unknown-category", "excluded_categories"),
         (
             {"category_multipliers": {"electronics": "-2"}},
@@ -81,6 +91,31 @@ async def test_invalid_earn_rules_are_422_naming_the_field(
     assert response.json()["field"] == field
     listed = await client.get(f"/v1/admin/partners/{partner}/earn-rules", headers=token())
     assert listed.json() == []
+
+
+async def test_burn_rates_and_offer_multipliers_beyond_bounds_are_422(
+    client, token, new_id, new_partner
+):
+    partner, now = await new_partner("shop"), datetime.now(UTC)
+    burn = {"valid_from": "2024-01-01T00:00:00Z", "currency": "EUR", "points_per_unit": "1e-308"}
+    refused = await client.post(
+        f"/v1/admin/partners/{partner}/burn-rules", headers=token(), json=burn
+    )
+    assert (refused.status_code, refused.json()["field"]) == (422, "points_per_unit")
+    promotion = {
+        "code": new_id("X"),
+        "name": "x",
+        "starts_at": now.isoformat(),
+        "ends_at": (now + timedelta(days=7)).isoformat(),
+        "multiplier": "1e300",
+        "partner_ids": [partner],
+    }
+    refused = await client.post("/v1/admin/promotions", headers=token(), json=promotion)
+    assert (refused.status_code, refused.json()["field"]) == (422, "multiplier")
+    accepted = await client.post(
+        "/v1/admin/promotions", headers=token(), json={**promotion, "multiplier": "100"}
+    )
+    assert accepted.status_code == 201, accepted.text
 
 
 async def test_overlapping_exclusive_promotions_are_refused(client, token, new_id, new_partner):

@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger import queries
 from ledger.database import is_unavailable, sqlstate
-from ledger.errors import EntryNotFound, LedgerError
+from ledger.errors import EntryNotFound, LedgerError, MemberNotFound
 from ledger.service import LedgerConfig, LedgerService, utc_now
 from ledger.views import EntryView, HistoryPage, MemberBalances
 from partners.expiry_notice import ExpiringWindow
@@ -275,6 +275,11 @@ class ReplicaReads:
         error (bad cursor, unknown entry) is the caller's."""
         try:
             return await work
+        except MemberNotFound as error:
+            # The primary's token, read for every member read, found them
+            # enrolled: the replica has not replayed the enrolment yet.
+            self.counts["behind"] += 1
+            raise _Unavailable from error
         except LedgerError:
             raise
         except Exception as error:  # whatever failed, the primary answers

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import queries
 from ledger.accounts import check_id
+from ledger.errors import MemberNotFound
 from ledger.views import ExpiringPoints
 from partners import rulebook
 from partners.burning import RedemptionQuote, quote_redemption
@@ -119,7 +120,8 @@ class MemberViews:
     # holds move with the balances), and every tier change (with the fresh lot
     # validity a lost protection brings) adds a `tier_changes` row.
     _BALANCE_TOKEN = text(
-        "SELECT (SELECT coalesce(sum(version), 0) FROM balances "
+        "SELECT EXISTS (SELECT FROM members WHERE id = :m) AS enrolled, "
+        "(SELECT coalesce(sum(version), 0) FROM balances "
         "WHERE member_id = :m AND slot = 0)::bigint AS versions, "
         "(SELECT coalesce(max(id), 0) FROM tier_changes WHERE member_id = :m)::bigint AS tier"
     )
@@ -130,13 +132,17 @@ class MemberViews:
         """(sum of the member's balance-row versions, id of their latest tier
         change or 0): equal tokens mean equal balance views (up to the passing
         of time). One statement, on `conn` (a view's snapshot, or the cache's
-        autocommit connection) or else on an autocommit connection of its own."""
+        autocommit connection) or else on an autocommit connection of its own.
+        An id no member was enrolled under (a token's subject) has no view:
+        `MemberNotFound`, and nothing is cached for it."""
         check_id("member", member_id)
         if conn is None:
             async with self.engine.connect() as own:
                 own = await own.execution_options(isolation_level="AUTOCOMMIT")
                 return await self.balance_token(member_id, own)
         row = (await conn.execute(self._BALANCE_TOKEN, {"m": member_id})).one()
+        if not row.enrolled:
+            raise MemberNotFound(f"no enrolled member {member_id!r}", member_id=member_id)
         return int(row.versions), int(row.tier)
 
     # -- coupons --------------------------------------------------------------------

@@ -277,6 +277,22 @@ async def test_history_tier_coupons_and_cards(client, token, member, ledger, new
     assert blocked.json()["status"] == "blocked"
 
 
+async def test_a_token_naming_no_enrolled_member_reads_no_balance_and_caches_nothing(
+    client, token, new_id, redis_url
+):
+    stranger = new_id("m")  # a subject signed with the member key, never enrolled
+    for _ in range(2):
+        response = await client.get("/v1/me/balance", headers=me(token, stranger))
+        assert response.status_code == 404, response.text
+        assert response.json()["type"] == "/problems/member-not-found"
+    assert client.app.state.redis is not None
+    store = redis.Redis.from_url(redis_url)
+    try:
+        assert not await store.exists(key(stranger))
+    finally:
+        await store.aclose()
+
+
 async def test_a_member_cannot_reach_another_members_data(client, token, member, new_member):
     _, other_card, _ = member
     intruder = await new_member()

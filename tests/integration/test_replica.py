@@ -389,6 +389,12 @@ async def test_a_read_after_a_write_is_never_older_than_the_write(
         # An export started now needs the transfer: the primary answers it.
         async with exports.caught_up(primary, wait_seconds=0.2) as read:
             assert read.source == "primary"
+        # A member enrolled now is not on the replica yet: read on the primary.
+        newcomer, _ = await world.member(0)
+        source, view = await get(app, "/v1/me/balance", member_headers(settings, newcomer))
+        assert (source, view["available"]) == ("primary", 0)
+        source, page = await get(app, "/v1/me/history", member_headers(settings, newcomer))
+        assert (source, page["entries"]) == ("primary", [])
         # A member the write did not touch is still read from the replica.
         source, view = await get(app, "/v1/me/balance", member_headers(settings, bystander))
         assert (source, view["available"]) == ("replica", 400)

@@ -144,6 +144,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "purchase-time-outside-window": (422, "Purchase time outside the contract's window"),
     "credit-limit-exceeded": (422, "Partner credit limit exceeded"),
     "idempotency-key-missing": (400, "Idempotency-Key header required"),
+    "invalid-idempotency-key": (400, "Idempotency-Key not 1-255 printable characters"),
     "request-in-flight": (409, "A request with this idempotency key is in flight"),
     "invalid-input": (422, "Input outside what the API accepts"),
     "invalid-query-parameter": (422, "Query parameter value not allowed"),

@@ -63,6 +63,10 @@ class DuplicatePartnerReference(LedgerError):
     code = "duplicate-partner-reference"
 
 
+class InvalidIdempotencyKey(LedgerError):
+    code = "invalid-idempotency-key"
+
+
 class IdempotencyKeyReused(LedgerError):
     """Same idempotency key, different request."""
 

@@ -28,7 +28,7 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.errors import IdempotencyKeyReused, InvalidAmount, RequestInFlight
+from ledger.errors import IdempotencyKeyReused, InvalidIdempotencyKey, RequestInFlight
 from ledger.statements import statement
 
 R = TypeVar("R")
@@ -61,7 +61,7 @@ class IdempotencyKey:
 
     def __post_init__(self) -> None:
         if not self.key or len(self.key) > 255 or not self.key.isprintable():
-            raise InvalidAmount("an idempotency key is 1-255 printable characters")
+            raise InvalidIdempotencyKey("an idempotency key is 1-255 printable characters")
 
 
 def fingerprint(operation: str, command: object) -> str:

@@ -19,6 +19,7 @@ Pure functions: the server's check and the partners' client share them.
 
 import hashlib
 import hmac
+import math
 from urllib.parse import parse_qsl, quote
 
 KEY_ID_HEADER = "X-Loyalty-Key-Id"
@@ -98,11 +99,15 @@ def parse_headers(headers) -> tuple[str, int, str]:
 
 
 def check_timestamp(timestamp: int, now: float, tolerance: int = TOLERANCE_SECONDS) -> None:
-    if abs(now - timestamp) > tolerance:
+    offset = timestamp - now
+    if abs(offset) > tolerance:
+        # Rounded away from zero: an offset just past the tolerance never
+        # reads as inside it.
+        seconds = math.ceil(abs(offset))
+        side = "ahead of" if offset > 0 else "behind"
         raise SignatureProblem(
             "signature-stale",
-            f"timestamp is {int(now - timestamp)} s from the server's clock "
-            f"(tolerance {tolerance} s)",
+            f"timestamp is {seconds} s {side} the server's clock (tolerance {tolerance} s)",
         )
 
 

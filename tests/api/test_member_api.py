@@ -338,3 +338,10 @@ async def test_transfers_follow_the_rules_and_are_idempotent(
     assert (big.status_code, big.json()["daily_limit"]) == (422, 20_000)
     missing = await client.post("/v1/me/transfers", json=body, headers=me(token, member_id))
     assert missing.json()["type"] == "/problems/idempotency-key-missing"
+    tabbed = await client.post(
+        "/v1/me/transfers", json=body, headers={**me(token, member_id), "Idempotency-Key": "a\tb"}
+    )
+    assert (tabbed.status_code, tabbed.json()["type"]) == (
+        400,
+        "/problems/invalid-idempotency-key",
+    )

@@ -110,6 +110,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "validation-error": (400, "Request does not match the schema"),
     "malformed-request": (400, "Malformed request"),
     "payload-too-large": (413, "Request body too large"),
+    "unsupported-media-type": (415, "Request body of a media type this operation does not take"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
     "token-missing": (401, "Bearer token missing"),
@@ -164,6 +165,7 @@ _HTTP_CODES = {
     404: "not-found",
     405: "method-not-allowed",
     413: "payload-too-large",
+    415: "unsupported-media-type",
 }
 
 

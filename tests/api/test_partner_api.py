@@ -88,6 +88,30 @@ async def test_signature_failures_are_distinct_401s_and_post_nothing(client, sho
     assert (await ledger.balances(shop.member_id)).available == 0
 
 
+async def test_a_body_sent_as_another_media_type_than_json_is_a_415_posting_nothing(
+    client, shop, ledger
+):
+    body = json.dumps(earn_body(shop, "R-1", 1000))
+    for media in ("text/plain", "application/x-www-form-urlencoded"):
+        response = await client.post(
+            "/v1/partner/earn",
+            content=body,
+            headers={"Idempotency-Key": uuid.uuid4().hex, "Content-Type": media},
+            auth=shop.auth(),
+        )
+        assert response.status_code == 415, (media, response.text)
+        assert response.json()["type"] == "/problems/unsupported-media-type"
+    assert (await ledger.balances(shop.member_id)).available == 0
+    charset = {"Content-Type": "application/json; charset=utf-8"}
+    accepted = await client.post(
+        "/v1/partner/earn",
+        content=body,
+        headers={"Idempotency-Key": uuid.uuid4().hex, **charset},
+        auth=shop.auth(),
+    )
+    assert accepted.status_code == 201, accepted.text
+
+
 async def test_a_replayed_signature_is_refused(client, shop, ledger):
     fixed = time.time()
     body = earn_body(shop, "R-1", 1000)

@@ -18,8 +18,8 @@ Recorded as things happen (api/observability.py for the HTTP ones):
 - `loyalty_balance_cache_reads_total{result}`: `hit`, `miss`, or `bypass`
   (no Redis configured, or Redis failed on that read) (api/cache.py).
 - `loyalty_ledger_entries_posted_total{kind}`: journal entries the API's
-  operations posted (`MeteredLedger`: counted from the operation's result once
-  it committed; a replayed result posted nothing and counts nothing).
+  operations posted (`MeteredLedger`: counted as each transaction commits,
+  from what the journal posted in it; a replayed result counts nothing).
 - `loyalty_db_pool_connections{pool,state}` (`checked_out`, `idle`) and
   `loyalty_db_pool_size{pool}` for the pools `primary`, `token` (the balance
   cache's check) and `replica`: read from SQLAlchemy's pool at every scrape and
@@ -76,10 +76,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.service import LedgerService
-from ledger.views import Receipt
-from partners.batch import BatchReceipt
-from partners.receipts import PurchaseReceipt
-from partners.returns import ReturnReceipt
 
 log = logging.getLogger("loyalty.metrics")
 
@@ -271,34 +267,17 @@ def observe_pools(state) -> None:
         m.pool_size.labels(name).set(size)
 
 
-def posted_entries(result: object) -> Iterator[str]:
-    """The kinds of the entries an operation's result says it posted."""
-    if isinstance(result, Receipt):
-        yield result.kind
-    elif isinstance(result, PurchaseReceipt):
-        if result.entry_id is not None:  # a purchase that earned nothing posts nothing
-            yield "earn"
-    elif isinstance(result, ReturnReceipt):
-        if result.entry_id is not None:
-            yield "reverse"
-    elif isinstance(result, BatchReceipt):
-        for outcome in result.outcomes:
-            if outcome.receipt is not None and outcome.receipt.entry_id is not None:
-                yield "earn"
-
-
 class MeteredLedger(LedgerService):
-    """The ledger service of the API: every operation's entries are counted
-    by kind once its transaction has committed (a failed or rolled-back one
-    counts nothing, a retried one once)."""
+    """The ledger service of the API: every entry a transaction of its posted
+    is counted by kind once that transaction has committed (a failed or
+    rolled-back one counts nothing, a retried one once, a replayed answer
+    nothing), whichever operation posted it: earnings, redemptions, reward
+    orders, claims, club fees, jobs run by the scheduler."""
 
-    async def run(self, operation, command, idempotency, result_type, body):
-        result = await super().run(operation, command, idempotency, result_type, body)
-        if idempotency is None or not idempotency.outcome.replayed:
-            entries = metrics().entries
-            for kind in posted_entries(result):
-                entries.labels(kind).inc()
-        return result
+    def committed(self, kinds) -> None:
+        entries = metrics().entries
+        for kind in kinds:
+            entries.labels(kind).inc()
 
 
 # -- exposition -------------------------------------------------------------------

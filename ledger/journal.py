@@ -47,6 +47,7 @@ from ledger.statements import statement
 LOCKED_MEMBERS = (
     "ledger.locked_members"  # conn.info key: members whose mutex this transaction holds
 )
+POSTED_KINDS = "ledger.posted_kinds"  # conn.info key: kinds of the entries it posted
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +387,8 @@ class Journal:
                 )
                 running[member_id] += delta
         await self._write_lots(conn, lots)
+        if (kinds := conn.info.get(POSTED_KINDS)) is not None:
+            kinds.extend(draft.kind for draft, _ in live)
         posted = {e: PostedEntry(e, balances) for _, e in live}
         return [
             posted[e]

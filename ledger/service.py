@@ -48,6 +48,7 @@ from ledger.idempotency import IdempotencyKey, Stored, claim, record
 from ledger.jobs import ScheduledJobs
 from ledger.journal import (
     LOCKED_MEMBERS,
+    POSTED_KINDS,
     EntryDraft,
     Journal,
     NewLot,
@@ -152,6 +153,12 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
 
     # -- plumbing ---------------------------------------------------------
 
+    def committed(self, kinds: Sequence[str]) -> None:
+        """Called once a transaction of `atomically` has committed, with the
+        kinds of the entries it posted, in order (none for a replayed answer,
+        nothing for a transaction rolled back). A subclass observes them (the
+        API counts them, api/metrics.py)."""
+
     async def atomically(self, body: Callable[[AsyncConnection], Awaitable[R]]) -> R:
         """Run `body` in one database transaction and commit it.
 
@@ -181,12 +188,14 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
                     # Held by reference: a connection that died can no longer
                     # hand out its `info` (SQLAlchemy would try to reconnect it).
                     info = conn.info
-                    info[LOCKED_MEMBERS] = set()
+                    info[LOCKED_MEMBERS], info[POSTED_KINDS] = set(), []
                     try:
                         result = await body(conn)
                     finally:
                         info.pop(LOCKED_MEMBERS, None)
+                        posted = info.pop(POSTED_KINDS, [])
                     committing = True  # the block's exit sends COMMIT
+                self.committed(posted)
                 return result
             except DBAPIError as error:
                 if (refusal := refused_party(error)) is not None:

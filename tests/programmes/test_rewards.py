@@ -14,6 +14,7 @@ from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from partners.errors import RewardOrderNotOpen, RewardOutOfStock
 from partners.rewards import RewardInput, Rewards
+from tests.api.test_observability import grew, scrape
 
 
 async def redeemed(ledger: LedgerService, partner_id: str) -> int:
@@ -166,6 +167,7 @@ async def test_the_catalogue_and_orders_over_http(
     )
     assert (broke.status_code, broke.json()["type"]) == (422, "/problems/insufficient-points")
 
+    before = await scrape(client)
     placed = await client.post(
         "/v1/me/reward-orders", json=order, headers={**me, "Idempotency-Key": "k1"}
     )
@@ -175,6 +177,10 @@ async def test_the_catalogue_and_orders_over_http(
         "/v1/me/reward-orders", json=order, headers={**me, "Idempotency-Key": "k1"}
     )
     assert replay.json()["id"] == placed.json()["id"]
+    # The order's entry is counted in the service's metrics, once.
+    kind = await client.get(f"/v1/staff/entries/{placed.json()['order_entry_id']}", headers=admin)
+    posted = "loyalty_ledger_entries_posted_total"
+    assert grew(before, await scrape(client), posted, kind=kind.json()["kind"]) == 1
     order_id = placed.json()["id"]
     mine = await client.get("/v1/me/reward-orders", headers=me)
     assert [o["id"] for o in mine.json()] == [order_id]

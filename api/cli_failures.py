@@ -18,11 +18,14 @@ Exit codes:
   6   `loyalty verify` found mismatches
   70  unexpected (a bug): the exception's type and message
   130 interrupted (Ctrl-C)
+  141 standard output closed by its reader (`... | head`): nothing is printed
 
 Domain errors (ledger/errors.py, partners/errors.py, members/errors.py) keep
 their stable code in the line: `Error: member-not-found: no enrolled member 'anan'`."""
 
+import os
 import socket
+import sys
 
 import click
 
@@ -73,6 +76,23 @@ class Interrupted(Failure):
     exit_code = 130
 
 
+class OutputClosed(Failure):
+    """The reader of standard output went away (`loyalty ... | head`): not the
+    command's failure, so nothing is said, as `yes | head` says nothing; the
+    exit code is a shell's for SIGPIPE (128 + 13)."""
+
+    exit_code = 141
+
+    def __init__(self) -> None:
+        super().__init__("standard output closed")
+
+    def show(self, file=None) -> None:
+        # What is still buffered for the closed pipe would fail again when the
+        # interpreter flushes at exit: it goes nowhere instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def failure_for(error: BaseException) -> Failure:
     """The failure an exception stands for (never raises)."""
     from api.embedded import EmbeddedServerError
@@ -80,6 +100,8 @@ def failure_for(error: BaseException) -> Failure:
 
     if isinstance(error, KeyboardInterrupt):
         return Interrupted("interrupted")
+    if isinstance(error, BrokenPipeError):
+        return OutputClosed()
     if isinstance(error, SettingsError):
         return ConfigurationInvalid(str(error))
     if isinstance(error, LedgerError):

@@ -256,6 +256,8 @@ def test_every_kind_of_failure_has_its_exit_code():
         PermissionError(13, "Permission denied", "/etc/key.pem"): (1, "cannot use /etc/key.pem"),
         ZeroDivisionError("division by zero"): (70, "unexpected ZeroDivisionError"),
         KeyboardInterrupt(): (130, "interrupted"),
+        # `loyalty finance balances --json | head`: the reader left, the database did not.
+        BrokenPipeError(32, "Broken pipe"): (141, "standard output closed"),
     }
     for error, (code, message) in kinds.items():
         failure = failure_for(error)

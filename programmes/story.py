@@ -19,6 +19,13 @@ from partners.claims import ClaimInput, Claims
 from partners.registry import Registry
 
 
+class DatabaseNotEmpty(LedgerError):
+    """A programme is loaded into a database of its own: its tiers, members
+    and partners would mix with (and its tiers replace) what is there."""
+
+    code = "database-not-empty"
+
+
 @dataclass(frozen=True)
 class Step:
     at: datetime  # the business time the step happens at
@@ -146,8 +153,16 @@ async def load_once(
 ) -> list[Outcome]:
     """Define the programme and play its story on `ledger` (the programme's
     own, `programme_ledger`); nothing when it is loaded already. One outcome
-    per step, with the members' available points after it."""
+    per step, with the members' available points after it. A database that
+    holds members or partners of anything else (the demo, another programme,
+    an interrupted load of this one) is refused before anything is written."""
     if await loaded(ledger):
         return []
+    if await exists(ledger, "SELECT 1 FROM members UNION ALL SELECT 1 FROM partners LIMIT 1"):
+        raise DatabaseNotEmpty(
+            "a programme loads into a database of its own, and this one holds members or "
+            "partners already (the demo, another programme, or an interrupted load): "
+            "use an empty data directory, e.g. LOYALTY_DATA_DIR=./.loyalty-<programme>"
+        )
     await define(ledger, registry)
     return await play(player(ledger, registry), story, lambda: members_available(ledger, members))

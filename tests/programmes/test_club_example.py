@@ -1,4 +1,5 @@
-"""The club programme (programmes/club.py) loaded into a database of its own,
+"""The club programme (programmes/club.py) loaded into a database of its own
+(any other is refused),
 its worked example played through the real services: the README's tables
 show these figures (the story step by step, the postings of the co-funded
 promotion per funder, the two partners' October statements), the ledger
@@ -94,3 +95,35 @@ async def test_the_programme_verifies_clean_and_loads_once(loaded):
     assert report.clean, report.render()
     assert await club.load(loaded.ledger, loaded.registry) == []
     assert await club.available(loaded.ledger) == loaded.outcomes[-1].available
+
+
+@pytest.fixture
+def another_url(server_url):
+    with own_database(server_url, "loyalty_club_other") as url:
+        yield url
+
+
+async def test_a_database_holding_anything_else_is_refused_before_anything_is_written(
+    another_url,
+):
+    from members.registry import MemberInput, Members
+    from partners.programme import Programme
+    from programmes.story import DatabaseNotEmpty
+
+    engine = create_engine(another_url, pool_size=2)
+    try:
+        ledger = LedgerService(engine)
+        # The plain demo's anna, say, whom the club would enrol again.
+        await Members(ledger, Programme(ledger)).enrol(MemberInput("anna"), "staff:tests")
+        with pytest.raises(DatabaseNotEmpty):
+            await club.load(ledger, Registry(engine, SecretBox(TEST_SECRET_KEY)))
+        async with engine.connect() as conn:
+            counts = await conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM members), (SELECT count(*) FROM partners), "
+                    "(SELECT count(*) FROM journal_entries)"
+                )
+            )
+            assert tuple(counts.one()) == (1, 0, 0)
+    finally:
+        await engine.dispose()

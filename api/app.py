@@ -17,6 +17,7 @@ from api.input_guard import reject_hostile_input
 from api.logs import litestar_logging
 from api.metrics import MeteredLedger, process_stopped
 from api.observability import ObservedLitestar
+from api.partner_auth import RATE_WINDOW
 from api.problems import EXCEPTION_HANDLERS
 from api.replica import ReplicaReads
 from api.routes.admin import admin_router
@@ -78,6 +79,9 @@ def create_app(settings: Settings, clock: Callable[[], datetime] | None = None) 
             connect_redis(settings.redis_url, settings.redis_cluster)
             if settings.redis_url
             else None
+        )
+        app.state.rate_window = (
+            app.state.redis.register_script(RATE_WINDOW) if app.state.redis is not None else None
         )
         # Counts the entries its operations post (api/metrics.py).
         app.state.ledger = MeteredLedger(engine, settings.ledger_config(), clock=clock)

@@ -32,10 +32,11 @@ answers by signing the call again (its Idempotency-Key keeps it posted once).
 
 Rate limits, per partner here (the contract's `requests_per_second`, else
 the service's default) and per member (api/routes/member.py) through the same
-`rate_limit`, are a Redis fixed window, one pipelined round trip; without
-Redis they are not enforced (they protect capacity, not correctness). The
-window is one key hash-tagged by its scope (`rate:{partner:ID}:SECOND`), so on
-Redis Cluster the INCR and EXPIRE go to one node in one round trip.
+`rate_limit`, are a Redis fixed window, one command (the `RATE_WINDOW`
+script: INCR, and EXPIRE when the window opens); without Redis they are not
+enforced (they protect capacity, not correctness). The window is one key
+hash-tagged by its scope (`rate:{partner:ID}:SECOND`), so on Redis Cluster the
+script runs on the node owning it.
 """
 
 import time
@@ -110,18 +111,24 @@ async def _record_and_check(
     return await once_more_if_dropped(run)
 
 
+# KEYS[1] = the window's counter; ARGV[1] = its lifetime (s). A Redis that lost
+# its scripts (restarted, SCRIPT FLUSH) is sent it again by the client.
+RATE_WINDOW = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
+
 async def rate_limit(connection: ASGIConnection, scope: str, limit: int) -> None:
     """At most `limit` requests per second for `scope` (`partner:ID`, `member:ID`),
     else `429 rate-limited` with Retry-After. The scope is the key's hash tag."""
-    redis = connection.app.state.redis
-    if redis is None:
+    window = connection.app.state.rate_window
+    if window is None:
         return
     key = f"rate:{{{scope}}}:{int(time.time())}"
     try:
-        pipe = redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 2)
-        count, _ = await pipe.execute()
+        count = await window(keys=[key], args=[2])
     except REDIS_ERRORS:  # a cluster's routing errors too
         return
     if count > limit:

@@ -48,6 +48,7 @@ LOCKED_MEMBERS = (
     "ledger.locked_members"  # conn.info key: members whose mutex this transaction holds
 )
 POSTED_KINDS = "ledger.posted_kinds"  # conn.info key: kinds of the entries it posted
+HOT_SLOT_NUMBER = "ledger.hot_slot_number"  # conn.info key: the connection's number
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +251,9 @@ class Journal:
         its commit; a connection runs one transaction at a time, so transactions
         on this process's connections (consecutive numbers) never wait for one
         another there. The number lives with the pooled connection (`info`)."""
-        number = conn.info.get("hot_slot_number")
+        number = conn.info.get(HOT_SLOT_NUMBER)
         if number is None:
-            number = conn.info["hot_slot_number"] = next(_connection_numbers)
+            number = conn.info[HOT_SLOT_NUMBER] = next(_connection_numbers)
         return number % self.hot_slots
 
     async def lock_members(

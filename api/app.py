@@ -3,7 +3,6 @@ problem handlers, the OpenAPI UI (served from the package, api/routes/docs.py)
 and, around it all, the request observation (request ids, metrics, access
 log: api/observability.py)."""
 
-import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -19,6 +18,7 @@ from api.metrics import MeteredLedger, process_stopped
 from api.observability import ObservedLitestar
 from api.partner_auth import RATE_WINDOW
 from api.problems import EXCEPTION_HANDLERS
+from api.process_heap import freeze_startup_heap
 from api.replica import ReplicaReads
 from api.routes.admin import admin_router
 from api.routes.claims import member_claims_router, staff_claims_router
@@ -200,14 +200,3 @@ def create_app_from_env() -> ObservedLitestar:
     app = create_app(Settings.from_env())
     freeze_startup_heap()
     return app
-
-
-def freeze_startup_heap() -> None:
-    """What a worker built to start (about 120,000 objects: modules, the app,
-    its routes and schemas) lives as long as the worker: moved out of the
-    collector's generations, a full collection no longer walks it, which on a
-    busy 2-core machine stopped every request in flight for 100-190 ms. Only
-    for server processes: a process that builds many apps (the tests) would
-    keep every one's cycles."""
-    gc.collect()
-    gc.freeze()

@@ -157,7 +157,8 @@ def with_scheduler(app: Litestar, settings: Settings) -> Litestar:
 def create_app_from_env() -> Litestar:
     """Factory for server workers: the app, with the scheduler when the
     settings ask for it (`loyalty serve --with-scheduler` passes it on)."""
-    from api.app import create_app, freeze_startup_heap
+    from api.app import create_app
+    from api.process_heap import freeze_startup_heap
 
     settings = Settings.from_env()
     app = create_app(settings)

@@ -60,7 +60,7 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, lanes, 
     points. A progress bar shows on a terminal."""
     from api.cli_support import actor as _actor
     from api.cli_support import run as _run
-    from api.process_heap import freeze_startup_heap
+    from api.process_heap import favour_throughput, freeze_startup_heap
     from partners.errors import InvalidPurchase
     from partners.import_formats import format_of
     from partners.imports import IMPORT_LANES, ImportSource, import_file, write_rejects
@@ -99,6 +99,7 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, lanes, 
 
         async def work(settings, ledger):
             freeze_startup_heap()  # a long run: its collections walk only its rows
+            favour_throughput()
             summary = await import_file(
                 Programme(ledger, settings.tier_period),
                 partner_id,

@@ -17,3 +17,12 @@ import gc
 def freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
+
+
+def favour_throughput() -> None:
+    """For a batch process, where no one waits on a pause: young collections
+    every 50,000 allocations instead of 700 (each walks more, about 20 ms
+    here, which a server's requests would feel), so the rows of the chunks in
+    flight are rarely walked again and again. A 200,000-row import spent 3.8 s
+    of 34 collecting, 0.8 s so."""
+    gc.set_threshold(50_000, 20, 100)

@@ -77,10 +77,14 @@ def servers(
     from api.embedded import EmbeddedPostgres, EmbeddedRedis, ensure_database, with_database
     from api.migrate import upgrade
 
-    def announcer(what: str, directory) -> Callable[[str], None]:
+    def announcer(what: str, directory, fresh: bool = False) -> Callable[[str], None]:
         def announce(action: str) -> None:
             if action == "starting":
-                click.echo(f"starting embedded {what} in {directory}", err=True)
+                # A command run from another directory finds no data under its
+                # ./.loyalty: say so, rather than answer from an empty ledger.
+                new = " (new and empty; LOYALTY_DATA_DIR names the data directory)"
+                told = f"starting embedded {what} in {directory}" + (new if fresh else "")
+                click.echo(told, err=True)
             elif announce_join:
                 click.echo(f"using embedded {what} in {directory} (already running)", err=True)
 
@@ -101,7 +105,8 @@ def servers(
         if settings.database_url is None:
             postgres = EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
             remember_database(f"the embedded PostgreSQL in {postgres.data_dir}")
-            admin_url, _ = postgres.start_or_join(announcer("PostgreSQL", postgres.data_dir))
+            fresh = not postgres.data_dir.exists()
+            admin_url, _ = postgres.start_or_join(announcer("PostgreSQL", postgres.data_dir, fresh))
             stack.callback(postgres.stop)  # the wheel stops it with its last user
             asyncio.run(ensure_database(admin_url, "loyalty"))
             settings = replace(settings, database_url=with_database(admin_url, "loyalty"))

@@ -314,6 +314,12 @@ def test_embedded_servers_are_announced_only_when_started(tmp_path):
     assert started.stderr == f"starting embedded PostgreSQL in {owner.data_dir}\n"
     assert started.stdout == f"database at revision {head_revision()} (head)\n"
     assert not owner.running()  # stopped by the process that started it
+    # Another data directory (a command run elsewhere): a new database, and said so.
+    elsewhere = loyalty_process(tmp_path / "elsewhere", "migrate")
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert elsewhere.stderr.endswith(
+        "(new and empty; LOYALTY_DATA_DIR names the data directory)\n"
+    ), elsewhere.stderr
 
 
 def test_a_bad_secret_key_is_a_configuration_error_before_anything_runs(database_url, tmp_path):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -40,6 +41,14 @@ settings.register_profile(
 def pytest_configure(config):
     if not config.getoption("hypothesis_profile", None):
         settings.load_profile("quick")
+    # A run stopped with SIGTERM (a CI timeout, `kill`) ends as Ctrl-C does:
+    # fixtures are torn down, so the embedded servers it started (PostgreSQL
+    # runs detached) and the databases it made do not outlive it.
+    signal.signal(signal.SIGTERM, _interrupted)
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
 
 
 def pytest_collection_modifyitems(items):

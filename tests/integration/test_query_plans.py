@@ -59,6 +59,7 @@ GROWING = frozenset(
         "member_tiers",
         "tier_changes",
         "partner_purchases",
+        "partner_references",
         "members",
         "idempotency_keys",
         "entry_reversals",

@@ -123,8 +123,10 @@ async def test_a_row_lock_held_too_long_is_a_503_and_posts_nothing(
 
 
 async def test_an_exhausted_pool_is_a_503(api_settings, engine, ledger, token, member):
+    # The pool timeout also bounds establishing a connection: 3 s, so that the
+    # parked requests connect in time while another test loads the machine.
     settings = dataclasses.replace(
-        api_settings, db_pool_size=1, db_pool_timeout_seconds=1, db_lock_timeout_ms=30_000
+        api_settings, db_pool_size=1, db_pool_timeout_seconds=3, db_lock_timeout_ms=30_000
     )
     adjust = functools.partial(
         TestClient.post, url="/v1/staff/adjustments", headers=token(), json=debit(member)
@@ -132,6 +134,11 @@ async def test_an_exhausted_pool_is_a_503(api_settings, engine, ledger, token, m
     # The synchronous client, called from threads: requests run side by side in
     # the app's own loop while this loop holds the lock.
     with TestClient(create_app(settings)) as client, LogRecords() as log:
+        # The pool's own connection made before the clock matters.
+        warm = await asyncio.to_thread(
+            client.get, f"/v1/staff/members/{member}/balances", headers=token()
+        )
+        assert warm.status_code == 200, warm.text
         async with engine.connect() as blocker:
             await blocker.execute(
                 text("SELECT 1 FROM balances WHERE account = :a FOR UPDATE"),

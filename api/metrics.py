@@ -271,8 +271,9 @@ class MeteredLedger(LedgerService):
     """The ledger service of the API: every entry a transaction of its posted
     is counted by kind once that transaction has committed (a failed or
     rolled-back one counts nothing, a retried one once, a replayed answer
-    nothing), whichever operation posted it: earnings, redemptions, reward
-    orders, claims, club fees, jobs run by the scheduler."""
+    nothing), whichever operation of the API posted it: earnings, redemptions,
+    reward orders, claims, club fees (the scheduler's jobs have a ledger of
+    their own, counted by `loyalty_job_*`)."""
 
     def committed(self, kinds) -> None:
         entries = metrics().entries

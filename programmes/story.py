@@ -162,7 +162,8 @@ async def load_once(
         raise DatabaseNotEmpty(
             "a programme loads into a database of its own, and this one holds members or "
             "partners already (the demo, another programme, or an interrupted load): "
-            "use an empty data directory, e.g. LOYALTY_DATA_DIR=./.loyalty-<programme>"
+            "use an empty database (LOYALTY_DATABASE_URL), or for the embedded one an "
+            "empty data directory (LOYALTY_DATA_DIR=./.loyalty-PROGRAMME)"
         )
     await define(ledger, registry)
     return await play(player(ledger, registry), story, lambda: members_available(ledger, members))

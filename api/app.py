@@ -11,12 +11,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import TokenVerifier
-from api.cache import BalanceCache, connect_redis, token_engine
+from api.cache import RATE_WINDOW, BalanceCache, connect_redis, token_engine
 from api.input_guard import reject_hostile_input
 from api.logs import litestar_logging
 from api.metrics import MeteredLedger, process_stopped
 from api.observability import ObservedLitestar
-from api.partner_auth import RATE_WINDOW
 from api.problems import EXCEPTION_HANDLERS
 from api.process_heap import freeze_startup_heap
 from api.replica import ReplicaReads

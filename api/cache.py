@@ -7,10 +7,12 @@ Redis Cluster), with fields `view` (the JSON the API answers), `versions` and
 build started) and `until` (when it stops being served, Unix seconds).
 
 The cache never decides freshness on its own: every read asks Redis for the
-hash and PostgreSQL for the member's current token at the same time (one
-indexed statement on an autocommit connection, one round trip) and answers
-the cached view only when its token is the current one and its `until` has
-not come. `until` is the earlier of the TTL (an upper bound on how long an
+hash (counting the member's request against their rate limit in the same
+command, `READ_COUNTED`), then PostgreSQL for the member's current token (one
+indexed statement on an autocommit connection, one round trip; read after the
+request started, so it covers every write committed before), and answers the
+cached view only when its token is the current one and its `until` has not
+come. `until` is the earlier of the TTL (an upper bound on how long an
 entry lives) and the time the view changes by time alone: when a lot's
 expiry comes into the 90-day window (the view's source says when). So a
 member whose balance does not change is served from Redis until then, however
@@ -45,7 +47,6 @@ Every read is counted (`loyalty_balance_cache_reads_total`, api/metrics.py):
 `hit`, `miss`, or `bypass` when Redis is not configured or failed on the read.
 """
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -61,6 +62,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.metrics import metrics
+from api.problems import ApiError
 from ledger.database import DatabaseLimits, create_engine
 
 log = logging.getLogger("loyalty.cache")
@@ -85,6 +87,25 @@ return 1
 """
 
 FIELDS = ("view", "versions", "tier", "until")
+
+# Rate limits (api/partner_auth.py `rate_limit`) are a fixed window per second:
+# KEYS[1] = the window's counter, ARGV[1] = its lifetime (s). One command: the
+# count, and the expiry when the window opens. A Redis that lost its scripts
+# (restarted, SCRIPT FLUSH) is sent them again by the client.
+RATE_WINDOW_SECONDS = 2
+COUNT_REQUEST = (
+    "local count = redis.call('INCR', KEYS[1]) "
+    "if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "
+)
+RATE_WINDOW = COUNT_REQUEST + "return count"
+# The balance read counts the member's request in the same command: KEYS[2] =
+# the member's hash, on the same slot as the window (both `{member:ID}`).
+READ_COUNTED = (
+    COUNT_REQUEST
+    + "local got = redis.call('HMGET', KEYS[2], "
+    + ", ".join(f"'{field}'" for field in FIELDS)
+    + ") return {count, got[1], got[2], got[3], got[4]}"
+)
 WARN_EVERY_SECONDS = 10.0
 TIMEOUT_SECONDS = 0.25  # every Redis call: beyond it, PostgreSQL answers
 # What a failed Redis call raises: the cluster client's routing errors (no node
@@ -110,6 +131,16 @@ def connect_redis(url: str, cluster: bool = False) -> Redis | RedisCluster:
 
 def key(member_id: str) -> str:
     return f"bal:{{member:{member_id}}}"
+
+
+def rate_window_key(scope: str) -> str:
+    """This second's window of `scope` (`partner:ID`, `member:ID`: its hash tag)."""
+    return f"rate:{{{scope}}}:{int(time.time())}"
+
+
+def refuse_over_limit(count: int, limit: int) -> None:
+    if count > limit:
+        raise ApiError("rate-limited", f"more than {limit} requests per second", retry_after=1)
 
 
 def token_engine(
@@ -155,6 +186,7 @@ class BalanceCache:
         self.clock = clock
         self.replica = replica  # where misses are built when it is fresh enough
         self._fill = redis.register_script(FILL) if redis is not None else None
+        self._read_counted = redis.register_script(READ_COUNTED) if redis is not None else None
         self._warned_at = float("-inf")
         self.hits = self.misses = 0
 
@@ -163,16 +195,19 @@ class BalanceCache:
         body, source = await self.read(member_id)
         return body, source == CACHE
 
-    async def read(self, member_id: str) -> tuple[bytes, str]:
+    async def read(self, member_id: str, rate_limit: int | None = None) -> tuple[bytes, str]:
         """The member's balance view as JSON, and where it came from: `cache`,
-        `replica` or `primary`."""
+        `replica` or `primary`. With `rate_limit`, the member's request is
+        counted in their window in the same Redis command as the read, and
+        one over the limit is `429 rate-limited` before PostgreSQL is asked."""
         reads = metrics().cache_reads
         if self.redis is None:
             reads.labels("bypass").inc()
             token = await self.current_token(member_id) if self.replica is not None else None
             return await self._build(member_id, fill=False, token=token)
         started = self.clock()
-        cached, token = await asyncio.gather(self._get(member_id), self.current_token(member_id))
+        cached = await self._get(member_id, rate_limit)
+        token = await self.current_token(member_id)
         if cached is not None and self._valid(cached, token, started):
             self.hits += 1
             reads.labels("hit").inc()
@@ -223,13 +258,21 @@ class BalanceCache:
             await self.fill(member_id, token, body, built_at, until)
         return body, where
 
-    async def _get(self, member_id: str) -> list | None:
-        """The cached fields (each None when absent); None when Redis failed."""
+    async def _get(self, member_id: str, rate_limit: int | None = None) -> list | None:
+        """The cached fields (each None when absent); None when Redis failed
+        (and then no limit is enforced: limits protect capacity, not
+        correctness)."""
         try:
-            return await self.redis.hmget(key(member_id), FIELDS)
+            if rate_limit is None:
+                return await self.redis.hmget(key(member_id), FIELDS)
+            window = rate_window_key(f"member:{member_id}")
+            keys, args = [window, key(member_id)], [RATE_WINDOW_SECONDS]
+            count, *fields = await self._read_counted(keys=keys, args=args)
         except REDIS_ERRORS as error:
             self._failed(error)
             return None
+        refuse_over_limit(count, rate_limit)
+        return fields
 
     async def fill(
         self, member_id: str, token: Token, view: bytes, built_at: float, until: float

@@ -32,8 +32,9 @@ answers by signing the call again (its Idempotency-Key keeps it posted once).
 
 Rate limits, per partner here (the contract's `requests_per_second`, else
 the service's default) and per member (api/routes/member.py) through the same
-`rate_limit`, are a Redis fixed window, one command (the `RATE_WINDOW`
-script: INCR, and EXPIRE when the window opens); without Redis they are not
+`rate_limit`, are a Redis fixed window, one command (api/cache.py
+`RATE_WINDOW`: INCR, and EXPIRE when the window opens; a member's balance read
+counts its request in the read's own command); without Redis they are not
 enforced (they protect capacity, not correctness). The window is one key
 hash-tagged by its scope (`rate:{partner:ID}:SECOND`), so on Redis Cluster the
 script runs on the node owning it.
@@ -44,7 +45,7 @@ import time
 from litestar.connection import ASGIConnection
 from sqlalchemy import text
 
-from api.cache import REDIS_ERRORS
+from api.cache import RATE_WINDOW_SECONDS, REDIS_ERRORS, rate_window_key, refuse_over_limit
 from api.partner_requests import STORED_ANSWER, StoredAnswer
 from api.problems import ApiError
 from ledger.database import once_more_if_dropped
@@ -111,28 +112,17 @@ async def _record_and_check(
     return await once_more_if_dropped(run)
 
 
-# KEYS[1] = the window's counter; ARGV[1] = its lifetime (s). A Redis that lost
-# its scripts (restarted, SCRIPT FLUSH) is sent it again by the client.
-RATE_WINDOW = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return count
-"""
-
-
 async def rate_limit(connection: ASGIConnection, scope: str, limit: int) -> None:
     """At most `limit` requests per second for `scope` (`partner:ID`, `member:ID`),
     else `429 rate-limited` with Retry-After. The scope is the key's hash tag."""
     window = connection.app.state.rate_window
     if window is None:
         return
-    key = f"rate:{{{scope}}}:{int(time.time())}"
     try:
-        count = await window(keys=[key], args=[2])
+        count = await window(keys=[rate_window_key(scope)], args=[RATE_WINDOW_SECONDS])
     except REDIS_ERRORS:  # a cluster's routing errors too
         return
-    if count > limit:
-        raise ApiError("rate-limited", f"more than {limit} requests per second", retry_after=1)
+    refuse_over_limit(count, limit)
 
 
 async def _known_key(connection: ASGIConnection, cache: SigningKeyCache, key_id: str) -> KnownKey:

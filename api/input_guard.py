@@ -32,6 +32,7 @@ from litestar.params import HeaderParameter, ParameterKwarg, PathParameter, Quer
 from litestar.typing import FieldDefinition
 
 from api.problems import ApiError
+from ledger.idempotency import check_key
 from partners.registry import ContractInput, PartnerInput
 from partners.rulebook import TierInput
 from partners.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -180,14 +181,13 @@ def _header_problems(connection: ASGIConnection) -> Iterator[dict]:
     for name, value in connection.headers.items():
         if "\x00" in value:
             yield {"source": "header", "key": name, "message": f"{name} contains a NUL character"}
-    for name in ("idempotency-key", KEY_ID_HEADER.lower()):
-        value = connection.headers.get(name)
-        if value is not None and len(value) > MAX_PARAMETER_LENGTH:
-            yield {
-                "source": "header",
-                "key": name,
-                "message": f"{name} is longer than {MAX_PARAMETER_LENGTH} characters",
-            }
+    value = connection.headers.get(KEY_ID_HEADER.lower())
+    if value is not None and len(value) > MAX_PARAMETER_LENGTH:
+        yield {
+            "source": "header",
+            "key": KEY_ID_HEADER.lower(),
+            "message": f"{KEY_ID_HEADER.lower()} is longer than {MAX_PARAMETER_LENGTH} characters",
+        }
 
 
 def _pointer(parent: str, key: object) -> str:
@@ -229,7 +229,12 @@ def _body_problems(body: object, data_type: object) -> Iterator[dict]:
 
 
 async def reject_hostile_input(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """App-wide guard: 422 `invalid-input` for any value no column could take."""
+    """App-wide guard: 422 `invalid-input` for any value no column could take;
+    an `Idempotency-Key` sent but malformed (empty, over 255 characters, not
+    printable) is `400 invalid-idempotency-key` on every route, before
+    anything reads it."""
+    if (sent_key := connection.headers.get("idempotency-key")) is not None:
+        check_key(sent_key)
     found = [
         *_path_problems(connection, handler),
         *_query_problems(connection, handler),

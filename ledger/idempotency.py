@@ -60,8 +60,14 @@ class IdempotencyKey:
     outcome: KeyOutcome = field(default_factory=KeyOutcome, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.key or len(self.key) > 255 or not self.key.isprintable():
-            raise InvalidIdempotencyKey("an idempotency key is 1-255 printable characters")
+        check_key(self.key)
+
+
+def check_key(key: str) -> str:
+    """An idempotency key as a caller sent it: 1-255 printable characters."""
+    if not key or len(key) > 255 or not key.isprintable():
+        raise InvalidIdempotencyKey("an idempotency key is 1-255 printable characters")
+    return key
 
 
 def fingerprint(operation: str, command: object) -> str:

@@ -55,6 +55,7 @@ MAX_RETURN_WINDOW_DAYS = 365
 MAX_LATE_SUBMISSION_DAYS = 730
 MAX_FUTURE_TOLERANCE_SECONDS = 86_400
 MAX_PRICE_PER_POINT = Decimal(1000)  # currency units; far beyond any real contract
+PRICE_PLACES = 6  # a millionth of a currency unit per point: far finer than any contract
 MAX_MONEY_MINOR = 10**15
 MAX_REQUESTS_PER_SECOND = 1_000_000
 
@@ -300,9 +301,11 @@ def _check_terms(terms: dict) -> None:
     for field in ("price_per_point", "redemption_value"):
         value = terms[field]
         require(
-            value.is_finite() and 0 <= value <= MAX_PRICE_PER_POINT,
+            value.is_finite()
+            and 0 <= value <= MAX_PRICE_PER_POINT
+            and value.normalize().as_tuple().exponent >= -PRICE_PLACES,
             field,
-            f"between 0 and {MAX_PRICE_PER_POINT}",
+            f"between 0 and {MAX_PRICE_PER_POINT}, with at most {PRICE_PLACES} decimal places",
         )
     limit = terms["credit_limit_minor"]
     require(

@@ -36,6 +36,7 @@ from sqlalchemy import exc as sqlalchemy_errors
 from api.auth import Principal, provide_principal, require_staff
 from api.input_guard import PathText
 from api.routes.finance import EXPORT_CONNECTIONS, EXPORT_RETRY_AFTER_SECONDS, export_pool
+from api.strict_body import strict_json_body
 from finance.errors import ExportsBusy
 from finance.settlement import (
     Statement,
@@ -156,7 +157,7 @@ async def get_settlement_entries(request: Request, number: PathText) -> Stream:
 finance_settlement_router = Router(
     path="/v1/finance/settlements",
     route_handlers=[run_settlement, list_settlements, get_settlement, get_settlement_entries],
-    guards=[require_staff("finance")],
+    guards=[require_staff("finance"), strict_json_body],
     dependencies={"staff": Provide(provide_principal, sync_to_thread=False)},
     tags=["finance"],
     security=[{"bearer": []}],

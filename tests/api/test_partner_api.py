@@ -312,6 +312,11 @@ async def test_suspended_partner_blocked_card_and_missing_key(client, shop, ledg
         "/v1/partner/earn", json=earn_body(shop, "M-1", 100), auth=shop.auth()
     )
     assert missing.json()["type"] == "/problems/idempotency-key-missing"
+    malformed = await post(client, shop, "/v1/partner/earn", earn_body(shop, "M-1", 100), "a\tb")
+    assert (malformed.status_code, malformed.json()["type"]) == (
+        400,
+        "/problems/invalid-idempotency-key",
+    )
     await shop.registry.block_card(shop.member_id, shop.card, "staff:tests")
     blocked = await post(client, shop, "/v1/partner/earn", earn_body(shop, "M-2", 100))
     assert (blocked.status_code, blocked.json()["type"]) == (422, "/problems/card-blocked")

@@ -531,6 +531,8 @@ async def test_contract_versions_with_effective_dates(client, open_shop, token, 
         ({"effective_from": "2026-01-01T00:00:00"}, "effective_from"),
         ({"effective_from": now.isoformat(), "return_window_days": 400}, "return_window_days"),
         ({"effective_from": now.isoformat(), "price_per_point": "-1"}, "price_per_point"),
+        ({"effective_from": now.isoformat(), "price_per_point": "1e-400"}, "price_per_point"),
+        ({"effective_from": now.isoformat(), "redemption_value": "0.0000001"}, "redemption_value"),
         ({"effective_from": now.isoformat(), "credit_limit_minor": -5}, "credit_limit_minor"),
     ):
         bad = await client.post(f"{path}/contracts", headers=admin, json=body)

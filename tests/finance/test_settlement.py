@@ -283,6 +283,18 @@ async def test_api_refusals_change_nothing(month, api):
     for body, status, code in cases:
         answer = await client.post("/v1/finance/settlements", json=body, headers=finance)
         assert problem_of(answer) == (status, f"/problems/{code}"), body
+    # A body as text, or with a string for a boolean, is never read loosely.
+    issuable = {"partner_id": "fuelstation", "period": "2026-04"}
+    for body, media, status, code in (
+        (issuable, "text/plain", 415, "unsupported-media-type"),
+        ({**issuable, "reissue": "false"}, "application/json", 400, "validation-error"),
+    ):
+        answer = await client.post(
+            "/v1/finance/settlements",
+            content=json.dumps(body),
+            headers={**finance, "Content-Type": media},
+        )
+        assert problem_of(answer) == (status, f"/problems/{code}"), body
     assert await statements(month.engine) == before
 
 

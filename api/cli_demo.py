@@ -17,6 +17,7 @@ DEFAULT_SEED = 1
 
 def generate_demo(members: int | None, months: int | None, seed: int | None) -> None:
     """Generate the demo (defaults for what is not given) and print its summary."""
+    from api.process_heap import batch_collector
     from api.progress import progress_for
     from simulation.loader import generate
     from simulation.model import DemoConfig
@@ -30,14 +31,15 @@ def generate_demo(members: int | None, months: int | None, seed: int | None) -> 
     with database(load_settings()) as settings:
 
         async def work(ledger):
-            return await generate(
-                ledger.engine,
-                partner_registry(settings, ledger),
-                config,
-                ledger.config,
-                settings.tier_period,
-                progress_for(sys.stderr),
-            )
+            with batch_collector():
+                return await generate(
+                    ledger.engine,
+                    partner_registry(settings, ledger),
+                    config,
+                    ledger.config,
+                    settings.tier_period,
+                    progress_for(sys.stderr),
+                )
 
         summary = asyncio.run(with_ledger(settings, work))
     for label, value in summary.lines():

@@ -60,7 +60,7 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, lanes, 
     points. A progress bar shows on a terminal."""
     from api.cli_support import actor as _actor
     from api.cli_support import run as _run
-    from api.process_heap import favour_throughput, freeze_startup_heap
+    from api.process_heap import batch_collector
     from partners.errors import InvalidPurchase
     from partners.import_formats import format_of
     from partners.imports import IMPORT_LANES, ImportSource, import_file, write_rejects
@@ -98,18 +98,17 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, lanes, 
                 bar.update(max(0, done - bar.pos), summary)
 
         async def work(settings, ledger):
-            freeze_startup_heap()  # a long run: its collections walk only its rows
-            favour_throughput()
-            summary = await import_file(
-                Programme(ledger, settings.tier_period),
-                partner_id,
-                source,
-                fmt,
-                actor=_actor(),
-                chunk_size=chunk_size,
-                lanes=lanes or IMPORT_LANES,
-                progress=progress,
-            )
+            with batch_collector():  # a long run: its collections walk only its rows
+                summary = await import_file(
+                    Programme(ledger, settings.tier_period),
+                    partner_id,
+                    source,
+                    fmt,
+                    actor=_actor(),
+                    chunk_size=chunk_size,
+                    lanes=lanes or IMPORT_LANES,
+                    progress=progress,
+                )
             return summary, await write_rejects(ledger.engine, summary.import_id, rejects_path)
 
         summary, rejects = _run(work)

@@ -85,6 +85,12 @@ async def lock_budgets(conn: AsyncConnection, ids: list[int], lock: bool) -> dic
     return {r.id: r for r in rows}
 
 
+def _arrays(rows: Sequence[tuple], **positions: int) -> dict[str, list]:
+    """Array parameters for `unnest`: under each name, the rows' values at its
+    position."""
+    return {name: [row[i] for row in rows] for name, i in positions.items()}
+
+
 async def read_members(
     conn: AsyncConnection,
     partner_id: str,
@@ -261,12 +267,7 @@ async def record_call(
         )
         params.update(
             partner=partner_id,
-            refs=[p[0] for p in purchases],
-            buyers=[p[1] for p in purchases],
-            entries=[p[2] for p in purchases],
-            currencies=[p[3] for p in purchases],
-            totals=[p[4] for p in purchases],
-            times=[p[5] for p in purchases],
+            **_arrays(purchases, refs=0, buyers=1, entries=2, currencies=3, totals=4, times=5),
         )
     if budget_used:
         parts.append(
@@ -298,11 +299,7 @@ async def record_call(
             "AS t(c, m, e) WHERE mc.coupon_id = t.c AND mc.member_id = t.m "
             "AND mc.used_at IS NULL)"
         )
-        params.update(
-            coupons=[c for c, _, _ in used],
-            coupon_members=[m for _, m, _ in used],
-            coupon_entries=[e for _, _, e in used],
-        )
+        params.update(_arrays(used, coupons=0, coupon_members=1, coupon_entries=2))
     if changes:
         final = {m: (to, at, until) for m, at, _, _, _, to, until, _ in changes}
         members = sorted(final)
@@ -325,13 +322,7 @@ async def record_call(
             tier_codes=[final[m][0] for m in members],
             tier_times=[final[m][1] for m in members],
             tier_untils=[final[m][2] for m in members],
-            cm=[c[0] for c in changes],
-            cfrom=[c[3] for c in changes],
-            cto=[c[5] for c in changes],
-            creason=[c[7] for c in changes],
-            cat=[c[1] for c in changes],
-            centry=[c[2] for c in changes],
-            cprevious=[c[4] for c in changes],
+            **_arrays(changes, cm=0, cat=1, centry=2, cfrom=3, cprevious=4, cto=5, creason=7),
         )
     if stored is not None:
         parts.append(f"stored AS ({STORE_RESULT})")

@@ -42,6 +42,18 @@ async def balances(conn: AsyncConnection, member_id: str) -> Balances:
     )
 
 
+def qp_in_period(member: str, start: str, end: str) -> str:
+    """SQL for the QP a member's entries effective in [start, end) moved, as a
+    scalar subquery over three SQL expressions (parameters or outer columns):
+    an index-only range read of `member_qp_movements`, whatever the member's
+    history before the period."""
+    return (
+        "(SELECT coalesce(sum(qpm.amount), 0)::bigint FROM member_qp_movements qpm "
+        f"WHERE qpm.member_id = {member} AND qpm.effective_at >= {start} "
+        f"AND qpm.effective_at < {end})"
+    )
+
+
 async def points_sent_since(conn: AsyncConnection, member_id: str, since: datetime) -> int:
     """Points a member has sent by transfer since `since`, fees included."""
     return (

@@ -191,12 +191,11 @@ class Settlements:
             )
         qp_times = await conn.execute(
             text(
-                "SELECT e.effective_at AS at, sum(p.amount)::bigint AS qp FROM postings p "
-                "JOIN journal_entries e ON e.id = p.entry_id "
-                "WHERE p.member_id = :m AND p.account = :account "
-                "GROUP BY e.effective_at HAVING sum(p.amount) <> 0 ORDER BY 1"
+                "SELECT effective_at AS at, sum(amount)::bigint AS qp "
+                "FROM member_qp_movements WHERE member_id = :m "
+                "GROUP BY effective_at HAVING sum(amount) <> 0 ORDER BY 1"
             ),
-            {"m": source, "account": member_account(source, "qp")},
+            {"m": source},
         )
         for earned in qp_times.all():
             await post(

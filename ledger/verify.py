@@ -3,10 +3,11 @@
 Checks that every entry balances per asset with at least two postings, that
 every balance equals the sum of its postings, that lots add up to each
 member's available points, that pending points and open holds add up to the
-pending and held balances, that only a clawback leaves a member in debt, and
-that every partner reference an entry carries is claimed by that entry in
-`partner_references` (the table that keeps references unique, migration
-0013) and every claim names an entry carrying that reference.
+pending and held balances, that only a clawback leaves a member in debt, that
+each member's QP movements (migration 0025) mirror their QP postings at their
+entries' effective times, and that every partner reference an entry carries is
+claimed by that entry in `partner_references` (the table that keeps references
+unique, migration 0013) and every claim names an entry carrying that reference.
 """
 
 from dataclasses import dataclass, field
@@ -65,6 +66,21 @@ CHECKS: dict[str, str] = {
         WHERE b.account LIKE 'member:%:available' AND b.asset = 'PTS' AND b.balance < 0
         AND NOT EXISTS (SELECT 1 FROM postings p JOIN journal_entries e ON e.id = p.entry_id
                         WHERE p.account = b.account AND p.amount < 0 AND e.kind = 'reverse')""",
+    "QP movements that differ from the postings they mirror": """
+        WITH p AS (SELECT p.entry_id, p.member_id, e.effective_at, sum(p.amount) AS amount
+                   FROM postings p JOIN journal_entries e ON e.id = p.entry_id
+                   WHERE p.asset = 'QP' AND p.member_id IS NOT NULL
+                   GROUP BY 1, 2, 3 HAVING sum(p.amount) <> 0),
+             m AS (SELECT entry_id, member_id, effective_at, sum(amount) AS amount,
+                          count(*) AS n
+                   FROM member_qp_movements GROUP BY 1, 2, 3)
+        SELECT 'entry ' || coalesce(p.entry_id, m.entry_id) || ' member '
+               || coalesce(p.member_id, m.member_id) || ': postings '
+               || coalesce(p.amount, 0) || ' QP, movements ' || coalesce(m.amount, 0)
+               || ' QP in ' || coalesce(m.n, 0) || ' row(s)'
+        FROM p FULL JOIN m ON m.entry_id = p.entry_id AND m.member_id = p.member_id
+                           AND m.effective_at = p.effective_at
+        WHERE p.amount IS DISTINCT FROM m.amount OR m.n > 1""",
     "reversals beyond their original": """
         SELECT 'entry ' || entry_id || ': reversed ' || reversed || ' of ' || reversible
         FROM entry_reversals WHERE reversed > reversible""",

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.idempotency import STORE_RESULT
 from ledger.journal import member_mutex_cte
+from ledger.queries import qp_in_period
 from ledger.statements import statement
 
 
@@ -121,11 +122,9 @@ async def read_members(
                 "SELECT 1 FROM partner_references c WHERE c.partner_id = :p "
                 "AND c.partner_reference = r UNION ALL SELECT 1 FROM partner_purchases pp "
                 "WHERE pp.partner_id = :p AND pp.partner_reference = r LIMIT 1) AS hit) AS taken, "
-                "(SELECT json_agg(json_build_array(q.m, q.s, q.e, (SELECT "
-                "coalesce(sum(p.amount), 0)::bigint FROM postings p JOIN journal_entries j "
-                "ON j.id = p.entry_id WHERE p.member_id = q.m "
-                "AND p.account = 'member\\:' || q.m || '\\:qp' AND j.effective_at >= q.s "
-                "AND j.effective_at < q.e))) FROM unnest(CAST(:qm AS text[]), "
+                "(SELECT json_agg(json_build_array(q.m, q.s, q.e, "
+                + qp_in_period("q.m", "q.s", "q.e")
+                + ")) FROM unnest(CAST(:qm AS text[]), "
                 "CAST(:qs AS timestamptz[]), CAST(:qe AS timestamptz[])) AS q(m, s, e)) "
                 "AS period_qp, "
                 # A cap counts an earning's rule points (base and category

@@ -15,7 +15,8 @@ from typing import NamedTuple
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.accounts import check_id, member_account
+from ledger.accounts import check_id
+from ledger.queries import qp_in_period
 from partners import rulebook
 from partners.tiers import (
     BASE_TIER,
@@ -57,18 +58,8 @@ class Tiering:
         start, end = period
         return (
             await conn.execute(
-                text(
-                    "SELECT coalesce(sum(p.amount), 0)::bigint FROM postings p "
-                    "JOIN journal_entries e ON e.id = p.entry_id WHERE p.member_id = :m "
-                    "AND p.account = :account AND e.effective_at >= :start "
-                    "AND e.effective_at < :end"
-                ),
-                {
-                    "m": member_id,
-                    "account": member_account(member_id, "qp"),
-                    "start": start,
-                    "end": end,
-                },
+                text("SELECT " + qp_in_period(":m", ":start", ":end")),
+                {"m": member_id, "start": start, "end": end},
             )
         ).scalar_one()
 
@@ -208,11 +199,9 @@ class Tiering:
             rows = (
                 await conn.execute(
                     text(
-                        "SELECT t.member_id, t.tier_code, t.valid_until, (SELECT "
-                        "coalesce(sum(p.amount), 0)::bigint FROM postings p JOIN "
-                        "journal_entries e ON e.id = p.entry_id WHERE p.member_id = t.member_id "
-                        "AND p.account = 'member\\:' || t.member_id || '\\:qp' "
-                        "AND e.effective_at >= :start AND e.effective_at < :end) AS qp "
+                        "SELECT t.member_id, t.tier_code, t.valid_until, "
+                        + qp_in_period("t.member_id", ":start", ":end")
+                        + " AS qp "
                         "FROM member_tiers t WHERE t.member_id = ANY(CAST(:members AS text[])) "
                         "AND t.valid_until <= :now ORDER BY t.member_id FOR UPDATE OF t"
                     ),

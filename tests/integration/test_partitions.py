@@ -64,10 +64,15 @@ ROW_TRIGGERS = {
     "lot_movements": ["lot_movements_append_only"],
 }
 # Statement-level, on the parent alone (0010, 0014; 0015: the period close;
-# 0023: the party and lot movement checks).
+# 0023: the party and lot movement checks; 0025: the QP movements).
 STATEMENT_TRIGGERS = {
     "journal_entries": ["journal_entries_closed_periods", "journal_entries_partners_registered"],
-    "postings": ["postings_balance_per_asset", "postings_closed_periods", "postings_entry_exists"],
+    "postings": [
+        "postings_balance_per_asset",
+        "postings_closed_periods",
+        "postings_entry_exists",
+        "postings_qp_movements",
+    ],
     "lot_movements": ["lot_movements_entry_exists", "lot_movements_lot_exists"],
 }
 # Checked per statement instead of by a foreign key (migrations 0014, 0023).

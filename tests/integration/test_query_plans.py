@@ -39,6 +39,7 @@ from partners.programme import Programme
 from partners.registry import PartnerInput, Registry, SecretBox
 from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
 from tests.conftest import TEST_SECRET_KEY
+from tests.plans import relations
 
 pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)
 
@@ -63,6 +64,7 @@ GROWING = frozenset(
         "members",
         "idempotency_keys",
         "entry_reversals",
+        "member_qp_movements",
     }
 )
 # (operation, table) plans accepted as they are, with the reason.
@@ -239,6 +241,11 @@ SELECT partner_id, partner_reference, id FROM journal_entries WHERE partner_refe
 INSERT INTO postings (entry_id, account, asset, amount, member_id)
 SELECT e.id, p.account, p.asset, p.amount, p.member_id
 FROM s_postings p JOIN plans_entry_ids e ON e.old = p.entry_id;
+-- What the QP movements trigger (0025) writes, off with the other triggers here.
+INSERT INTO member_qp_movements (entry_id, member_id, effective_at, amount)
+SELECT p.entry_id, p.member_id, e.effective_at, sum(p.amount)
+FROM postings p JOIN journal_entries e ON e.id = p.entry_id
+WHERE p.asset = 'QP' AND p.member_id IS NOT NULL GROUP BY 1, 2, 3;
 INSERT INTO lots (id, member_id, source_entry_id, earn_entry_id, amount, remaining, earned_at,
     expires_at, source)
 SELECT li.id, l.member_id, se.id, ee.id, l.amount, l.remaining, l.earned_at, l.expires_at,
@@ -304,7 +311,8 @@ def trigger_queries() -> list[tuple[str, str, tuple]]:
     """What the triggers run: the statement-level balance check (migration
     0010, its transition table stood in for by a one-row list), the deferred
     ones at commit (0001 and 0004), the party checks of the balance rows and
-    entries a statement wrote (0023; the lot movements' references too)."""
+    entries a statement wrote (0023; the lot movements' references too), the
+    QP movements' record (0025)."""
     earned = entry("earn", 101)
     return [
         (
@@ -317,6 +325,17 @@ def trigger_queries() -> list[tuple[str, str, tuple]]:
             "AS unbalanced FROM per_asset GROUP BY entry_id) SELECT entry_id, postings, "
             "unbalanced FROM per_entry WHERE postings < 2 OR unbalanced IS NOT NULL LIMIT 1",
             (earned,),
+        ),
+        (
+            "trigger record_qp_movements",
+            "INSERT INTO member_qp_movements (entry_id, member_id, effective_at, amount) "
+            "SELECT i.entry_id, i.member_id, e.effective_at, sum(i.amount) "
+            "FROM (VALUES (CAST($1 AS bigint), CAST($2 AS text), 'QP', 10::bigint)) "
+            "AS i(entry_id, member_id, asset, amount) JOIN journal_entries e "
+            "ON e.id = i.entry_id WHERE i.asset = 'QP' AND i.member_id IS NOT NULL "
+            "GROUP BY i.entry_id, i.member_id, e.effective_at HAVING sum(i.amount) <> 0 "
+            "ORDER BY i.member_id",
+            (earned, "seed-000101"),
         ),
         (
             "trigger check_entry_balances",
@@ -458,14 +477,6 @@ async def explain(conn, sql: str, parameters, form: str):
         value = rows[0][0]
         return (json.loads(value) if isinstance(value, str) else value)[0]["Plan"]
     return "\n".join("      " + row[0] for row in rows)
-
-
-def relations(plan: dict) -> set[str]:
-    """Every table and partition the plan reads."""
-    found = {plan["Relation Name"]} if "Relation Name" in plan else set()
-    for child in plan.get("Plans", ()):
-        found |= relations(child)
-    return found
 
 
 def listed(listing: dict, name: str, table: str) -> tuple[str, str] | None:

@@ -19,6 +19,7 @@ from sqlalchemy import event, text
 from ledger.database import create_engine
 from partners.accrual_sql import read_members
 from tests.conftest import own_database
+from tests.plans import rows_touched
 
 REFERENCES = 50_000
 ASKED = 1_000
@@ -28,21 +29,6 @@ ASKED = 1_000
 def stale_url(server_url):
     with own_database(server_url, "loyalty_refs") as url:
         yield url
-
-
-def rows_touched(plan: dict, tables: set[str]) -> int:
-    """Rows the plan's nodes on `tables` produced or threw away, over all loops."""
-    touched = 0
-    if plan.get("Relation Name") in tables:
-        per_loop = (
-            plan.get("Actual Rows", 0)
-            + plan.get("Rows Removed by Filter", 0)
-            + plan.get("Rows Removed by Index Recheck", 0)
-        )
-        touched += per_loop * plan.get("Actual Loops", 1)
-    for child in plan.get("Plans", ()):
-        touched += rows_touched(child, tables)
-    return touched
 
 
 async def test_used_references_are_probed_one_by_one_whatever_the_statistics(stale_url):

@@ -262,6 +262,16 @@ def main() -> None:
     balance.add_argument("--duration", type=float, default=10.0)
     expire = sub.add_parser("expire", help="expire-points against bare INSERT ... SELECT + UPDATE")
     expire.add_argument("--members", type=int, default=100_000, help="the issue's figure: 1000000")
+    release = sub.add_parser(
+        "release", help="release-pending against bare INSERT ... SELECT + UPDATE"
+    )
+    release.add_argument("--members", type=int, default=100_000, help="the issue's figure: 1000000")
+    requalify = sub.add_parser(
+        "requalify", help="requalify-tiers against bare INSERT ... SELECT + UPDATE"
+    )
+    requalify.add_argument(
+        "--members", type=int, default=100_000, help="the issue's figure: 1000000"
+    )
     batch = sub.add_parser("batch", help="batch earn against COPY of the same rows")
     batch.add_argument("--members", type=int, default=10_000)
     batch.add_argument("--batch", type=int, default=1_000)
@@ -350,10 +360,10 @@ def main() -> None:
             from loadtests.insights_bench import bench_insights
 
             asyncio.run(bench_insights(url, args.members, args.months, args.seed))
-        elif args.scenario == "expire":
-            from loadtests.jobs_bench import bench_expire
+        elif args.scenario in ("expire", "release", "requalify"):
+            from loadtests.jobs_bench import JOBS, bench_job
 
-            asyncio.run(bench_expire(url, args.members))
+            asyncio.run(bench_job(url, args.members, JOBS[args.scenario]))
         else:
             redis_url = os.environ.get("LOYALTY_BENCH_REDIS_URL") or os.environ.get(
                 "LOYALTY_REDIS_URL"

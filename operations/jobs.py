@@ -119,16 +119,22 @@ class RequalifyTiers:
         programme = Programme(ledger, self.tier_period)
         done = 0
         left = (await self.due(as_of)).items
+        counted = done + left  # when to count again: once the counted ones are done
         while left:
             count = await programme.requalify_tiers(limit=self.batch)
             if not count:
                 break
             done += count
             on_batch(Batch(count, 0))
+            if done < counted:
+                continue
+            # Counted once per round, not per pass (a count of a million
+            # statuses per pass of a thousand made the run quadratic).
             before, left = left, (await self.due(as_of)).items
+            counted = done + left
             if left >= before:
-                # A pass that changed nothing (a status whose tier is no longer
-                # defined is skipped each time): what is left is reported.
+                # A round that left as many due as it found: what is left is
+                # reported rather than tried forever.
                 break
         return done
 

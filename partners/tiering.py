@@ -180,8 +180,11 @@ class Tiering:
                 (
                     await conn.execute(
                         text(
+                            # Most overdue first, along the valid_until index: a
+                            # pass reads its batch, not every status still due
+                            # (ordered by member, each pass sorted all of them).
                             "SELECT member_id FROM member_tiers WHERE valid_until <= :now "
-                            "ORDER BY member_id LIMIT :limit"
+                            "ORDER BY valid_until LIMIT :limit"
                         ),
                         {"now": now, "limit": limit},
                     )

@@ -31,7 +31,7 @@ from ledger.jobs import Batch
 from ledger.partitions import PARTITIONED, partitions
 from ledger.service import LedgerConfig, LedgerService
 from ledger.verify import verify
-from operations.jobs import CreatePartitions
+from operations.jobs import CreatePartitions, RequalifyTiers
 from operations.runner import JobRunner, job_lock
 from operations.schedule import Scheduler
 from partners.registry import PartnerInput, Registry, SecretBox
@@ -75,7 +75,9 @@ def cli(database, tmp_path):
 
 def ledger_at(engine, when: datetime | None = None) -> LedgerService:
     """A ledger whose clock says `when` (default: the real clock)."""
-    return LedgerService(engine, CONFIG, clock=(lambda: when) if when else None)
+    if when is None:
+        return LedgerService(engine, CONFIG)
+    return LedgerService(engine, CONFIG, clock=lambda: when)
 
 
 def runner(engine, ledger: LedgerService | None = None) -> JobRunner:
@@ -563,3 +565,42 @@ async def test_a_killed_run_leaves_a_record_of_the_batches_it_committed(engine):
     # Seen through the staff API as well: how far the killed run got.
     latest = (await RunLog(engine).latest(["expire-holds"]))["expire-holds"]
     assert (latest.id, latest.processed, latest.finished_at) == (run.id, 80, None)
+
+
+async def test_requalification_runs_in_passes_until_no_status_is_due(engine):
+    """Passes of `batch` statuses, the longest overdue first, until none is
+    due: each member requalified once, on what last year's QP give."""
+    partner, ids = await enrol(engine, 12)
+    ledger = ledger_at(engine)
+    rules = Rulebook(ledger)
+    await rules.put_tier("silver", TierInput("Silver", 1, 1000, Decimal("1.25")), "staff:tests")
+    last_year = datetime(datetime.now(UTC).year - 1, 6, 1, tzinfo=UTC)
+    qp = {m: 1_500 if i % 2 else 10 for i, m in enumerate(ids)}  # keep silver, or drop
+    await in_chunks(
+        ledger.earn(Earn.simple(m, partner, f"q-{m}", 1, qp[m], effective_at=last_year))
+        for m in ids
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO member_tiers (member_id, tier_code, qualified_at, valid_until) "
+                "SELECT m, 'silver', :at, CAST(:now AS timestamptz) - n * interval '1 hour' "
+                "FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS t(m, n)"
+            ),
+            {"ids": ids, "at": last_year, "now": datetime.now(UTC)},
+        )
+    passes: list[Batch] = []
+    job = RequalifyTiers(ledger, "calendar", batch=5)
+    assert await job.run(None, passes.append) == 12
+    assert [p.items for p in passes] == [5, 5, 2]
+    assert (await job.due(None)).items == 0
+    async with engine.connect() as conn:
+        changes = (
+            await conn.execute(
+                text("SELECT member_id, to_tier FROM tier_changes ORDER BY id"),
+            )
+        ).all()
+    # One change each, the longest overdue (the last enrolled) in the first pass.
+    assert {c.member_id for c in changes[:5]} == set(ids[-5:])
+    assert sorted(changes) == sorted((m, "silver" if qp[m] >= 1000 else "base") for m in ids)
+    await assert_verified(engine)

@@ -129,6 +129,17 @@ class EntryDraft:
     reverses_entry_id: int | None = None
     hold_id: int | None = None
     lot_effects: Mapping[str, LotEffect] = field(default_factory=dict)
+    # An earning held back until then: what the entry posts to the member's
+    # `pending` account becomes a pending earning (pending_points), written
+    # in the posting statement itself.
+    pending_until: datetime | None = None
+
+    def pending_points(self) -> int:
+        """What the entry posts to its member's `pending` account."""
+        if self.member_id is None:
+            return 0
+        account = member_account(self.member_id, "pending")
+        return sum(p.amount for p in self.postings if p.account == account and p.asset == PTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +176,8 @@ def check_balanced(postings: Sequence[Posting]) -> None:
 
 def _check_draft(draft: EntryDraft) -> None:
     check_balanced(draft.postings)
+    if draft.pending_until is not None and draft.pending_points() <= 0:
+        raise InvalidAmount("a pending earning needs points posted to the member's pending")
     for posting in draft.postings:
         if posting.account.endswith(":available") and (
             member_of(posting.account) not in draft.lot_effects
@@ -326,11 +339,11 @@ class Journal:
         self, conn: AsyncConnection, drafts: Sequence[EntryDraft], now: datetime
     ) -> list[PostedEntry | DuplicatePartnerReference]:
         """Post entries with a constant number of statements, whatever their
-        number: entries, postings and balances (one row change per account,
-        asset and slot) in one; new lots with their creating movements in a
-        second; movements of existing lots (debits, restorations) in two more
-        when there are any. One result per draft, in order: the
-        posted entry, or `DuplicatePartnerReference` for a draft whose
+        number: entries, postings, balances (one row change per account,
+        asset and slot) and pending earnings in one; new lots with their
+        creating movements in a second; movements of existing lots (debits,
+        restorations) in two more when there are any. One result per draft,
+        in order: the posted entry, or `DuplicatePartnerReference` for a draft whose
         partner reference was used before (also earlier in the same call);
         such a draft posts nothing and the others post as if it were absent.
 
@@ -462,6 +475,12 @@ class Journal:
                 # Posting ids follow the drafts' order (a reversal splits in it).
                 "posted AS (INSERT INTO postings (entry_id, account, asset, amount, member_id) "
                 "SELECT entry_id, account, asset, amount, member_id FROM lines ORDER BY k), "
+                "waiting AS (INSERT INTO pending_points (earn_entry_id, member_id, amount, "
+                "remaining, earned_at, release_at) SELECT inserted.id, input.member_id, w.a, "
+                "w.a, input.effective_at, w.r FROM unnest(CAST(:w_entries AS bigint[]), "
+                "CAST(:w_amounts AS bigint[]), CAST(:w_releases AS timestamptz[])) "
+                "AS w(n, a, r) JOIN input ON input.n = w.n "
+                "JOIN inserted ON inserted.id = input.id), "
                 "per_entry AS (SELECT account, asset, slot, member_id, sum(amount) AS amount "
                 "FROM lines GROUP BY account, asset, slot, member_id, entry_id "
                 "UNION ALL SELECT a, 'PTS', 0, m, 0 FROM unnest(CAST(:lock_accounts AS text[]), "
@@ -495,6 +514,9 @@ class Journal:
                 "l_amounts": [line[3] for line in lines],
                 "l_members": [line[4] for line in lines],
                 "l_slots": [line[5] for line in lines],
+                "w_entries": [n for n, d in enumerate(drafts, start=1) if d.pending_until],
+                "w_amounts": [d.pending_points() for d in drafts if d.pending_until],
+                "w_releases": [d.pending_until for d in drafts if d.pending_until],
                 "lock_accounts": [member_account(m, "available") for m in lock_members],
                 "lock_members": list(lock_members),
             },

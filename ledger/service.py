@@ -59,7 +59,6 @@ from ledger.partitions import ensure_partitions, is_missing_partition
 from ledger.redemption import Redemptions
 from ledger.reversal import Reversals
 from ledger.settlement import Settlements
-from ledger.statements import statement
 from ledger.views import (
     AccountBalance,
     Balances,
@@ -290,8 +289,8 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
         self, conn: AsyncConnection, cmds: Sequence[Earn]
     ) -> list[PostedEarning | DuplicatePartnerReference]:
         """Post earnings inside the caller's transaction with a constant number
-        of statements (one `post_many`, one insert of pending points): to
-        `available` as a new lot, or to `pending` until `release_at`. One
+        of statements (one `post_many`: a pending earning is written with its
+        entry): to `available` as a new lot, or to `pending` until `release_at`. One
         result per command, in order; a command whose partner reference was
         used before (or earlier in `cmds`) posts nothing. Several earnings of
         one member apply in order, as if posted one by one."""
@@ -330,10 +329,10 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
                     partner_reference=cmd.partner_reference,
                     breakdown=[msgspec.to_builtins(line) for line in cmd.lines],
                     lot_effects=effects,
+                    pending_until=cmd.release_at if points and pending else None,
                 )
             )
         results: list[PostedEarning | DuplicatePartnerReference] = []
-        waiting = []  # (entry, member, points, earned at, release at)
         for cmd, draft, posted in zip(
             cmds, drafts, await self.journal.post_many(conn, drafts, now), strict=True
         ):
@@ -341,32 +340,7 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
                 results.append(posted)
                 continue
             points = sum(line.amount for line in cmd.lines if line.asset == PTS)
-            pending = cmd.release_at is not None and cmd.release_at > now
-            if points and pending:
-                waiting.append(
-                    (posted.entry_id, cmd.member_id, points, draft.effective_at, cmd.release_at)
-                )
-            results.append(
-                PostedEarning(posted.entry_id, points, cmd.release_at if pending else None)
-            )
-        if waiting:
-            columns = list(zip(*waiting, strict=True))
-            await conn.execute(
-                statement(
-                    "INSERT INTO pending_points (earn_entry_id, member_id, amount, remaining, "
-                    "earned_at, release_at) SELECT e, m, a, a, ea, r FROM unnest("
-                    "CAST(:entries AS bigint[]), CAST(:members AS text[]), "
-                    "CAST(:amounts AS bigint[]), CAST(:earned AS timestamptz[]), "
-                    "CAST(:releases AS timestamptz[])) AS t(e, m, a, ea, r)"
-                ),
-                {
-                    "entries": list(columns[0]),
-                    "members": list(columns[1]),
-                    "amounts": list(columns[2]),
-                    "earned": list(columns[3]),
-                    "releases": list(columns[4]),
-                },
-            )
+            results.append(PostedEarning(posted.entry_id, points, draft.pending_until))
         return results
 
     # -- transfers, adjustments, generic entries --------------------------

@@ -10,7 +10,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import event
 
 from api.app import create_app
-from tests.api.test_partner_api import earn_body, shop  # noqa: F401  (fixture)
+from tests.api.test_partner_api import earn_body, open_shop, shop  # noqa: F401  (fixture)
 
 
 class Trips:
@@ -113,14 +113,29 @@ async def test_a_signed_earn_is_one_transaction_of_a_few_statements(api_settings
     opening read (definitions version, card holder, registry row) that also
     takes the member's lock (no budgeted promotion at the shop), the member
     read (tier, balances, used references, period QP), the posting (entry,
-    postings and balances in one statement), the new lot (or the pending
-    points), and the purchase record with the stored result."""
+    postings and balances in one statement), the new lot (at a partner with a
+    return window there is none: six), and the purchase record with the
+    stored result."""
     trips, *_ = await _counted_earn(api_settings, shop)
     assert len(trips.statements) == 7, trips.statements
     opening = next(s for s in trips.statements if "FROM cards" in s)
     assert "INSERT INTO balances" in opening
     last = trips.statements[-1]
     assert "INSERT INTO partner_purchases" in last and "UPDATE idempotency_keys" in last
+
+
+async def test_a_pending_earning_is_written_with_its_entry(
+    api_settings, engine, ledger, new_id, new_member
+):
+    """At a partner with a return window the points wait in pending: the
+    pending earning is written by the posting statement itself, so the earn
+    is six statements (no seventh for the pending points)."""
+    online = await open_shop(engine, ledger, new_id, new_member, return_window_days=14)
+    trips, *_ = await _counted_earn(api_settings, online)
+    assert len(trips.statements) == 6, trips.statements
+    (posting,) = [s for s in trips.statements if "INSERT INTO pending_points" in s]
+    assert "INSERT INTO postings" in posting
+    assert (await ledger.balances(online.member_id)).pending == 20  # warm-up and counted
 
 
 async def test_a_retry_of_a_success_is_answered_from_the_ledger(api_settings, shop):  # noqa: F811

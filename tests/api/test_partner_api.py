@@ -37,9 +37,18 @@ class Shop:
 
 @pytest.fixture
 async def shop(engine, ledger, new_id, new_member) -> Shop:
+    return await open_shop(engine, ledger, new_id, new_member)
+
+
+async def open_shop(engine, ledger, new_id, new_member, return_window_days: int = 0) -> Shop:
+    """A partner earning 1 point per EUR (burning 100 points per EUR), a
+    member with a card, and a key."""
     registry = Registry(engine, SecretBox(SECRET_KEY))
     partner_id, member_id = new_id("shop"), await new_member()
-    await registry.create_partner(PartnerInput(partner_id, "Test shop"), "staff:tests")
+    await registry.create_partner(
+        PartnerInput(partner_id, "Test shop", return_window_days=return_window_days),
+        "staff:tests",
+    )
     rules = Rulebook(ledger)
     await rules.create_earn_rule(partner_id, EarnRuleInput(FROM, "EUR", Decimal(1)), "staff:tests")
     await rules.create_burn_rule(
@@ -489,18 +498,7 @@ async def test_stored_responses_are_purged_after_the_retention(client, shop, eng
 async def test_points_wait_in_pending_for_the_partners_return_window(
     client, engine, ledger, new_id, new_member
 ):
-    registry = Registry(engine, SecretBox(SECRET_KEY))
-    partner_id, member_id = new_id("shop"), await new_member()
-    number = str(uuid.uuid4().int)[:16]
-    await registry.create_partner(
-        PartnerInput(partner_id, "Online shop", return_window_days=14), "staff:tests"
-    )
-    await Rulebook(ledger).create_earn_rule(
-        partner_id, EarnRuleInput(FROM, "EUR", Decimal(1)), "staff:tests"
-    )
-    await registry.issue_card(member_id, number, "staff:tests")
-    key = await registry.create_key(partner_id, "staff:tests")
-    shop = Shop(partner_id, key.key_id, key.secret, number, member_id, registry)
+    shop = await open_shop(engine, ledger, new_id, new_member, return_window_days=14)
     response = await post(client, shop, "/v1/partner/earn", earn_body(shop, "W-1", 5000))
     assert response.status_code == 201, response.text
     assert (response.json()["balances"]["pending"], response.json()["balances"]["available"]) == (

@@ -81,19 +81,79 @@ def request_fingerprint(operation: str, key: IdempotencyKey, command: object) ->
     return hashlib.sha256(f"{operation}\n{key.request_digest}".encode()).hexdigest()
 
 
-# Built once (a text() construct parses its parameters when made).
-_CLAIM = text(
-    "WITH lock AS (SELECT pg_try_advisory_xact_lock("
-    "  hashtextextended(:caller || chr(10) || :key, 0)) AS got), "
-    "ins AS (INSERT INTO idempotency_keys (caller, key, operation, fingerprint) "
-    "  SELECT :caller, :key, :operation, :fingerprint FROM lock WHERE got "
-    "  ON CONFLICT DO NOTHING RETURNING 1) "
-    "SELECT (SELECT got FROM lock) AS got, EXISTS (SELECT 1 FROM ins) AS inserted"
+# The claim as CTEs a statement opens with: the key's advisory lock tried,
+# then the key inserted when the lock was got. A body of `LedgerService.run`
+# may make the claim in its own first statement (`Claim`), one round trip less.
+CLAIM_CTES = (
+    "claim_lock AS (SELECT pg_try_advisory_xact_lock("
+    "hashtextextended(:claim_caller || chr(10) || :claim_key, 0)) AS got), "
+    "claim_new AS (INSERT INTO idempotency_keys (caller, key, operation, fingerprint) "
+    "SELECT :claim_caller, :claim_key, :claim_operation, :claim_fingerprint "
+    "FROM claim_lock WHERE got ON CONFLICT DO NOTHING RETURNING 1)"
 )
+# The claim's outcome, as two columns of the statement's answer.
+CLAIM_COLUMNS = (
+    "(SELECT got FROM claim_lock) AS claim_got, EXISTS (SELECT 1 FROM claim_new) AS claim_inserted"
+)
+# A condition for the statement's other parts: this call took the key.
+CLAIMED = "EXISTS (SELECT 1 FROM claim_new)"
+# Built once (a text() construct parses its parameters when made).
+_CLAIM = text(f"WITH {CLAIM_CTES} SELECT {CLAIM_COLUMNS}")
 _STORED = text(
     "SELECT operation, fingerprint, result FROM idempotency_keys "
-    "WHERE caller = :caller AND key = :key"
+    "WHERE caller = :claim_caller AND key = :claim_key"
 )
+
+
+class AlreadyStored(Exception):
+    """The key's first result is stored: a body that claimed the key itself
+    (`Claim.settle`) ends with it, and `LedgerService.run` answers it."""
+
+    def __init__(self, stored: object) -> None:
+        super().__init__("the result is stored with the key")
+        self.stored = stored
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The claim of `key` for `operation`, made in a statement of the caller's
+    (`CLAIM_CTES` and `CLAIM_COLUMNS` with `params()`), then `settle`d."""
+
+    key: IdempotencyKey
+    operation: str
+    command: object
+
+    def params(self) -> dict[str, object]:
+        return {
+            "claim_caller": self.key.caller,
+            "claim_key": self.key.key,
+            "claim_operation": self.operation,
+            "claim_fingerprint": request_fingerprint(self.operation, self.key, self.command),
+        }
+
+    async def settle(self, conn: AsyncConnection, got: bool, inserted: bool) -> None:
+        """Returns when this call took the key. Raises `RequestInFlight` when
+        another transaction holds it, `AlreadyStored` with the first result
+        when an earlier call stored one for the same request, and
+        `IdempotencyKeyReused` when that call was another request."""
+        if not got:
+            raise RequestInFlight(
+                f"a request with idempotency key {self.key.key!r} is still being processed",
+                idempotency_key=self.key.key,
+                retry_after=1,
+            )
+        if inserted:
+            return
+        params = self.params()
+        stored = (await conn.execute(_STORED, params)).one()
+        if stored.operation != self.operation or stored.fingerprint != params["claim_fingerprint"]:
+            raise IdempotencyKeyReused(
+                f"idempotency key {self.key.key!r} was used for a different request",
+                idempotency_key=self.key.key,
+            )
+        raise AlreadyStored(stored.result)
+
+
 # The first result, stored with its key: alone (`record`), or as a part of the
 # body's own last statement (`storing`, `Stored`), one round trip less.
 STORE_RESULT = (
@@ -106,34 +166,13 @@ async def claim(
     conn: AsyncConnection, key: IdempotencyKey, operation: str, command: object
 ) -> object | None:
     """Take the key for this transaction, or return the stored first result."""
-    digest = request_fingerprint(operation, key, command)
-    params = {"caller": key.caller, "key": key.key, "operation": operation, "fingerprint": digest}
-    row = (
-        await conn.execute(
-            _CLAIM,
-            params,
-        )
-    ).one()
-    if not row.got:
-        raise RequestInFlight(
-            f"a request with idempotency key {key.key!r} is still being processed",
-            idempotency_key=key.key,
-            retry_after=1,
-        )
-    if row.inserted:
-        return None
-    stored = (
-        await conn.execute(
-            _STORED,
-            params,
-        )
-    ).one()
-    if stored.operation != operation or stored.fingerprint != digest:
-        raise IdempotencyKeyReused(
-            f"idempotency key {key.key!r} was used for a different request",
-            idempotency_key=key.key,
-        )
-    return stored.result
+    taking = Claim(key, operation, command)
+    row = (await conn.execute(_CLAIM, taking.params())).one()
+    try:
+        await taking.settle(conn, row.claim_got, row.claim_inserted)
+    except AlreadyStored as earlier:
+        return earlier.stored
+    return None
 
 
 def storing(key: IdempotencyKey, result: object) -> dict[str, object]:

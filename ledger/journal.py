@@ -216,19 +216,20 @@ def _soonest_expiry_first(lot: CarriedLot) -> tuple[bool, datetime]:
     return (lot.expires_at is None, lot.expires_at or lot.earned_at)
 
 
-def member_mutex_cte(name: str, members: str) -> str:
+def member_mutex_cte(name: str, members: str, when: str = "true") -> str:
     """The SQL of a CTE `name` that takes the mutex of the members whose ids
     the SQL `members` yields (a set-returning expression), as `lock_members`
     does: in address order, creating their `available` rows on first use,
     returning member_id, balance and version; for SQLAlchemy's `text()`. A
     caller whose statement reads the members first composes it in, then names
-    them to `Journal.hold_members`."""
+    them to `Journal.hold_members`. `when`: a condition on the rest of the
+    statement (none taken unless it holds)."""
     address = "'member\\:' || t.m || '\\:available'"  # escaped for text()
     # ON CONFLICT DO UPDATE (a no-op) locks the row even when another
     # transaction created it after this statement's snapshot.
     return (
         f"{name} AS (INSERT INTO balances AS b (account, asset, slot, member_id) "
-        f"SELECT {address}, 'PTS', 0, t.m FROM {members} AS t(m) "
+        f"SELECT {address}, 'PTS', 0, t.m FROM {members} AS t(m) WHERE {when} "
         f'ORDER BY {address} COLLATE "C" '
         "ON CONFLICT (account, asset, slot) DO UPDATE SET balance = b.balance "
         "RETURNING member_id, balance, version)"

@@ -44,7 +44,7 @@ from ledger.errors import (
     TransferRefused,
 )
 from ledger.expiry import ExpiryPolicy, RollingToQuarterEnd
-from ledger.idempotency import IdempotencyKey, Stored, claim, record
+from ledger.idempotency import AlreadyStored, Claim, IdempotencyKey, Stored, claim, record
 from ledger.jobs import ScheduledJobs
 from ledger.journal import (
     LOCKED_MEMBERS,
@@ -223,24 +223,37 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
         command: object,
         idempotency: IdempotencyKey | None,
         result_type: type[R],
-        body: Callable[[AsyncConnection], Awaitable[R | Stored[R]]],
+        body: Callable[..., Awaitable[R | Stored[R]]],
+        claims_itself: bool = False,
     ) -> R:
-        """Run `body` in one transaction, once per idempotency key; its result
-        is stored with the key, unless the body stored it in its own last
-        statement and says so by returning it as `Stored`. Once it committed,
-        the key's `outcome` names the operation whose result is stored with
-        the key, and whether this call got an earlier call's."""
+        """Run `body(conn)` in one transaction, once per idempotency key; its
+        result is stored with the key, unless the body stored it in its own
+        last statement and says so by returning it as `Stored`. With
+        `claims_itself`, the body is `body(conn, claim)` with the key's
+        `Claim` (None without a key): it claims the key in its own first
+        statement and settles it before anything else (a stored result ends
+        it: `AlreadyStored`), one round trip less. Once it committed, the
+        key's `outcome` names the operation whose result is stored with the
+        key, and whether this call got an earlier call's."""
         replayed = False
 
         async def once(conn: AsyncConnection) -> R:
             nonlocal replayed
             replayed = False
-            if idempotency is not None:
-                stored = await claim(conn, idempotency, operation, command)
-                if stored is not None:
+            if claims_itself:
+                taking = None if idempotency is None else Claim(idempotency, operation, command)
+                try:
+                    result = await body(conn, taking)
+                except AlreadyStored as earlier:
                     replayed = True
-                    return msgspec.convert(stored, result_type)
-            result = await body(conn)
+                    return msgspec.convert(earlier.stored, result_type)
+            else:
+                if idempotency is not None:
+                    stored = await claim(conn, idempotency, operation, command)
+                    if stored is not None:
+                        replayed = True
+                        return msgspec.convert(stored, result_type)
+                result = await body(conn)
             if isinstance(result, Stored):
                 return result.result
             if idempotency is not None:

@@ -55,6 +55,7 @@ from ledger.errors import (
     MemberNotActive,
     MemberNotFound,
 )
+from ledger.idempotency import Claim
 from ledger.statements import statement
 from ledger.views import Balances, PostedEarning
 from partners import rulebook
@@ -218,8 +219,11 @@ class AccrualRun:
         partner_id: str,
         lock: bool,
         received_at: datetime | None = None,
+        claim: Claim | None = None,
     ) -> None:
         self.programme = programme
+        # The call's idempotency key, claimed by the opening statement.
+        self.claim = claim
         self.ledger = programme.ledger
         self.conn = conn
         self.partner_id = partner_id
@@ -385,6 +389,7 @@ class AccrualRun:
             sorted({a.member_id for a in accruals if a.member_id is not None}),
             self.lock,
             take_members,
+            self.claim,
         )
         defs = await self.programme.definitions.at_version(self.conn, self.now, version)
         if take_members:

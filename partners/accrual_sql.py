@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.idempotency import STORE_RESULT
+from ledger.idempotency import CLAIM_COLUMNS, CLAIM_CTES, CLAIMED, STORE_RESULT, Claim
 from ledger.journal import member_mutex_cte
 from ledger.queries import qp_in_period
 from ledger.statements import statement
@@ -39,19 +39,26 @@ async def open_call(
     members: list[str],
     lock: bool,
     take_members: bool = False,
+    claim: Claim | None = None,
 ) -> tuple[int, dict[str, tuple[str, str]], dict[str, str]]:
     """The definitions' version, the card holders (card -> (member, card
     status)) and the members' registry statuses, the members shared-locked
     when earning; with `take_members`, also the mutex of every active one
-    among them (the caller then names them to `Journal.hold_members`)."""
+    among them (the caller then names them to `Journal.hold_members`). With
+    `claim`, the call's idempotency key is claimed first in the same
+    statement and settled before anything is returned (the mutex taken only
+    when this call took the key)."""
     # Active members only: an account of any other is refused by the database
     # (migration 0007), and the earning refuses that member alone.
     active = "(SELECT id FROM registered WHERE status = 'active')"
-    mutex = ", " + member_mutex_cte("taken", active) if take_members else ""
+    when = CLAIMED if claim is not None else "true"
+    mutex = ", " + member_mutex_cte("taken", active, when) if take_members else ""
     row = (
         await conn.execute(
             statement(
-                "WITH held AS MATERIALIZED (SELECT card_number, member_id, status FROM cards "
+                "WITH "
+                + (CLAIM_CTES + ", " if claim is not None else "")
+                + "held AS MATERIALIZED (SELECT card_number, member_id, status FROM cards "
                 "WHERE card_number = ANY(CAST(:cards AS text[]))), "
                 "registered AS MATERIALIZED (SELECT id, status FROM members "
                 "WHERE id = ANY(CAST(:members AS text[]) || ARRAY(SELECT member_id FROM held)) "
@@ -63,10 +70,13 @@ async def open_call(
                 "(SELECT json_agg(json_build_array(card_number, member_id, status)) "
                 "FROM held) AS cards, "
                 "(SELECT json_agg(json_build_array(id, status)) FROM registered) AS members"
+                + (", " + CLAIM_COLUMNS if claim is not None else "")
             ),
-            {"cards": cards, "members": members},
+            {"cards": cards, "members": members, **(claim.params() if claim else {})},
         )
     ).one()
+    if claim is not None:
+        await claim.settle(conn, row.claim_got, row.claim_inserted)
     holders = {c: (m, s) for c, m, s in row.cards or ()}
     statuses = {m: s for m, s in row.members or ()}
     return row.version, holders, statuses

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import check_id
 from ledger.errors import LedgerError, PeriodClosed
-from ledger.idempotency import IdempotencyKey, Stored, storing
+from ledger.idempotency import Claim, IdempotencyKey, Stored, storing
 from ledger.service import LedgerService
 from partners.accrual import Accrual, AccrualRun, RunAgain
 from partners.credit import partner_points
@@ -157,8 +157,11 @@ class Programme(Returns, Tiering, MemberViews):
         boundary: the database refused it (`PeriodClosed`, carrying the
         boundary), and the run again books it at the boundary."""
 
-        async def body(conn: AsyncConnection) -> R | Stored[R]:
-            run = AccrualRun(self, conn, partner_id, lock=True, received_at=received_at)
+        async def body(conn: AsyncConnection, claim: Claim | None) -> R | Stored[R]:
+            # The key is claimed by the run's opening statement.
+            run = AccrualRun(
+                self, conn, partner_id, lock=True, received_at=received_at, claim=claim
+            )
             result = await answer(conn, await run.post(accruals))
             if idempotency is None:
                 await run.record()
@@ -169,7 +172,9 @@ class Programme(Returns, Tiering, MemberViews):
 
         for attempt in range(1, RUN_ATTEMPTS + 1):
             try:
-                return await self.ledger.run(operation, request, idempotency, result_type, body)
+                return await self.ledger.run(
+                    operation, request, idempotency, result_type, body, claims_itself=True
+                )
             except RunAgain:
                 if attempt == RUN_ATTEMPTS:
                     raise

@@ -108,18 +108,18 @@ async def test_the_request_around_the_earning_is_one_statement(api_settings, sho
 
 
 async def test_a_signed_earn_is_one_transaction_of_a_few_statements(api_settings, shop):  # noqa: F811
-    """Seven statements in all (issue 11's target: at most eight): the
-    guard's one, then in the earning's transaction the idempotency claim, the
-    opening read (definitions version, card holder, registry row) that also
-    takes the member's lock (no budgeted promotion at the shop), the member
-    read (tier, balances, used references, period QP), the posting (entry,
-    postings and balances in one statement), the new lot (at a partner with a
-    return window there is none: six), and the purchase record with the
-    stored result."""
+    """Six statements in all (issue 11's target: at most eight): the guard's
+    one, then in the earning's transaction the opening statement (the
+    idempotency claim, the definitions version, card holder and registry
+    row, and the member's lock when no budgeted promotion is at the shop),
+    the member read (tier, balances, used references, period QP), the
+    posting (entry, postings and balances in one statement), the new lot (at
+    a partner with a return window there is none: five), and the purchase
+    record with the stored result."""
     trips, *_ = await _counted_earn(api_settings, shop)
-    assert len(trips.statements) == 7, trips.statements
+    assert len(trips.statements) == 6, trips.statements
     opening = next(s for s in trips.statements if "FROM cards" in s)
-    assert "INSERT INTO balances" in opening
+    assert "INSERT INTO idempotency_keys" in opening and "INSERT INTO balances" in opening
     last = trips.statements[-1]
     assert "INSERT INTO partner_purchases" in last and "UPDATE idempotency_keys" in last
 
@@ -129,10 +129,10 @@ async def test_a_pending_earning_is_written_with_its_entry(
 ):
     """At a partner with a return window the points wait in pending: the
     pending earning is written by the posting statement itself, so the earn
-    is six statements (no seventh for the pending points)."""
+    is five statements (none for the pending points)."""
     online = await open_shop(engine, ledger, new_id, new_member, return_window_days=14)
     trips, *_ = await _counted_earn(api_settings, online)
-    assert len(trips.statements) == 6, trips.statements
+    assert len(trips.statements) == 5, trips.statements
     (posting,) = [s for s in trips.statements if "INSERT INTO pending_points" in s]
     assert "INSERT INTO postings" in posting
     assert (await ledger.balances(online.member_id)).pending == 20  # warm-up and counted

@@ -28,6 +28,10 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = r"""
+-- No posting commits between the backfill's snapshot and the trigger's
+-- creation (a service taking traffic while it migrates): inserts wait for
+-- this migration's commit, and it waits for the transactions inserting now.
+LOCK TABLE postings IN SHARE ROW EXCLUSIVE MODE;
 CREATE TABLE member_qp_movements (
     entry_id     bigint NOT NULL,
     member_id    text NOT NULL,

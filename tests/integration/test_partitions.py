@@ -455,3 +455,34 @@ async def test_a_reference_raced_by_two_transactions_posts_once(
         ("RACE-commit", first),
         ("RACE-rollback", second),
     ]
+
+
+async def test_qp_posted_while_0025_migrates_is_mirrored(scratch):
+    """Migration 0025 (the members' QP movements) run by a service that takes
+    traffic: a transaction posting QP, still open when the migration starts,
+    is waited for and its QP backfilled; none is lost between the backfill
+    and the trigger."""
+    await asyncio.to_thread(upgrade, scratch, "0024")
+    engine = create_engine(scratch, pool_size=4)
+    try:
+        ledger = service(engine)
+        partner, anna, ben = await enrol(engine, ledger)
+        await ledger.earn(Earn.simple(ben, partner, "R-0", 10, 5))  # committed before
+        async with engine.connect() as conn:
+            earning = await conn.begin()
+            await ledger.earn_in(conn, Earn.simple(anna, partner, "R-1", 10, 7))
+            migrating = asyncio.ensure_future(asyncio.to_thread(upgrade, scratch))
+            await asyncio.sleep(1.5)
+            assert not migrating.done()  # waiting for the open transaction
+            await earning.commit()
+        await migrating
+        await ledger.earn(Earn.simple(anna, partner, "R-2", 10, 3))  # by the trigger
+        report = await verify(engine)
+        assert report.clean, report.render()
+        moved = await rows(
+            engine,
+            "SELECT member_id, sum(amount) AS qp FROM member_qp_movements GROUP BY 1 ORDER BY 1",
+        )
+        assert sorted((r.member_id, r.qp) for r in moved) == sorted([(anna, 10), (ben, 5)])
+    finally:
+        await engine.dispose()

@@ -42,6 +42,10 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 # Statement timeout, server shutting down or starting, too many connections,
 # out of resources.
 UNAVAILABLE_SQLSTATES = frozenset({"57014", "57P01", "57P02", "57P03", "53300", "53100", "53200"})
+# "database ... is not currently accepting connections" (ALLOW_CONNECTIONS
+# false, during maintenance): a state the class shares with programming errors,
+# so only with that message.
+NOT_ACCEPTING_SQLSTATE = "55000"
 # The server ended the session (administrator command, crash of another
 # backend): its open transaction is gone, nothing of it committed.
 SESSION_ENDED_SQLSTATES = frozenset({"57P01", "57P02"})
@@ -264,6 +268,7 @@ def is_unavailable(error: BaseException) -> bool:
             return (
                 state in UNAVAILABLE_SQLSTATES
                 or state in RETRYABLE_SQLSTATES
+                or (state == NOT_ACCEPTING_SQLSTATE and "accepting connections" in str(error))
                 or (state.startswith("08"))
             )
         cause = getattr(error.orig, "__cause__", None)

@@ -176,28 +176,32 @@ class Tiering:
         fresh_expiry = self.ledger.config.expiry_policy.expires_at(now)
 
         async def requalify_batch(conn: AsyncConnection) -> int:
-            due = (
-                (
-                    await conn.execute(
-                        text(
-                            # Most overdue first, along the valid_until index: a
-                            # pass reads its batch, not every status still due
-                            # (ordered by member, each pass sorted all of them).
-                            "SELECT member_id FROM member_tiers WHERE valid_until <= :now "
-                            "ORDER BY valid_until LIMIT :limit"
-                        ),
-                        {"now": now, "limit": limit},
+            claimed: list[str] = []
+            skipped = 0  # due statuses of members busy elsewhere, passed over
+            while not claimed:
+                due = (
+                    (
+                        await conn.execute(
+                            text(
+                                # Most overdue first, along the valid_until index:
+                                # a pass reads its batch, not every status still
+                                # due (ordered by member, each pass sorted them all).
+                                "SELECT member_id FROM member_tiers "
+                                "WHERE valid_until <= :now ORDER BY valid_until "
+                                "LIMIT :limit OFFSET :skipped"
+                            ),
+                            {"now": now, "limit": limit, "skipped": skipped},
+                        )
                     )
+                    .scalars()
+                    .all()
                 )
-                .scalars()
-                .all()
-            )
-            if not due:
-                return 0
-            # The members first: the tier and the lots' expiry are the member's.
-            claimed = await self.ledger.journal.claim_members(conn, due, limit)
-            if not claimed:
-                return 0
+                if not due:
+                    return 0
+                # The members first: the tier and the lots' expiry are the
+                # member's. None claimed (all busy): the next page.
+                claimed = await self.ledger.journal.claim_members(conn, due, limit)
+                skipped += len(due)
             tiers = await rulebook.tiers(conn)
             rows = (
                 await conn.execute(

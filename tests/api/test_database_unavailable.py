@@ -25,6 +25,7 @@ from ledger.database import create_engine
 from ledger.service import LedgerService
 from members.registry import MemberInput, Members
 from partners.programme import Programme
+from tests.conftest import own_database
 
 PROBLEM = "application/problem+json"
 
@@ -223,6 +224,44 @@ async def test_postgres_stopped_mid_run_is_a_503_and_the_pool_recovers(
             "/v1/staff/adjustments", headers=token(), json={**credit, "reason": "after"}
         )
         assert again.status_code == 201, again.text
+
+
+@pytest.fixture
+def closable_url(server_url):
+    with own_database(server_url, "loyalty_closed") as url:
+        yield url
+
+
+async def test_a_database_closed_to_connections_is_a_503(
+    api_settings, token, server_url, closable_url
+):
+    """`ALTER DATABASE ... ALLOW_CONNECTIONS false` (maintenance): PostgreSQL
+    refuses every new session with SQLSTATE 55000; a request that needs one
+    is a 503 with one warning, not a 500 with a traceback."""
+    url = closable_url
+    await enrol(url, "closed-1")
+    name = url.rsplit("/", 1)[1]
+    settings = dataclasses.replace(api_settings, database_url=url, redis_url=None)
+    admin = create_engine(server_url, autocommit=True)
+    try:
+        async with AsyncTestClient(create_app(settings)) as client:
+            async with admin.connect() as conn:
+                await conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+                await conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name"
+                    ),
+                    {"name": name},
+                )
+            with LogRecords() as log:
+                balance = await client.get("/v1/staff/members/closed-1/balances", headers=token())
+            assert_unavailable(balance)
+            log.assert_one_warning_per_503_and_no_traceback(1)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        await admin.dispose()
 
 
 @pytest.mark.parametrize(

@@ -567,15 +567,16 @@ async def test_a_killed_run_leaves_a_record_of_the_batches_it_committed(engine):
     assert (latest.id, latest.processed, latest.finished_at) == (run.id, 80, None)
 
 
-async def test_requalification_runs_in_passes_until_no_status_is_due(engine):
-    """Passes of `batch` statuses, the longest overdue first, until none is
-    due: each member requalified once, on what last year's QP give."""
-    partner, ids = await enrol(engine, 12)
+async def due_statuses(engine, members: int) -> tuple[list[str], dict[str, int]]:
+    """Members whose silver status ran out, the later enrolled the longer
+    ago (an hour apart), and their QP of last year: 1,500 (kept) or 10
+    (dropped) in turn."""
+    partner, ids = await enrol(engine, members)
     ledger = ledger_at(engine)
     rules = Rulebook(ledger)
     await rules.put_tier("silver", TierInput("Silver", 1, 1000, Decimal("1.25")), "staff:tests")
     last_year = datetime(datetime.now(UTC).year - 1, 6, 1, tzinfo=UTC)
-    qp = {m: 1_500 if i % 2 else 10 for i, m in enumerate(ids)}  # keep silver, or drop
+    qp = {m: 1_500 if i % 2 else 10 for i, m in enumerate(ids)}
     await in_chunks(
         ledger.earn(Earn.simple(m, partner, f"q-{m}", 1, qp[m], effective_at=last_year))
         for m in ids
@@ -589,6 +590,14 @@ async def test_requalification_runs_in_passes_until_no_status_is_due(engine):
             ),
             {"ids": ids, "at": last_year, "now": datetime.now(UTC)},
         )
+    return ids, qp
+
+
+async def test_requalification_runs_in_passes_until_no_status_is_due(engine):
+    """Passes of `batch` statuses, the longest overdue first, until none is
+    due: each member requalified once, on what last year's QP give."""
+    ids, qp = await due_statuses(engine, 12)
+    ledger = ledger_at(engine)
     passes: list[Batch] = []
     job = RequalifyTiers(ledger, "calendar", batch=5)
     assert await job.run(None, passes.append) == 12
@@ -602,5 +611,35 @@ async def test_requalification_runs_in_passes_until_no_status_is_due(engine):
         ).all()
     # One change each, the longest overdue (the last enrolled) in the first pass.
     assert {c.member_id for c in changes[:5]} == set(ids[-5:])
+    assert sorted(changes) == sorted((m, "silver" if qp[m] >= 1000 else "base") for m in ids)
+    await assert_verified(engine)
+
+
+async def test_requalification_passes_over_members_busy_elsewhere(engine, database):
+    """The most overdue members held by another transaction (a batch earning
+    them, say): a pass takes the next due ones instead of stopping, and the
+    busy ones are left due for a later run."""
+    ids, qp = await due_statuses(engine, 12)
+    busy = ids[-5:]  # the five longest overdue: the first page of a pass
+    job = RequalifyTiers(ledger_at(engine), "calendar", batch=5)
+    other = create_engine(database, pool_size=1)
+    try:
+        async with other.begin() as conn:
+            await conn.execute(
+                text(
+                    "SELECT 1 FROM balances WHERE account = ANY(CAST(:accounts AS text[])) "
+                    "AND asset = 'PTS' AND slot = 0 FOR NO KEY UPDATE"
+                ),
+                {"accounts": [f"member:{m}:available" for m in busy]},
+            )
+            passes: list[Batch] = []
+            assert await job.run(None, passes.append) == 7
+            assert [p.items for p in passes] == [5, 2]
+        assert (await job.due(None)).items == 5  # the busy ones, free now
+        assert await job.run(None, passes.append) == 5
+    finally:
+        await other.dispose()
+    async with engine.connect() as conn:
+        changes = (await conn.execute(text("SELECT member_id, to_tier FROM tier_changes"))).all()
     assert sorted(changes) == sorted((m, "silver" if qp[m] >= 1000 else "base") for m in ids)
     await assert_verified(engine)

@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account
-from ledger.commands import Earn, EarnLine
+from ledger.commands import Earn, EarnLine, check_points
 from ledger.errors import (
     DuplicatePartnerReference,
     LedgerError,
@@ -423,6 +423,10 @@ class AccrualRun:
         for item in items:
             try:
                 done = self._evaluate(defs, item, known)
+                # Each line within what a posting may carry, checked here so
+                # that a purchase beyond it is refused alone, not its batch.
+                for line in done.earning.lines:
+                    check_points(line.amount, f"{line.kind} points")
                 if self.lock:
                     points = await credit.check(done.earning)
                     if item.accrual.reference in known.taken:

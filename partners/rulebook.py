@@ -111,6 +111,9 @@ def _require(condition: bool, field: str, detail: str) -> None:
 # bonus categories of 2-20x), near enough that no earning overflows a point.
 RATE_PLACES = 6
 MAX_POINTS_PER_UNIT = Decimal(10_000)
+# A promotion's or coupon's fixed bonus per purchase: ten million points is
+# beyond any real offer, and far from what a posting may carry.
+MAX_FIXED_BONUS = 10_000_000
 MAX_MULTIPLIER = Decimal(100)
 
 
@@ -169,7 +172,11 @@ def _offer_value(multiplier: Decimal | None, fixed_bonus: int | None) -> None:
     if multiplier is not None:
         _rate(multiplier, "multiplier", Decimal(1), MAX_MULTIPLIER, low_included=False)
     if fixed_bonus is not None:
-        _require(fixed_bonus > 0, "fixed_bonus", "must be positive")
+        _require(
+            0 < fixed_bonus <= MAX_FIXED_BONUS,
+            "fixed_bonus",
+            f"must be from 1 to {MAX_FIXED_BONUS:,} points",
+        )
 
 
 class Rulebook:

@@ -16,8 +16,8 @@ from sqlalchemy import event, text
 
 from members.registry import CloseInput, Members
 from partners.batch import MAX_BATCH_ITEMS, EarnItem, earn_batch
-from partners.errors import InvalidPurchase
-from partners.programme import Programme, PurchaseInput, PurchaseLineInput
+from partners.errors import InvalidPurchase, InvalidRule
+from partners.programme import MAX_LINE_MINOR, Programme, PurchaseInput, PurchaseLineInput
 from partners.registry import Registry, SecretBox
 from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
 from tests.conftest import TEST_SECRET_KEY
@@ -291,4 +291,46 @@ async def test_a_closed_members_card_is_refused_alone_where_no_budget_runs(
         "card-blocked",
     ]
     assert (await ledger.balances(member)).available == 20
+    await assert_clean()
+
+
+async def test_an_earning_beyond_what_a_posting_carries_is_refused_alone(
+    ledger, engine, new_member, new_partner, new_id, assert_clean
+):
+    """Rates and bonuses are bounded, yet the highest rate, the highest
+    multiplier and the largest purchase line together earn more than a
+    posting may carry (10^12 points): that purchase is refused
+    (`invalid-amount`), the others of its batch post; a fixed bonus beyond
+    ten million points is refused when the offer is made."""
+    rules, now = Rulebook(ledger), datetime.now(UTC)
+    partner = await new_partner()
+    await rules.create_earn_rule(partner, EarnRuleInput(FROM, "EUR", Decimal(10_000)), ADMIN)
+    window = (now - timedelta(days=1), now + timedelta(days=1))
+    await rules.create_promotion(
+        PromotionInput(
+            new_id("HUGE").upper(),
+            "x100 on electronics",
+            *window,
+            multiplier=Decimal(100),
+            partner_ids=[partner],
+            categories=["electronics"],
+        ),
+        ADMIN,
+    )
+    with pytest.raises(InvalidRule, match="fixed_bonus"):
+        await rules.create_promotion(
+            PromotionInput(new_id("BONUS").upper(), "too much", *window, fixed_bonus=10**7 + 1),
+            ADMIN,
+        )
+    ((member, card),) = await members_with_cards(engine, new_member, 1)
+    small = PurchaseInput("EUR", [PurchaseLineInput(1_000, "groceries")])
+    huge = PurchaseInput("EUR", [PurchaseLineInput(MAX_LINE_MINOR, "electronics")])
+    batch = await earn_batch(
+        Programme(ledger),
+        partner,
+        [EarnItem(card, "S-1", small), EarnItem(card, "H-1", huge), EarnItem(card, "S-2", small)],
+    )
+    codes = [o.error.code if o.error else "posted" for o in batch.outcomes]
+    assert codes == ["posted", "invalid-amount", "posted"]
+    assert (await ledger.balances(member)).available == 2 * 100_000
     await assert_clean()

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -286,6 +286,12 @@ def check_credit(standing: CreditStanding, points: int) -> None:
             headroom_minor=standing.headroom_minor,
             requested_minor=after - standing.liability_minor,
         )
+
+
+# The range of a contract version's start: no programme runs before 2000, and
+# a change scheduled more than ten years ahead is a typing error.
+CONTRACTS_FROM = datetime(2000, 1, 1, tzinfo=UTC)
+CONTRACTS_AHEAD = timedelta(days=3653)
 
 
 def _check_terms(terms: dict) -> None:
@@ -620,6 +626,24 @@ class Registry:
         async with begin(self.engine) as conn:
             # Versions of one partner are numbered one at a time.
             await _lock_partner(conn, partner_id)
+            closed_through, now = (
+                await conn.execute(
+                    text("SELECT (SELECT max(period_end) FROM period_closes), now()")
+                )
+            ).one()
+            # A correction may reach back (statements are then reissued), but
+            # not into closed books, whose figures never change.
+            if closed_through is not None and data.effective_from < closed_through:
+                raise InvalidRule(
+                    "effective_from",
+                    f"must not be before {closed_through.isoformat()}: the books are closed "
+                    "through then",
+                )
+            if not CONTRACTS_FROM <= data.effective_from <= now + CONTRACTS_AHEAD:
+                raise InvalidRule(
+                    "effective_from",
+                    f"must be from {CONTRACTS_FROM.date()} to ten years from now",
+                )
             before = await contract_in_force(conn, partner_id, data.effective_from)
             terms = {
                 field: getattr(before, field)

@@ -48,9 +48,10 @@ from ledger.history import server_time
 from ledger.service import LedgerService
 from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine
+from partners.errors import InvalidRule
 from partners.programme import Programme
 from partners.receipts import PurchaseReceipt
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import ContractInput, PartnerInput, Registry, SecretBox
 from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
 from tests.api.conftest import MEMBER_SECRET, SECRET
 from tests.conftest import TEST_SECRET_KEY
@@ -592,3 +593,22 @@ async def test_cli_close_and_periods(closed_books, tmp_path):
         books, tmp_path, "finance", "periods", "--period", books.label(months_before(books.p3, 1))
     )
     assert missing.exit_code == 4 and "period-not-closed" in missing.output
+
+
+async def test_a_contract_change_reaches_back_to_the_close_and_no_further(closed_books):
+    """A contract may be corrected back in time (statements are reissued),
+    but not into closed books: their figures never change."""
+    books = closed_books
+    registry = Registry(books.engine, SecretBox(TEST_SECRET_KEY))
+    with pytest.raises(InvalidRule, match="closed") as refused:
+        await registry.update_contract(
+            "shop", ContractInput(books.m0 - timedelta(days=1), deposit_minor=1), ADMIN
+        )
+    assert refused.value.extensions["field"] == "effective_from"
+    for far in (datetime(1999, 12, 31, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)):
+        with pytest.raises(InvalidRule):
+            await registry.update_contract("shop", ContractInput(far, deposit_minor=1), ADMIN)
+    amended = await registry.update_contract(
+        "shop", ContractInput(books.m0, late_submission_days=45), ADMIN
+    )
+    assert amended.effective_from == books.m0

@@ -776,7 +776,11 @@ class Registry:
 
     async def issue_card(self, member_id: str, card_number: str, actor: str) -> dict:
         check_id("member", member_id)
-        if not card_number.isdigit() or not 8 <= len(card_number) <= 19:
+        # ASCII digits: str.isdigit also takes other scripts' digits (a
+        # full-width six), which the cards table's check refuses.
+        if not (card_number.isascii() and card_number.isdigit()) or not (
+            8 <= len(card_number) <= 19
+        ):
             raise InvalidRule("card_number", "8 to 19 digits")
         async with begin(self.engine) as conn:
             row = (

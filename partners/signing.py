@@ -91,7 +91,7 @@ def parse_headers(headers) -> tuple[str, int, str]:
         )
     if not key_id or not timestamp or not signature:
         raise SignatureProblem("signature-malformed", "all three signature headers are needed")
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise SignatureProblem("signature-malformed", f"{TIMESTAMP_HEADER} is Unix seconds")
     if len(signature) != 64 or any(c not in "0123456789abcdef" for c in signature):
         raise SignatureProblem("signature-malformed", f"{SIGNATURE_HEADER} is 64 hex digits")

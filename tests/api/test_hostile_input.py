@@ -232,6 +232,20 @@ async def test_a_nul_in_a_card_number_issues_and_earns_nothing(
     assert (await ledger.balances(funded_member)).available == 500
 
 
+async def test_a_card_number_of_other_digits_is_refused(client, token, funded_member):
+    """Digits of other scripts (full-width, Arabic-Indic) are digits to Python
+    but not a card number: 422, nothing issued."""
+    for number in ("\uff16\uff10\uff10\uff11" * 4, "\u0661" * 16):
+        issued = await client.post(
+            f"/v1/admin/members/{funded_member}/cards",
+            headers=token(),
+            json={"card_number": number},
+        )
+        assert (issued.status_code, issued.json()["field"]) == (422, "card_number"), issued.text
+    cards = await client.get("/v1/me/cards", headers=token(funded_member, roles=("member",)))
+    assert all(card["card_number"].isascii() for card in cards.json())
+
+
 async def test_a_nul_in_a_json_key_or_nested_value_is_invalid_input(
     client, token, shop, funded_member
 ):

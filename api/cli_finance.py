@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import msgspec
 
+from api.cli_support import output_file
 from api.progress import progress_for
 from finance.errors import InvalidExportFormat, InvalidPeriod
 from finance.journal_export import FORMATS
@@ -91,8 +92,7 @@ def export_journal(start, end, fmt, output: Path, as_json: bool) -> None:
         check_format(fmt)
     except InvalidExportFormat as error:
         raise BadInput(f"{error.code}: {error.detail}") from None
-    if not output.parent.is_dir():
-        raise BadInput(f"--output: no directory {str(output.parent)!r}")
+    output_file(output)
     progress = progress_for(sys.stderr)
 
     def started(totals) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from api.cli_finance import BadInput, _json, _run, finance
-from api.cli_support import actor
+from api.cli_support import actor, output_file
 from finance.errors import InvalidExportFormat, InvalidPeriod
 
 FORMAT_HELP = "Write the statement as json, csv or html (default: a summary on the terminal)."
@@ -39,8 +39,8 @@ def _format(fmt: str | None) -> str | None:
 
 
 def _output(output: Path | None) -> None:
-    if output is not None and not output.parent.is_dir():
-        raise BadInput(f"--output: no directory {str(output.parent)!r}")
+    if output is not None:
+        output_file(output)
 
 
 def _write(data: bytes, output: Path | None) -> None:

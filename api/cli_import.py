@@ -59,6 +59,7 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, lanes, 
     rejects file; the summary counts rows, posted, duplicates, rejected and
     points. A progress bar shows on a terminal."""
     from api.cli_support import actor as _actor
+    from api.cli_support import output_file
     from api.cli_support import run as _run
     from api.process_heap import batch_collector
     from partners.errors import InvalidPurchase
@@ -77,7 +78,7 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, lanes, 
                 "name it .csv, .jsonl or .ndjson, or give --format",
                 param_hint="FILE",
             ) from None
-    rejects_path = rejects_path or f"{file}.rejects.csv"
+    rejects_path = str(output_file(rejects_path or f"{file}.rejects.csv", "--rejects"))
     with contextlib.ExitStack() as stack:
         progress = None
         if sys.stderr.isatty():

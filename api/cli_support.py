@@ -4,14 +4,43 @@ partner registry and member registry over it, and the plain output helpers."""
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import click
 import msgspec
 
 from api.cli_failures import DATABASE_META, ConfigurationInvalid
 from api.settings import Settings, SettingsError
+
+
+class UnusableOutput(click.ClickException):
+    """An output path a command cannot write: one line, exit code 2, told
+    before the command does anything."""
+
+    exit_code = 2
+
+
+def output_file(path: str | Path, option: str = "--output") -> Path:
+    """`path` as a file the command may write, checked before any work: its
+    directory exists and takes a new file, and what is there now, if
+    anything, is a regular file (a device, pipe or link would be replaced by
+    the written file, or would block or swallow the write)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UnusableOutput(f"{option}: no directory {str(path.parent)!r}")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UnusableOutput(f"{option}: {str(path)!r} is not a regular file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".loyalty-"):
+            pass
+    except OSError as error:
+        raise UnusableOutput(
+            f"{option}: cannot write in {str(path.parent)!r} ({error.strerror})"
+        ) from None
+    return path
 
 
 def load_settings() -> Settings:

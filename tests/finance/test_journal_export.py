@@ -7,8 +7,10 @@ import asyncio
 import csv
 import io
 import json
+import os
 import shutil
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -227,6 +229,26 @@ async def test_bad_input_is_one_line_and_exit_code_2(month, tmp_path, args, mess
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and message in result.output
     assert not out.exists()
+
+
+async def test_an_output_that_is_not_a_regular_file_is_refused_before_anything(month, tmp_path):
+    """A pipe, a link or a device at --output would be replaced by the file
+    (or block the write): refused, exit 2, one line, nothing touched."""
+    fifo, target = tmp_path / "pipe.csv", tmp_path / "kept.csv"
+    os.mkfifo(fifo)
+    target.write_text("mine\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    period = ["--from", stamp(month.start), "--to", stamp(month.end)]
+    for out in (fifo, link, Path("/dev/null")):
+        result = await loyalty(
+            month, tmp_path, "finance", "export-journal", *period, "--output", str(out)
+        )
+        assert result.exit_code == 2, result.output
+        assert "is not a regular file" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert fifo.is_fifo() and link.is_symlink() and target.read_text() == "mine\n"
+    assert not (tmp_path / "link.csv.sha256").exists()
 
 
 async def test_cli_trial_balance_and_roll_forward(month, tmp_path):

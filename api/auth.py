@@ -277,7 +277,22 @@ class TokenVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list):
             raise ApiError("token-invalid", "the roles claim must be a list")
-        return Principal(str(claims["sub"]), frozenset(map(str, roles)))
+        if not is_subject(claims["sub"]):
+            raise ApiError("token-invalid", SUBJECT_RULE)
+        return Principal(claims["sub"], frozenset(map(str, roles)))
+
+
+SUBJECT_RULE = "the sub claim names who acts: 1-200 printable characters, no outer spaces"
+
+
+def is_subject(value: object) -> bool:
+    """Whether a token's subject can stand in the record of who did what."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 200
+        and value.isprintable()
+        and value == value.strip()
+    )
 
 
 def mint_token(
@@ -292,6 +307,8 @@ def mint_token(
     the role `member`, a staff token otherwise, each with its kind's key (HS*
     secret, or `private_key`), issuer and audience."""
     keys = settings.token_keys(token_kind(roles))
+    if not is_subject(subject):
+        raise ValueError(SUBJECT_RULE)
     if not 0 < ttl_seconds <= settings.jwt_max_lifetime_seconds:
         raise ValueError(
             f"the lifetime is 1 to {settings.jwt_max_lifetime_seconds} s "

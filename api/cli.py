@@ -108,7 +108,12 @@ def main(debug: bool) -> None:
 @main.command()
 @click.option("--host", default=None, help="Bind address (LOYALTY_HOST).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (LOYALTY_PORT).")
-@click.option("--workers", type=int, default=None, help="Worker processes (LOYALTY_WORKERS).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes, 1 to 64 (LOYALTY_WORKERS).",
+)
 @click.option("--demo", is_flag=True, help="Load the demo programme before serving.")
 @click.option(
     "--with-scheduler",
@@ -313,8 +318,10 @@ def token(subject, roles, ttl, private_key, kid) -> None:
     """Mint a development JWT the API accepts with the current settings: a
     member token for --role member (the member key, issuer and audience), a
     staff token otherwise."""
-    from api.auth import mint_token
+    from api.auth import SUBJECT_RULE, is_subject, mint_token
 
+    if not is_subject(subject):
+        raise click.BadParameter(SUBJECT_RULE, param_hint="--sub")
     settings = load_settings()
     key = open(private_key).read() if private_key else None
     try:

@@ -149,11 +149,13 @@ class Reverse(msgspec.Struct, frozen=True):
     amount: int | None = None  # points of the original to reverse; default: all that is left
     partner_id: str | None = None  # when a partner asks: must be the original's partner
     partner_reference: str | None = None  # the partner's reference for the return
-    reason: str | None = None
+    reason: str | None = None  # None: "reversal of <kind> <entry>"; given: not blank
 
     def __post_init__(self) -> None:
         if self.amount is not None:
             check_points(self.amount)
+        if self.reason is not None:
+            check_reason(self.reason)
 
 
 class Adjust(msgspec.Struct, frozen=True):

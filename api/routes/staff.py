@@ -132,7 +132,7 @@ async def reverse(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Receipt:
     staff.require_role("admin")
-    command = Reverse(data.entry_id, data.amount, reason=data.reason.strip() or None)
+    command = Reverse(data.entry_id, data.amount, reason=data.reason)
     return await ledger.reverse(command, f"staff:{staff.subject}", _key(staff, idempotency_key))
 
 

@@ -1,5 +1,8 @@
 """Staff API: balances, entries, history and adjustments through HTTP."""
 
+import pytest
+
+from api import auth
 from ledger.commands import Earn
 
 
@@ -91,6 +94,29 @@ async def test_staff_reversal(client, token, ledger, new_member, new_partner):
     assert too_much.status_code == 422
     assert too_much.json()["type"] == "/problems/reversal-exceeds-original"
     assert too_much.json()["reversible"] == 60
+    for blank in ("", "   "):  # the record says why, as an adjustment's does
+        unexplained = await client.post(
+            "/v1/staff/reversals",
+            headers=token(),
+            json={"entry_id": earned.entry_id, "amount": 1, "reason": blank},
+        )
+        assert unexplained.status_code == 422, unexplained.text
+        assert unexplained.json()["type"] == "/problems/reason-required"
+    assert (await ledger.balances(member)).available == 60
+
+
+async def test_a_token_naming_nobody_is_refused(client, token, monkeypatch):
+    """A staff token whose subject is empty or blank would post entries by
+    `staff:`, naming nobody: 401 token-invalid (`loyalty token` mints none)."""
+    for subject in ("", " alice", "bob\n"):
+        with pytest.raises(ValueError, match="sub claim"):
+            token(subject)
+        with monkeypatch.context() as minting:  # as another issuer might
+            minting.setattr(auth, "is_subject", lambda value: True)
+            headers = token(subject)
+        response = await client.get("/v1/staff/jobs", headers=headers)
+        assert response.status_code == 401, (subject, response.text)
+        assert response.json()["type"] == "/problems/token-invalid"
 
 
 async def test_health_and_openapi(client):

@@ -174,6 +174,11 @@ def create_key(partner_id: str) -> None:
     click.echo(f"export LOYALTY_KEY_SECRET={shlex.quote(key.secret)}")
 
 
+# What `partner sign -` reads at most: far above any request body the API
+# takes (LOYALTY_MAX_BODY_BYTES, 1 MB by default).
+MAX_SIGNED_BODY = 64 * 1024 * 1024
+
+
 @partner.command("sign")
 @click.option("--key-id", envvar="LOYALTY_KEY_ID", required=True, help="or LOYALTY_KEY_ID")
 @click.option("--secret", envvar="LOYALTY_KEY_SECRET", required=True, help="or LOYALTY_KEY_SECRET")
@@ -193,9 +198,24 @@ def sign_request(
     --idempotency-key, the Idempotency-Key header too, as it was signed."""
     import time
 
+    from ledger.errors import InvalidIdempotencyKey
+    from ledger.idempotency import check_key
     from partners.signing import signed_headers
 
-    raw = sys.stdin.buffer.read() if body == "-" else body.encode()
+    if idempotency_key:
+        # Printed as a header line: a line break in it would add a header.
+        try:
+            check_key(idempotency_key)
+        except InvalidIdempotencyKey as error:
+            raise click.BadParameter(error.detail, param_hint="--idempotency-key") from None
+    # Read no further than any request body could be (standard input may
+    # be endless).
+    raw = sys.stdin.buffer.read(MAX_SIGNED_BODY + 1) if body == "-" else body.encode()
+    if len(raw) > MAX_SIGNED_BODY:
+        raise click.BadParameter(
+            f"more than {MAX_SIGNED_BODY:,} bytes, larger than any request body",
+            param_hint="BODY",
+        )
     path, _, query = target.partition("?")
     headers = signed_headers(key_id, secret, method, path, query, raw, time.time(), idempotency_key)
     if idempotency_key:

@@ -122,6 +122,8 @@ class Settings:
             raise SettingsError("LOYALTY_TRANSFER_FEE_RATE is a decimal, e.g. 0.01") from None
         if not rate.is_finite() or not 0 <= rate < 1:
             raise SettingsError("LOYALTY_TRANSFER_FEE_RATE is at least 0 and below 1")
+        if not 1 <= self.workers <= 64:
+            raise SettingsError("LOYALTY_WORKERS is 1 to 64")
         if self.tier_period not in ("calendar", "rolling"):
             raise SettingsError("LOYALTY_TIER_PERIOD is calendar or rolling")
         if not 1 <= self.claim_window_days <= 730:

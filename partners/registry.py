@@ -534,8 +534,10 @@ class Registry:
     async def create_partner(self, data: PartnerInput, actor: str) -> PartnerView:
         """A partner with the first version of its contract, in force from now."""
         check_id("partner", data.id)
-        if not data.name.strip():
-            raise InvalidRule("name", "is required")
+        name = data.name.strip()
+        # Printed on statements and terminals: one line, no control characters.
+        if not 1 <= len(name) <= 200 or not name.isprintable():
+            raise InvalidRule("name", "1 to 200 printable characters")
         if data.currency not in MINOR_UNIT_EXPONENTS:
             raise InvalidRule("currency", "unknown currency")
         terms = {field: getattr(data, field) for field in TERMS}
@@ -547,7 +549,7 @@ class Registry:
                         "INSERT INTO partners (id, name, currency) VALUES (:id, :name, :currency) "
                         "ON CONFLICT (id) DO NOTHING RETURNING id"
                     ),
-                    {"id": data.id, "name": data.name, "currency": data.currency},
+                    {"id": data.id, "name": name, "currency": data.currency},
                 )
             ).first()
             if created is None:

@@ -212,6 +212,12 @@ async def test_partners_keys_and_cards_over_http(client, token, new_id, new_memb
         "/v1/admin/partners", headers=admin, json={"id": partner, "name": "again"}
     )
     assert (duplicate.status_code, duplicate.json()["field"]) == (422, "id")
+    # Printed on statements and terminals: one line of at most 200 characters.
+    for name in ("", "   ", "two\nlines", "\x1b[31mred", "x" * 201):
+        bad = await client.post(
+            "/v1/admin/partners", headers=admin, json={"id": new_id("shop"), "name": name}
+        )
+        assert (bad.status_code, bad.json().get("field")) == (422, "name"), (name, bad.text)
 
     key = (await client.post(f"/v1/admin/partners/{partner}/keys", headers=admin)).json()
     assert key["secret"] and key["status"] == "active"

@@ -41,12 +41,12 @@ from finance.close import PeriodClose, close_period, month_label, period_close
 from finance.period import Period, stamp
 from finance.rollforward import roll_forward
 from finance.trial_balance import trial_balance
-from ledger.commands import Adjust
+from ledger.commands import Adjust, Earn
 from ledger.database import create_engine, sqlstate
 from ledger.errors import PeriodClosed
 from ledger.history import server_time
 from ledger.service import LedgerService
-from members.registry import MemberInput, Members
+from members.registry import MemberInput, Members, MergeInput
 from partners.earning import Purchase, PurchaseLine
 from partners.errors import InvalidRule
 from partners.programme import Programme
@@ -612,3 +612,43 @@ async def test_a_contract_change_reaches_back_to_the_close_and_no_further(closed
         "shop", ContractInput(books.m0, late_submission_days=45), ADMIN
     )
     assert amended.effective_from == books.m0
+
+
+async def test_a_merge_after_the_close_carries_qp_at_their_times(server_url):
+    """A member merge moves the source's QP at the times they were earned (each
+    tier period counts them where they fell), also from a closed month: an
+    entry moving only QP may be dated there, booked now; one moving points
+    may not."""
+    async with new_books(server_url) as books:
+        ledger = books.ledger
+        in_p1 = late_in_p1(books)
+        await ledger.earn(Earn.simple("ben", "shop", "qp-p1", 10, 25, effective_at=in_p1))
+        for start in (books.p3, books.p2, books.p1):
+            await close_period(books.engine, books.label(start), ADMIN)
+        members = Members(ledger, books.programme)
+        merged = await members.merge("ben", MergeInput("clara", "same person"), ADMIN)
+        async with books.engine.connect() as conn:
+            moved = (
+                await conn.execute(
+                    text(
+                        "SELECT e.effective_at, e.created_at, p.amount FROM journal_entries e "
+                        "JOIN postings p ON p.entry_id = e.id "
+                        "WHERE e.id = ANY(:ids) AND p.account = :qp"
+                    ),
+                    {"ids": merged.entry_ids, "qp": "member:clara:qp"},
+                )
+            ).all()
+        assert [(r.effective_at, r.amount) for r in moved] == [(in_p1, 25)]
+        assert moved[0].created_at >= books.m0  # booked in the open period
+        with pytest.raises(PeriodClosed):  # points still may not be dated there
+            await ledger.adjust(Adjust("clara", 5, "goodwill", effective_at=in_p1), ADMIN)
+        async with books.engine.connect() as conn:
+            qp = (
+                await conn.execute(
+                    text(
+                        "SELECT member_id, effective_at, sum(amount) FROM member_qp_movements "
+                        "GROUP BY 1, 2 HAVING sum(amount) <> 0 ORDER BY 1"
+                    )
+                )
+            ).all()
+        assert [tuple(r) for r in qp] == [("clara", in_p1, 25)]  # ben's, at their time

@@ -204,7 +204,7 @@ def reconcile(partner_id: str, file: Path, start, end, then_repair: bool, as_jso
     """Reconcile PARTNER's transaction FILE (CSV, read with the partner's
     mapping) against the ledger and store the run: matched, differing,
     missing in the ledger, missing at the partner, unreadable, duplicate."""
-    from api.cli_support import actor
+    from api.cli_support import actor, input_file
     from finance.reconciliation import reconcile as run_reconcile
     from finance.reconciliation import repair
     from partners.programme import Programme
@@ -213,7 +213,7 @@ def reconcile(partner_id: str, file: Path, start, end, then_repair: bool, as_jso
     who = actor()
 
     # Read as it goes (blocking reads in chunks: a command has nothing else to serve).
-    stream = open(file, "rb")
+    stream = open(input_file(file), "rb")
 
     async def work(settings, ledger):
         run = await run_reconcile(

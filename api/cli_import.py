@@ -59,7 +59,7 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, lanes, 
     rejects file; the summary counts rows, posted, duplicates, rejected and
     points. A progress bar shows on a terminal."""
     from api.cli_support import actor as _actor
-    from api.cli_support import output_file
+    from api.cli_support import input_file, output_file
     from api.cli_support import run as _run
     from api.process_heap import batch_collector
     from partners.errors import InvalidPurchase
@@ -67,7 +67,7 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, lanes, 
     from partners.imports import IMPORT_LANES, ImportSource, import_file, write_rejects
     from partners.programme import Programme
 
-    source = ImportSource.from_path(file)
+    source = ImportSource.from_path(input_file(file))
     if fmt is None:
         # Told before any server starts, as a usage error: the option fixes it.
         try:

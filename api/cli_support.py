@@ -17,7 +17,7 @@ from api.settings import Settings, SettingsError
 
 
 class UnusableOutput(click.ClickException):
-    """An output path a command cannot write: one line, exit code 2, told
+    """A path a command cannot write (or read): one line, exit code 2, told
     before the command does anything."""
 
     exit_code = 2
@@ -40,6 +40,15 @@ def output_file(path: str | Path, option: str = "--output") -> Path:
         raise UnusableOutput(
             f"{option}: cannot write in {str(path.parent)!r} ({error.strerror})"
         ) from None
+    return path
+
+
+def input_file(path: str | Path, argument: str = "FILE") -> Path:
+    """`path` as a file the command may read to its end: a regular file (a
+    device or pipe may never end, and a file read twice must read the same)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnusableOutput(f"{argument}: {str(path)!r} is not a regular file")
     return path
 
 

@@ -23,6 +23,7 @@ from insights.errors import InvalidInsightParameter
 from ledger.database import DatabaseLimits, create_engine
 from ledger.errors import MemberNotFound, PartnerNotFound
 from ledger.history import snapshot
+from partners.money import MINOR_UNIT_EXPONENTS
 
 DEFAULT_WINDOW = timedelta(days=365)
 # Shares and rates are fractions (0.4250 is 42.5 %), four places, half up.
@@ -79,8 +80,10 @@ def window(
 
 def currency(value: str | None) -> str:
     code = DEFAULT_CURRENCY if value is None else value
-    if not re.fullmatch(r"[A-Z]{3}", code):
-        raise InvalidInsightParameter("currency", f"an ISO 4217 code such as EUR, not {code!r}")
+    if not re.fullmatch(r"[A-Z]{3}", code) or code not in MINOR_UNIT_EXPONENTS:
+        raise InvalidInsightParameter(
+            "currency", f"a currency partners may use, such as EUR, not {code!r}"
+        )
     return code
 
 

@@ -603,6 +603,13 @@ class Rulebook:
         _require(bool(tier.name.strip()), "name", "is required")
         _require(tier.rank >= 0, "rank", "must be zero or more")
         _require(tier.qp_threshold >= 0, "qp_threshold", "must be zero or more")
+        # The built-in base tier's code names the tier at 0 QP: defined at a
+        # threshold, it would stand beside the built-in one, two tiers of a code.
+        _require(
+            code != BASE_TIER.code or tier.qp_threshold == 0,
+            "qp_threshold",
+            f"the {BASE_TIER.code!r} tier is the one at 0 QP",
+        )
         _rate(tier.earn_multiplier, "earn_multiplier", Decimal(1), MAX_MULTIPLIER, True)
         _require(
             tier.burn_discount.is_finite() and 0 <= tier.burn_discount < 1,

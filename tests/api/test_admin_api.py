@@ -166,8 +166,16 @@ async def test_tiers_coupons_and_roles(client, token, new_id, new_member, progra
         assert refused.status_code == 422, (code, refused.text)
         assert refused.json()["type"] == "/problems/invalid-rule"
         assert refused.json()["field"] == "code"
+    # "base" is the built-in tier at 0 QP: not to be defined at a threshold.
+    based = await client.put(
+        "/v1/admin/tiers/base",
+        headers=token(),
+        json={"name": "Base", "rank": 0, "qp_threshold": 10},
+    )
+    assert (based.status_code, based.json()["field"]) == (422, "qp_threshold"), based.text
     listed = (await client.get("/v1/admin/tiers", headers=token())).json()
     assert [t["code"] for t in listed] == [t["code"] for t in tiers]
+    assert [t["code"] for t in listed].count("base") == 1
     now = datetime.now(UTC)
     code = new_id("CPN").upper()
     created = await client.post(

@@ -80,6 +80,7 @@ async def test_roles(client, settings, path, params):
         ("/v1/insights/rfm", {"from": "yesterday"}, 422, "invalid-period"),
         ("/v1/insights/pareto", {"from": "2024-01-01", "to": "2026-01-01"}, 422, "invalid-period"),
         ("/v1/insights/coalition", {"currency": "eur"}, 422, "invalid-query-parameter"),
+        ("/v1/insights/coalition", {"currency": "ZZZ"}, 422, "invalid-query-parameter"),
         ("/v1/insights/pareto", {"points": "1"}, 422, "invalid-query-parameter"),
         ("/v1/insights/lost-members", {"limit": "0"}, 422, "invalid-query-parameter"),
         ("/v1/insights/lost-members", {"as_of": "2026-07-01", "to": "2026-08-01"}, 422,

@@ -191,6 +191,13 @@ def test_partner_import_fails_in_one_line(database_url, tmp_path):
     nameless.write_text(day.read_text())
     unknown_format = run(env, "partner", "import", str(nameless), "--partner", ghost)
     assert unknown_format.exit_code == 2 and "or give --format" in unknown_format.stderr
+    # A device or pipe may never end: refused before anything is read.
+    endless = run(env, "partner", "import", "/dev/zero", "--partner", ghost, "--format", "csv")
+    assert failed(endless, 2, "is not a regular file")
+    unwritable = run(
+        env, "partner", "import", str(day), "--partner", ghost, "--rejects", "/dev/null"
+    )
+    assert failed(unwritable, 2, "is not a regular file")
 
 
 def _path() -> str:

@@ -16,7 +16,7 @@ from api.cli_failures import DATABASE_META, ConfigurationInvalid
 from api.settings import Settings, SettingsError
 
 
-class UnusableOutput(click.ClickException):
+class UnusablePath(click.ClickException):
     """A path a command cannot write (or read): one line, exit code 2, told
     before the command does anything."""
 
@@ -30,14 +30,14 @@ def output_file(path: str | Path, option: str = "--output") -> Path:
     the written file, or would block or swallow the write)."""
     path = Path(path)
     if not path.parent.is_dir():
-        raise UnusableOutput(f"{option}: no directory {str(path.parent)!r}")
+        raise UnusablePath(f"{option}: no directory {str(path.parent)!r}")
     if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise UnusableOutput(f"{option}: {str(path)!r} is not a regular file")
+        raise UnusablePath(f"{option}: {str(path)!r} is not a regular file")
     try:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".loyalty-"):
             pass
     except OSError as error:
-        raise UnusableOutput(
+        raise UnusablePath(
             f"{option}: cannot write in {str(path.parent)!r} ({error.strerror})"
         ) from None
     return path
@@ -48,7 +48,7 @@ def input_file(path: str | Path, argument: str = "FILE") -> Path:
     device or pipe may never end, and a file read twice must read the same)."""
     path = Path(path)
     if not path.is_file():
-        raise UnusableOutput(f"{argument}: {str(path)!r} is not a regular file")
+        raise UnusablePath(f"{argument}: {str(path)!r} is not a regular file")
     return path
 
 

@@ -423,10 +423,18 @@ class AccrualRun:
         for item in items:
             try:
                 done = self._evaluate(defs, item, known)
-                # Each line within what a posting may carry, checked here so
-                # that a purchase beyond it is refused alone, not its batch.
+                # Within what a posting may carry (each line, and the
+                # purchase's points and QP, which a full return reverses in
+                # one), checked here so that a purchase beyond it is refused
+                # alone, not its batch.
                 for line in done.earning.lines:
                     check_points(line.amount, f"{line.kind} points")
+                for total, what in (
+                    (done.earning.points, "the purchase's points"),
+                    (done.earning.qualifying_points, "the purchase's QP"),
+                ):
+                    if total:
+                        check_points(total, what)
                 if self.lock:
                     points = await credit.check(done.earning)
                     if item.accrual.reference in known.taken:

@@ -306,17 +306,18 @@ async def test_an_earning_beyond_what_a_posting_carries_is_refused_alone(
     partner = await new_partner()
     await rules.create_earn_rule(partner, EarnRuleInput(FROM, "EUR", Decimal(10_000)), ADMIN)
     window = (now - timedelta(days=1), now + timedelta(days=1))
-    await rules.create_promotion(
-        PromotionInput(
-            new_id("HUGE").upper(),
-            "x100 on electronics",
-            *window,
-            multiplier=Decimal(100),
-            partner_ids=[partner],
-            categories=["electronics"],
-        ),
-        ADMIN,
-    )
+    for category in ("electronics", "drugstore"):
+        await rules.create_promotion(
+            PromotionInput(
+                new_id("HUGE").upper(),
+                f"x100 on {category}",
+                *window,
+                multiplier=Decimal(100),
+                partner_ids=[partner],
+                categories=[category],
+            ),
+            ADMIN,
+        )
     with pytest.raises(InvalidRule, match="fixed_bonus"):
         await rules.create_promotion(
             PromotionInput(new_id("BONUS").upper(), "too much", *window, fixed_bonus=10**7 + 1),
@@ -325,12 +326,24 @@ async def test_an_earning_beyond_what_a_posting_carries_is_refused_alone(
     ((member, card),) = await members_with_cards(engine, new_member, 1)
     small = PurchaseInput("EUR", [PurchaseLineInput(1_000, "groceries")])
     huge = PurchaseInput("EUR", [PurchaseLineInput(MAX_LINE_MINOR, "electronics")])
+    # Each of its earning lines within the bound (the two promotions' 0.594
+    # and the base's 0.012 of 10^12), their sum beyond it: a full return of
+    # it could not be posted in one.
+    lines = PurchaseInput(
+        "EUR",
+        [PurchaseLineInput(60_000_000, "electronics"), PurchaseLineInput(60_000_000, "drugstore")],
+    )
     batch = await earn_batch(
         Programme(ledger),
         partner,
-        [EarnItem(card, "S-1", small), EarnItem(card, "H-1", huge), EarnItem(card, "S-2", small)],
+        [
+            EarnItem(card, "S-1", small),
+            EarnItem(card, "H-1", huge),
+            EarnItem(card, "H-2", lines),
+            EarnItem(card, "S-2", small),
+        ],
     )
     codes = [o.error.code if o.error else "posted" for o in batch.outcomes]
-    assert codes == ["posted", "invalid-amount", "posted"]
+    assert codes == ["posted", "invalid-amount", "invalid-amount", "posted"]
     assert (await ledger.balances(member)).available == 2 * 100_000
     await assert_clean()

@@ -85,14 +85,15 @@ def export_journal(start, end, fmt, output: Path, as_json: bool) -> None:
     (one row per posting) or JSON Lines (one line per entry), streamed in
     constant memory; then FILE.sha256 (check it with `sha256sum -c`) and
     FILE.totals.json (entries, postings, debits and credits per asset)."""
-    from finance.journal_export import check_format, export_journal
+    from finance.journal_export import check_format, export_journal, written_paths
 
     period = _period(start, end)
     try:
         check_format(fmt)
     except InvalidExportFormat as error:
         raise BadInput(f"{error.code}: {error.detail}") from None
-    output_file(output)
+    for path in written_paths(output):  # the file, its partial and its two sidecars
+        output_file(path, "--output")
     progress = progress_for(sys.stderr)
 
     def started(totals) -> None:

@@ -78,7 +78,10 @@ def import_file_command(file, partner_id, fmt, rejects_path, chunk_size, lanes, 
                 "name it .csv, .jsonl or .ndjson, or give --format",
                 param_hint="FILE",
             ) from None
-    rejects_path = str(output_file(rejects_path or f"{file}.rejects.csv", "--rejects"))
+    rejects = output_file(rejects_path or f"{file}.rejects.csv", "--rejects")
+    if rejects.exists() and os.path.samefile(rejects, file):
+        raise click.BadParameter("is the file being imported", param_hint="--rejects")
+    rejects_path = str(rejects)
     with contextlib.ExitStack() as stack:
         progress = None
         if sys.stderr.isatty():

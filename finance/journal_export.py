@@ -344,6 +344,17 @@ def sidecar_paths(path: Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".sha256"), path.with_name(path.name + ".totals.json")
 
 
+def partial_path(path: Path) -> Path:
+    """FILE.partial: the file while it is written, renamed when complete."""
+    return path.with_name(path.name + ".partial")
+
+
+def written_paths(path: Path) -> tuple[Path, ...]:
+    """Every path an export to `path` writes."""
+    path = Path(path)
+    return (path, partial_path(path), *sidecar_paths(path))
+
+
 async def export_journal(
     engine: AsyncEngine,
     period: Period,
@@ -360,7 +371,7 @@ async def export_journal(
     length), `progress(rows)` after each batch."""
     check_format(fmt)
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_path(path)
     async with snapshot(engine, long=True) as conn:
         export = JournalStream(conn, period, fmt, batch)
         expected = await export.open()

@@ -249,6 +249,16 @@ async def test_an_output_that_is_not_a_regular_file_is_refused_before_anything(m
         assert len(result.output.strip().splitlines()) == 1
     assert fifo.is_fifo() and link.is_symlink() and target.read_text() == "mine\n"
     assert not (tmp_path / "link.csv.sha256").exists()
+    # The same for what the export writes beside the file.
+    for beside in ("out.csv.partial", "out.csv.sha256", "out.csv.totals.json"):
+        (tmp_path / beside).symlink_to(target)
+        result = await loyalty(
+            month, tmp_path, "finance", "export-journal", *period, "--output",
+            str(tmp_path / "out.csv"),
+        )  # fmt: skip
+        assert result.exit_code == 2 and beside in result.output, result.output
+        (tmp_path / beside).unlink()
+    assert target.read_text() == "mine\n" and not (tmp_path / "out.csv").exists()
 
 
 async def test_cli_trial_balance_and_roll_forward(month, tmp_path):

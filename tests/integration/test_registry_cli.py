@@ -198,6 +198,9 @@ def test_partner_import_fails_in_one_line(database_url, tmp_path):
         env, "partner", "import", str(day), "--partner", ghost, "--rejects", "/dev/null"
     )
     assert failed(unwritable, 2, "is not a regular file")
+    itself = run(env, "partner", "import", str(day), "--partner", ghost, "--rejects", str(day))
+    assert itself.exit_code == 2 and "is the file being imported" in itself.stderr
+    assert day.read_text().startswith("card_number,")
 
 
 def _path() -> str:

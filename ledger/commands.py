@@ -25,7 +25,9 @@ def check_points(value: int, what: str = "amount", *, signed: bool = False) -> i
 
 
 def check_reason(reason: str | None) -> str:
-    if not reason or not reason.strip():
+    # A reason says why in words: at least one letter or digit (blanks,
+    # zero-width and other invisible characters say nothing).
+    if not reason or not any(char.isalnum() for char in reason):
         raise ReasonRequired("a reason is required")
     return reason.strip()
 

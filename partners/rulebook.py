@@ -601,8 +601,6 @@ class Rulebook:
     async def put_tier(self, code: str, tier: TierInput, actor: str) -> dict:
         _tier_code(code)
         _require(bool(tier.name.strip()), "name", "is required")
-        _require(tier.rank >= 0, "rank", "must be zero or more")
-        _require(tier.qp_threshold >= 0, "qp_threshold", "must be zero or more")
         # The built-in base tier's code names the tier at 0 QP: defined at a
         # threshold, it would stand beside the built-in one, two tiers of a code.
         _require(
@@ -610,6 +608,15 @@ class Rulebook:
             "qp_threshold",
             f"the {BASE_TIER.code!r} tier is the one at 0 QP",
         )
+        _require(tier.rank >= 0, "rank", "must be zero or more")
+        # Rank 0 is the base tier's (built in, or defined at 0 QP): a tier at a
+        # threshold ranks above it.
+        _require(
+            tier.rank > 0 or tier.qp_threshold == 0,
+            "rank",
+            "a tier with a QP threshold ranks 1 or more (0 is the base tier's)",
+        )
+        _require(tier.qp_threshold >= 0, "qp_threshold", "must be zero or more")
         _rate(tier.earn_multiplier, "earn_multiplier", Decimal(1), MAX_MULTIPLIER, True)
         _require(
             tier.burn_discount.is_finite() and 0 <= tier.burn_discount < 1,

@@ -173,6 +173,12 @@ async def test_tiers_coupons_and_roles(client, token, new_id, new_member, progra
         json={"name": "Base", "rank": 0, "qp_threshold": 10},
     )
     assert (based.status_code, based.json()["field"]) == (422, "qp_threshold"), based.text
+    beside = await client.put(
+        "/v1/admin/tiers/bronze",
+        headers=token(),
+        json={"name": "Bronze", "rank": 0, "qp_threshold": 500},
+    )
+    assert (beside.status_code, beside.json()["field"]) == (422, "rank"), beside.text
     listed = (await client.get("/v1/admin/tiers", headers=token())).json()
     assert [t["code"] for t in listed] == [t["code"] for t in tiers]
     assert [t["code"] for t in listed].count("base") == 1

@@ -94,7 +94,7 @@ async def test_staff_reversal(client, token, ledger, new_member, new_partner):
     assert too_much.status_code == 422
     assert too_much.json()["type"] == "/problems/reversal-exceeds-original"
     assert too_much.json()["reversible"] == 60
-    for blank in ("", "   "):  # the record says why, as an adjustment's does
+    for blank in ("", "   ", "\u200b", "--"):  # says why, as an adjustment's does
         unexplained = await client.post(
             "/v1/staff/reversals",
             headers=token(),

@@ -8,6 +8,12 @@ QP carry no money); an entry moving points (PTS) is still refused there.
 Before, a merge of a member with QP earned before the last close was refused
 as a whole (`period-closed`): merging stopped working after the first close.
 
+The postings check follows: points (any asset but QP) added to an entry
+dated in a closed month are refused also when a later statement adds them
+(raw SQL; the journal posts an entry with all its postings in one statement,
+which the entries' check sees whole). One index probe per entry of the
+statement's non-QP postings, once any month is closed.
+
 Revision ID: 0026
 Revises: 0025
 Create Date: 2026-12-01
@@ -53,9 +59,56 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+
+CREATE OR REPLACE FUNCTION refuse_postings_before_close() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    boundary timestamptz;
+    first_entry bigint;
+    dated_back bigint;
+BEGIN
+    SELECT max(period_end) INTO boundary FROM period_closes;
+    IF boundary IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT min(entry_id) INTO first_entry FROM inserted;
+    IF first_entry < ledger_month_start(ledger_month_index(boundary)) THEN
+        PERFORM ledger_period_closed(boundary, format(
+            'entry %s was booked in a closed period: it takes no more postings', first_entry));
+    END IF;
+    -- A probe per entry (LATERAL ... LIMIT 1), whatever the planner guesses
+    -- of the transition table.
+    SELECT i.entry_id INTO dated_back
+    FROM (SELECT DISTINCT entry_id FROM inserted WHERE asset <> 'QP') AS i
+    CROSS JOIN LATERAL (SELECT 1 FROM journal_entries e WHERE e.id = i.entry_id
+                        AND e.effective_at < boundary LIMIT 1) AS hit
+    LIMIT 1;
+    IF dated_back IS NOT NULL THEN
+        PERFORM ledger_period_closed(boundary, format(
+            'entry %s is dated in a closed period: only status points (QP) go there',
+            dated_back));
+    END IF;
+    RETURN NULL;
+END $$;
 """
 
 DOWNGRADE = r"""
+CREATE OR REPLACE FUNCTION refuse_postings_before_close() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    boundary timestamptz;
+    first_entry bigint;
+BEGIN
+    SELECT max(period_end) INTO boundary FROM period_closes;
+    IF boundary IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT min(entry_id) INTO first_entry FROM inserted;
+    IF first_entry < ledger_month_start(ledger_month_index(boundary)) THEN
+        PERFORM ledger_period_closed(boundary, format(
+            'entry %s was booked in a closed period: it takes no more postings', first_entry));
+    END IF;
+    RETURN NULL;
+END $$;
+
 CREATE OR REPLACE FUNCTION refuse_entries_before_close() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     boundary timestamptz;

@@ -450,6 +450,21 @@ async def test_the_database_refuses_back_dated_rows_even_in_raw_sql(closed_books
         async with books.engine.begin() as conn:
             await raw_entry(conn, books.p1 + timedelta(days=6), 9, "anna", 1)
     assert sqlstate(refused.value) == "LF422"
+    # Only QP may be dated there (0026), also when points come in a later
+    # statement: the QP entry goes in, points added to it do not.
+    with pytest.raises(DBAPIError) as refused:
+        async with books.engine.begin() as conn:
+            qp_only = text(
+                "WITH e AS (INSERT INTO journal_entries (kind, member_id, effective_at, "
+                "posted_by, reason) VALUES ('adjust', 'anna', :back, 'staff:x', "
+                "'qp dated back') RETURNING id) INSERT INTO postings (entry_id, account, "
+                "asset, amount, member_id) SELECT id, 'member:anna:qp', 'QP', 5, 'anna' "
+                "FROM e UNION ALL SELECT id, 'program:qp_source', 'QP', -5, NULL FROM e "
+                "RETURNING entry_id"
+            )
+            qp_entry = (await conn.execute(qp_only, {"back": back})).scalars().first()
+            await conn.execute(text(statements[1][0]), {"id": qp_entry})
+    assert sqlstate(refused.value) == "LF422" and "only status points" in str(refused.value)
     # The closes themselves are append-only.
     for sql in (
         "UPDATE period_closes SET closed_by = 'x'",

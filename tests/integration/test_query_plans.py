@@ -312,7 +312,7 @@ def trigger_queries() -> list[tuple[str, str, tuple]]:
     0010, its transition table stood in for by a one-row list), the deferred
     ones at commit (0001 and 0004), the party checks of the balance rows and
     entries a statement wrote (0023; the lot movements' references too), the
-    QP movements' record (0025)."""
+    QP movements' record (0025), the closed-month check of postings (0026)."""
     earned = entry("earn", 101)
     return [
         (
@@ -336,6 +336,14 @@ def trigger_queries() -> list[tuple[str, str, tuple]]:
             "GROUP BY i.entry_id, i.member_id, e.effective_at HAVING sum(i.amount) <> 0 "
             "ORDER BY i.member_id",
             (earned, "seed-000101"),
+        ),
+        (
+            "trigger refuse_postings_before_close",
+            "SELECT i.entry_id FROM (SELECT DISTINCT entry_id FROM (VALUES "
+            "(CAST($1 AS bigint), 'PTS')) AS inserted(entry_id, asset) WHERE asset <> 'QP') "
+            "AS i CROSS JOIN LATERAL (SELECT 1 FROM journal_entries e WHERE e.id = i.entry_id "
+            "AND e.effective_at < CAST($2 AS timestamptz) LIMIT 1) AS hit LIMIT 1",
+            (earned, datetime.now(UTC)),
         ),
         (
             "trigger check_entry_balances",

@@ -37,7 +37,7 @@ from sqlalchemy import text
 
 from api.problems import PROBLEM_JSON, ApiError, problem
 from ledger.errors import IdempotencyKeyReused, LedgerError, RequestInFlight
-from ledger.idempotency import IdempotencyKey
+from ledger.idempotency import KEY_LOCK, IdempotencyKey
 
 # Answers about the key itself, not about the request: never stored.
 _NOT_STORED = (IdempotencyKeyReused, RequestInFlight)
@@ -58,6 +58,23 @@ _STORED = text(
 _STORE = text(
     "INSERT INTO partner_requests (partner_id, idempotency_key, fingerprint, status, "
     "response_status, response_body) VALUES (:p, :k, :f, 'done', :s, :b) "
+    "ON CONFLICT (partner_id, idempotency_key) DO UPDATE SET status = 'done', "
+    "fingerprint = EXCLUDED.fingerprint, response_status = EXCLUDED.response_status, "
+    "response_body = EXCLUDED.response_body "
+    "WHERE partner_requests.status = 'in_flight'"
+)
+
+
+# An error answer is kept only while no call under the key has posted: the
+# erring call's transaction rolled back, and a retry may have posted since.
+# Waiting for the key's lock first puts this after any call still running
+# under it (its own statement then sees that call's committed key).
+_WAIT_FOR_KEY = text(f"SELECT pg_advisory_xact_lock({KEY_LOCK})")
+_STORE_ERROR = text(
+    "INSERT INTO partner_requests (partner_id, idempotency_key, fingerprint, status, "
+    "response_status, response_body) SELECT :p, :k, :f, 'done', :s, :b "
+    "WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE caller = :claim_caller "
+    "AND key = :claim_key) "
     "ON CONFLICT (partner_id, idempotency_key) DO UPDATE SET status = 'done', "
     "fingerprint = EXCLUDED.fingerprint, response_status = EXCLUDED.response_status, "
     "response_body = EXCLUDED.response_body "
@@ -142,9 +159,16 @@ async def store_response(
 ) -> None:
     """Keep the answer for retries. A concurrent retry may have stored the same
     answer first: keep that one (rows left `in_flight` by an older version of
-    this module are completed)."""
+    this module are completed). An error is not kept once a call under the
+    key has posted (`_STORE_ERROR`)."""
+    values = {"p": partner_id, "k": key, "f": digest, "s": status, "b": body}
     async with engine.begin() as conn:
-        await conn.execute(_STORE, {"p": partner_id, "k": key, "f": digest, "s": status, "b": body})
+        if status < 400:
+            await conn.execute(_STORE, values)
+            return
+        held = {"claim_caller": f"partner:{partner_id}", "claim_key": key}
+        await conn.execute(_WAIT_FOR_KEY, held)
+        await conn.execute(_STORE_ERROR, {**values, **held})
 
 
 async def purge(engine, retention: timedelta) -> int:

@@ -84,9 +84,11 @@ def request_fingerprint(operation: str, key: IdempotencyKey, command: object) ->
 # The claim as CTEs a statement opens with: the key's advisory lock tried,
 # then the key inserted when the lock was got. A body of `LedgerService.run`
 # may make the claim in its own first statement (`Claim`), one round trip less.
+# The advisory lock a transaction running under a key holds (`:claim_caller`,
+# `:claim_key`): tried by the claim, waited for by whoever must come after it.
+KEY_LOCK = "hashtextextended(:claim_caller || chr(10) || :claim_key, 0)"
 CLAIM_CTES = (
-    "claim_lock AS (SELECT pg_try_advisory_xact_lock("
-    "hashtextextended(:claim_caller || chr(10) || :claim_key, 0)) AS got), "
+    f"claim_lock AS (SELECT pg_try_advisory_xact_lock({KEY_LOCK}) AS got), "
     "claim_new AS (INSERT INTO idempotency_keys (caller, key, operation, fingerprint) "
     "SELECT :claim_caller, :claim_key, :claim_operation, :claim_fingerprint "
     "FROM claim_lock WHERE got ON CONFLICT DO NOTHING RETURNING 1)"

@@ -463,6 +463,52 @@ async def test_a_crash_after_the_posting_before_the_answer_is_stored_replays_the
     assert again.json() == retried.json()
 
 
+async def test_an_error_answer_is_not_kept_once_a_retry_has_posted(
+    client, shop, engine, ledger, monkeypatch
+):
+    """A call fails (the card is not issued yet) and rolls back; before its
+    error answer is stored, the card is issued and a retry under the same key
+    posts. The error is then not kept: later retries get the 201, not a 404
+    that contradicts the posted purchase."""
+    import api.partner_requests as requests
+    from ledger.idempotency import IdempotencyKey
+    from ledger.service import LedgerService
+    from partners.earning import Purchase, PurchaseLine
+    from partners.programme import Programme
+
+    card = str(uuid.uuid4().int)[:16]
+    body = {**earn_body(shop, "LATE-CARD", 1000), "card_number": card}
+    real_store = requests.store_response
+
+    async def retry_first(app_engine, partner_id, key, digest, *answer):
+        # On the app's own engine (its event loop): the retry, as the route
+        # runs it, under the same key and request digest.
+        await Registry(app_engine, SecretBox(SECRET_KEY)).issue_card(
+            shop.member_id, card, "staff:tests"
+        )
+        app_ledger = LedgerService(app_engine)
+        await Programme(app_ledger).earn_purchase(
+            None,
+            Purchase(partner_id, datetime.now(UTC), "EUR", (PurchaseLine(1000, "groceries"),)),
+            "LATE-CARD",
+            idempotency=IdempotencyKey(f"partner:{partner_id}", key, digest),
+            card_number=card,
+        )
+        await real_store(app_engine, partner_id, key, digest, *answer)
+
+    monkeypatch.setattr(requests, "store_response", retry_first)
+    first = await post(client, shop, "/v1/partner/earn", body, key="late-card")
+    monkeypatch.setattr(requests, "store_response", real_store)
+    assert first.status_code == 404, first.text
+    again = await post(
+        client, shop, "/v1/partner/earn", body, key="late-card",
+        auth=shop.auth(clock=lambda: time.time() + 1),
+    )  # fmt: skip
+    assert again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await _entries(engine, shop.partner_id) == 1
+
+
 async def test_stored_responses_are_purged_after_the_retention(client, shop, engine):
     from datetime import timedelta
 

@@ -95,7 +95,7 @@ class JobBench:
 
     job: str  # as `loyalty jobs run` names it
     seeded: str  # what each member has, for the first line printed
-    seed: tuple[str, ...]  # per chunk of members: :members, :earned, :expires, :release
+    seed: tuple[str, ...]  # per chunk: :members, :earned, :expires, :release, :steps
     tables: tuple[str, ...]  # analysed after seeding
     baseline_schema: tuple[str, ...]
     baseline: tuple[str, ...]  # :now

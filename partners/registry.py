@@ -629,9 +629,7 @@ class Registry:
             # Versions of one partner are numbered one at a time.
             await _lock_partner(conn, partner_id)
             closed_through, now = (
-                await conn.execute(
-                    text("SELECT (SELECT max(period_end) FROM period_closes), now()")
-                )
+                await conn.execute(text("SELECT ledger_closed_through(), now()"))
             ).one()
             # A correction may reach back (statements are then reissued), but
             # not into closed books, whose figures never change.

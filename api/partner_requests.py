@@ -55,14 +55,19 @@ _STORED = text(
     "SELECT fingerprint, response_status, response_body FROM partner_requests "
     "WHERE partner_id = :p AND idempotency_key = :k AND status = 'done'"
 )
-_STORE = text(
+_INSERT_ANSWER = (
     "INSERT INTO partner_requests (partner_id, idempotency_key, fingerprint, status, "
-    "response_status, response_body) VALUES (:p, :k, :f, 'done', :s, :b) "
-    "ON CONFLICT (partner_id, idempotency_key) DO UPDATE SET status = 'done', "
+    "response_status, response_body) "
+)
+# A concurrent retry's answer, stored first, stays; a row left `in_flight` by
+# an older version of this module is completed.
+_KEEP_FIRST = (
+    " ON CONFLICT (partner_id, idempotency_key) DO UPDATE SET status = 'done', "
     "fingerprint = EXCLUDED.fingerprint, response_status = EXCLUDED.response_status, "
     "response_body = EXCLUDED.response_body "
     "WHERE partner_requests.status = 'in_flight'"
 )
+_STORE = text(_INSERT_ANSWER + "VALUES (:p, :k, :f, 'done', :s, :b)" + _KEEP_FIRST)
 
 
 # An error answer is kept only while no call under the key has posted: the
@@ -71,14 +76,9 @@ _STORE = text(
 # under it (its own statement then sees that call's committed key).
 _WAIT_FOR_KEY = text(f"SELECT pg_advisory_xact_lock({KEY_LOCK})")
 _STORE_ERROR = text(
-    "INSERT INTO partner_requests (partner_id, idempotency_key, fingerprint, status, "
-    "response_status, response_body) SELECT :p, :k, :f, 'done', :s, :b "
+    _INSERT_ANSWER + "SELECT :p, :k, :f, 'done', :s, :b "
     "WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE caller = :claim_caller "
-    "AND key = :claim_key) "
-    "ON CONFLICT (partner_id, idempotency_key) DO UPDATE SET status = 'done', "
-    "fingerprint = EXCLUDED.fingerprint, response_status = EXCLUDED.response_status, "
-    "response_body = EXCLUDED.response_body "
-    "WHERE partner_requests.status = 'in_flight'"
+    "AND key = :claim_key)" + _KEEP_FIRST
 )
 
 

@@ -423,12 +423,10 @@ class AccrualRun:
         for item in items:
             try:
                 done = self._evaluate(defs, item, known)
-                # Within what a posting may carry (each line, and the
-                # purchase's points and QP, which a full return reverses in
-                # one), checked here so that a purchase beyond it is refused
-                # alone, not its batch.
-                for line in done.earning.lines:
-                    check_points(line.amount, f"{line.kind} points")
+                # Within what a posting may carry (the purchase's points and
+                # QP, which a full return reverses in one; its lines are
+                # positive parts of them), checked here so that a purchase
+                # beyond it is refused alone, not its batch.
                 for total, what in (
                     (done.earning.points, "the purchase's points"),
                     (done.earning.qualifying_points, "the purchase's QP"),

@@ -74,9 +74,7 @@ async def bench_import(url: str, rows: int, members: int, chunk_size: int) -> No
     peak = usage.ru_maxrss / 1024  # kilobytes on Linux
     print(f"peak RSS of the importing process: {peak:,.0f} MB (target: under 300 MB)")
 
-    copy_rate = await copy_baseline(engine, posted, ids, PARTNER)
-    print(f"baseline: COPY of the same rows      {copy_rate:,.0f} rows/s")
-    print(f"ratio import rows / COPY rows: {rate * ROWS_PER_EARNING / copy_rate:.3f}")
+    (await copy_baseline(engine, posted, ids, PARTNER)).report("import", rate)
     check = await verify(engine)
     print("verify:", "clean" if check.clean else check.render())
     print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -42,15 +42,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account, program_account
+from ledger.drafts import ConsumeLots, EntryDraft, NewLot, Posting, RestoreLots
 from ledger.errors import AsOfRefused
-from ledger.journal import (
-    ConsumeLots,
-    EntryDraft,
-    NewLot,
-    PostedEntry,
-    Posting,
-    RestoreLots,
-)
+from ledger.journal import PostedEntry
 from ledger.lanes import in_lanes
 from ledger.redemption import HOLD_COLUMNS
 

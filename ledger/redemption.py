@@ -13,6 +13,7 @@ from ledger.commands import (
     Capture,
     Void,
 )
+from ledger.drafts import EntryDraft, Posting, RestoreLots, Spend
 from ledger.errors import (
     CaptureExceedsHold,
     HoldExpired,
@@ -20,12 +21,6 @@ from ledger.errors import (
     HoldNotOpen,
 )
 from ledger.idempotency import IdempotencyKey
-from ledger.journal import (
-    EntryDraft,
-    Posting,
-    RestoreLots,
-    Spend,
-)
 from ledger.views import (
     HoldView,
     Receipt,

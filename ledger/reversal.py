@@ -9,18 +9,13 @@ from ledger.accounts import PTS
 from ledger.commands import (
     Reverse,
 )
+from ledger.drafts import Clawback, EntryDraft, Posting, RestoreLots
 from ledger.errors import (
     EntryNotFound,
     NotReversible,
     ReversalExceedsOriginal,
 )
 from ledger.idempotency import IdempotencyKey
-from ledger.journal import (
-    Clawback,
-    EntryDraft,
-    Posting,
-    RestoreLots,
-)
 from ledger.lots import prorate
 from ledger.views import (
     EntryView,

@@ -34,6 +34,7 @@ from ledger.commands import (
     Transfer,
 )
 from ledger.database import is_connection_lost, is_retryable, refused_party, sqlstate
+from ledger.drafts import EntryDraft, NewLot, Posting, Spend
 from ledger.errors import (
     DuplicatePartnerReference,
     EntryNotFound,
@@ -46,15 +47,7 @@ from ledger.errors import (
 from ledger.expiry import ExpiryPolicy, RollingToQuarterEnd
 from ledger.idempotency import AlreadyStored, Claim, IdempotencyKey, Stored, claim, record
 from ledger.jobs import ScheduledJobs
-from ledger.journal import (
-    LOCKED_MEMBERS,
-    POSTED_KINDS,
-    EntryDraft,
-    Journal,
-    NewLot,
-    Posting,
-    Spend,
-)
+from ledger.journal import LOCKED_MEMBERS, POSTED_KINDS, Journal
 from ledger.partitions import ensure_partitions, is_missing_partition
 from ledger.redemption import Redemptions
 from ledger.reversal import Reversals

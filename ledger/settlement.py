@@ -7,16 +7,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import queries
 from ledger.accounts import PTS, QP, member_account, program_account
+from ledger.drafts import CarriedLot, CarryLots, ConsumeLots, EntryDraft, Posting
 from ledger.errors import (
     MemberAccountsNotSettled,
     SameMember,
-)
-from ledger.journal import (
-    CarriedLot,
-    CarryLots,
-    ConsumeLots,
-    EntryDraft,
-    Posting,
 )
 from ledger.views import (
     Balances,

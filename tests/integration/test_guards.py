@@ -14,8 +14,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ledger.commands import Earn, PostEntry, PostingInput
 from ledger.database import sqlstate
+from ledger.drafts import EntryDraft, NewLot, Posting
 from ledger.errors import InvalidAccount, InvalidAmount, LockOrderError
-from ledger.journal import EntryDraft, NewLot, Posting
 
 
 async def test_posting_points_to_a_members_qp_account_is_refused(ledger, new_member):

@@ -33,25 +33,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account, member_of
 from ledger.drafts import (
-    CarriedLot,
-    CarryLots,
-    Clawback,
-    ConsumeLots,
     EntryDraft,
-    LotEffect,
-    NewLot,
-    Spend,
     check_draft,
     reads_lots,
 )
 from ledger.errors import (
     DuplicatePartnerReference,
-    InsufficientPoints,
-    InvalidAmount,
     LockOrderError,
 )
 from ledger.expiry import ExpiryPolicy
-from ledger.lots import ConsumedLot, OpenLot, allocate_debit, allocate_restore
+from ledger.lot_work import LotWork
 from ledger.statements import statement
 
 LOCKED_MEMBERS = (
@@ -71,32 +62,6 @@ class BalanceRow:
 class PostedEntry:
     entry_id: int
     member_balances: Mapping[tuple[str, str], BalanceRow]
-
-
-class _LotWork:
-    """What a call's lot effects do, collected to be written all at once."""
-
-    def __init__(self) -> None:
-        # (member, entry, earning, amount, earned at, expires at, source)
-        self.created: list[tuple] = []
-        # (entry, lot, amount, origin entry)
-        self.moved: list[tuple[int, int, int, int | None]] = []
-
-    def new(self, entry_id, member_id, amount, effect: NewLot, policy, expires_at=...) -> None:
-        earning = effect.earn_entry_id
-        if earning is None and effect.source == "earn":
-            earning = entry_id  # this entry is the earning
-        expiry = policy.expires_at(effect.earned_at) if expires_at is ... else expires_at
-        self.created.append(
-            (member_id, entry_id, earning, amount, effect.earned_at, expiry, effect.source)
-        )
-
-    def move(self, entry_id: int, lot_id: int, amount: int, origin: int | None = None) -> None:
-        self.moved.append((entry_id, lot_id, amount, origin))
-
-
-def _soonest_expiry_first(lot: CarriedLot) -> tuple[bool, datetime]:
-    return (lot.expires_at is None, lot.expires_at or lot.earned_at)
 
 
 def member_mutex_cte(name: str, members: str, when: str = "true") -> str:
@@ -251,7 +216,7 @@ class Journal:
         entry_ids, balances = await self._post_entries(conn, drafts, lock_rows)
         held.update(members)
         live = [(d, e) for d, e in zip(drafts, entry_ids, strict=True) if e is not None]
-        lots = _LotWork()
+        lots = LotWork(conn, self.expiry_policy)
         # Each member's available balance before the call, and how many of the
         # call's drafts touch its lots (one pass over the postings and effects).
         running: dict[str, int] = {}
@@ -280,11 +245,9 @@ class Journal:
                 delta = sum(
                     p.amount for p in draft.postings if p.account == account and p.asset == PTS
                 )
-                await self._resolve_lot_effect(
-                    conn, lots, entry_id, member_id, effect, delta, running[member_id], now
-                )
+                await lots.apply(entry_id, member_id, effect, delta, running[member_id], now)
                 running[member_id] += delta
-        await self._write_lots(conn, lots)
+        await lots.write()
         if (kinds := conn.info.get(POSTED_KINDS)) is not None:
             kinds.extend(draft.kind for draft, _ in live)
         posted = {e: PostedEntry(e, balances) for _, e in live}
@@ -413,152 +376,3 @@ class Journal:
             else:
                 balances[(r.account, r.asset)] = BalanceRow(r.balance, r.version)
         return entry_ids, balances
-
-    async def _resolve_lot_effect(
-        self,
-        conn: AsyncConnection,
-        lots: "_LotWork",
-        entry_id: int,
-        member_id: str,
-        effect: LotEffect,
-        delta: int,
-        balance: int,
-        now: datetime,
-    ) -> None:
-        """Work out what a change of `delta` to the member's `available` does to
-        its lots (written later, all at once, by `_write_lots`).
-
-        Points given back to a lot whose expiry passed meanwhile stay in that
-        lot: the next expiry run moves them to program:expired, unless the
-        member is protected from expiry then, like any other expired lot."""
-        if isinstance(effect, (Spend, Clawback, ConsumeLots)):
-            if delta >= 0:
-                raise InvalidAmount("a debit lot effect needs a debit of available points")
-            if isinstance(effect, ConsumeLots):
-                takes = list(effect.takes)
-            else:
-                if isinstance(effect, Spend) and balance + delta < 0:
-                    raise InsufficientPoints(
-                        f"member {member_id} has {max(balance, 0)} points available, "
-                        f"{-delta} needed",
-                        available=max(balance, 0),
-                        requested=-delta,
-                    )
-                prefer = effect.earn_entry_id if isinstance(effect, Clawback) else None
-                takes, _debt = allocate_debit(
-                    await self.open_lots(conn, member_id), -delta, prefer_earning=prefer
-                )
-            for lot_id, take in takes:
-                lots.move(entry_id, lot_id, -take)
-            return
-
-        if delta <= 0:
-            raise InvalidAmount("a credit lot effect needs a credit of available points")
-        into_lots = delta - min(delta, max(-balance, 0))  # debt is repaid first
-        if into_lots == 0:
-            return
-        if isinstance(effect, NewLot):
-            lots.new(entry_id, member_id, into_lots, effect, self.expiry_policy)
-            return
-        if isinstance(effect, CarryLots):
-            if sum(lot.amount for lot in effect.lots) != delta:
-                raise InvalidAmount("carried lots must add up to the credit")
-            repay = delta - into_lots
-            for lot in sorted(effect.lots, key=_soonest_expiry_first):
-                kept = lot.amount - min(repay, lot.amount)
-                repay -= lot.amount - kept
-                if kept:
-                    new = NewLot(lot.source, lot.earned_at, lot.earn_entry_id)
-                    lots.new(entry_id, member_id, kept, new, self.expiry_policy, lot.expires_at)
-            return
-        consumed = await self._consumed_lots(conn, effect.origin_entry_id)
-        given, unplaced = allocate_restore(consumed, into_lots)
-        for lot_id, amount in given:
-            lots.move(entry_id, lot_id, amount, effect.origin_entry_id)
-        if unplaced:
-            lots.new(entry_id, member_id, unplaced, NewLot("restore", now), self.expiry_policy)
-
-    async def open_lots(self, conn: AsyncConnection, member_id: str) -> list[OpenLot]:
-        rows = await conn.execute(
-            statement(
-                "SELECT id, remaining, expires_at, earn_entry_id FROM lots "
-                "WHERE member_id = :member_id AND remaining > 0"
-            ),
-            {"member_id": member_id},
-        )
-        return [OpenLot(r.id, r.remaining, r.expires_at, r.earn_entry_id) for r in rows]
-
-    async def _consumed_lots(
-        self, conn: AsyncConnection, origin_entry_id: int
-    ) -> list[ConsumedLot]:
-        rows = await conn.execute(
-            statement(
-                # The few lots first, then each by key (OFFSET 0 keeps it a
-                # probe of one partition per lot: joined, the planner costs a
-                # probe of every month of lots and may hash them all instead).
-                "SELECT l.id, l.expires_at, c.outstanding FROM (SELECT lot_id, "
-                "-sum(amount) AS outstanding FROM lot_movements "
-                "WHERE (entry_id = :origin AND amount < 0) "
-                "   OR (origin_entry_id = :origin AND amount > 0) "
-                "GROUP BY lot_id HAVING -sum(amount) > 0) AS c CROSS JOIN LATERAL "
-                "(SELECT id, expires_at FROM lots WHERE id = c.lot_id OFFSET 0) AS l"
-            ),
-            {"origin": origin_entry_id},
-        )
-        return [ConsumedLot(r.id, r.outstanding, r.expires_at) for r in rows]
-
-    async def _write_lots(self, conn: AsyncConnection, lots: "_LotWork") -> None:
-        """New lots with their creating movements in one statement; movements of
-        existing lots in one more, and their remaining points in a third."""
-        if lots.created:
-            columns = list(zip(*lots.created, strict=True))
-            await conn.execute(
-                statement(
-                    "WITH created AS (INSERT INTO lots (member_id, source_entry_id, "
-                    "earn_entry_id, amount, remaining, earned_at, expires_at, source) "
-                    "SELECT m, e, ee, a, a, ea, x, s FROM unnest(CAST(:members AS text[]), "
-                    "CAST(:entries AS bigint[]), CAST(:earnings AS bigint[]), "
-                    "CAST(:amounts AS bigint[]), CAST(:earned AS timestamptz[]), "
-                    "CAST(:expires AS timestamptz[]), CAST(:sources AS text[])) "
-                    "AS t(m, e, ee, a, ea, x, s) RETURNING id, source_entry_id, amount) "
-                    "INSERT INTO lot_movements (entry_id, lot_id, amount) "
-                    "SELECT source_entry_id, id, amount FROM created"
-                ),
-                {
-                    "members": list(columns[0]),
-                    "entries": list(columns[1]),
-                    "earnings": list(columns[2]),
-                    "amounts": list(columns[3]),
-                    "earned": list(columns[4]),
-                    "expires": list(columns[5]),
-                    "sources": list(columns[6]),
-                },
-            )
-        if not lots.moved:
-            return
-        await conn.execute(
-            statement(
-                "INSERT INTO lot_movements (entry_id, lot_id, amount, origin_entry_id) "
-                "SELECT * FROM unnest(CAST(:entries AS bigint[]), CAST(:lots AS bigint[]), "
-                "CAST(:amounts AS bigint[]), CAST(:origins AS bigint[]))"
-            ),
-            {
-                "entries": [m[0] for m in lots.moved],
-                "lots": [m[1] for m in lots.moved],
-                "amounts": [m[2] for m in lots.moved],
-                "origins": [m[3] for m in lots.moved],
-            },
-        )
-        net: dict[int, int] = defaultdict(int)
-        for _, lot_id, amount, _ in lots.moved:
-            net[lot_id] += amount
-        changed = sorted((lot_id, amount) for lot_id, amount in net.items() if amount)
-        if changed:
-            await conn.execute(
-                statement(
-                    "UPDATE lots SET remaining = lots.remaining + c.amount FROM "
-                    "unnest(CAST(:ids AS bigint[]), CAST(:amounts AS bigint[])) AS c(id, amount) "
-                    "WHERE lots.id = c.id"
-                ),
-                {"ids": [i for i, _ in changed], "amounts": [a for _, a in changed]},
-            )

@@ -12,6 +12,7 @@ from ledger.errors import (
     MemberAccountsNotSettled,
     SameMember,
 )
+from ledger.lot_work import open_lots
 from ledger.views import (
     Balances,
 )
@@ -74,7 +75,7 @@ class Settlements:
         postings = [Posting(program_account("expired"), PTS, points)]
         effects = {}
         if balances.available:
-            lots = await self.journal.open_lots(conn, member_id)
+            lots = await open_lots(conn, member_id)
             postings.append(
                 Posting(member_account(member_id, "available"), PTS, -balances.available)
             )

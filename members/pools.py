@@ -33,6 +33,7 @@ from ledger.accounts import check_id
 from ledger.commands import check_points
 from ledger.errors import MemberNotActive, MemberNotFound, PartnerNotFound
 from ledger.idempotency import IdempotencyKey
+from ledger.lot_work import open_lots
 from ledger.service import LedgerService
 from ledger.views import ExpiringPoints
 from members.errors import (
@@ -271,7 +272,7 @@ class Pools:
             lots = [
                 PoolLot(m, lot.lot_id, lot.remaining, lot.expires_at)
                 for m in sorted(members)
-                for lot in await self.ledger.journal.open_lots(conn, m)
+                for lot in await open_lots(conn, m)
             ]
             takes, short = allocate_pooled(lots, spendable, data.amount)
             if short:

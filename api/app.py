@@ -49,8 +49,9 @@ from ledger.database import create_engine
 from ledger.service import utc_now
 from members.registry import Members
 from partners.programme import Programme
-from partners.registry import Registry, SecretBox, SigningKeyCache
+from partners.registry import Registry
 from partners.rulebook import Rulebook
+from partners.signing_keys import SecretBox, SigningKeyCache
 
 
 def create_app(settings: Settings, clock: Callable[[], datetime] | None = None) -> ObservedLitestar:

@@ -123,7 +123,7 @@ def update_contract(partner_id, effective_from, **terms) -> None:
     """A new version of a partner's contract; terms not given stay as they were."""
     from datetime import UTC
 
-    from partners.registry import ContractInput
+    from partners.contracts import ContractInput
 
     data = ContractInput(effective_from.replace(tzinfo=UTC), **_terms(terms))
     contract = run(

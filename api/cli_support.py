@@ -191,7 +191,8 @@ async def with_ledger(settings: Settings, work):
 
 
 def partner_registry(settings: Settings, ledger):
-    from partners.registry import Registry, SecretBox
+    from partners.registry import Registry
+    from partners.signing_keys import SecretBox
 
     if not settings.secret_key:
         raise ConfigurationInvalid(

@@ -33,7 +33,8 @@ from litestar.typing import FieldDefinition
 
 from api.problems import ApiError
 from ledger.idempotency import check_key
-from partners.registry import ContractInput, PartnerInput
+from partners.contracts import ContractInput
+from partners.registry import PartnerInput
 from partners.rulebook import TierInput
 from partners.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 

@@ -9,7 +9,7 @@ replica that missed the last writes), which a record in Redis alone did not
 survive.
 
 One round trip to PostgreSQL per request. The key's partner and secret come
-from the worker's `SigningKeyCache` (partners/registry.py; a key's secret and
+from the worker's `SigningKeyCache` (partners/signing_keys.py; a key's secret and
 partner never change), so the signature is checked with no lookup; then one
 autocommit statement records the signature AND reads the key's and the
 partner's status as they are now (a revoked key or a suspended partner is
@@ -49,8 +49,8 @@ from api.cache import RATE_WINDOW_SECONDS, REDIS_ERRORS, rate_window_key, refuse
 from api.partner_requests import STORED_ANSWER, StoredAnswer
 from api.problems import ApiError
 from ledger.database import once_more_if_dropped
+from partners.contracts import IN_FORCE
 from partners.errors import PartnerSuspended
-from partners.registry import _IN_FORCE, KnownKey, SigningKeyCache
 from partners.signing import (
     SignatureProblem,
     canonical_request,
@@ -58,6 +58,7 @@ from partners.signing import (
     check_timestamp,
     parse_headers,
 )
+from partners.signing_keys import KnownKey, SigningKeyCache
 
 REPLAY_TTL_SECONDS = 900  # beyond the 300 s tolerance either side
 
@@ -78,7 +79,7 @@ _GUARD_STATEMENT = text(_GUARD.format(limit=""))
 _GUARD_WITH_LIMIT = text(
     _GUARD.format(
         limit=", (SELECT c.requests_per_second FROM partner_contracts c "
-        "WHERE c.partner_id = p.id " + _IN_FORCE.format(at="now()") + ") AS requests_per_second"
+        "WHERE c.partner_id = p.id " + IN_FORCE.format(at="now()") + ") AS requests_per_second"
     )
 )
 

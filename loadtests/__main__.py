@@ -77,7 +77,8 @@ async def enrol(engine, partners: list[str], members: list[str]) -> None:
     registry, members enrolled in bulk (one statement, as a member import would)."""
     from cryptography.fernet import Fernet
 
-    from partners.registry import PartnerInput, Registry, SecretBox
+    from partners.registry import PartnerInput, Registry
+    from partners.signing_keys import SecretBox
 
     registry = Registry(engine, SecretBox(Fernet.generate_key()))
     for partner in partners:

@@ -31,8 +31,9 @@ from ledger.service import LedgerService
 from ledger.verify import verify
 from partners.batch import EarnItem, earn_batch
 from partners.programme import Programme, PurchaseInput, PurchaseLineInput
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import EarnRuleInput, Rulebook
+from partners.signing_keys import SecretBox
 
 ROWS_PER_EARNING = (
     6  # an entry, three postings (pending, QP, partner), a pending earning, a purchase

@@ -93,7 +93,8 @@ async def seed(engine, postings: int, members: int) -> tuple:
     from cryptography.fernet import Fernet
 
     from loadtests.__main__ import enrol  # the module that runs us
-    from partners.registry import PartnerInput, Registry, SecretBox
+    from partners.registry import PartnerInput, Registry
+    from partners.signing_keys import SecretBox
 
     await enrol(engine, [], [f"x{i}" for i in range(members)])
     await Registry(engine, SecretBox(Fernet.generate_key())).create_partner(

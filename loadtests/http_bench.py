@@ -53,9 +53,10 @@ from sqlalchemy import text
 from ledger.database import create_engine
 from ledger.service import LedgerService
 from ledger.verify import verify
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import EarnRuleInput, Rulebook
 from partners.signing import canonical_request
+from partners.signing_keys import SecretBox
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTNER = "bench-http"

@@ -25,7 +25,8 @@ from insights import coalition, pareto, promotions, retention, rfm, tiers
 from insights.reading import create_insights_engine, instant, read_only, window
 from ledger.database import create_engine
 from ledger.verify import verify
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 from simulation.loader import generate
 from simulation.model import DemoConfig
 

@@ -67,6 +67,7 @@ from partners.accrual_sql import (
     read_usage,
     record_call,
 )
+from partners.contracts import Contract, check_purchase_time, release_time
 from partners.credit import CallCredit
 from partners.definitions import Definitions
 from partners.earning import Earning, EarnRule, Purchase, evaluate
@@ -78,12 +79,7 @@ from partners.errors import (
     UnknownCategory,
 )
 from partners.receipts import PurchaseReceipt, earning_view
-from partners.registry import (
-    Contract,
-    check_purchase_time,
-    holder_of,
-    release_time,
-)
+from partners.registry import holder_of
 from partners.tiers import Tier, after_earning, ladder, period_bounds
 
 # The member accounts a receipt shows, and their asset.

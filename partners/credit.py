@@ -1,6 +1,6 @@
 """The partner's credit limit as earnings check it: the liability is read
 from the partner's ledger accounts (slot sums, no lock) and judged by the
-registry's contract terms (partners/registry.py). An accrual call reads the
+registry's contract terms (partners/contracts.py). An accrual call reads the
 accounts once, only when the contract in force sets a limit, then adds the
 points of its own accepted earnings, so a batch is checked as if its
 purchases had come one by one.
@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import queries
 from ledger.accounts import PTS, partner_account
+from partners.contracts import check_credit, credit_standing
 from partners.definitions import Definitions
 from partners.earning import Earning
-from partners.registry import check_credit, credit_standing
 
 
 async def partner_points(conn: AsyncConnection, partner_id: str) -> tuple[int, int]:

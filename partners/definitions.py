@@ -19,8 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from partners import rulebook
+from partners.contracts import Contract, contracts_by_partner, version_in_force
 from partners.earning import EarnRule
-from partners.registry import Contract, contracts_by_partner, version_in_force
 from partners.tiers import Tier
 
 # Ended promotions stay cached as long as a purchase may still be reported

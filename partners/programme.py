@@ -2,7 +2,7 @@
 (rules, tier bonus, promotions with budgets, coupons, QP and tier upgrade) is
 one transaction; a quote is the same computation with nothing posted or used.
 
-The partner's contract (partners/registry.py) bounds an earning: the purchase
+The partner's contract (partners/contracts.py) bounds an earning: the purchase
 time must lie in the contract's submission window, the points wait for the
 return window counted from the purchase but never from before it was
 reported, and the points the partner pays for may not take its liability
@@ -32,6 +32,7 @@ from ledger.errors import LedgerError, PeriodClosed
 from ledger.idempotency import Claim, IdempotencyKey, Stored, storing
 from ledger.service import LedgerService
 from partners.accrual import Accrual, AccrualRun, RunAgain
+from partners.contracts import CreditStanding, contract_in_force, credit_standing
 from partners.credit import partner_points
 from partners.definitions import DefinitionCache
 from partners.earning import Purchase, PurchaseLine
@@ -40,11 +41,6 @@ from partners.expiry_notice import ExpiringWindow
 from partners.member_views import MemberViews
 from partners.money import check_currency
 from partners.receipts import EarningView, PurchaseReceipt, earning_view
-from partners.registry import (
-    CreditStanding,
-    contract_in_force,
-    credit_standing,
-)
 from partners.returns import Returns
 from partners.tiering import Tiering
 

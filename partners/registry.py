@@ -1,63 +1,54 @@
-"""The partner registry: partners with their contract, API keys and cards.
+"""The partner registry: partners, their contract versions, API keys and
+cards, written one change at a time under the partner's row lock, each
+change audited (partners/audit.py).
 
-A partner's contract (return window, late-submission window, price per point,
-redemption value, credit limit, deposit) is kept as versions, each an
-amendment in force from its `effective_from`: the version in force at a time
-is the newest version whose `effective_from` is not after it (so a later
-version replaces every earlier one from its date on), and for a time before
-every version's date, version 1, the contract the partner was registered
-with. Terms about a purchase (its submission window, its return window) are
-those in force at the purchase time; the credit limit is today's.
-
-The credit arithmetic is plain functions over plain data: a partner's
-outstanding points (issued by it minus redeemed at it) at its price per
-point, rounded up, may not pass its credit limit plus its deposit.
-
-Key secrets are encrypted at rest (Fernet, with the key from configuration)
-and shown once, when created. At most two keys are active per partner, so a
-key can be rotated without downtime; revocation takes effect at once.
-"""
+What the contract's terms mean and how they are checked is in
+partners/contracts.py; the keys as a worker uses them (encryption at rest,
+the per-worker cache) in partners/signing_keys.py."""
 
 import secrets
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
-from typing import NamedTuple
 
 import msgspec
-from cryptography.fernet import Fernet, InvalidToken
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.accounts import check_id
 from ledger.database import begin, once_more_if_dropped
 from partners.audit import record_change
+from partners.contracts import (
+    CONTRACT_COLUMNS,
+    CONTRACTS_AHEAD,
+    CONTRACTS_FROM,
+    DEFAULT_FUTURE_TOLERANCE_SECONDS,
+    DEFAULT_LATE_SUBMISSION_DAYS,
+    IN_FORCE,
+    TERMS,
+    Contract,
+    ContractInput,
+    check_terms,
+    contract_in_force,
+    contract_of,
+)
 from partners.errors import (
     CardBlocked,
     CardNotFound,
-    CreditLimitExceeded,
     InvalidRule,
     KeyNotFound,
     PartnerNotFound,
-    PurchaseTimeOutsideWindow,
     TooManyKeys,
 )
-from partners.money import MINOR_UNIT_EXPONENTS, to_minor
-
-MAX_ACTIVE_KEYS = 2
-DEFAULT_LATE_SUBMISSION_DAYS = 30
-DEFAULT_FUTURE_TOLERANCE_SECONDS = 300
-MAX_RETURN_WINDOW_DAYS = 365
-MAX_LATE_SUBMISSION_DAYS = 730
-MAX_FUTURE_TOLERANCE_SECONDS = 86_400
-MAX_PRICE_PER_POINT = Decimal(1000)  # currency units; far beyond any real contract
-PRICE_PLACES = 6  # a millionth of a currency unit per point: far finer than any contract
-MAX_MONEY_MINOR = 10**15
-MAX_REQUESTS_PER_SECOND = 1_000_000
+from partners.money import MINOR_UNIT_EXPONENTS
+from partners.signing_keys import (
+    MAX_ACTIVE_KEYS,
+    KeyView,
+    KnownKey,
+    SecretBox,
+    SigningKey,
+    SigningKeyCache,
+)
 
 
 class PartnerInput(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,52 +63,6 @@ class PartnerInput(msgspec.Struct, forbid_unknown_fields=True):
     late_submission_days: int = DEFAULT_LATE_SUBMISSION_DAYS  # how far back a purchase may be
     future_tolerance_seconds: int = DEFAULT_FUTURE_TOLERANCE_SECONDS  # how far ahead (clocks)
     requests_per_second: int | None = None  # signed calls; None: the service's default
-
-
-class ContractInput(msgspec.Struct, forbid_unknown_fields=True):
-    """A new version of a partner's contract, in force from `effective_from`;
-    the terms left out stay as in the version in force at that time."""
-
-    effective_from: datetime
-    return_window_days: int | UnsetType = UNSET
-    price_per_point: Decimal | UnsetType = UNSET
-    redemption_value: Decimal | UnsetType = UNSET
-    credit_limit_minor: int | UnsetType | None = UNSET  # null: no limit
-    deposit_minor: int | UnsetType = UNSET
-    late_submission_days: int | UnsetType = UNSET
-    future_tolerance_seconds: int | UnsetType = UNSET
-    requests_per_second: int | UnsetType | None = UNSET  # null: the service's default
-
-
-TERMS = (
-    "return_window_days",
-    "price_per_point",
-    "redemption_value",
-    "credit_limit_minor",
-    "deposit_minor",
-    "late_submission_days",
-    "future_tolerance_seconds",
-    "requests_per_second",
-)
-
-
-class Contract(msgspec.Struct, frozen=True):
-    """One version of a partner's contract."""
-
-    partner_id: str
-    version: int
-    effective_from: datetime
-    currency: str
-    return_window_days: int
-    price_per_point: Decimal
-    redemption_value: Decimal
-    credit_limit_minor: int | None
-    deposit_minor: int
-    late_submission_days: int
-    future_tolerance_seconds: int
-    requests_per_second: int | None
-    created_by: str
-    created_at: datetime
 
 
 class PartnerView(msgspec.Struct, frozen=True):
@@ -139,55 +84,6 @@ class PartnerView(msgspec.Struct, frozen=True):
     contract_effective_from: datetime
 
 
-class CreditStanding(msgspec.Struct, frozen=True):
-    """What a partner owes for the points it has issued, against its limit."""
-
-    partner_id: str
-    currency: str
-    contract_version: int
-    price_per_point: Decimal
-    credit_limit_minor: int | None  # None: no limit
-    deposit_minor: int
-    outstanding_points: int  # issued by the partner minus redeemed at it
-    liability_minor: int  # the outstanding points at the price per point, rounded up
-    headroom_minor: int | None  # limit + deposit - liability; None: no limit
-
-
-class KeyView(msgspec.Struct, frozen=True):
-    key_id: str
-    partner_id: str
-    status: str
-    secret: str | None = None  # only in the answer that created it
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    key_id: str
-    partner_id: str
-    secret: str
-    status: str
-    partner_status: str
-    requests_per_second: int | None  # the contract's in force now; None: the default
-
-
-class SecretBox:
-    """Encrypts key secrets at rest."""
-
-    def __init__(self, key: str | bytes) -> None:
-        self._fernet = Fernet(key)
-
-    def seal(self, secret: str) -> str:
-        return self._fernet.encrypt(secret.encode()).decode()
-
-    def open(self, sealed: str) -> str:
-        try:
-            return self._fernet.decrypt(sealed.encode()).decode()
-        except InvalidToken:
-            raise RuntimeError(
-                "a partner key cannot be decrypted: wrong LOYALTY_SECRET_KEY?"
-            ) from None
-
-
 async def _lock_partner(conn, partner_id: str) -> None:
     """Lock the partner's row (its contract versions and keys change one at a
     time), or PartnerNotFound."""
@@ -200,180 +96,15 @@ async def _lock_partner(conn, partner_id: str) -> None:
         raise PartnerNotFound(f"no partner {partner_id!r}")
 
 
-# -- the contract's arithmetic (pure) ---------------------------------------------
-
-
-def submission_window(contract: Contract, received_at: datetime) -> tuple[datetime, datetime]:
-    """The purchase times the contract accepts in a call received at `received_at`."""
-    return (
-        received_at - timedelta(days=contract.late_submission_days),
-        received_at + timedelta(seconds=contract.future_tolerance_seconds),
-    )
-
-
-def check_purchase_time(contract: Contract, occurred_at: datetime, received_at: datetime) -> None:
-    """Refuse a purchase time outside the submission window (edges included)."""
-    earliest, latest = submission_window(contract, received_at)
-    if not earliest <= occurred_at <= latest:
-        raise PurchaseTimeOutsideWindow(
-            f"partner {contract.partner_id} may report purchases from "
-            f"{contract.late_submission_days} days back to "
-            f"{contract.future_tolerance_seconds} seconds ahead; "
-            f"{occurred_at.isoformat()} is outside {earliest.isoformat()} .. {latest.isoformat()}",
-            earliest=earliest.isoformat(),
-            latest=latest.isoformat(),
-            late_submission_days=contract.late_submission_days,
-            future_tolerance_seconds=contract.future_tolerance_seconds,
-        )
-
-
-def release_time(
-    contract: Contract, occurred_at: datetime, received_at: datetime
-) -> datetime | None:
-    """The end of the return window (None without one): counted from the
-    purchase, but never from before the partner reported it, so a back-dated
-    purchase does not skip the pending period."""
-    if not contract.return_window_days:
-        return None
-    return max(occurred_at, received_at) + timedelta(days=contract.return_window_days)
-
-
-def liability_minor(points: int, price_per_point: Decimal, currency: str) -> int:
-    # Rounded up: what a partner owes is never understated.
-    return to_minor(Decimal(points) * price_per_point, currency, "ceiling")
-
-
-def credit_standing(
-    contract: Contract, issued_balance: int, redeemed_balance: int
-) -> CreditStanding:
-    """The partner's standing from its ledger accounts: `partner:{id}:issued`
-    goes negative by the points it awarded, `partner:{id}:redeemed` positive
-    by the points redeemed at it."""
-    outstanding = -issued_balance - redeemed_balance
-    liability = liability_minor(outstanding, contract.price_per_point, contract.currency)
-    limit = contract.credit_limit_minor
-    return CreditStanding(
-        partner_id=contract.partner_id,
-        currency=contract.currency,
-        contract_version=contract.version,
-        price_per_point=contract.price_per_point,
-        credit_limit_minor=limit,
-        deposit_minor=contract.deposit_minor,
-        outstanding_points=outstanding,
-        liability_minor=liability,
-        headroom_minor=None if limit is None else limit + contract.deposit_minor - liability,
-    )
-
-
-def check_credit(standing: CreditStanding, points: int) -> None:
-    """Refuse `points` more issued by the partner if they take its liability
-    beyond its limit plus deposit."""
-    if standing.credit_limit_minor is None or points <= 0:
-        return
-    allowed = standing.credit_limit_minor + standing.deposit_minor
-    after = liability_minor(
-        standing.outstanding_points + points, standing.price_per_point, standing.currency
-    )
-    if after > allowed:
-        raise CreditLimitExceeded(
-            f"partner {standing.partner_id}: {points} points more would take its liability "
-            f"to {after} minor units of {standing.currency}, beyond its credit limit of "
-            f"{standing.credit_limit_minor} plus deposit of {standing.deposit_minor}",
-            currency=standing.currency,
-            credit_limit_minor=standing.credit_limit_minor,
-            deposit_minor=standing.deposit_minor,
-            liability_minor=standing.liability_minor,
-            headroom_minor=standing.headroom_minor,
-            requested_minor=after - standing.liability_minor,
-        )
-
-
-# The range of a contract version's start: no programme runs before 2000, and
-# a change scheduled more than ten years ahead is a typing error.
-CONTRACTS_FROM = datetime(2000, 1, 1, tzinfo=UTC)
-CONTRACTS_AHEAD = timedelta(days=3653)
-
-
-def _check_terms(terms: dict) -> None:
-    def require(ok: bool, field: str, detail: str) -> None:
-        if not ok:
-            raise InvalidRule(field, detail)
-
-    require(
-        0 <= terms["return_window_days"] <= MAX_RETURN_WINDOW_DAYS,
-        "return_window_days",
-        f"between 0 and {MAX_RETURN_WINDOW_DAYS}",
-    )
-    for field in ("price_per_point", "redemption_value"):
-        value = terms[field]
-        require(
-            value.is_finite()
-            and 0 <= value <= MAX_PRICE_PER_POINT
-            and value.normalize().as_tuple().exponent >= -PRICE_PLACES,
-            field,
-            f"between 0 and {MAX_PRICE_PER_POINT}, with at most {PRICE_PLACES} decimal places",
-        )
-    limit = terms["credit_limit_minor"]
-    require(
-        limit is None or 0 <= limit <= MAX_MONEY_MINOR,
-        "credit_limit_minor",
-        f"null (no limit) or between 0 and {MAX_MONEY_MINOR}",
-    )
-    require(
-        0 <= terms["deposit_minor"] <= MAX_MONEY_MINOR,
-        "deposit_minor",
-        f"between 0 and {MAX_MONEY_MINOR}",
-    )
-    require(
-        0 <= terms["late_submission_days"] <= MAX_LATE_SUBMISSION_DAYS,
-        "late_submission_days",
-        f"between 0 and {MAX_LATE_SUBMISSION_DAYS}",
-    )
-    require(
-        0 <= terms["future_tolerance_seconds"] <= MAX_FUTURE_TOLERANCE_SECONDS,
-        "future_tolerance_seconds",
-        f"between 0 and {MAX_FUTURE_TOLERANCE_SECONDS}",
-    )
-    rate = terms["requests_per_second"]
-    require(
-        rate is None or 1 <= rate <= MAX_REQUESTS_PER_SECOND,
-        "requests_per_second",
-        f"null (the service's default) or between 1 and {MAX_REQUESTS_PER_SECOND}",
-    )
-
-
-# -- reading contracts (also inside other transactions) ----------------------------
-
-# The version in force at {at}: the newest one in force from a time not after
-# it; before every version's date, version 1.
-_IN_FORCE = (
-    "ORDER BY c.effective_from <= {at} DESC, "
-    "CASE WHEN c.effective_from <= {at} THEN c.version END DESC, c.version LIMIT 1"
-)
-_CONTRACT_COLUMNS = (
-    "c.partner_id, c.version, c.effective_from, p.currency, c.return_window_days, "
-    "c.price_per_point, c.redemption_value, c.credit_limit_minor, c.deposit_minor, "
-    "c.late_submission_days, c.future_tolerance_seconds, c.requests_per_second, "
-    "c.created_by, c.created_at"
-)
 _PARTNER_NOW = (
     "SELECT p.id, p.name, p.status, p.currency, c.return_window_days, c.price_per_point, "
     "c.redemption_value, c.credit_limit_minor, c.deposit_minor, c.late_submission_days, "
     "c.future_tolerance_seconds, c.requests_per_second, c.version AS contract_version, "
     "c.effective_from AS contract_effective_from FROM partners p CROSS JOIN LATERAL "
     "(SELECT * FROM partner_contracts c WHERE c.partner_id = p.id "
-    + _IN_FORCE.format(at="now()")
+    + IN_FORCE.format(at="now()")
     + ") c"
 )
-
-
-def version_in_force(versions: list[Contract], at: datetime) -> Contract | None:
-    """`_IN_FORCE` over versions already read (oldest first): the newest one
-    in force from a time not after `at`; before every version's date, version 1."""
-    in_force = [c for c in versions if c.effective_from <= at]
-    if in_force:
-        return max(in_force, key=lambda c: c.version)
-    return versions[0] if versions else None
 
 
 async def card_holders(conn: AsyncConnection, numbers: list[str]) -> dict[str, tuple[str, str]]:
@@ -398,127 +129,15 @@ def holder_of(card_number: str, holders: dict[str, tuple[str, str]]) -> str:
     return member_id
 
 
-def _contract(row) -> Contract:
-    return Contract(**{f: getattr(row, f) for f in Contract.__struct_fields__})
-
-
 def _partner(row) -> PartnerView:
     return PartnerView(**{f: getattr(row, f) for f in PartnerView.__struct_fields__})
-
-
-async def contract_in_force(
-    conn: AsyncConnection, partner_id: str, at: datetime
-) -> Contract | None:
-    """The partner's contract version in force at `at`; None for a partner
-    the registry does not know (rules set up for an id with no contract)."""
-    row = (
-        await conn.execute(
-            text(
-                f"SELECT {_CONTRACT_COLUMNS} FROM partner_contracts c "
-                "JOIN partners p ON p.id = c.partner_id WHERE c.partner_id = :p "
-                + _IN_FORCE.format(at=":at")
-            ),
-            {"p": partner_id, "at": at},
-        )
-    ).first()
-    return None if row is None else _contract(row)
-
-
-async def contracts_by_partner(conn: AsyncConnection) -> dict[str, list[Contract]]:
-    """Every contract version of every partner, by partner, oldest first."""
-    rows = await conn.execute(
-        text(
-            f"SELECT {_CONTRACT_COLUMNS} FROM partner_contracts c "
-            "JOIN partners p ON p.id = c.partner_id ORDER BY c.partner_id, c.version"
-        )
-    )
-    contracts: dict[str, list[Contract]] = {}
-    for row in rows:
-        contracts.setdefault(row.partner_id, []).append(_contract(row))
-    return contracts
-
-
-class KnownKey(NamedTuple):
-    partner_id: str
-    secret: str
-    revoked: bool = False
-
-
-class SigningKeyCache:
-    """What a worker keeps of partner keys, so a signed request is checked
-    without a lookup: key id -> (partner, secret), bounded (least recently
-    used out). Safe to keep for the life of the process: a key's secret and
-    partner never change (a key is created, then at most revoked), and a
-    revocation is never undone, so a key seen revoked is remembered as such.
-    Whether a key is still active, and its partner too, is not cached: the
-    guard reads both with every request (api/partner_auth.py). Unknown key ids
-    are not remembered (anyone can send any id).
-    Beside it, each partner's `requests_per_second`. A rate limit protects
-    capacity, not correctness, so it may lag a little: it is read again when
-    the definitions version has moved (every contract change bumps it,
-    migration 0009; the guard reads the number with every request) and at
-    least every `limit_seconds` (a contract version in force from a later
-    date bumps nothing when that date comes). The request that finds it due
-    is still limited by the old figure; the next ones use the new one.
-    """
-
-    def __init__(
-        self,
-        max_keys: int = 4096,
-        limit_seconds: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.max_keys = max_keys
-        self.limit_seconds = limit_seconds
-        self.clock = clock
-        self._keys: OrderedDict[str, KnownKey] = OrderedDict()
-        # partner -> (requests per second, definitions version, read at)
-        self._limits: OrderedDict[str, tuple[int | None, int | None, float]] = OrderedDict()
-        self._definitions: int | None = None
-
-    def key(self, key_id: str) -> KnownKey | None:
-        known = self._keys.get(key_id)
-        if known is not None:
-            self._keys.move_to_end(key_id)
-        return known
-
-    def remember(self, key_id: str, known: KnownKey) -> None:
-        self._keys[key_id] = known
-        self._keys.move_to_end(key_id)
-        while len(self._keys) > self.max_keys:
-            self._keys.popitem(last=False)
-
-    def forget(self, key_id: str) -> None:
-        self._keys.pop(key_id, None)
-
-    def revoked(self, key_id: str) -> None:
-        if (known := self._keys.get(key_id)) is not None:
-            self._keys[key_id] = known._replace(revoked=True)
-
-    def saw_definitions(self, version: int | None) -> None:
-        """The definitions version as a statement just read it."""
-        self._definitions = version
-
-    def limit(self, partner_id: str) -> tuple[int | None, bool]:
-        """The partner's requests per second as last read (None: the service's
-        default), and whether it is due to be read again."""
-        limit, version, read_at = self._limits.get(partner_id, (None, None, -float("inf")))
-        due = version != self._definitions or self.clock() - read_at >= self.limit_seconds
-        return limit, due
-
-    def set_limit(self, partner_id: str, limit: int | None) -> None:
-        """The limit as read under the definitions version last seen."""
-        self._limits[partner_id] = (limit, self._definitions, self.clock())
-        self._limits.move_to_end(partner_id)
-        while len(self._limits) > self.max_keys:
-            self._limits.popitem(last=False)
 
 
 _SIGNING_KEY = text(
     "SELECT k.key_id, k.partner_id, k.secret_encrypted, k.status, "
     "p.status AS partner_status, (SELECT c.requests_per_second "
     "FROM partner_contracts c WHERE c.partner_id = p.id "
-    + _IN_FORCE.format(at="now()")
+    + IN_FORCE.format(at="now()")
     + ") AS requests_per_second FROM partner_keys k "
     "JOIN partners p ON p.id = k.partner_id WHERE k.key_id = :k"
 )
@@ -541,7 +160,7 @@ class Registry:
         if data.currency not in MINOR_UNIT_EXPONENTS:
             raise InvalidRule("currency", "unknown currency")
         terms = {field: getattr(data, field) for field in TERMS}
-        _check_terms(terms)
+        check_terms(terms)
         async with begin(self.engine) as conn:
             created = (
                 await conn.execute(
@@ -607,7 +226,7 @@ class Registry:
             rows = (
                 await conn.execute(
                     text(
-                        f"SELECT {_CONTRACT_COLUMNS} FROM partner_contracts c "
+                        f"SELECT {CONTRACT_COLUMNS} FROM partner_contracts c "
                         "JOIN partners p ON p.id = c.partner_id WHERE c.partner_id = :p "
                         "ORDER BY c.version"
                     ),
@@ -616,7 +235,7 @@ class Registry:
             ).all()
         if not rows:
             raise PartnerNotFound(f"no partner {partner_id!r}")
-        return [_contract(r) for r in rows]
+        return [contract_of(r) for r in rows]
 
     async def update_contract(self, partner_id: str, data: ContractInput, actor: str) -> Contract:
         """A new version of the contract, in force from `data.effective_from`
@@ -651,7 +270,7 @@ class Registry:
                 else getattr(data, field)
                 for field in TERMS
             }
-            _check_terms(terms)
+            check_terms(terms)
             version = (
                 await conn.execute(
                     text("SELECT max(version) + 1 FROM partner_contracts WHERE partner_id = :p"),

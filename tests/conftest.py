@@ -192,7 +192,8 @@ class SigningSeconds:
 def new_partner(engine, new_id):
     """`await new_partner(**terms)`: a freshly registered, active partner's id
     (EUR, contract terms as given, else the defaults)."""
-    from partners.registry import PartnerInput, Registry, SecretBox
+    from partners.registry import PartnerInput, Registry
+    from partners.signing_keys import SecretBox
 
     registry = Registry(engine, SecretBox(TEST_SECRET_KEY))
 

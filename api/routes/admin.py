@@ -26,17 +26,10 @@ from members.registry import (
     Merger,
     ProfileInput,
 )
+from partners.contracts import Contract, ContractInput, CreditStanding
 from partners.programme import Programme, PurchaseInput
 from partners.receipts import EarningView
-from partners.registry import (
-    Contract,
-    ContractInput,
-    CreditStanding,
-    KeyView,
-    PartnerInput,
-    PartnerView,
-    Registry,
-)
+from partners.registry import PartnerInput, PartnerView, Registry
 from partners.rulebook import (
     BurnRuleInput,
     CouponInput,
@@ -45,6 +38,7 @@ from partners.rulebook import (
     Rulebook,
     TierInput,
 )
+from partners.signing_keys import KeyView
 
 Rules = NamedDependency[Rulebook]
 Admin = NamedDependency[Principal]

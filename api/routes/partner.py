@@ -20,6 +20,7 @@ from ledger.service import LedgerService
 from ledger.views import Balances, HoldView
 from partners.batch import MAX_BATCH_ITEMS, EarnItem, earn_batch
 from partners.burning import value_of_points
+from partners.contracts import CreditStanding
 from partners.errors import InvalidPurchase
 from partners.programme import (
     Programme,
@@ -27,7 +28,7 @@ from partners.programme import (
     check_reference,
 )
 from partners.receipts import EarningView, PurchaseReceipt
-from partners.registry import CreditStanding, Registry
+from partners.registry import Registry
 from partners.returns import ReturnReceipt
 from partners.rulebook import burn_rule_in_force
 

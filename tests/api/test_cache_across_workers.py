@@ -22,7 +22,8 @@ import redis.asyncio as redis
 from api.embedded import EmbeddedPostgres, EmbeddedRedis
 from ledger.commands import Adjust
 from ledger.service import LedgerConfig, LedgerService
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 from tests.api.served import Service, free_port, loyalty, output, stop, wait_ready
 

@@ -12,7 +12,8 @@ import httpx
 from ledger.commands import Adjust
 from ledger.service import LedgerConfig, LedgerService
 from ledger.verify import verify
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 
 CROSSINGS = 20

@@ -16,8 +16,9 @@ import pytest
 from api.input_guard import BIGINT_MAX, INT4_MAX, MAX_PARAMETER_LENGTH, MAX_TEXT_LENGTH
 from api.problems import problem
 from partners.client import PartnerAuth
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 
 PROBLEM = "application/problem+json"

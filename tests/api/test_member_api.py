@@ -22,8 +22,9 @@ from api.cache import BalanceCache, key
 from api.embedded import EmbeddedRedis
 from ledger.commands import Adjust, Authorise, Burn, Earn, Reverse, Void
 from ledger.service import LedgerConfig, LedgerService
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
 from partners.rulebook import CouponInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 
 

@@ -15,8 +15,9 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from partners.client import PartnerAuth
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 
 FROM = datetime(2024, 1, 1, tzinfo=UTC)

@@ -30,8 +30,9 @@ from api.app import create_app
 from api.cache import key as balance_key
 from ledger.commands import Adjust
 from partners.client import PartnerAuth
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import EarnRuleInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 
 NODES = 3

@@ -25,8 +25,9 @@ from api.auth import dev_secret, dev_secret_key, mint_token
 from api.cli import main
 from api.settings import Settings
 from ledger.commands import Adjust
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
 from partners.signing import signed_headers
+from partners.signing_keys import SecretBox
 from tests.api import test_partner_api
 from tests.api.conftest import MEMBER_SECRET, SECRET, SECRET_KEY
 

@@ -80,10 +80,12 @@ from ledger.expiry import RollingToQuarterEnd
 from ledger.history import server_time
 from ledger.service import LedgerConfig, LedgerService, TransferRules
 from members.registry import MemberInput, Members
+from partners.contracts import ContractInput
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
-from partners.registry import ContractInput, PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import CouponInput, EarnRuleInput, PromotionInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY, Clock
 
 ADMIN = "staff:finance-tests"

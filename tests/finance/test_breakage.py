@@ -52,7 +52,8 @@ from ledger.service import LedgerConfig, LedgerService
 from members.registry import MemberInput, Members
 from partners.money import units
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
+from partners.signing_keys import SecretBox
 from tests.api.conftest import MEMBER_SECRET, SECRET
 from tests.conftest import TEST_SECRET_KEY, Clock
 from tests.finance.conftest import ADMIN, fresh_database

@@ -21,7 +21,8 @@ from ledger.history import server_time
 from ledger.service import LedgerService
 from members.registry import MemberInput, Members
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 from tests.finance.conftest import ADMIN, config, fresh_database
 from tests.finance.test_formats import row

@@ -47,12 +47,14 @@ from ledger.errors import PeriodClosed
 from ledger.history import server_time
 from ledger.service import LedgerService
 from members.registry import MemberInput, Members, MergeInput
+from partners.contracts import ContractInput
 from partners.earning import Purchase, PurchaseLine
 from partners.errors import InvalidRule
 from partners.programme import Programme
 from partners.receipts import PurchaseReceipt
-from partners.registry import ContractInput, PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.api.conftest import MEMBER_SECRET, SECRET
 from tests.conftest import TEST_SECRET_KEY
 from tests.finance.conftest import fresh_database

@@ -57,8 +57,9 @@ from ledger.service import LedgerConfig, LedgerService
 from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import EarnRuleInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.api.conftest import MEMBER_SECRET, SECRET
 from tests.conftest import TEST_SECRET_KEY
 

@@ -41,7 +41,8 @@ from ledger.service import LedgerConfig, LedgerService, TransferRules
 from ledger.verify import verify
 from members.registry import CloseInput, MemberInput, Members
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY, Clock, own_database
 
 pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)

@@ -37,11 +37,13 @@ from ledger.commands import Burn, Earn
 from ledger.database import create_engine
 from ledger.service import LedgerService
 from members.registry import MemberInput, Members
+from partners.contracts import ContractInput
 from partners.earning import Purchase, PurchaseLine
 from partners.money import units
 from partners.programme import Programme
-from partners.registry import ContractInput, PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.api.conftest import MEMBER_SECRET, SECRET
 from tests.conftest import TEST_SECRET_KEY, Clock
 from tests.finance.conftest import ADMIN, RULES_FROM, config, fresh_database

@@ -46,8 +46,9 @@ from ledger.service import LedgerConfig, LedgerService
 from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook, TierInput
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY, Clock
 
 ADMIN = "staff:insights-tests"

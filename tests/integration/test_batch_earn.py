@@ -18,8 +18,9 @@ from members.registry import CloseInput, Members
 from partners.batch import MAX_BATCH_ITEMS, EarnItem, earn_batch
 from partners.errors import InvalidPurchase, InvalidRule
 from partners.programme import MAX_LINE_MINOR, Programme, PurchaseInput, PurchaseLineInput
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
 from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 
 ADMIN = "staff:tests"

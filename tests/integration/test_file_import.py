@@ -30,8 +30,9 @@ from partners.errors import InvalidPurchase, PartnerNotFound
 from partners.import_formats import ImportSource
 from partners.imports import card_lane, import_file, stream_rejects
 from partners.programme import Programme
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
 from partners.rulebook import EarnRuleInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 
 ADMIN = "staff:tests"

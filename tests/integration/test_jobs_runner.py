@@ -34,8 +34,9 @@ from ledger.verify import verify
 from operations.jobs import CreatePartitions, RequalifyTiers
 from operations.runner import JobRunner, job_lock
 from operations.schedule import Scheduler
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import Rulebook, TierInput
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY, own_database
 
 pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)

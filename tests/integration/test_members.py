@@ -25,8 +25,9 @@ from members.errors import InvalidMember, MemberExists, MemberStillActive
 from members.registry import CloseInput, MemberInput, Members, MergeInput, ProfileInput
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
 from partners.rulebook import EarnRuleInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 
 ADMIN = "staff:tests"

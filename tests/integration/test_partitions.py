@@ -35,7 +35,8 @@ from ledger.service import LedgerConfig, LedgerService
 from ledger.verify import verify
 from members.registry import MemberInput, Members
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 
 # Revision 0012 lacks what this code writes through: the journal draws

@@ -25,8 +25,9 @@ from partners.errors import (
     UnknownCategory,
 )
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import CouponInput, EarnRuleInput, PromotionInput, Rulebook
+from partners.signing_keys import SecretBox
 
 FROM = datetime(2024, 1, 1, tzinfo=UTC)
 ADMIN = "staff:tests"

@@ -36,8 +36,9 @@ from ledger.queries import encode_cursor
 from ledger.service import LedgerService
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 from tests.plans import relations
 

@@ -44,7 +44,8 @@ from ledger.database import create_engine
 from ledger.service import LedgerConfig, LedgerService
 from members.registry import MemberInput, Members
 from partners.programme import Programme
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 
 pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)

@@ -25,7 +25,8 @@ from ledger.service import LedgerService
 from ledger.verify import verify
 from partners.expiry_notice import parse_window
 from partners.programme import Programme
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 from programmes import airline
 from tests.conftest import TEST_SECRET_KEY, own_database
 from tests.finance.test_worked_month import number, readme_table

@@ -18,8 +18,9 @@ from partners.claims import ClaimInput, Claims
 from partners.earning import Purchase, PurchaseLine
 from partners.errors import ClaimNotOpen, CouponNotUsable
 from partners.programme import Programme, PurchaseInput, PurchaseLineInput
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
 from partners.rulebook import CouponInput, EarnRuleInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 
 

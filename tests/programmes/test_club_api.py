@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 
 from partners.client import PartnerAuth
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 
 

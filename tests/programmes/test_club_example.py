@@ -15,7 +15,8 @@ from finance.settlement import statement
 from ledger.database import create_engine
 from ledger.service import LedgerService
 from ledger.verify import verify
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 from programmes import club
 from tests.conftest import TEST_SECRET_KEY, own_database
 from tests.finance.test_worked_month import number, readme_table

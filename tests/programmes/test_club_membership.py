@@ -25,8 +25,9 @@ from operations.jobs import ClubAnniversaryGifts, LapseClubMemberships
 from partners.batch import EarnItem, earn_batch
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme, PurchaseInput, PurchaseLineInput
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
 from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 
 START = datetime(2025, 3, 10, 9, tzinfo=UTC)

@@ -19,7 +19,8 @@ from ledger.database import create_engine
 from ledger.service import LedgerService
 from ledger.verify import verify
 from operations.runner import JobRunner
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 from programmes import coalition
 from tests.conftest import TEST_SECRET_KEY, own_database
 from tests.finance.test_worked_month import number, readme_table

@@ -15,7 +15,8 @@ from api.app import create_app
 from api.settings import Settings
 from ledger.database import create_engine
 from ledger.service import LedgerService
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 from programmes import airline, club, coalition
 from programmes.story import play
 from tests.api.conftest import MEMBER_SECRET, SECRET

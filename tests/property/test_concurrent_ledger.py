@@ -49,8 +49,9 @@ from ledger.verify import verify
 from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine, evaluate
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import Rulebook
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY, Clock
 from tests.property.model import prorate
 from tests.property.shop import ADMIN, create_shop

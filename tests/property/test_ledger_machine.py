@@ -60,8 +60,9 @@ from members.registry import CloseInput, MemberInput, Members, MergeInput
 from partners import rulebook
 from partners.earning import EarnRule, Offer, Purchase, PurchaseLine, evaluate
 from partners.programme import Programme
-from partners.registry import PartnerInput, Registry, SecretBox
+from partners.registry import PartnerInput, Registry
 from partners.rulebook import Rulebook
+from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY, Clock, own_database, put_programme_tiers
 from tests.property.model import PTS, QP, Book, TierDef
 from tests.property.shop import ADMIN, create_shop

@@ -14,7 +14,8 @@ from ledger.database import create_engine
 from ledger.service import LedgerService
 from ledger.verify import verify
 from partners.programme import Programme
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 
 
 @pytest.fixture

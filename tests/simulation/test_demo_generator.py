@@ -18,7 +18,8 @@ from insights import coalition, pareto, retention
 from insights.reading import read_only, window
 from ledger.database import create_engine
 from ledger.verify import verify
-from partners.registry import Registry, SecretBox
+from partners.registry import Registry
+from partners.signing_keys import SecretBox
 from simulation import model
 from simulation.loader import DemoExists, generate
 from tests.conftest import TEST_SECRET_KEY

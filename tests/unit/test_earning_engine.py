@@ -11,10 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from partners.earning import EarnRule, Offer, Purchase, PurchaseLine, evaluate
-from partners.errors import CreditLimitExceeded, PurchaseTimeOutsideWindow
-from partners.money import units
-from partners.registry import (
+from partners.contracts import (
     Contract,
     check_credit,
     check_purchase_time,
@@ -22,6 +19,9 @@ from partners.registry import (
     liability_minor,
     release_time,
 )
+from partners.earning import EarnRule, Offer, Purchase, PurchaseLine, evaluate
+from partners.errors import CreditLimitExceeded, PurchaseTimeOutsideWindow
+from partners.money import units
 
 T0 = datetime(2026, 6, 15, 12, tzinfo=UTC)
 RETAIL = EarnRule(

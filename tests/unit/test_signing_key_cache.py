@@ -1,8 +1,8 @@
-"""The worker's cache of partner keys (partners/registry.py SigningKeyCache):
+"""The worker's cache of partner keys (partners/signing_keys.py SigningKeyCache):
 bounded, least recently used out, revocation sticky; rate limits re-read when
 the definitions version moves or a few seconds have passed."""
 
-from partners.registry import KnownKey, SigningKeyCache
+from partners.signing_keys import KnownKey, SigningKeyCache
 
 
 class Clock:

@@ -25,14 +25,14 @@ from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import (
+from partners.rule_inputs import (
     BurnRuleInput,
     CouponInput,
     EarnRuleInput,
     PromotionInput,
-    Rulebook,
     TierInput,
 )
+from partners.rulebook import Rulebook
 
 MEMBERS = ("anna", "ben", "clara")
 RULES_FROM = datetime(2024, 1, 1, tzinfo=UTC)

@@ -35,7 +35,7 @@ from api.problems import ApiError
 from ledger.idempotency import check_key
 from partners.contracts import ContractInput
 from partners.registry import PartnerInput
-from partners.rulebook import TierInput
+from partners.rule_inputs import TierInput
 from partners.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1

@@ -48,7 +48,7 @@ from partners.audit import record_change
 from partners.errors import PartnerNotFound
 from partners.money import MINOR_UNIT_EXPONENTS
 from partners.programme import MAX_REFERENCE
-from partners.rulebook import TIER_CODE
+from partners.rule_inputs import TIER_CODE
 
 MAX_FEE_MINOR = 10**10
 MAX_POINTS = 10**9

@@ -32,7 +32,8 @@ from ledger.verify import verify
 from partners.batch import EarnItem, earn_batch
 from partners.programme import Programme, PurchaseInput, PurchaseLineInput
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import EarnRuleInput, Rulebook
+from partners.rule_inputs import EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 
 ROWS_PER_EARNING = (

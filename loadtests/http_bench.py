@@ -54,7 +54,8 @@ from ledger.database import create_engine
 from ledger.service import LedgerService
 from ledger.verify import verify
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import EarnRuleInput, Rulebook
+from partners.rule_inputs import EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing import canonical_request
 from partners.signing_keys import SecretBox
 

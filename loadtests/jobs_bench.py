@@ -209,7 +209,8 @@ async def put_tiers(engine) -> None:
     """Silver from 1,000 QP, gold from 3,000."""
     from decimal import Decimal
 
-    from partners.rulebook import Rulebook, TierInput
+    from partners.rule_inputs import TierInput
+    from partners.rulebook import Rulebook
 
     rules = Rulebook(LedgerService(engine))
     await rules.put_tier("silver", TierInput("Silver", 1, 1000, Decimal("1.25")), "bench")

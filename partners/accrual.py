@@ -58,7 +58,7 @@ from ledger.errors import (
 from ledger.idempotency import Claim
 from ledger.statements import statement
 from ledger.views import Balances, PostedEarning
-from partners import rulebook
+from partners import rule_reads
 from partners.accrual_sql import (
     lock_budgets,
     open_call,
@@ -327,7 +327,7 @@ class AccrualRun:
         tier, _ = _tier_of(defs, known, item.member_id)
         at = item.received.occurred_at
         offers = [
-            rulebook.offer_from_promotion(
+            rule_reads.offer_from_promotion(
                 known.fresh.get(row.id, row),
                 known.usage.get((row.id, item.member_id), 0),
                 known.budget_used.get(row.id),
@@ -346,7 +346,7 @@ class AccrualRun:
             )
             if problem:
                 raise CouponNotUsable(f"coupon {code!r} {problem}", coupon=code)
-            offers.append(rulebook.offer_from_coupon(row))
+            offers.append(rule_reads.offer_from_coupon(row))
             coupons[code] = row.id
         start = _cap_start(item.rule, at)
         so_far = (

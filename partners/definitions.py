@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from partners import rulebook
+from partners import rule_reads
 from partners.contracts import Contract, contracts_by_partner, version_in_force
 from partners.earning import EarnRule
 from partners.tiers import Tier
@@ -47,7 +47,7 @@ class Definitions:
             if row.valid_from <= at and (row.valid_to is None or at < row.valid_to):
                 rule = self._rules.get(row.id)
                 if rule is None:
-                    rule = self._rules[row.id] = rulebook.earn_rule_from_row(row)
+                    rule = self._rules[row.id] = rule_reads.earn_rule_from_row(row)
                 return rule
         return None
 
@@ -116,7 +116,7 @@ async def _load(conn: AsyncConnection, now: datetime, version: int) -> Definitio
     ):
         rules.setdefault(row.partner_id, []).append(row)
     categories = frozenset((await conn.execute(text("SELECT code FROM categories"))).scalars())
-    tiers = await rulebook.tiers(conn)
+    tiers = await rule_reads.tiers(conn)
     promotions = (
         await conn.execute(
             text(

@@ -15,7 +15,7 @@ from ledger import queries
 from ledger.accounts import check_id
 from ledger.errors import MemberNotFound
 from ledger.views import ExpiringPoints
-from partners import rulebook
+from partners import rule_reads
 from partners.burning import RedemptionQuote, quote_redemption
 from partners.errors import CouponNotFound, CurrencyMismatch, NoRuleInForce
 from partners.expiry_notice import QuarterExpiring
@@ -194,7 +194,7 @@ class MemberViews:
         check_currency(currency)
         now = self.ledger.clock()
         async with self.engine.connect() as conn:
-            rule = await rulebook.burn_rule_in_force(conn, partner_id, now)
+            rule = await rule_reads.burn_rule_in_force(conn, partner_id, now)
             if rule is None:
                 raise NoRuleInForce(f"partner {partner_id} has no burn rule in force")
             if rule.currency != currency:

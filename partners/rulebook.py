@@ -1,182 +1,31 @@
 """The rulebook: earn and burn rules, promotions, coupons and tiers as
 versioned, audited data. Every change records who, when, and the before and
-after; invalid input raises an error naming the field, and changes nothing."""
-
-import re
-from datetime import datetime
-from decimal import Decimal
+after; invalid input raises an error naming the field, and changes nothing
+(the inputs and their bounds: partners/rule_inputs.py; the rules as the
+engines read them: partners/rule_reads.py)."""
 
 import msgspec
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import check_id
 from ledger.database import begin
 from ledger.service import LedgerService
 from partners.audit import record_change
-from partners.burning import BurnRule
-from partners.earning import EarnRule, Offer
 from partners.errors import (
     InvalidRule,
     OverlappingExclusivePromotion,
     RuleNotFound,
     UnknownCategory,
 )
-from partners.money import MINOR_UNIT_EXPONENTS
+from partners.rule_inputs import (
+    BurnRuleInput,
+    CouponInput,
+    EarnRuleInput,
+    PromotionInput,
+    TierInput,
+    require,
+)
 from partners.tiers import BASE_TIER, Tier, ladder
-
-FUNDERS = ("partner", "program")
-
-
-class EarnRuleInput(msgspec.Struct, forbid_unknown_fields=True):
-    valid_from: datetime
-    currency: str
-    points_per_unit: Decimal
-    valid_to: datetime | None = None
-    rounding: str = "floor"
-    category_multipliers: dict[str, Decimal] = {}
-    excluded_categories: list[str] = []
-    qp_per_unit: Decimal = Decimal(0)
-    category_qp: dict[str, int] = {}
-    min_spend_minor: int = 0
-    cap_per_transaction: int | None = None
-    cap_per_period: int | None = None
-    cap_period: str | None = None
-
-
-class BurnRuleInput(msgspec.Struct, forbid_unknown_fields=True):
-    valid_from: datetime
-    currency: str
-    points_per_unit: Decimal
-    valid_to: datetime | None = None
-    min_points: int = 1
-    step: int = 1
-    max_basket_share: Decimal = Decimal(1)
-
-
-class PromotionInput(msgspec.Struct, forbid_unknown_fields=True):
-    code: str
-    name: str
-    starts_at: datetime
-    ends_at: datetime
-    funder: str = "program"
-    multiplier: Decimal | None = None
-    fixed_bonus: int | None = None
-    partner_ids: list[str] = []
-    categories: list[str] = []
-    tiers: list[str] = []
-    min_spend_minor: int = 0
-    budget_points: int | None = None
-    per_member_limit: int | None = None
-    exclusive: bool = False
-    # Pays for purchases in its window reported after it ended (default: not).
-    accepts_late_submissions: bool = False
-    # Pays only to members of one of these clubs at the purchase time.
-    clubs: list[str] = []
-    # A partner-funded promotion split: the co-funder (a producer) pays this
-    # share of its points, rounded down; the named partner pays the rest.
-    co_funder_id: str | None = None
-    co_funder_share: Decimal | None = None
-
-
-class CouponInput(msgspec.Struct, forbid_unknown_fields=True):
-    code: str
-    name: str
-    valid_from: datetime
-    valid_to: datetime
-    # Who pays: default the partners it names, or the programme when it names none.
-    funder: str | None = None
-    multiplier: Decimal | None = None
-    fixed_bonus: int | None = None
-    partner_ids: list[str] = []
-    categories: list[str] = []
-    min_basket_minor: int = 0
-
-
-class TierInput(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    rank: int
-    qp_threshold: int
-    earn_multiplier: Decimal = Decimal(1)
-    burn_discount: Decimal = Decimal(0)
-    expiry_protected: bool = False
-
-
-def _require(condition: bool, field: str, detail: str) -> None:
-    if not condition:
-        raise InvalidRule(field, detail)
-
-
-# Bounds of a rule's rates: far beyond any programme's (a few points per euro,
-# bonus categories of 2-20x), near enough that no earning overflows a point.
-RATE_PLACES = 6
-MAX_POINTS_PER_UNIT = Decimal(10_000)
-# A promotion's or coupon's fixed bonus per purchase: ten million points is
-# beyond any real offer, and far from what a posting may carry.
-MAX_FIXED_BONUS = 10_000_000
-MAX_MULTIPLIER = Decimal(100)
-
-
-def _rate(value: Decimal, field: str, low: Decimal, high: Decimal, low_included: bool) -> None:
-    """A rate: finite, within its bounds, with at most RATE_PLACES decimal places."""
-    within = (
-        value.is_finite()
-        and (low <= value if low_included else low < value)
-        and value <= high
-        and value.normalize().as_tuple().exponent >= -RATE_PLACES
-    )
-    _require(
-        within,
-        field,
-        f"must be {'from' if low_included else 'above'} {low} and at most {high}, "
-        f"with at most {RATE_PLACES} decimal places",
-    )
-
-
-def _window(start: datetime, end: datetime | None, start_field: str, end_field: str) -> None:
-    _require(start.tzinfo is not None, start_field, "needs a time zone")
-    if end is not None:
-        _require(end.tzinfo is not None, end_field, "needs a time zone")
-        _require(end > start, end_field, "must be after " + start_field)
-
-
-def _code(value: str, field: str = "code") -> str:
-    _require(
-        bool(value) and len(value) <= 40 and value.replace("-", "").replace("_", "").isalnum(),
-        field,
-        "1-40 letters, digits, '-' or '_'",
-    )
-    return value
-
-
-# The tier_definitions.code check (migration 0002): lower case, so a tier code
-# reads the same in a token, a URL and a report.
-TIER_CODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
-
-
-def _tier_code(value: str) -> str:
-    _require(
-        TIER_CODE.fullmatch(value) is not None,
-        "code",
-        "1-40 lower-case letters, digits, '-' or '_', starting with a letter or digit",
-    )
-    return value
-
-
-def _offer_value(multiplier: Decimal | None, fixed_bonus: int | None) -> None:
-    _require(
-        (multiplier is None) != (fixed_bonus is None),
-        "multiplier",
-        "give either a multiplier or a fixed_bonus",
-    )
-    if multiplier is not None:
-        _rate(multiplier, "multiplier", Decimal(1), MAX_MULTIPLIER, low_included=False)
-    if fixed_bonus is not None:
-        _require(
-            0 < fixed_bonus <= MAX_FIXED_BONUS,
-            "fixed_bonus",
-            f"must be from 1 to {MAX_FIXED_BONUS:,} points",
-        )
 
 
 class Rulebook:
@@ -226,36 +75,7 @@ class Rulebook:
 
     async def create_earn_rule(self, partner_id: str, rule: EarnRuleInput, actor: str) -> dict:
         check_id("partner", partner_id)
-        _window(rule.valid_from, rule.valid_to, "valid_from", "valid_to")
-        _require(rule.currency in MINOR_UNIT_EXPONENTS, "currency", "unknown currency")
-        zero = Decimal(0)
-        _rate(rule.points_per_unit, "points_per_unit", zero, MAX_POINTS_PER_UNIT, True)
-        _require(rule.rounding in ("floor", "half_up"), "rounding", "floor or half_up")
-        _rate(rule.qp_per_unit, "qp_per_unit", zero, MAX_POINTS_PER_UNIT, True)
-        for category, multiplier in rule.category_multipliers.items():
-            field = f"category_multipliers.{category}"
-            _rate(multiplier, field, zero, MAX_MULTIPLIER, True)
-        for category, qp in rule.category_qp.items():
-            _require(qp >= 0, f"category_qp.{category}", "must be zero or more")
-        _require(rule.min_spend_minor >= 0, "min_spend_minor", "must be zero or more")
-        _require(
-            rule.cap_per_transaction is None or rule.cap_per_transaction > 0,
-            "cap_per_transaction",
-            "must be positive",
-        )
-        _require(
-            rule.cap_per_period is None or rule.cap_per_period > 0,
-            "cap_per_period",
-            "must be positive",
-        )
-        _require(
-            (rule.cap_per_period is None) == (rule.cap_period is None),
-            "cap_period",
-            "cap_per_period and cap_period go together",
-        )
-        _require(
-            rule.cap_period in (None, "day", "month", "year"), "cap_period", "day, month or year"
-        )
+        rule.check()
         async with begin(self.engine) as conn:
             await self._check_categories(conn, "category_multipliers", rule.category_multipliers)
             await self._check_categories(conn, "excluded_categories", rule.excluded_categories)
@@ -292,16 +112,7 @@ class Rulebook:
 
     async def create_burn_rule(self, partner_id: str, rule: BurnRuleInput, actor: str) -> dict:
         check_id("partner", partner_id)
-        _window(rule.valid_from, rule.valid_to, "valid_from", "valid_to")
-        _require(rule.currency in MINOR_UNIT_EXPONENTS, "currency", "unknown currency")
-        _rate(rule.points_per_unit, "points_per_unit", Decimal(0), MAX_POINTS_PER_UNIT, False)
-        _require(rule.min_points > 0, "min_points", "must be positive")
-        _require(rule.step > 0, "step", "must be positive")
-        _require(
-            rule.max_basket_share.is_finite() and 0 < rule.max_basket_share <= 1,
-            "max_basket_share",
-            "must be above 0 and at most 1",
-        )
+        rule.check()
         async with begin(self.engine) as conn:
             version = await self._next_version(conn, "burn_rules", partner_id)
             row = (
@@ -377,47 +188,7 @@ class Rulebook:
     # -- promotions and coupons --------------------------------------------
 
     async def create_promotion(self, promotion: PromotionInput, actor: str) -> dict:
-        _code(promotion.code)
-        _require(bool(promotion.name.strip()), "name", "is required")
-        _window(promotion.starts_at, promotion.ends_at, "starts_at", "ends_at")
-        _offer_value(promotion.multiplier, promotion.fixed_bonus)
-        _require(promotion.funder in FUNDERS, "funder", "partner or program")
-        _require(
-            promotion.funder == "program" or len(promotion.partner_ids) == 1,
-            "funder",
-            "a partner-funded promotion names exactly one partner",
-        )
-        _require(promotion.min_spend_minor >= 0, "min_spend_minor", "must be zero or more")
-        _require(
-            promotion.budget_points is None or promotion.budget_points > 0,
-            "budget_points",
-            "must be positive",
-        )
-        _require(
-            promotion.per_member_limit is None or promotion.per_member_limit > 0,
-            "per_member_limit",
-            "must be positive",
-        )
-        for partner_id in promotion.partner_ids:
-            check_id("partner", partner_id)
-        _require(
-            (promotion.co_funder_id is None) == (promotion.co_funder_share is None),
-            "co_funder_share",
-            "co_funder_id and co_funder_share go together",
-        )
-        if promotion.co_funder_id is not None and promotion.co_funder_share is not None:
-            check_id("partner", promotion.co_funder_id)
-            _require(
-                promotion.funder == "partner"
-                and promotion.co_funder_id not in promotion.partner_ids,
-                "co_funder_id",
-                "co-funds a partner-funded promotion of another partner",
-            )
-            _require(
-                promotion.co_funder_share.is_finite() and 0 < promotion.co_funder_share < 1,
-                "co_funder_share",
-                "must be above 0 and below 1",
-            )
+        promotion.check()
         async with begin(self.engine) as conn:
             await self._check_categories(conn, "categories", promotion.categories)
             await self._check_tiers(conn, promotion.tiers)
@@ -489,7 +260,7 @@ class Rulebook:
             ).scalars()
         )
         unknown = [v for v in values if v not in known]
-        _require(not unknown, field, f"unknown {table} {unknown}")
+        require(not unknown, field, f"unknown {table} {unknown}")
 
     async def _check_tiers(self, conn, codes) -> None:
         if not codes:
@@ -500,24 +271,11 @@ class Rulebook:
             raise InvalidRule("tiers", f"unknown tiers {unknown}")
 
     async def create_coupon(self, coupon: CouponInput, actor: str) -> dict:
-        _code(coupon.code)
-        _require(bool(coupon.name.strip()), "name", "is required")
-        _window(coupon.valid_from, coupon.valid_to, "valid_from", "valid_to")
-        _offer_value(coupon.multiplier, coupon.fixed_bonus)
         if coupon.funder is None:
             coupon = msgspec.structs.replace(
                 coupon, funder="partner" if coupon.partner_ids else "program"
             )
-        _require(coupon.funder in FUNDERS, "funder", "partner or program")
-        # A partner pays only for offers that name it.
-        _require(
-            coupon.funder == "program" or bool(coupon.partner_ids),
-            "partner_ids",
-            "a partner-funded coupon names the partners that pay for it",
-        )
-        _require(coupon.min_basket_minor >= 0, "min_basket_minor", "must be zero or more")
-        for partner_id in coupon.partner_ids:
-            check_id("partner", partner_id)
+        coupon.check()
         async with begin(self.engine) as conn:
             await self._check_categories(conn, "categories", coupon.categories)
             row = (
@@ -599,30 +357,7 @@ class Rulebook:
     # -- tiers ----------------------------------------------------------------
 
     async def put_tier(self, code: str, tier: TierInput, actor: str) -> dict:
-        _tier_code(code)
-        _require(bool(tier.name.strip()), "name", "is required")
-        # The built-in base tier's code names the tier at 0 QP: defined at a
-        # threshold, it would stand beside the built-in one, two tiers of a code.
-        _require(
-            code != BASE_TIER.code or tier.qp_threshold == 0,
-            "qp_threshold",
-            f"the {BASE_TIER.code!r} tier is the one at 0 QP",
-        )
-        _require(tier.rank >= 0, "rank", "must be zero or more")
-        # Rank 0 is the base tier's (built in, or defined at 0 QP): a tier at a
-        # threshold ranks above it.
-        _require(
-            tier.rank > 0 or tier.qp_threshold == 0,
-            "rank",
-            "a tier with a QP threshold ranks 1 or more (0 is the base tier's)",
-        )
-        _require(tier.qp_threshold >= 0, "qp_threshold", "must be zero or more")
-        _rate(tier.earn_multiplier, "earn_multiplier", Decimal(1), MAX_MULTIPLIER, True)
-        _require(
-            tier.burn_discount.is_finite() and 0 <= tier.burn_discount < 1,
-            "burn_discount",
-            "must be at least 0 and below 1",
-        )
+        tier.check(code)
         async with begin(self.engine) as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('tiers'))"))
             before = (
@@ -640,8 +375,8 @@ class Rulebook:
                 )
             ).all()
             for other in others:
-                _require(other.rank != tier.rank, "rank", f"tier {other.code!r} has that rank")
-                _require(
+                require(other.rank != tier.rank, "rank", f"tier {other.code!r} has that rank")
+                require(
                     (other.rank < tier.rank) == (other.qp_threshold < tier.qp_threshold),
                     "qp_threshold",
                     f"must keep the order of ranks (tier {other.code!r})",
@@ -690,128 +425,6 @@ class Rulebook:
         if ladder(active)[0] is BASE_TIER:
             listed.insert(0, _built_in_row(BASE_TIER))
         return listed
-
-
-# -- loading rules as engine data (used inside other transactions) ----------
-
-
-async def _row_in_force(conn: AsyncConnection, table: str, partner_id: str, at: datetime):
-    """The highest version of a partner's rule whose window holds `at`, not retired."""
-    return (
-        await conn.execute(
-            text(
-                f"SELECT * FROM {table} WHERE partner_id = :p AND retired_at IS NULL "
-                "AND valid_from <= :at AND (valid_to IS NULL OR :at < valid_to) "
-                "ORDER BY version DESC LIMIT 1"
-            ),
-            {"p": partner_id, "at": at},
-        )
-    ).first()
-
-
-def earn_rule_from_row(row) -> EarnRule:
-    return EarnRule(
-        partner_id=row.partner_id,
-        version=row.version,
-        valid_from=row.valid_from,
-        valid_to=row.valid_to,
-        currency=row.currency,
-        points_per_unit=row.points_per_unit,
-        rounding=row.rounding,
-        category_multipliers={k: Decimal(v) for k, v in row.category_multipliers.items()},
-        excluded_categories=frozenset(row.excluded_categories),
-        qp_per_unit=row.qp_per_unit,
-        category_qp=dict(row.category_qp),
-        min_spend_minor=row.min_spend_minor,
-        cap_per_transaction=row.cap_per_transaction,
-        cap_per_period=row.cap_per_period,
-        cap_period=row.cap_period,
-    )
-
-
-async def burn_rule_in_force(
-    conn: AsyncConnection, partner_id: str, at: datetime
-) -> BurnRule | None:
-    row = await _row_in_force(conn, "burn_rules", partner_id, at)
-    if row is None:
-        return None
-    return BurnRule(
-        row.partner_id,
-        row.version,
-        row.valid_from,
-        row.valid_to,
-        row.currency,
-        row.points_per_unit,
-        row.min_points,
-        row.step,
-        row.max_basket_share,
-    )
-
-
-async def tiers(conn: AsyncConnection) -> list[Tier]:
-    rows = await conn.execute(
-        text("SELECT * FROM tier_definitions WHERE retired_at IS NULL ORDER BY rank")
-    )
-    return [
-        Tier(
-            r.code,
-            r.name,
-            r.rank,
-            r.qp_threshold,
-            r.earn_multiplier,
-            r.burn_discount,
-            r.expiry_protected,
-        )
-        for r in rows
-    ]
-
-
-def offer_from_promotion(row, member_used: int, budget_used: int | None = None) -> Offer:
-    """The promotion as the engine sees it, given what the member has had of
-    it and (when not the row's) what its budget has paid so far."""
-    budget_used = row.budget_used if budget_used is None else budget_used
-    return Offer(
-        kind="promotion",
-        code=row.code,
-        name=row.name,
-        starts_at=row.starts_at,
-        ends_at=row.ends_at,
-        funder=row.funder,
-        multiplier=row.multiplier,
-        fixed_bonus=row.fixed_bonus,
-        partner_ids=frozenset(row.partner_ids),
-        categories=frozenset(row.categories),
-        tiers=frozenset(row.tiers),
-        min_spend_minor=row.min_spend_minor,
-        exclusive=row.exclusive,
-        remaining_budget=None if row.budget_points is None else row.budget_points - budget_used,
-        member_remaining=None
-        if row.per_member_limit is None
-        else row.per_member_limit - member_used,
-        accepts_late_submissions=row.accepts_late_submissions,
-        clubs=frozenset(row.clubs),
-        co_funder=row.co_funder_id,
-        co_funder_share=row.co_funder_share,
-    )
-
-
-def offer_from_coupon(row) -> Offer:
-    return Offer(
-        kind="coupon",
-        code=row.code,
-        name=row.name,
-        starts_at=row.valid_from,
-        ends_at=row.valid_to,
-        funder=row.funder,
-        multiplier=row.multiplier,
-        fixed_bonus=row.fixed_bonus,
-        partner_ids=frozenset(row.partner_ids),
-        categories=frozenset(row.categories),
-        min_spend_minor=row.min_basket_minor,
-        # A coupon is judged at the purchase time: the member activated it and
-        # used it then, however late the partner reports the purchase.
-        accepts_late_submissions=True,
-    )
 
 
 def _row(row) -> dict:

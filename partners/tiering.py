@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import check_id
 from ledger.queries import qp_in_period
-from partners import rulebook
+from partners import rule_reads
 from partners.tiers import (
     BASE_TIER,
     Tier,
@@ -37,7 +37,7 @@ class Tiering:
 
     async def _tier(self, conn: AsyncConnection, member_id: str, lock: bool = False, tiers=None):
         if tiers is None:
-            tiers = await rulebook.tiers(conn)
+            tiers = await rule_reads.tiers(conn)
         row = (
             await conn.execute(
                 text(
@@ -202,7 +202,7 @@ class Tiering:
                 # member's. None claimed (all busy): the next page.
                 claimed = await self.ledger.journal.claim_members(conn, due, limit)
                 skipped += len(due)
-            tiers = await rulebook.tiers(conn)
+            tiers = await rule_reads.tiers(conn)
             rows = (
                 await conn.execute(
                     text(

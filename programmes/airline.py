@@ -40,7 +40,8 @@ from partners.claims import ClaimInput, ClaimLine, Claims
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import BurnRuleInput, EarnRuleInput, PromotionInput, Rulebook, TierInput
+from partners.rule_inputs import BurnRuleInput, EarnRuleInput, PromotionInput, TierInput
+from partners.rulebook import Rulebook
 from programmes import story
 from programmes.story import (
     ConfirmClaim,

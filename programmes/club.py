@@ -38,7 +38,8 @@ from operations.jobs import ClubAnniversaryGifts, LapseClubMemberships
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.rule_inputs import EarnRuleInput, PromotionInput
+from partners.rulebook import Rulebook
 from programmes import story
 from programmes.story import Outcome, ServicesPlayer, Step, at, euros, signed
 

@@ -35,7 +35,8 @@ from partners.money import units
 from partners.programme import Programme, PurchaseInput, PurchaseLineInput
 from partners.registry import PartnerInput, Registry
 from partners.rewards import RewardInput, Rewards
-from partners.rulebook import BurnRuleInput, CouponInput, EarnRuleInput, Rulebook
+from partners.rule_inputs import BurnRuleInput, CouponInput, EarnRuleInput
+from partners.rulebook import Rulebook
 from programmes import story
 from programmes.story import (
     ConfirmClaim,

@@ -21,14 +21,14 @@ from decimal import Decimal
 from insights.reading import add_months
 from ledger.expiry import RollingToQuarterEnd
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import (
+from partners.rule_inputs import (
     BurnRuleInput,
     CouponInput,
     EarnRuleInput,
     PromotionInput,
-    Rulebook,
     TierInput,
 )
+from partners.rulebook import Rulebook
 from simulation.model import PARTNERS, DemoConfig, month_bounds, offers
 
 ACTOR = "demo:generator"

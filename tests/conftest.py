@@ -250,7 +250,8 @@ async def put_programme_tiers(engine) -> None:
     """Silver (1,000 QP, x1.25) and gold (3,000 QP, x1.5, expiry-protected)."""
     from decimal import Decimal
 
-    from partners.rulebook import Rulebook, TierInput
+    from partners.rule_inputs import TierInput
+    from partners.rulebook import Rulebook
 
     rules = Rulebook(LedgerService(engine))
     await rules.put_tier(

@@ -30,14 +30,14 @@ from partners.contracts import Contract, ContractInput, CreditStanding
 from partners.programme import Programme, PurchaseInput
 from partners.receipts import EarningView
 from partners.registry import PartnerInput, PartnerView, Registry
-from partners.rulebook import (
+from partners.rule_inputs import (
     BurnRuleInput,
     CouponInput,
     EarnRuleInput,
     PromotionInput,
-    Rulebook,
     TierInput,
 )
+from partners.rulebook import Rulebook
 from partners.signing_keys import KeyView
 
 Rules = NamedDependency[Rulebook]

@@ -30,7 +30,7 @@ from partners.programme import (
 from partners.receipts import EarningView, PurchaseReceipt
 from partners.registry import Registry
 from partners.returns import ReturnReceipt
-from partners.rulebook import burn_rule_in_force
+from partners.rule_reads import burn_rule_in_force
 
 
 class EarnRequest(msgspec.Struct, forbid_unknown_fields=True):

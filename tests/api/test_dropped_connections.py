@@ -18,7 +18,8 @@ from ledger.database import _replace_closed, create_engine, is_unavailable
 from ledger.service import LedgerService
 from partners.client import PartnerAuth
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import EarnRuleInput, Rulebook
+from partners.rule_inputs import EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 from tests.api.test_database_unavailable import (  # noqa: F401  (fixture)

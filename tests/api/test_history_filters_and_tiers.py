@@ -16,7 +16,8 @@ from ledger.commands import Adjust
 from ledger.database import create_engine
 from ledger.kinds import ENTRY_KINDS
 from ledger.service import LedgerService
-from partners.rulebook import Rulebook, TierInput
+from partners.rule_inputs import TierInput
+from partners.rulebook import Rulebook
 from tests.conftest import own_database
 
 

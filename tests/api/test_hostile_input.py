@@ -17,7 +17,8 @@ from api.input_guard import BIGINT_MAX, INT4_MAX, MAX_PARAMETER_LENGTH, MAX_TEXT
 from api.problems import problem
 from partners.client import PartnerAuth
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
+from partners.rule_inputs import BurnRuleInput, EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 

@@ -23,7 +23,8 @@ from api.embedded import EmbeddedRedis
 from ledger.commands import Adjust, Authorise, Burn, Earn, Reverse, Void
 from ledger.service import LedgerConfig, LedgerService
 from partners.registry import Registry
-from partners.rulebook import CouponInput, Rulebook
+from partners.rule_inputs import CouponInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 

@@ -16,7 +16,8 @@ from litestar.testing import AsyncTestClient
 from api.app import create_app
 from partners.client import PartnerAuth
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
+from partners.rule_inputs import BurnRuleInput, EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 

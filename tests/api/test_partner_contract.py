@@ -17,7 +17,8 @@ import pytest
 from partners.client import PartnerAuth
 from partners.programme import Programme
 from partners.registry import Registry
-from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
+from partners.rule_inputs import BurnRuleInput, EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 from tests.conftest import SigningSeconds

@@ -31,7 +31,8 @@ from api.cache import key as balance_key
 from ledger.commands import Adjust
 from partners.client import PartnerAuth
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import EarnRuleInput, Rulebook
+from partners.rule_inputs import EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.api.conftest import SECRET_KEY
 

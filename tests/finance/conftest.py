@@ -84,7 +84,8 @@ from partners.contracts import ContractInput
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import CouponInput, EarnRuleInput, PromotionInput, Rulebook
+from partners.rule_inputs import CouponInput, EarnRuleInput, PromotionInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY, Clock
 

@@ -53,7 +53,8 @@ from partners.errors import InvalidRule
 from partners.programme import Programme
 from partners.receipts import PurchaseReceipt
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.rule_inputs import EarnRuleInput, PromotionInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.api.conftest import MEMBER_SECRET, SECRET
 from tests.conftest import TEST_SECRET_KEY

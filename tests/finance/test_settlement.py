@@ -42,7 +42,8 @@ from partners.earning import Purchase, PurchaseLine
 from partners.money import units
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.rule_inputs import EarnRuleInput, PromotionInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.api.conftest import MEMBER_SECRET, SECRET
 from tests.conftest import TEST_SECRET_KEY, Clock

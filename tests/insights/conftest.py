@@ -47,7 +47,8 @@ from members.registry import MemberInput, Members
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook, TierInput
+from partners.rule_inputs import EarnRuleInput, PromotionInput, TierInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY, Clock
 

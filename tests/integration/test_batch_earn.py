@@ -19,7 +19,8 @@ from partners.batch import MAX_BATCH_ITEMS, EarnItem, earn_batch
 from partners.errors import InvalidPurchase, InvalidRule
 from partners.programme import MAX_LINE_MINOR, Programme, PurchaseInput, PurchaseLineInput
 from partners.registry import Registry
-from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.rule_inputs import EarnRuleInput, PromotionInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 

@@ -31,7 +31,8 @@ from partners.import_formats import ImportSource
 from partners.imports import card_lane, import_file, stream_rejects
 from partners.programme import Programme
 from partners.registry import Registry
-from partners.rulebook import EarnRuleInput, Rulebook
+from partners.rule_inputs import EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 

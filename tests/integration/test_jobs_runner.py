@@ -35,7 +35,8 @@ from operations.jobs import CreatePartitions, RequalifyTiers
 from operations.runner import JobRunner, job_lock
 from operations.schedule import Scheduler
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import Rulebook, TierInput
+from partners.rule_inputs import TierInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY, own_database
 

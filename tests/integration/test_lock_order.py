@@ -27,7 +27,8 @@ from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
-from partners.rulebook import EarnRuleInput, Rulebook
+from partners.rule_inputs import EarnRuleInput
+from partners.rulebook import Rulebook
 from tests.conftest import Clock
 
 pytestmark = pytest.mark.long  # tens of seconds: handed out first (tests/conftest.py)

@@ -26,7 +26,8 @@ from members.registry import CloseInput, MemberInput, Members, MergeInput, Profi
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
 from partners.registry import Registry
-from partners.rulebook import EarnRuleInput, Rulebook
+from partners.rule_inputs import EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 

@@ -26,7 +26,8 @@ from partners.errors import (
 )
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import CouponInput, EarnRuleInput, PromotionInput, Rulebook
+from partners.rule_inputs import CouponInput, EarnRuleInput, PromotionInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 
 FROM = datetime(2024, 1, 1, tzinfo=UTC)

@@ -37,7 +37,8 @@ from ledger.service import LedgerService
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry
-from partners.rulebook import BurnRuleInput, EarnRuleInput, Rulebook
+from partners.rule_inputs import BurnRuleInput, EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 from tests.plans import relations

@@ -7,7 +7,8 @@ from decimal import Decimal
 import pytest
 
 from ledger.commands import Adjust
-from partners.rulebook import EarnRuleInput, Rulebook
+from partners.rule_inputs import EarnRuleInput
+from partners.rulebook import Rulebook
 from tests.api.conftest import api_settings, client, token  # noqa: F401 (fixtures)
 
 RULES_FROM = datetime(2020, 1, 1, tzinfo=UTC)

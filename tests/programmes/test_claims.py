@@ -19,7 +19,8 @@ from partners.earning import Purchase, PurchaseLine
 from partners.errors import ClaimNotOpen, CouponNotUsable
 from partners.programme import Programme, PurchaseInput, PurchaseLineInput
 from partners.registry import Registry
-from partners.rulebook import CouponInput, EarnRuleInput, Rulebook
+from partners.rule_inputs import CouponInput, EarnRuleInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 

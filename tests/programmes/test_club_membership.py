@@ -26,7 +26,8 @@ from partners.batch import EarnItem, earn_batch
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme, PurchaseInput, PurchaseLineInput
 from partners.registry import Registry
-from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.rule_inputs import EarnRuleInput, PromotionInput
+from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 from tests.conftest import TEST_SECRET_KEY
 

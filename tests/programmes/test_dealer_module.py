@@ -16,7 +16,8 @@ from ledger.service import LedgerService
 from partners.earning import EarnRule, Offer, Purchase, PurchaseLine, evaluate, split_share
 from partners.errors import InvalidRule
 from partners.programme import Programme
-from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.rule_inputs import EarnRuleInput, PromotionInput
+from partners.rulebook import Rulebook
 
 
 def at(value: str) -> datetime:

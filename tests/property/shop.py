@@ -8,7 +8,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from partners.earning import EarnRule, Offer
-from partners.rulebook import EarnRuleInput, PromotionInput, Rulebook
+from partners.rule_inputs import EarnRuleInput, PromotionInput
+from partners.rulebook import Rulebook
 
 ADMIN = "staff:property-tests"
 MULTIPLIERS = {"electronics": Decimal(2)}

@@ -20,7 +20,8 @@ from ledger.commands import Authorise, Burn, Earn, Reverse, Void
 from ledger.service import LedgerService
 from partners.earning import Purchase, PurchaseLine
 from partners.programme import Programme
-from partners.rulebook import EarnRuleInput, Rulebook
+from partners.rule_inputs import EarnRuleInput
+from partners.rulebook import Rulebook
 from tests.property.shop import ADMIN
 
 

@@ -57,7 +57,7 @@ from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from ledger.verify import verify
 from members.registry import CloseInput, MemberInput, Members, MergeInput
-from partners import rulebook
+from partners import rule_reads
 from partners.earning import EarnRule, Offer, Purchase, PurchaseLine, evaluate
 from partners.programme import Programme
 from partners.registry import PartnerInput, Registry
@@ -122,7 +122,7 @@ async def put_and_load_tiers(database_url: str) -> list[TierDef]:
     try:
         await put_programme_tiers(engine)
         async with engine.connect() as conn:
-            tiers = await rulebook.tiers(conn)
+            tiers = await rule_reads.tiers(conn)
     finally:
         await engine.dispose()
     return [

@@ -42,12 +42,12 @@ posting or the purchase record see it, and the whole transaction runs again
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.accounts import PTS, member_account
+from ledger.accounts import member_account
 from ledger.commands import Earn, EarnLine, check_points
 from ledger.errors import (
     DuplicatePartnerReference,
@@ -56,10 +56,10 @@ from ledger.errors import (
     MemberNotFound,
 )
 from ledger.idempotency import Claim
-from ledger.statements import statement
-from ledger.views import Balances, PostedEarning
+from ledger.views import PostedEarning
 from partners import rule_reads
 from partners.accrual_sql import (
+    club_terms,
     lock_budgets,
     open_call,
     read_coupons,
@@ -67,10 +67,20 @@ from partners.accrual_sql import (
     read_usage,
     record_call,
 )
-from partners.contracts import Contract, check_purchase_time, release_time
+from partners.accrual_state import (
+    RECEIPT_ACCOUNTS,
+    CheckedPurchase,
+    Evaluated,
+    Members,
+    cap_start,
+    coupon_problem,
+    move_on,
+    tier_of,
+)
+from partners.contracts import check_purchase_time, release_time
 from partners.credit import CallCredit
 from partners.definitions import Definitions
-from partners.earning import Earning, EarnRule, Purchase, evaluate
+from partners.earning import EarnRule, Purchase, evaluate
 from partners.errors import (
     CouponNotFound,
     CouponNotUsable,
@@ -80,10 +90,7 @@ from partners.errors import (
 )
 from partners.receipts import PurchaseReceipt, earning_view
 from partners.registry import holder_of
-from partners.tiers import Tier, after_earning, ladder, period_bounds
-
-# The member accounts a receipt shows, and their asset.
-RECEIPT_ACCOUNTS = (("available", PTS), ("pending", PTS), ("held", PTS), ("qp", "QP"))
+from partners.tiers import period_bounds
 
 
 class RunAgain(Exception):
@@ -116,64 +123,6 @@ class Accrual:
     claimed: bool = False
 
 
-@dataclass(slots=True)
-class _Item:
-    index: int
-    accrual: Accrual
-    member_id: str
-    received: Purchase
-    contract: Contract | None
-    release: datetime | None
-    rule: EarnRule
-    promotions: list  # rows that may pay for it, by id
-
-
-@dataclass(slots=True)
-class _Evaluated:
-    item: _Item
-    tier: Tier
-    earning: Earning
-    coupons: dict[str, int]  # code -> coupon id, used by this earning
-    # (from, previous validity, to, validity, reason) when the earning moved the tier
-    tier_change: tuple | None = None
-    balances: Balances | None = None  # the member's balances after this earning
-
-
-@dataclass(slots=True)
-class _Members:
-    """What the call reads about its members, then keeps current in memory."""
-
-    tiers: dict[str, tuple[str, datetime | None]] = field(default_factory=dict)
-    balances: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
-    period_qp: dict[tuple[str, datetime, datetime], int] = field(default_factory=dict)
-    cap_points: dict[tuple[str, str, datetime], int] = field(default_factory=dict)
-    usage: dict[tuple[int, str], int] = field(default_factory=dict)
-    coupons: dict[tuple[str, str], object] = field(default_factory=dict)
-    taken: set[str] = field(default_factory=set)
-    fresh: dict[int, object] = field(default_factory=dict)  # budgeted promotions, as locked
-    budget_used: dict[int, int] = field(default_factory=dict)  # their budgets, running
-    used_coupons: set[tuple[str, str]] = field(default_factory=set)  # (member, code)
-    # member -> (club, term start, term end): the paid club terms
-    club_terms: dict[str, list[tuple[str, datetime, datetime]]] = field(default_factory=dict)
-
-    def clubs_at(self, member_id: str, at: datetime) -> frozenset[str]:
-        """The clubs the member belonged to at `at` (a paid term covers it)."""
-        return frozenset(
-            club for club, start, end in self.club_terms.get(member_id, ()) if start <= at < end
-        )
-
-
-def _cap_start(rule: EarnRule, at: datetime) -> datetime | None:
-    if rule.cap_per_period is None:
-        return None
-    at = at.astimezone(UTC)
-    return {
-        "day": at.replace(hour=0, minute=0, second=0, microsecond=0),
-        "month": at.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
-        "year": datetime(at.year, 1, 1, tzinfo=UTC),
-    }[rule.cap_period]
-
-
 def rule_for(defs: Definitions, purchase: Purchase) -> EarnRule:
     """The earn rule in force at the purchase time, for its currency and
     categories, or the refusal."""
@@ -191,18 +140,6 @@ def rule_for(defs: Definitions, purchase: Purchase) -> EarnRule:
     if unknown := [c for c in categories if c not in defs.categories]:
         raise UnknownCategory("lines.category", f"unknown categories {unknown}")
     return rule
-
-
-def _coupon_problem(row, at: datetime) -> str | None:
-    if row.retired_at:
-        return "was retired"
-    if row.activated_at is None:
-        return "is not activated"
-    if row.used_at:
-        return "was already used"
-    if not row.valid_from <= at < row.valid_to:
-        return "is not valid at the purchase time"
-    return None
 
 
 class AccrualRun:
@@ -228,7 +165,7 @@ class AccrualRun:
         # so that it is inside any submission window (a run taken again too).
         self.now: datetime = received_at or programme.ledger.clock()
         # What `post` posted, for `record`: the purchases accepted, their entries.
-        self._posted: tuple[list[_Evaluated], dict[int, PostedEarning]] = ([], {})
+        self._posted: tuple[list[Evaluated], dict[int, PostedEarning]] = ([], {})
 
     # -- reading ----------------------------------------------------------------
 
@@ -239,7 +176,7 @@ class AccrualRun:
         accrual: Accrual,
         holders: dict[str, tuple[str, str]],
         statuses: dict[str, str],
-    ) -> _Item:
+    ) -> CheckedPurchase:
         """Everything about one purchase that needs no member state."""
         if accrual.card_number is not None:
             member_id = holder_of(accrual.card_number, holders)
@@ -272,9 +209,11 @@ class AccrualRun:
             {line.category for line in purchase.lines},
             purchase.total_minor,
         )
-        return _Item(index, accrual, member_id, received, contract, release, rule, promotions)
+        return CheckedPurchase(
+            index, accrual, member_id, received, contract, release, rule, promotions
+        )
 
-    async def _read_members(self, defs: Definitions, items: list[_Item]) -> _Members:
+    async def _read_members(self, defs: Definitions, items: list[CheckedPurchase]) -> Members:
         """Under the members' locks: one statement for tiers, balances, used
         references, period QP and cap points; usage and coupons when named."""
         members = sorted({i.member_id for i in items})
@@ -290,7 +229,7 @@ class AccrualRun:
         )
         caps = sorted(
             {
-                (i.member_id, i.rule.partner_id, _cap_start(i.rule, i.received.occurred_at))
+                (i.member_id, i.rule.partner_id, cap_start(i.rule, i.received.occurred_at))
                 for i in items
                 if i.rule.cap_per_period is not None
             }
@@ -309,7 +248,7 @@ class AccrualRun:
         )
         coupons = sorted({(i.member_id, code) for i in items for code in i.accrual.coupons})
         clubs = sorted({i.member_id for i in items if any(r.clubs for r in i.promotions)})
-        return _Members(
+        return Members(
             tiers=found.tiers,
             balances=found.balances,
             period_qp=found.period_qp,
@@ -317,14 +256,14 @@ class AccrualRun:
             usage=await read_usage(self.conn, usage, self.lock),
             coupons=await read_coupons(self.conn, coupons, self.lock),
             taken=found.taken,
-            club_terms=await _club_terms(self.conn, clubs),
+            club_terms=await club_terms(self.conn, clubs),
         )
 
     # -- evaluating ---------------------------------------------------------------
 
-    def _evaluate(self, defs: Definitions, item: _Item, known: _Members) -> _Evaluated:
+    def _evaluate(self, defs: Definitions, item: CheckedPurchase, known: Members) -> Evaluated:
         """The engine over the running state (nothing is changed here)."""
-        tier, _ = _tier_of(defs, known, item.member_id)
+        tier, _ = tier_of(defs, known, item.member_id)
         at = item.received.occurred_at
         offers = [
             rule_reads.offer_from_promotion(
@@ -342,13 +281,13 @@ class AccrualRun:
             problem = (
                 "was already used"
                 if (item.member_id, code) in known.used_coupons
-                else _coupon_problem(row, at)
+                else coupon_problem(row, at)
             )
             if problem:
                 raise CouponNotUsable(f"coupon {code!r} {problem}", coupon=code)
             offers.append(rule_reads.offer_from_coupon(row))
             coupons[code] = row.id
-        start = _cap_start(item.rule, at)
+        start = cap_start(item.rule, at)
         so_far = (
             known.cap_points.get((item.member_id, item.rule.partner_id, start), 0)
             if start is not None
@@ -363,11 +302,11 @@ class AccrualRun:
             so_far,
             known.clubs_at(item.member_id, at),
         )
-        return _Evaluated(item, tier, earning, coupons)
+        return Evaluated(item, tier, earning, coupons)
 
     async def evaluate_all(
         self, accruals: Sequence[Accrual]
-    ) -> tuple[Definitions, list[_Evaluated | LedgerError]]:
+    ) -> tuple[Definitions, list[Evaluated | LedgerError]]:
         """Check, lock, read and evaluate every purchase; for an earning
         (`lock`) also the credit limit and the references, the running state
         moved on by each accepted purchase."""
@@ -400,7 +339,7 @@ class AccrualRun:
                 results[index] = self._check(defs, index, accrual, holders, statuses)
             except LedgerError as error:
                 results[index] = error
-        items = [r for r in results if isinstance(r, _Item)]
+        items = [r for r in results if isinstance(r, CheckedPurchase)]
         if not items:
             return defs, results
         # The budgeted promotions the purchases may be paid by, fresh (their
@@ -439,59 +378,11 @@ class AccrualRun:
                         )
                     known.taken.add(item.accrual.reference)
                     credit.add(points)
-                    self._move_on(defs, done, known)
+                    move_on(known, defs, done, self.programme.tier_period, self.now)
                 results[item.index] = done
             except LedgerError as error:
                 results[item.index] = error
         return defs, results
-
-    def _move_on(self, defs: Definitions, done: _Evaluated, known: _Members) -> None:
-        """The running state after an accepted earning."""
-        item, earning, member_id = done.item, done.earning, done.item.member_id
-        at = item.received.occurred_at
-        for row in item.promotions:
-            points = earning.points_from("promotion", row.code)
-            if not points:
-                continue
-            if row.id in known.budget_used:
-                known.budget_used[row.id] += points
-            if row.budget_points is not None or row.per_member_limit:
-                key = (row.id, member_id)
-                known.usage[key] = known.usage.get(key, 0) + points
-        for code in done.coupons:
-            if earning.points_from("coupon", code):
-                known.used_coupons.add((member_id, code))
-        if item.rule.cap_per_period is not None:
-            rule_points = earning.points_from("base") + earning.points_from("category")
-            for key in known.cap_points:
-                if key[0] == member_id and key[1] == item.rule.partner_id and key[2] <= at:
-                    known.cap_points[key] += rule_points
-        qp = earning.qualifying_points
-        if qp and known.period_qp:
-            for key in known.period_qp:
-                if key[0] == member_id and key[1] <= at < key[2]:
-                    known.period_qp[key] += qp
-            period = period_bounds(at, self.programme.tier_period)
-            _, until = _tier_of(defs, known, member_id)
-            change = after_earning(
-                done.tier, until, known.period_qp[(member_id, *period)], defs.tiers, at
-            )
-            if change is not None:
-                new, new_until = change
-                reason = (
-                    "qualifying points reached the threshold"
-                    if new.rank > done.tier.rank
-                    else "status renewed for another period"
-                )
-                done.tier_change = (done.tier.code, until, new.code, new_until, reason)
-                known.tiers[member_id] = (new.code, new_until)
-        pending = item.release is not None and item.release > self.now
-        balances = known.balances.setdefault(member_id, {})
-        for name, amount in (("pending" if pending else "available", earning.points), ("qp", qp)):
-            if amount:
-                balance, version = balances.get(name, (0, 0))
-                balances[name] = (balance + amount, version + 1)
-        done.balances = _balances(member_id, balances)
 
     # -- writing ------------------------------------------------------------------
 
@@ -509,7 +400,7 @@ class AccrualRun:
         """Earn for every purchase that passes (see the module's docstring);
         what the earnings did waits for `record`, the call's last statement."""
         _defs, results = await self.evaluate_all(accruals)
-        accepted = [r for r in results if isinstance(r, _Evaluated)]
+        accepted = [r for r in results if isinstance(r, Evaluated)]
         earning = [done for done in accepted if done.earning.lines]
         posted = await self.ledger.earn_many_in(
             self.conn,
@@ -542,7 +433,7 @@ class AccrualRun:
                 entries[r.item.index].release_at if r.item.index in entries else None,
                 r.tier_change[2] if r.tier_change else None,
             )
-            if isinstance(r, _Evaluated)
+            if isinstance(r, Evaluated)
             else r
             for r in results
         ]
@@ -597,44 +488,3 @@ class AccrualRun:
         for done in accepted:
             if done.item.accrual.reference not in recorded:
                 raise ReferenceTaken(done.item.accrual.reference)
-
-
-async def _club_terms(
-    conn: AsyncConnection, members: list[str]
-) -> dict[str, list[tuple[str, datetime, datetime]]]:
-    """The members' paid club terms (club_payments, migration 0021); none
-    read when no promotion for club members may pay."""
-    terms: dict[str, list[tuple[str, datetime, datetime]]] = defaultdict(list)
-    if members:
-        rows = await conn.execute(
-            statement(
-                "SELECT member_id, club_code, term_starts_at, term_ends_at FROM club_payments "
-                "WHERE member_id = ANY(CAST(:members AS text[]))"
-            ),
-            {"members": members},
-        )
-        for row in rows:
-            terms[row.member_id].append((row.club_code, row.term_starts_at, row.term_ends_at))
-    return terms
-
-
-def _tier_of(defs: Definitions, known: _Members, member_id: str) -> tuple[Tier, datetime | None]:
-    """The member's tier and its validity; the lowest tier (no validity) for
-    a member without one or with a tier no longer defined."""
-    code, until = known.tiers.get(member_id, (None, None))
-    by_code = {t.code: t for t in defs.tiers}
-    if code not in by_code:
-        return ladder(defs.tiers)[0], None
-    return by_code[code], until
-
-
-def _balances(member_id: str, rows: dict[str, tuple[int, int]]) -> Balances:
-    found = {name: rows.get(name, (0, 0)) for name, _ in RECEIPT_ACCOUNTS}
-    return Balances(
-        member_id,
-        found["available"][0],
-        found["pending"][0],
-        found["held"][0],
-        found["qp"][0],
-        sum(version for _, version in found.values()),
-    )

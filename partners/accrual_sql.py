@@ -8,6 +8,7 @@ With `lock` False (a quote) the reads lock nothing; the writes run only
 when earning.
 """
 
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
@@ -345,3 +346,22 @@ async def record_call(
         )
     ).one()
     return set(row.recorded or ())
+
+
+async def club_terms(
+    conn: AsyncConnection, members: list[str]
+) -> dict[str, list[tuple[str, datetime, datetime]]]:
+    """The members' paid club terms (club_payments, migration 0021); none
+    read when no promotion for club members may pay."""
+    terms: dict[str, list[tuple[str, datetime, datetime]]] = defaultdict(list)
+    if members:
+        rows = await conn.execute(
+            statement(
+                "SELECT member_id, club_code, term_starts_at, term_ends_at FROM club_payments "
+                "WHERE member_id = ANY(CAST(:members AS text[]))"
+            ),
+            {"members": members},
+        )
+        for row in rows:
+            terms[row.member_id].append((row.club_code, row.term_starts_at, row.term_ends_at))
+    return terms

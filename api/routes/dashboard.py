@@ -25,7 +25,7 @@ script or style, nothing from another origin, no framing) and is not
 stored by caches, but for the static files (api/routes/dashboard_assets.py);
 a problem answered here (a CSV link's, a static file's) too.
 This module is the HTTP part only: dashboard_view gathers the figures,
-dashboard_html draws them."""
+dashboard_pages draws them."""
 
 import time
 from io import StringIO
@@ -43,8 +43,8 @@ from api.auth import Principal
 from api.cli_insights import write_csv
 from api.problems import EXCEPTION_HANDLERS, ApiError
 from api.routes.dashboard_assets import dashboard_asset
-from api.routes.dashboard_html import LOGIN_PATH, error_page, login_page
-from api.routes.dashboard_html import dashboard_page as render_dashboard
+from api.routes.dashboard_pages import LOGIN_PATH, error_page, login_page
+from api.routes.dashboard_pages import dashboard_page as render_dashboard
 from api.routes.dashboard_view import CSV_FIGURES, csv_table, gather, parse_query
 from api.routes.insights import AsOf, Currency, From, To, insights_engine
 from finance.errors import InvalidPeriod

@@ -19,7 +19,7 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from api.auth import Principal, mint_token
-from api.routes import dashboard_assets, dashboard_html, dashboard_view
+from api.routes import dashboard_assets, dashboard_pages, dashboard_view
 from api.routes.dashboard import COOKIE, CSP
 from tests.api.conftest import SECRET
 from tests.insights import test_surfaces as surfaces
@@ -273,15 +273,15 @@ async def test_hostile_names_are_text(programme10):
         tiers=msgspec.structs.replace(board.tiers, distribution=held),
         coalition=msgspec.structs.replace(board.coalition, cross_shopping=pairs),
     )
-    page = dashboard_html.dashboard_page(board, Principal(HOSTILE, frozenset({"finance"})))
+    page = dashboard_pages.dashboard_page(board, Principal(HOSTILE, frozenset({"finance"})))
     assert HOSTILE not in page and CLOSING not in page
     assert page.count(html.escape(HOSTILE)) >= 3  # the offer, the heat map's row, the user
     # In a chart's JSON block: escapes, which cannot close the block.
     assert "\\u003c/script\\u003e\\u003cscript\\u003ealert(1)\\u003c/script\\u003e" in page
     assert page.count("<script") == 2 + 7
 
-    assert HOSTILE not in dashboard_html.login_page(HOSTILE, "/dashboard?x=" + HOSTILE)
-    shown = dashboard_html.error_page({"from": HOSTILE}, Principal("o", frozenset()), "c", HOSTILE)
+    assert HOSTILE not in dashboard_pages.login_page(HOSTILE, "/dashboard?x=" + HOSTILE)
+    shown = dashboard_pages.error_page({"from": HOSTILE}, Principal("o", frozenset()), "c", HOSTILE)
     assert HOSTILE not in shown and html.escape(HOSTILE) in shown
 
 

@@ -1,5 +1,5 @@
 """`loyalty finance reconcile ...`: partner file reconciliation from the
-command line (finance/reconciliation.py, the functions the API calls):
+command line (finance/reconciliation*.py, the functions the API calls):
 
 - `reconcile-mapping --partner ID [--reference-column ...]`: set (or with
   `--show`, show) how the partner's file is read;
@@ -96,8 +96,8 @@ def reconcile_mapping(partner_id: str, show: bool, as_json: bool, **options) -> 
     """Set how PARTNER's transaction file is read for reconciliation (every
     option left out takes its default, as a PUT of the API does), or show it."""
     from api.cli_support import actor
-    from finance.reconciliation import get_mapping, set_mapping
     from finance.reconciliation_files import Mapping
+    from finance.reconciliation_mappings import get_mapping, set_mapping
 
     if show:
         view = _run(lambda settings, ledger: get_mapping(ledger.engine, partner_id))
@@ -206,7 +206,7 @@ def reconcile(partner_id: str, file: Path, start, end, then_repair: bool, as_jso
     missing in the ledger, missing at the partner, unreadable, duplicate."""
     from api.cli_support import actor, input_file
     from finance.reconciliation import reconcile as run_reconcile
-    from finance.reconciliation import repair
+    from finance.reconciliation_repair import repair
     from partners.programme import Programme
 
     period = _period(start, end)
@@ -246,7 +246,7 @@ def reconcile_repair(reconciliation_id: int, as_json: bool) -> None:
     """Post the rows of run RECONCILIATION_ID missing in the ledger through
     the earn path; a second repair finds them posted and posts nothing."""
     from api.cli_support import actor
-    from finance.reconciliation import repair
+    from finance.reconciliation_repair import repair
     from partners.programme import Programme
 
     who = actor()
@@ -267,7 +267,7 @@ def reconcile_repair(reconciliation_id: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
 def reconciliations(partner_id: str | None, limit: int, as_json: bool) -> None:
     """The stored reconciliation runs, newest first."""
-    from finance.reconciliation import list_reconciliations
+    from finance.reconciliation_runs import list_reconciliations
 
     runs, _ = _run(lambda settings, ledger: list_reconciliations(ledger.engine, partner_id, limit))
     if as_json:
@@ -288,7 +288,7 @@ def reconciliations(partner_id: str | None, limit: int, as_json: bool) -> None:
 def reconciliation(reconciliation_id: int, cls: str | None, as_json: bool) -> None:
     """A stored run: its totals, then its rows (of one class with --class),
     read a page at a time."""
-    from finance.reconciliation import get_reconciliation, reconciliation_items
+    from finance.reconciliation_runs import get_reconciliation, reconciliation_items
 
     async def work(settings, ledger):
         run = await get_reconciliation(ledger.engine, reconciliation_id)

@@ -1,7 +1,7 @@
 """Finance closes the books from the ledger: journal export with control
 totals, balances as of any instant, trial balance, points-liability
 roll-forward, breakage (IFRS 15, breakage.py), partner settlement statements
-(settlement.py), partner file reconciliation (reconciliation.py) and period
+(settlement.py), partner file reconciliation (reconciliation*.py) and period
 close (close.py). Reads the ledger through ledger/history.py (and its own
 groupings over journal entries and postings); writes only its own records
 (closes, statements, reconciliation runs, breakage estimates) and posts

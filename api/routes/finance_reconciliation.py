@@ -1,4 +1,4 @@
-"""Finance API for partner file reconciliation (finance/reconciliation.py),
+"""Finance API for partner file reconciliation (finance/reconciliation*.py),
 staff JWT: the `finance` role, and for the column mappings also `admin`
 (setting up how a partner's file is read is onboarding work as much as
 finance's).
@@ -42,20 +42,17 @@ from api.problems import ApiError
 from api.strict_body import strict_json_body
 from finance.errors import InvalidPeriod
 from finance.period import Period
-from finance.reconciliation import (
+from finance.reconciliation import reconcile
+from finance.reconciliation_files import Mapping
+from finance.reconciliation_mappings import MappingView, get_mapping, set_mapping
+from finance.reconciliation_repair import RepairResult, repair
+from finance.reconciliation_runs import (
     ItemsPage,
-    MappingView,
     ReconciliationSummary,
-    RepairResult,
-    get_mapping,
     get_reconciliation,
     list_reconciliations,
-    reconcile,
     reconciliation_items,
-    repair,
-    set_mapping,
 )
-from finance.reconciliation_files import Mapping
 
 MAX_UPLOAD_BYTES = 20_000_000  # about 200,000 rows of a typical partner file
 SPOOL_BYTES = 1 << 20

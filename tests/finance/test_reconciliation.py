@@ -36,20 +36,20 @@ from finance.errors import (
     ReconciliationNotFound,
 )
 from finance.period import Period
-from finance.reconciliation import (
-    get_reconciliation,
-    list_reconciliations,
-    reconcile,
-    reconciliation_items,
-    repair,
-    set_mapping,
-)
+from finance.reconciliation import reconcile
 from finance.reconciliation_files import (
     FileRow,
     LedgerPurchase,
     Mapping,
     check_mapping,
     classify,
+)
+from finance.reconciliation_mappings import set_mapping
+from finance.reconciliation_repair import repair
+from finance.reconciliation_runs import (
+    get_reconciliation,
+    list_reconciliations,
+    reconciliation_items,
 )
 from ledger.database import create_engine
 from ledger.errors import PartnerNotFound

@@ -1,24 +1,13 @@
-"""Brand clubs with a fee: the clubs (admin), members joining and cancelling,
-fee payments, and the two scheduled jobs (lapse, anniversary gift).
+"""Brand clubs with a fee, the `Clubs` service: the clubs (admin), members
+joining and cancelling, fee payments, and the lapse job; the club's points
+(the welcome bonus, the anniversary gifts job) are clubs/club_points.py's
+(part of `Clubs`), what callers send and get back clubs/club_views.py's.
 
 The fee is money, not points: a payment is a row of `club_payments`
 (append-only, amounts in minor units, unique by the payment reference, which
 is the idempotency of the call: the same reference with the same payment
 answers the stored payment again; with another amount, member or club it is
 refused). Each payment pays one term (clubs/terms.py).
-
-The club's points are the brand's: the welcome bonus (once, when the
-membership first becomes active) and the anniversary gift (once per
-membership and year) are earnings at the brand partner, funded by its
-`partner:{id}:issued` account and charged on its settlement statement as
-promotion points. The brand runs the club and is paid its fees, so the
-points it gives its members are points it buys, like its own promotions;
-the programme's `program:promotions` pays only for programme campaigns. The
-entries' partner references (`club-{membership}-welcome`,
-`club-{membership}-anniversary-{year}`) are unique per partner forever, so
-neither can post twice whoever runs it. The club's earn multiplier is a
-promotion naming the club (partners/rulebook.py `clubs`), evaluated at the
-purchase time by the earning engine.
 
 Lock order: the membership row, then the member (the posting).
 """
@@ -29,6 +18,19 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from clubs.club_points import AnniversaryGifts, club_line, welcome_reference
+from clubs.club_views import (
+    MEMBERSHIP,
+    ClubChange,
+    ClubInput,
+    ClubView,
+    MembershipView,
+    PaymentInput,
+    PaymentView,
+    club_view,
+    membership_view,
+    payment_view,
+)
 from clubs.errors import (
     ClubExists,
     ClubNotFound,
@@ -39,10 +41,9 @@ from clubs.errors import (
 )
 from clubs.terms import after_cancel, check_join, next_term
 from ledger.accounts import check_id
-from ledger.commands import Earn, EarnLine
+from ledger.commands import Earn
 from ledger.database import begin
 from ledger.errors import DuplicatePartnerReference, MemberNotActive, MemberNotFound
-from ledger.jobs import Batch
 from ledger.service import LedgerService
 from partners.audit import record_change
 from partners.errors import PartnerNotFound
@@ -52,72 +53,6 @@ from partners.rule_inputs import TIER_CODE
 
 MAX_FEE_MINOR = 10**10
 MAX_POINTS = 10**9
-
-
-class ClubInput(msgspec.Struct, forbid_unknown_fields=True):
-    code: str
-    name: str
-    partner_id: str  # the brand: paid the fees, funds the club's points
-    fee_minor: int
-    currency: str
-    term_months: int = 12
-    welcome_points: int = 0
-    anniversary_points: int = 0
-
-
-class ClubChange(msgspec.Struct, forbid_unknown_fields=True):
-    """What an admin changes on a club; the fee applies to payments from now."""
-
-    name: str | msgspec.UnsetType = msgspec.UNSET
-    fee_minor: int | msgspec.UnsetType = msgspec.UNSET
-    welcome_points: int | msgspec.UnsetType = msgspec.UNSET
-    anniversary_points: int | msgspec.UnsetType = msgspec.UNSET
-
-
-class ClubView(msgspec.Struct, frozen=True):
-    code: str
-    name: str
-    partner_id: str
-    fee_minor: int
-    currency: str
-    term_months: int
-    welcome_points: int
-    anniversary_points: int
-
-
-class MembershipView(msgspec.Struct, frozen=True):
-    club: str
-    club_name: str
-    member_id: str
-    status: str  # pending_payment | active | lapsed | cancelled
-    joined_at: datetime
-    started_at: datetime | None  # first active
-    paid_until: datetime | None  # the end of the last paid term
-    cancels_at: datetime | None  # a cancellation waiting for the term's end
-    ended_at: datetime | None  # lapsed or cancelled at
-    fee_minor: int
-    currency: str
-
-
-class PaymentInput(msgspec.Struct, forbid_unknown_fields=True):
-    payment_reference: str  # the payment provider's reference: unique forever
-    club: str
-    member_id: str
-    amount_minor: int
-    currency: str
-
-
-class PaymentView(msgspec.Struct, frozen=True):
-    payment_reference: str
-    club: str
-    member_id: str
-    amount_minor: int
-    currency: str
-    paid_at: datetime
-    term_starts_at: datetime
-    term_ends_at: datetime
-    renewal: bool
-    welcome_points: int  # posted with this payment (the first one only)
 
 
 def _require(condition: bool, field: str, detail: str) -> None:
@@ -133,42 +68,6 @@ def _check_fee(value: int) -> None:
     _require(0 < value <= MAX_FEE_MINOR, "fee_minor", "a positive amount in minor units")
 
 
-def _club(row) -> ClubView:
-    return ClubView(
-        row.code,
-        row.name,
-        row.partner_id,
-        row.fee_minor,
-        row.currency,
-        row.term_months,
-        row.welcome_points,
-        row.anniversary_points,
-    )
-
-
-MEMBERSHIP = (
-    "SELECT m.*, c.name AS club_name, c.fee_minor, c.currency FROM club_memberships m "
-    "JOIN clubs c ON c.code = m.club_code "
-)
-
-
-def _membership(row) -> MembershipView:
-    waiting = row.status == "active" and row.cancel_requested_at is not None
-    return MembershipView(
-        row.club_code,
-        row.club_name,
-        row.member_id,
-        row.status,
-        row.joined_at,
-        row.started_at,
-        row.paid_until,
-        row.paid_until if waiting else None,
-        row.ended_at,
-        row.fee_minor,
-        row.currency,
-    )
-
-
 def _same_payment(stored, payment: PaymentInput) -> PaymentView:
     """The stored payment again when the call is the same, else the refusal."""
     recorded = (stored.club_code, stored.member_id, stored.amount_minor, stored.currency)
@@ -178,22 +77,7 @@ def _same_payment(stored, payment: PaymentInput) -> PaymentView:
             f"payment reference {payment.payment_reference!r} was recorded for another payment",
             payment_reference=payment.payment_reference,
         )
-    return _payment(stored)
-
-
-def _payment(row) -> PaymentView:
-    return PaymentView(
-        row.payment_reference,
-        row.club_code,
-        row.member_id,
-        row.amount_minor,
-        row.currency,
-        row.paid_at,
-        row.term_starts_at,
-        row.term_ends_at,
-        row.renewal,
-        row.welcome_points,
-    )
+    return payment_view(stored)
 
 
 async def active_member(conn: AsyncConnection, member_id: str) -> None:
@@ -211,48 +95,11 @@ async def active_member(conn: AsyncConnection, member_id: str) -> None:
         )
 
 
-def welcome_reference(membership_id: int) -> str:
-    return f"club-{membership_id}-welcome"
-
-
-def anniversary_reference(membership_id: int, year: int) -> str:
-    return f"club-{membership_id}-anniversary-{year}"
-
-
-def _club_line(points: int, club: str, what: str) -> EarnLine:
-    return EarnLine(points, reason=f"club {club} {what}", kind="promotion", source=f"club-{club}")
-
-
-# The latest anniversary (1st, 2nd, ...) of each started membership at :now
-# with a paid term covering it, not gifted yet, its member active (UTC dates).
-ANNIVERSARIES = """
-WITH m AS (
-    SELECT ms.id, ms.member_id, ms.club_code, c.partner_id, c.anniversary_points AS points,
-           date_part('year', age(CAST(:now AS timestamptz) AT TIME ZONE 'UTC',
-                                 ms.started_at AT TIME ZONE 'UTC'))::int AS years,
-           ms.started_at
-    FROM club_memberships ms JOIN clubs c ON c.code = ms.club_code
-    JOIN members mb ON mb.id = ms.member_id AND mb.status = 'active'
-    WHERE ms.started_at <= CAST(:now AS timestamptz) - interval '1 year'
-      AND c.anniversary_points > 0),
-due AS (
-    SELECT m.*, ((m.started_at AT TIME ZONE 'UTC') + make_interval(years => m.years))
-                AT TIME ZONE 'UTC' AS anniversary
-    FROM m WHERE m.years >= 1)
-SELECT due.*, CAST(date_part('year', due.anniversary AT TIME ZONE 'UTC') AS int) AS year
-FROM due
-WHERE EXISTS (SELECT 1 FROM club_payments p WHERE p.membership_id = due.id
-              AND p.term_starts_at <= due.anniversary AND due.anniversary < p.term_ends_at)
-  AND NOT EXISTS (SELECT 1 FROM club_gifts g WHERE g.membership_id = due.id
-                  AND g.year = date_part('year', due.anniversary AT TIME ZONE 'UTC'))
-ORDER BY due.id
-"""
-
 # Active memberships whose last paid term ended by :now.
 LAPSING = "SELECT id FROM club_memberships WHERE status = 'active' AND paid_until <= :now"
 
 
-class Clubs:
+class Clubs(AnniversaryGifts):
     def __init__(self, ledger: LedgerService) -> None:
         self.ledger = ledger
         self.engine = ledger.engine
@@ -300,7 +147,7 @@ class Clubs:
             ).first()
             if row is None:
                 raise ClubExists(f"club {club.code!r} exists already", club=club.code)
-            view = _club(row)
+            view = club_view(row)
             await record_change(
                 conn, "club", club.code, "create", actor, None, msgspec.to_builtins(view)
             )
@@ -336,14 +183,16 @@ class Clubs:
                     code,
                     "update",
                     actor,
-                    msgspec.to_builtins(_club(before)),
-                    msgspec.to_builtins(_club(row)),
+                    msgspec.to_builtins(club_view(before)),
+                    msgspec.to_builtins(club_view(row)),
                 )
-            return _club(row)
+            return club_view(row)
 
     async def clubs(self) -> list[ClubView]:
         async with self.engine.connect() as conn:
-            return [_club(r) for r in await conn.execute(text("SELECT * FROM clubs ORDER BY code"))]
+            return [
+                club_view(r) for r in await conn.execute(text("SELECT * FROM clubs ORDER BY code"))
+            ]
 
     async def _club(self, conn: AsyncConnection, code: str, lock: bool = False):
         row = (
@@ -395,7 +244,7 @@ class Clubs:
                     ),
                     {"id": found.id, "now": now},
                 )
-            return _membership(await self._membership(conn, code, member_id, lock=False))
+            return membership_view(await self._membership(conn, code, member_id, lock=False))
 
     async def cancel(self, member_id: str, code: str) -> MembershipView:
         """Cancel: a running paid term keeps its benefits to its end (no
@@ -422,7 +271,7 @@ class Clubs:
                         "ended": now if status == "cancelled" else None,
                     },
                 )
-            return _membership(await self._membership(conn, code, member_id, lock=False))
+            return membership_view(await self._membership(conn, code, member_id, lock=False))
 
     async def memberships(self, member_id: str) -> list[MembershipView]:
         async with self.engine.connect() as conn:
@@ -430,7 +279,7 @@ class Clubs:
                 text(MEMBERSHIP + "WHERE m.member_id = :member ORDER BY m.club_code"),
                 {"member": member_id},
             )
-            return [_membership(r) for r in rows]
+            return [membership_view(r) for r in rows]
 
     # -- fees -----------------------------------------------------------------------
 
@@ -486,7 +335,7 @@ class Clubs:
                             payment.member_id,
                             club.partner_id,
                             welcome_reference(found.id),
-                            (_club_line(club.welcome_points, club.code, "welcome bonus"),),
+                            (club_line(club.welcome_points, club.code, "welcome bonus"),),
                             effective_at=now,
                         )
                     ],
@@ -536,11 +385,11 @@ class Clubs:
                 ),
                 {"id": found.id, "ends": term.ends_at, "starts": term.starts_at, "entry": entry_id},
             )
-            return _payment(row)
+            return payment_view(row)
 
         return await self.ledger.atomically(body)
 
-    # -- jobs -------------------------------------------------------------------------
+    # -- the lapse job ----------------------------------------------------------------
 
     async def lapses_due(self, now: datetime) -> int:
         async with self.engine.connect() as conn:
@@ -563,65 +412,3 @@ class Clubs:
                 {"now": now, "limit": limit},
             )
             return len(rows.all())
-
-    async def anniversaries_due(self, now: datetime) -> Batch:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT count(*) AS n, coalesce(sum(points), 0) AS p "
-                        f"FROM ({ANNIVERSARIES}) AS due_gifts"
-                    ),
-                    {"now": now},
-                )
-            ).one()
-        return Batch(int(row.n), int(row.p))
-
-    async def give_anniversary_gifts(self, now: datetime, limit: int) -> Batch:
-        """One batch of due anniversary gifts, posted at the clubs' brands in
-        one transaction (a reference already used posts nothing)."""
-
-        async def body(conn: AsyncConnection) -> Batch:
-            due = (
-                await conn.execute(
-                    text(ANNIVERSARIES + " LIMIT :limit"), {"now": now, "limit": limit}
-                )
-            ).all()
-            if not due:
-                return Batch(0, 0)
-            posted = await self.ledger.earn_many_in(
-                conn,
-                [
-                    Earn(
-                        row.member_id,
-                        row.partner_id,
-                        anniversary_reference(row.id, row.year),
-                        (_club_line(row.points, row.club_code, f"anniversary gift {row.year}"),),
-                        effective_at=now,
-                    )
-                    for row in due
-                ],
-            )
-            gifts = [
-                (row, result)
-                for row, result in zip(due, posted, strict=True)
-                if not isinstance(result, DuplicatePartnerReference)
-            ]
-            if gifts:
-                await conn.execute(
-                    text(
-                        "INSERT INTO club_gifts (membership_id, year, anniversary, entry_id) "
-                        "SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:years AS int[]), "
-                        "CAST(:at AS timestamptz[]), CAST(:entries AS bigint[])) "
-                        "ON CONFLICT DO NOTHING"
-                    ),
-                    {
-                        "ids": [row.id for row, _ in gifts],
-                        "years": [row.year for row, _ in gifts],
-                        "at": [row.anniversary for row, _ in gifts],
-                        "entries": [result.entry_id for _, result in gifts],
-                    },
-                )
-            return Batch(len(gifts), sum(result.points for _, result in gifts))
-
-        return await self.ledger.atomically(body)

@@ -7,7 +7,7 @@ The ledger's three (release-pending, expire-holds, expire-points) are
 set-based batches in ledger/jobs.py; requalify-tiers is the programme's
 (partners/tiering.py), run in passes of `batch` members until none is due;
 the clubs' two (lapse-club-memberships, club-anniversary-gifts) are
-clubs/membership.py's set-based batches.
+set-based batches of clubs/membership.py and clubs/club_points.py.
 """
 
 from datetime import datetime
@@ -15,7 +15,8 @@ from typing import Protocol
 
 from sqlalchemy import text
 
-from clubs.membership import ANNIVERSARIES, Clubs
+from clubs.club_points import ANNIVERSARIES
+from clubs.membership import Clubs
 from ledger.jobs import LATER_ENTRY, Batch, OnBatch
 from ledger.partitions import PARTITIONED, ensure_partitions, partitions
 from ledger.service import LedgerService
@@ -206,7 +207,7 @@ class LapseClubMemberships:
 class ClubAnniversaryGifts:
     """Each club membership's anniversary gift (the club's points, funded by
     its brand) once per membership and year, for an anniversary a paid term
-    covered (clubs/membership.py `give_anniversary_gifts`); a second run
+    covered (clubs/club_points.py `give_anniversary_gifts`); a second run
     finds nothing due."""
 
     name = "club-anniversary-gifts"

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from clubs.membership import ClubInput, Clubs, PaymentInput
+from clubs.club_views import ClubInput, PaymentInput
+from clubs.membership import Clubs
 from clubs.servicing import ProductInput, ServicePlanInput, Servicing, VisitInput
 from finance.settlement import settle
 from ledger.expiry import RollingToQuarterEnd

@@ -23,15 +23,15 @@ from api.partner_auth import authenticate_partner
 from api.partner_requests import idempotent
 from api.routes.member import authenticate_member
 from api.strict_body import strict_json_body
-from clubs.membership import (
+from clubs.club_views import (
     ClubChange,
     ClubInput,
-    Clubs,
     ClubView,
     MembershipView,
     PaymentInput,
     PaymentView,
 )
+from clubs.membership import Clubs
 from clubs.servicing import (
     ProductInput,
     ProductView,

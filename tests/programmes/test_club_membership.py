@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
+from clubs.club_views import ClubInput, PaymentInput
 from clubs.errors import (
     FeeMismatch,
     MembershipCancelled,
@@ -18,7 +19,7 @@ from clubs.errors import (
     PaymentReferenceReused,
     RenewalTooEarly,
 )
-from clubs.membership import ClubInput, Clubs, PaymentInput
+from clubs.membership import Clubs
 from clubs.terms import next_term, service_interval
 from ledger.service import LedgerService
 from operations.jobs import ClubAnniversaryGifts, LapseClubMemberships

@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from clubs.membership import ClubInput, Clubs, PaymentInput
+from clubs.club_views import ClubInput, PaymentInput
+from clubs.membership import Clubs
 from ledger.idempotency import IdempotencyKey
 from ledger.service import LedgerService
 from partners.errors import InvalidReward, RewardOutOfStock

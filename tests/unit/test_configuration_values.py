@@ -58,6 +58,17 @@ def test_libpq_sslmode_becomes_asyncpg_ssl():
     assert async_url(socket_dir) == "postgresql+asyncpg://postgres:@/postgres?host=/tmp/pg"
 
 
+def test_a_server_on_this_host_is_reached_in_the_clear_unless_the_url_says_otherwise():
+    for host in ("127.0.0.1:5432", "localhost", "[::1]:5432"):
+        url = f"postgresql://postgres@{host}/loyalty"
+        assert async_url(url) == f"postgresql+asyncpg://postgres@{host}/loyalty?ssl=disable"
+        assert asyncpg_dsn(url) == f"{url}?sslmode=disable"  # pgbench and the CLI alike
+    kept = "postgresql://postgres@127.0.0.1/loyalty?sslmode=require"
+    assert async_url(kept) == "postgresql+asyncpg://postgres@127.0.0.1/loyalty?ssl=require"
+    elsewhere = "postgresql://u@db.example.org/loyalty"  # asyncpg's own default there
+    assert async_url(elsewhere) == "postgresql+asyncpg://u@db.example.org/loyalty"
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

@@ -95,16 +95,25 @@ async def test_requests_are_counted_by_route_template_and_status(client, token, 
 async def test_a_replayed_answer_the_entry_posted_and_the_points_issued(client, shop: Shop):
     body = earn_body(shop, f"OBS-{uuid.uuid4().hex[:8]}", 2500)
     before = await scrape(client)
-    first = await post(client, shop, "/v1/partner/earn", body, key="obs-replay")
+    signed_at = time.time()
+    first = await post(
+        client,
+        shop,
+        "/v1/partner/earn",
+        body,
+        key="obs-replay",
+        auth=shop.auth(clock=lambda: signed_at),
+    )
     assert first.status_code == 201, first.text
-    # A retry is signed anew: a second earlier than the first is another signature.
+    # A retry is signed anew: a second earlier than the first is another
+    # signature (the same second would be a replayed signature, 401).
     retry = await post(
         client,
         shop,
         "/v1/partner/earn",
         body,
         key="obs-replay",
-        auth=shop.auth(clock=lambda: time.time() - 1),
+        auth=shop.auth(clock=lambda: signed_at - 1),
     )
     assert retry.status_code == 201 and retry.headers["idempotent-replayed"] == "true"
     after = await scrape(client)

@@ -6,12 +6,13 @@ one exclusive promotion at a time; the tier ladder) are the rulebook's
 (partners/rulebook.py)."""
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import msgspec
 
 from ledger.accounts import check_id
+from partners.contracts import CONTRACTS_FROM
 from partners.errors import InvalidRule
 from partners.money import MINOR_UNIT_EXPONENTS
 from partners.tiers import BASE_TIER
@@ -50,11 +51,23 @@ def _rate(value: Decimal, field: str, low: Decimal, high: Decimal, low_included:
     )
 
 
+# The times a definition may name: no programme runs before 2000 (as a
+# contract's versions, partners/contracts.py), and a window open "for ever" has
+# no end. The driver writes the extremes of Python's calendar as PostgreSQL's
+# infinities, which read back as times without a zone that no earning can be
+# compared with.
+TIMES_FROM = CONTRACTS_FROM
+TIMES_UNTIL = datetime(2100, 1, 1, tzinfo=UTC)
+
+
 def _window(start: datetime, end: datetime | None, start_field: str, end_field: str) -> None:
+    span = f"from {TIMES_FROM.date()} to before {TIMES_UNTIL.date()}"
     require(start.tzinfo is not None, start_field, "needs a time zone")
+    require(TIMES_FROM <= start < TIMES_UNTIL, start_field, span)
     if end is not None:
         require(end.tzinfo is not None, end_field, "needs a time zone")
         require(end > start, end_field, "must be after " + start_field)
+        require(end < TIMES_UNTIL, end_field, span)
 
 
 def _code(value: str, field: str = "code") -> str:

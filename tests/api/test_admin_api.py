@@ -76,6 +76,11 @@ async def test_earn_rule_versions_quote_and_audit(
         ({"currency": "XXX"}, "invalid-rule", "currency"),
         ({"valid_to": "2023-01-01T00:00:00Z"}, "invalid-rule", "valid_to"),
         ({"cap_per_period": 100}, "invalid-rule", "cap_period"),
+        # The calendar's ends, which the driver stores as PostgreSQL's
+        # infinities and reads back without a zone (every earning there a 500).
+        ({"valid_from": "0001-01-01T00:00:00Z"}, "invalid-rule", "valid_from"),
+        ({"valid_to": "9999-12-31T23:59:59.999999Z"}, "invalid-rule", "valid_to"),
+        ({"valid_from": "1999-12-31T23:59:59Z"}, "invalid-rule", "valid_from"),
     ],
 )
 async def test_invalid_earn_rules_are_422_naming_the_field(
@@ -116,6 +121,40 @@ async def test_burn_rates_and_offer_multipliers_beyond_bounds_are_422(
         "/v1/admin/promotions", headers=token(), json={**promotion, "multiplier": "100"}
     )
     assert accepted.status_code == 201, accepted.text
+
+
+async def test_offers_and_burn_rules_dated_beyond_the_programme_are_422(
+    client, token, new_id, new_partner
+):
+    partner = await new_partner("shop")
+    for far in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "2100-01-01T00:00:00Z"):
+        start, end = ("2024-01-01T00:00:00Z", far) if far > "2024" else (far, None)
+        promotion = {
+            "code": new_id("P"),
+            "name": "x",
+            "starts_at": start,
+            "ends_at": end or "2026-01-01T00:00:00Z",
+            "multiplier": "2",
+            "partner_ids": [partner],
+        }
+        coupon = {
+            "code": new_id("C"),
+            "name": "x",
+            "valid_from": start,
+            "valid_to": end or "2026-01-01T00:00:00Z",
+            "fixed_bonus": 10,
+        }
+        burn = {"valid_from": start, "valid_to": end, "currency": "EUR", "points_per_unit": "1"}
+        answers = [
+            await client.post("/v1/admin/promotions", headers=token(), json=promotion),
+            await client.post("/v1/admin/coupons", headers=token(), json=coupon),
+            await client.post(
+                f"/v1/admin/partners/{partner}/burn-rules", headers=token(), json=burn
+            ),
+        ]
+        for answer in answers:
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["type"] == "/problems/invalid-rule"
 
 
 async def test_overlapping_exclusive_promotions_are_refused(client, token, new_id, new_partner):

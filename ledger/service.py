@@ -130,18 +130,19 @@ class LedgerService(Redemptions, Reversals, Settlements, ScheduledJobs):
         # purchase dated before it is booked at it (partners/accrual.py).
         self.closed_through: datetime | None = None
 
-    def learn_closed_through(self, refusal: PeriodClosed) -> bool:
-        """Remember the boundary a refusal carries; True when it is later
-        than the one known (a call dated by it may then run again)."""
+    def learn_closed_through(self, refusal: PeriodClosed, used: datetime | None) -> bool:
+        """Remember the boundary a refusal carries (when later than the one
+        known); True when it is later than `used`, the boundary the refused
+        call ran with, which may then run again. Several calls refused at
+        once each run again, whichever of them taught the process first."""
         raw = str(refusal.extensions.get("closed_through", ""))
         try:
             boundary = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
             return False
-        if self.closed_through is not None and boundary <= self.closed_through:
-            return False
-        self.closed_through = boundary
-        return True
+        if self.closed_through is None or boundary > self.closed_through:
+            self.closed_through = boundary
+        return used is None or boundary > used
 
     # -- plumbing ---------------------------------------------------------
 

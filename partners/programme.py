@@ -167,6 +167,7 @@ class Programme(Returns, Tiering, MemberViews):
             return Stored(result)
 
         for attempt in range(1, RUN_ATTEMPTS + 1):
+            used = self.ledger.closed_through  # what this run books late purchases by
             try:
                 return await self.ledger.run(
                     operation, request, idempotency, result_type, body, claims_itself=True
@@ -175,7 +176,7 @@ class Programme(Returns, Tiering, MemberViews):
                 if attempt == RUN_ATTEMPTS:
                     raise
             except PeriodClosed as refusal:
-                if attempt == RUN_ATTEMPTS or not self.ledger.learn_closed_through(refusal):
+                if attempt == RUN_ATTEMPTS or not self.ledger.learn_closed_through(refusal, used):
                     raise
         raise AssertionError("unreachable")
 

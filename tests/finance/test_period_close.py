@@ -20,6 +20,7 @@ points booked in P1 (`new_books`). Three states:
 """
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,8 @@ from members.registry import MemberInput, Members, MergeInput
 from partners.contracts import ContractInput
 from partners.earning import Purchase, PurchaseLine
 from partners.errors import InvalidRule
+from partners.import_formats import ImportSource
+from partners.imports import import_file
 from partners.programme import Programme
 from partners.receipts import PurchaseReceipt
 from partners.registry import PartnerInput, Registry
@@ -509,6 +512,59 @@ async def test_a_late_purchase_after_the_close_is_booked_at_the_boundary(closed_
     # The process now knows the boundary: no refusal on the next one.
     again = await programme.earn_purchase("anna", grocery(at), "after-close-2")
     assert again.earning.points == 100
+
+
+async def test_late_purchases_in_a_process_new_to_the_close_are_all_booked_at_the_boundary(
+    closed_books,
+):
+    """Several calls at once that each ran with no boundary known: the first
+    refusal teaches the process the boundary, and every call refused runs
+    again with it, however many learnt it before them; a file import too."""
+    books = closed_books
+    at = late_in_p1(books)
+    members = [f"late-{n}" for n in range(12)]
+    for member in members:
+        await Members(books.ledger, books.programme).enrol(MemberInput(id=member), ADMIN)
+    for _ in range(3):  # each time a process new to the boundary, twelve calls at once
+        programme = Programme(LedgerService(books.engine))
+        earned = await asyncio.gather(
+            *(
+                programme.earn_purchase(m, grocery(at), f"crossing-{uuid.uuid4().hex}")
+                for m in members
+            )
+        )
+        assert {receipt.earning.points for receipt in earned} == {100}
+    # A partner that holds points back for returns and awards QP (a pending
+    # earning and a QP movement per purchase), its file imported by a process
+    # that has not learnt the boundary, in one lane and in two.
+    registry = Registry(books.engine, SecretBox(TEST_SECRET_KEY))
+    terms = PartnerInput("fuel", "Fuel", return_window_days=14, late_submission_days=45)
+    await registry.create_partner(terms, ADMIN)
+    rule = EarnRuleInput(
+        datetime(2024, 1, 1, tzinfo=UTC), "EUR", Decimal(1), qp_per_unit=Decimal(1)
+    )
+    await Rulebook(books.ledger).create_earn_rule("fuel", rule, ADMIN)
+    for n, member in enumerate(("anna", "ben", "clara")):
+        await registry.issue_card(member, f"70000000000{n:05d}", ADMIN)
+    header = "card_number,reference,occurred_at,currency,amount_minor,category\n"
+    for lanes in (1, 2):
+        rows = "".join(
+            f"70000000000{n % 3:05d},file-{lanes}-{n},{at.isoformat()},EUR,5000,fuel\n"
+            for n in range(30)
+        )
+        source = ImportSource.from_bytes(f"late-{lanes}.csv", (header + rows).encode())
+        fresh = Programme(LedgerService(books.engine))  # a new `loyalty partner import`
+        summary = await import_file(fresh, "fuel", source, actor=ADMIN, lanes=lanes)
+        assert (summary.posted, summary.rejected) == (30, 0), str(msgspec.to_builtins(summary))
+    async with books.engine.connect() as conn:
+        booked = await conn.execute(
+            text(
+                "SELECT DISTINCT effective_at FROM journal_entries "
+                "WHERE partner_reference LIKE 'crossing-%' OR partner_reference LIKE 'file-%'"
+            )
+        )
+        booked = booked.scalars().all()
+    assert booked == [books.m0]
 
 
 async def test_back_dated_adjustment_refused_and_a_correction_goes_into_the_open_period(

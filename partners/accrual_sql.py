@@ -132,7 +132,9 @@ async def read_members(
                 "(SELECT json_agg(r) FROM unnest(CAST(:refs AS text[])) AS r, LATERAL ("
                 "SELECT 1 FROM partner_references c WHERE c.partner_id = :p "
                 "AND c.partner_reference = r UNION ALL SELECT 1 FROM partner_purchases pp "
-                "WHERE pp.partner_id = :p AND pp.partner_reference = r LIMIT 1) AS hit) AS taken, "
+                "WHERE pp.partner_id = :p AND pp.partner_reference = r UNION ALL SELECT 1 "
+                "FROM partner_returns pr WHERE pr.partner_id = :p AND pr.return_reference = r "
+                "LIMIT 1) AS hit) AS taken, "
                 "(SELECT json_agg(json_build_array(q.m, q.s, q.e, "
                 + qp_in_period("q.m", "q.s", "q.e")
                 + ")) FROM unnest(CAST(:qm AS text[]), "

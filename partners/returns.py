@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account
 from ledger.commands import Reverse
+from ledger.errors import DuplicatePartnerReference
 from ledger.idempotency import IdempotencyKey
 from ledger.lots import prorate
 from ledger.views import Balances
@@ -69,6 +70,7 @@ class Returns:
             ).first()
             if row is None:
                 raise PurchaseNotFound(f"no purchase {reference!r} from partner {partner_id}")
+            await _check_return_reference(conn, partner_id, return_reference)
             left = row.total_minor - row.returned_minor
             if amount_minor > left:
                 raise ReturnExceedsPurchase(
@@ -117,6 +119,26 @@ class Returns:
                         conn, row.member_id, lines, promotions, receipt.entry_id
                     )
                     await self._unwind_tier(conn, row, receipt.entry_id, return_reference)
+            # The return's own row holds its reference (a share worth no point
+            # posts no entry that would): a second return under it is refused.
+            kept = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO partner_returns (partner_id, return_reference, "
+                        "purchase_reference, amount_minor, entry_id) VALUES (:p, :rr, :r, :a, :e) "
+                        "ON CONFLICT (partner_id, return_reference) DO NOTHING RETURNING 1"
+                    ),
+                    {
+                        "p": partner_id,
+                        "rr": return_reference,
+                        "r": reference,
+                        "a": amount_minor,
+                        "e": receipt.entry_id if receipt else None,
+                    },
+                )
+            ).first()
+            if kept is None:
+                raise _duplicate(partner_id, return_reference)
             restored: tuple[str, ...] = ()
             if returned == row.total_minor and row.entry_id is not None:
                 restored = await self._restore_coupons(conn, row.member_id, row.entry_id)
@@ -291,3 +313,29 @@ class Returns:
             {"m": member_id, "e": entry_id},
         )
         return tuple(sorted(rows.scalars()))
+
+
+async def _check_return_reference(conn: AsyncConnection, partner_id: str, reference: str) -> None:
+    """A return's reference is the partner's like any other: refused when a
+    purchase, an entry or another return of the partner used it. (A return
+    running now under the same reference is met by the return's own row.)"""
+    used = (
+        await conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM partner_purchases WHERE partner_id = :p "
+                "AND partner_reference = :r) OR EXISTS (SELECT 1 FROM partner_references "
+                "WHERE partner_id = :p AND partner_reference = :r) OR EXISTS (SELECT 1 "
+                "FROM partner_returns WHERE partner_id = :p AND return_reference = :r)"
+            ),
+            {"p": partner_id, "r": reference},
+        )
+    ).scalar_one()
+    if used:
+        raise _duplicate(partner_id, reference)
+
+
+def _duplicate(partner_id: str, reference: str) -> DuplicatePartnerReference:
+    return DuplicatePartnerReference(
+        f"partner {partner_id} already used reference {reference!r}",
+        partner_reference=reference,
+    )

@@ -13,6 +13,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import event, text
 
 from ledger.commands import Earn
+from ledger.errors import DuplicatePartnerReference
 from ledger.expiry import RollingToQuarterEnd
 from ledger.service import LedgerConfig, LedgerService
 from partners.earning import Purchase, PurchaseLine
@@ -239,6 +240,32 @@ async def test_the_period_cap_counts_net_of_returns(rules, programme, new_member
     assert returned.points_reversed == 40
     third = await programme.earn_purchase(member, buy(partner, (16000, "groceries")), "R-3")
     assert third.earning.points == 60  # 100 less the 40 R-2 kept
+
+
+async def test_a_return_reference_is_used_once_even_when_it_takes_back_no_points(
+    rules, programme, new_member, new_partner
+):
+    """0.5 points per EUR: 1.50 EUR back is worth no whole point (no entry is
+    posted), yet the return's reference is the partner's for good."""
+    partner = await retailer(rules, new_partner)
+    member = await new_member()
+    await programme.earn_purchase(member, buy(partner, (10000, "groceries")), "R")
+    await programme.earn_purchase(member, buy(partner, (100, "groceries")), "SMALL")  # 0 points
+    first = await programme.return_purchase(partner, "R", "RR", 150)
+    assert (first.entry_id, first.points_reversed, first.returned_minor) == (None, 0, 150)
+    with pytest.raises(DuplicatePartnerReference):  # the same return sent again
+        await programme.return_purchase(partner, "R", "RR", 150)
+    for used in ("R", "SMALL"):  # a purchase's reference is not a return's
+        with pytest.raises(DuplicatePartnerReference):
+            await programme.return_purchase(partner, "R", used, 100)
+    with pytest.raises(DuplicatePartnerReference):  # nor a return's a purchase's
+        await programme.earn_purchase(member, buy(partner, (2000, "groceries")), "RR")
+    taking = await programme.return_purchase(partner, "R", "RR-2", 2000)
+    assert (taking.points_reversed, taking.returned_minor) == (10, 2150)
+    with pytest.raises(DuplicatePartnerReference):
+        await programme.return_purchase(partner, "R", "RR-2", 2000)
+    left = await programme.return_purchase(partner, "R", "RR-3", 7850)
+    assert left.returned_minor == 10000  # each return counted once
 
 
 async def test_a_registered_partners_contract_bounds_earnings(

@@ -21,6 +21,21 @@ class SettingsError(ValueError):
     pass
 
 
+# Settings whose sign or size the code takes as given: (name, lowest, highest).
+# A retention of 0 days would purge the idempotency keys just stored (a retried
+# transfer would post again); a pool of 0 connections serves nothing.
+SETTING_RANGES = (
+    ("db_pool_size", 1, 1_000),
+    ("max_body_bytes", 1_024, 1_073_741_824),
+    ("hold_ttl_seconds", 1, 31 * 86_400),
+    ("idempotency_retention_days", 1, 3_650),
+    ("transfer_min_points", 1, 10**12),
+    ("transfer_daily_limit", 1, 10**12),
+    ("balance_cache_ttl_seconds", 1, 30 * 86_400),
+    ("replica_timeout_ms", 1, 3_600_000),
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None  # unset: embedded PostgreSQL under data_dir
@@ -146,6 +161,9 @@ class Settings:
         for name in ("partner_rate_limit", "member_rate_limit"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"LOYALTY_{name.upper()} must be at least 1")
+        for name, low, high in SETTING_RANGES:
+            if not low <= getattr(self, name) <= high:
+                raise SettingsError(f"LOYALTY_{name.upper()} must be between {low} and {high:,}")
         if self.redis_cluster and not self.redis_url:
             # The embedded Redis is one node: a cluster has to be named.
             raise SettingsError("LOYALTY_REDIS_CLUSTER needs LOYALTY_REDIS_URL (a node of it)")

@@ -28,6 +28,16 @@ FERNET_KEY = "K4cpIiv3R3JWAXbq8kFn2o3VlqK8M2r0E9gr0Hr9lWQ="
             },
             "LOYALTY_REPLICA_DATABASE_URL: unsupported parameter ?foo=",
         ),
+        # Values the code takes as given: 0 days of retention would purge the
+        # keys just stored (a retried transfer posting again).
+        ({"LOYALTY_IDEMPOTENCY_RETENTION_DAYS": "0"}, "must be between 1 and 3,650"),
+        ({"LOYALTY_IDEMPOTENCY_RETENTION_DAYS": "-1"}, "IDEMPOTENCY_RETENTION_DAYS"),
+        ({"LOYALTY_DB_POOL_SIZE": "0"}, "LOYALTY_DB_POOL_SIZE must be between 1"),
+        ({"LOYALTY_MAX_BODY_BYTES": "-1"}, "LOYALTY_MAX_BODY_BYTES must be between"),
+        ({"LOYALTY_HOLD_TTL_SECONDS": "-60"}, "LOYALTY_HOLD_TTL_SECONDS must be between"),
+        ({"LOYALTY_TRANSFER_MIN_POINTS": "-5"}, "LOYALTY_TRANSFER_MIN_POINTS must be"),
+        ({"LOYALTY_TRANSFER_DAILY_LIMIT": "-1"}, "LOYALTY_TRANSFER_DAILY_LIMIT must be"),
+        ({"LOYALTY_BALANCE_CACHE_TTL_SECONDS": "0"}, "BALANCE_CACHE_TTL_SECONDS must be"),
     ],
 )
 def test_unusable_values_are_settings_errors(environ, message):

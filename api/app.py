@@ -17,7 +17,6 @@ from api.logs import litestar_logging
 from api.metrics import MeteredLedger, process_stopped
 from api.observability import ObservedLitestar
 from api.problems import EXCEPTION_HANDLERS
-from api.process_heap import freeze_startup_heap
 from api.replica import ReplicaReads
 from api.routes.admin import admin_router
 from api.routes.claims import member_claims_router, staff_claims_router
@@ -45,6 +44,7 @@ from api.routes.problems import describe_problem, list_problems
 from api.routes.rewards import admin_rewards_router, member_rewards_router
 from api.routes.staff import staff_router
 from api.settings import Settings, SettingsError
+from api.worker_process import ready_worker
 from ledger.database import create_engine
 from ledger.service import utc_now
 from members.registry import Members
@@ -198,5 +198,5 @@ def create_app(settings: Settings, clock: Callable[[], datetime] | None = None) 
 def create_app_from_env() -> ObservedLitestar:
     """Factory for server workers: settings come from LOYALTY_* variables."""
     app = create_app(Settings.from_env())
-    freeze_startup_heap()
+    ready_worker()
     return app

@@ -158,10 +158,10 @@ def create_app_from_env() -> Litestar:
     """Factory for server workers: the app, with the scheduler when the
     settings ask for it (`loyalty serve --with-scheduler` passes it on)."""
     from api.app import create_app
-    from api.process_heap import freeze_startup_heap
+    from api.worker_process import ready_worker
 
     settings = Settings.from_env()
     app = create_app(settings)
     app = with_scheduler(app, settings) if settings.scheduler else app
-    freeze_startup_heap()
+    ready_worker()
     return app

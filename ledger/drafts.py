@@ -129,6 +129,12 @@ def check_balanced(postings: Sequence[Posting]) -> None:
 
 def check_draft(draft: EntryDraft) -> None:
     check_balanced(draft.postings)
+    # The journal sends times as ISO strings: a naive one would be read in
+    # the database session's time zone.
+    if draft.effective_at.tzinfo is None or (
+        draft.pending_until is not None and draft.pending_until.tzinfo is None
+    ):
+        raise ValueError("an entry's times carry their UTC offset")
     if draft.pending_until is not None and draft.pending_points() <= 0:
         raise InvalidAmount("a pending earning needs points posted to the member's pending")
     for posting in draft.postings:

@@ -28,7 +28,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import PTS, member_account, member_of
@@ -43,7 +42,7 @@ from ledger.errors import (
 )
 from ledger.expiry import ExpiryPolicy
 from ledger.lot_work import LotWork
-from ledger.statements import statement
+from ledger.statements import json_rows, statement
 
 LOCKED_MEMBERS = (
     "ledger.locked_members"  # conn.info key: members whose mutex this transaction holds
@@ -285,10 +284,7 @@ class Journal:
                 member_id = member_of(posting.account)
                 slot = 0 if member_id else hot
                 lines.append((n, posting.account, posting.asset, posting.amount, member_id, slot))
-        # Each row set goes as one JSON array of rows (msgspec encodes it in
-        # one C call; the server parses it once, as jsonb): as SQL arrays, one
-        # per column, every element was encoded on its own, several times
-        # the client's and the server's work for a call of a thousand entries.
+        # Each row set goes as one JSON array of rows (`json_rows`).
         entries = [
             (
                 d.kind,
@@ -366,9 +362,9 @@ class Journal:
                 "balance, version FROM applied WHERE member_id IS NOT NULL"
             ),
             {
-                "entries": msgspec.json.encode(entries).decode(),
-                "lines": msgspec.json.encode(lines).decode(),
-                "waiting": msgspec.json.encode(waiting).decode(),
+                "entries": json_rows(entries),
+                "lines": json_rows(lines),
+                "waiting": json_rows(waiting),
                 "lock_accounts": [member_account(m, "available") for m in lock_members],
                 "lock_members": list(lock_members),
             },

@@ -11,6 +11,7 @@ parameters, always."""
 
 from functools import lru_cache
 
+import msgspec
 from sqlalchemy import TextClause, text
 
 
@@ -19,3 +20,13 @@ def statement(sql: str) -> TextClause:
     """The statement of `sql`, built once (a TextClause is not changed by
     executing it: binding values makes a copy)."""
     return text(sql)
+
+
+def json_rows(rows: list[tuple]) -> str:
+    """Rows for a set-based statement as one JSON array of arrays, read there
+    with `jsonb_array_elements(CAST(:rows AS jsonb))` and `e->>i` per column.
+    msgspec encodes it in one call and the server parses it once: as one SQL
+    array per column, every element was encoded on its own, several times
+    the client's and the server's work for a call of a thousand rows. Times
+    go as ISO strings with their offset."""
+    return msgspec.json.encode(rows).decode()

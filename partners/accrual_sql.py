@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.idempotency import CLAIM_COLUMNS, CLAIM_CTES, CLAIMED, STORE_RESULT, Claim
 from ledger.journal import member_mutex_cte
 from ledger.queries import qp_in_period
-from ledger.statements import statement
+from ledger.statements import json_rows, statement
 
 
 class MemberRows(NamedTuple):
@@ -271,16 +271,12 @@ async def record_call(
     if purchases:
         parts.append(
             "purchases AS (INSERT INTO partner_purchases (partner_id, partner_reference, "
-            "member_id, entry_id, currency, total_minor, occurred_at) SELECT :partner, r, m, "
-            "e, c, t, at FROM unnest(CAST(:refs AS text[]), CAST(:buyers AS text[]), "
-            "CAST(:entries AS bigint[]), CAST(:currencies AS text[]), "
-            "CAST(:totals AS bigint[]), CAST(:times AS timestamptz[])) "
-            "AS u(r, m, e, c, t, at) ON CONFLICT DO NOTHING RETURNING partner_reference)"
+            "member_id, entry_id, currency, total_minor, occurred_at) SELECT :partner, "
+            "e->>0, e->>1, CAST(e->>2 AS bigint), e->>3, CAST(e->>4 AS bigint), "
+            "CAST(e->>5 AS timestamptz) FROM jsonb_array_elements(CAST(:purchases AS jsonb)) "
+            "AS u(e) ON CONFLICT DO NOTHING RETURNING partner_reference)"
         )
-        params.update(
-            partner=partner_id,
-            **_arrays(purchases, refs=0, buyers=1, entries=2, currencies=3, totals=4, times=5),
-        )
+        params.update(partner=partner_id, purchases=json_rows(purchases))
     if budget_used:
         parts.append(
             "budgets AS (UPDATE promotions SET budget_used = budget_used + t.points "

@@ -229,3 +229,14 @@ async def test_rows_naming_a_missing_entry_are_refused_per_statement(
                     {"e": earned.entry_id},
                 )
         assert sqlstate(raised.value) == "42501", table
+    # A lot movement names its entry and its lot (migrations 0023, 0028).
+    for entry, named in ((missing, f"journal_entries {missing}"), (earned.entry_id, "lots -1")):
+        with pytest.raises(DBAPIError) as raised:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO lot_movements (entry_id, lot_id, amount) "
+                        f"VALUES ({entry}, -1, 1)"
+                    )
+                )
+        assert sqlstate(raised.value) == "23503" and f"names {named}," in str(raised.value)

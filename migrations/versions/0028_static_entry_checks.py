@@ -10,7 +10,7 @@ pending points), a fourth with its purchase record and two more when it makes
 a lot: about half a millisecond of the server's time per earning before.
 
 Same checks, same errors; a column without a static query of its own (none
-today) is still checked through EXECUTE.
+today; `source_entry_id` is revision 0029's) is still checked through EXECUTE.
 
 Revision ID: 0028
 Revises: 0027
@@ -39,6 +39,10 @@ BEGIN
     ELSIF TG_ARGV[0] = 'earn_entry_id' THEN
         SELECT n.earn_entry_id INTO missing FROM inserted n WHERE n.earn_entry_id IS NOT NULL
             AND NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.id = n.earn_entry_id)
+            LIMIT 1;
+    ELSIF TG_ARGV[0] = 'source_entry_id' THEN
+        SELECT n.source_entry_id INTO missing FROM inserted n WHERE n.source_entry_id IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.id = n.source_entry_id)
             LIMIT 1;
     ELSIF TG_ARGV[0] = 'order_entry_id' THEN
         SELECT n.order_entry_id INTO missing FROM inserted n WHERE n.order_entry_id IS NOT NULL

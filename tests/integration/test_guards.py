@@ -240,3 +240,28 @@ async def test_rows_naming_a_missing_entry_are_refused_per_statement(
                     )
                 )
         assert sqlstate(raised.value) == "23503" and f"names {named}," in str(raised.value)
+    # A lot names the entries that made and earned it; a key's stored result
+    # its entry (migration 0029).
+    for statements in (
+        [
+            "INSERT INTO lots (member_id, source_entry_id, earn_entry_id, amount, remaining, "
+            f"earned_at, source) VALUES ('{member}', {missing}, NULL, 1, 1, now(), 'earn')"
+        ],
+        [
+            "INSERT INTO lots (member_id, source_entry_id, earn_entry_id, amount, remaining, "
+            f"earned_at, source) VALUES ('{member}', {earned.entry_id}, {missing}, 1, 1, now(), "
+            "'earn')"
+        ],
+        [
+            "INSERT INTO idempotency_keys (caller, key, operation, fingerprint) "
+            "VALUES ('tests', 'no-entry', 'earn', 'f')",
+            f"UPDATE idempotency_keys SET entry_id = {missing} WHERE key = 'no-entry'",
+        ],
+    ):
+        with pytest.raises(DBAPIError) as raised:
+            async with engine.begin() as conn:
+                for statement in statements:
+                    await conn.execute(text(statement))
+        assert sqlstate(raised.value) == "23503" and f"journal entry {missing}," in str(
+            raised.value
+        ), statements

@@ -61,11 +61,12 @@ UNSHIM = (
 ROW_TRIGGERS = {
     "journal_entries": ["journal_entries_append_only"],
     "postings": ["postings_append_only", "postings_entry_fixed"],
-    "lots": ["lots_never_deleted"],
+    "lots": ["lots_entries_fixed", "lots_never_deleted"],
     "lot_movements": ["lot_movements_append_only"],
 }
 # Statement-level, on the parent alone (0010, 0014; 0015: the period close;
-# 0023: the party and lot movement checks; 0025: the QP movements).
+# 0023: the party and lot movement checks; 0025: the QP movements; 0029: the
+# lots' entries).
 STATEMENT_TRIGGERS = {
     "journal_entries": ["journal_entries_closed_periods", "journal_entries_partners_registered"],
     "postings": [
@@ -74,9 +75,10 @@ STATEMENT_TRIGGERS = {
         "postings_entry_exists",
         "postings_qp_movements",
     ],
+    "lots": ["lots_earn_entry_id_exists", "lots_source_entry_id_exists"],
     "lot_movements": ["lot_movements_entry_exists", "lot_movements_lot_exists"],
 }
-# Checked per statement instead of by a foreign key (migrations 0014, 0023).
+# Checked per statement instead of by a foreign key (migrations 0014, 0023, 0029).
 CHECKED_PER_STATEMENT = {
     ("postings", "entry_id"),
     ("partner_references", "entry_id"),
@@ -84,6 +86,9 @@ CHECKED_PER_STATEMENT = {
     ("partner_purchases", "entry_id"),
     ("lot_movements", "entry_id"),
     ("lot_movements", "lot_id"),
+    ("idempotency_keys", "entry_id"),
+    ("lots", "earn_entry_id"),
+    ("lots", "source_entry_id"),
 }
 
 
@@ -203,8 +208,8 @@ async def test_a_ledger_from_before_comes_through_the_upgrade_whole(scratch):
             )
         assert await ledger.history(anna, limit=100) == history
         assert (await ledger.balances(anna), await ledger.balances(ben)) == balances
-        # Every foreign key kept, now pointing at the parents, but the four
-        # the earning path writes, checked per statement since 0014.
+        # Every foreign key kept, now pointing at the parents, but those the
+        # earning path writes, checked per statement since 0014.
         assert await foreign_keys(engine) == {
             (table, name, "journal_entries" if target == "journal_entries" else "lots")
             for table, name, target in keys

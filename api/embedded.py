@@ -204,7 +204,7 @@ class EmbeddedRedis:
             if url is not None:
                 if announce:
                     announce("joining")
-                if not self._owner_alive():
+                if self._owner_dead():
                     self.url, self.adopted = url, True
                     self._own()
                 return url, False
@@ -236,11 +236,14 @@ class EmbeddedRedis:
     def _own(self) -> None:
         (self.data_dir / "owner").write_text(str(os.getpid()))
 
-    def _owner_alive(self) -> bool:
+    def _owner_dead(self) -> bool:
+        """Whether the process that owns the server is gone (a server whose
+        owner is not known, started before owners were written, is left to
+        whoever started it)."""
         import psutil
 
         try:
-            return psutil.pid_exists(int((self.data_dir / "owner").read_text()))
+            return not psutil.pid_exists(int((self.data_dir / "owner").read_text()))
         except (OSError, ValueError):
             return False
 

@@ -62,6 +62,14 @@ class CaptureExceedsHold(LedgerError):
 class DuplicatePartnerReference(LedgerError):
     code = "duplicate-partner-reference"
 
+    @classmethod
+    def of(cls, partner_id: str | None, reference: str | None) -> "DuplicatePartnerReference":
+        """A partner's reference used before (they are unique for ever)."""
+        return cls(
+            f"partner {partner_id} already used reference {reference!r}",
+            partner_reference=reference,
+        )
+
 
 class InvalidIdempotencyKey(LedgerError):
     code = "invalid-idempotency-key"

@@ -253,10 +253,7 @@ class Journal:
         return [
             posted[e]
             if e is not None
-            else DuplicatePartnerReference(
-                f"partner {d.partner_id} already used reference {d.partner_reference!r}",
-                partner_reference=d.partner_reference,
-            )
+            else DuplicatePartnerReference.of(d.partner_id, d.partner_reference)
             for d, e in zip(drafts, entry_ids, strict=True)
         ]
 

@@ -371,11 +371,7 @@ class AccrualRun:
                 if self.lock:
                     points = await credit.check(done.earning)
                     if item.accrual.reference in known.taken:
-                        raise DuplicatePartnerReference(
-                            f"partner {self.partner_id} already used reference "
-                            f"{item.accrual.reference!r}",
-                            partner_reference=item.accrual.reference,
-                        )
+                        raise DuplicatePartnerReference.of(self.partner_id, item.accrual.reference)
                     known.taken.add(item.accrual.reference)
                     credit.add(points)
                     move_on(known, defs, done, self.programme.tier_period, self.now)

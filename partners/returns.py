@@ -138,7 +138,7 @@ class Returns:
                 )
             ).first()
             if kept is None:
-                raise _duplicate(partner_id, return_reference)
+                raise DuplicatePartnerReference.of(partner_id, return_reference)
             restored: tuple[str, ...] = ()
             if returned == row.total_minor and row.entry_id is not None:
                 restored = await self._restore_coupons(conn, row.member_id, row.entry_id)
@@ -331,11 +331,4 @@ async def _check_return_reference(conn: AsyncConnection, partner_id: str, refere
         )
     ).scalar_one()
     if used:
-        raise _duplicate(partner_id, reference)
-
-
-def _duplicate(partner_id: str, reference: str) -> DuplicatePartnerReference:
-    return DuplicatePartnerReference(
-        f"partner {partner_id} already used reference {reference!r}",
-        partner_reference=reference,
-    )
+        raise DuplicatePartnerReference.of(partner_id, reference)

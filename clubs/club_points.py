@@ -12,7 +12,7 @@ the programme's `program:promotions` pays only for programme campaigns. The
 entries' partner references (`club-{membership}-welcome`,
 `club-{membership}-anniversary-{year}`) are unique per partner forever, so
 neither can post twice whoever runs it. The club's earn multiplier is a
-promotion naming the club (partners/rulebook.py `clubs`), evaluated at the
+promotion naming the club (partners/rule_inputs.py `clubs`), evaluated at the
 purchase time by the earning engine.
 """
 

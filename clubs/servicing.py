@@ -13,7 +13,7 @@ The bonus is an earning at the dealer where the visit took place, funded by
 the dealer (`partner:{dealer}:issued`, a promotion line of the dealer's
 settlement): the dealer books the service and reports it. A producer that
 wants to pay part of its dealers' offers does so with a co-funded promotion
-(partners/rulebook.py `co_funder_id`). A visit is unique per dealer and its
+(partners/rule_inputs.py `co_funder_id`). A visit is unique per dealer and its
 reference (the same report again answers the stored visit; another visit
 under the same reference is refused), and the bonus once per product and
 interval is a unique index, so concurrent reports cannot pay twice.

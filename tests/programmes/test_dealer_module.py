@@ -1,5 +1,5 @@
 """The producer's service module and its dealers (clubs/servicing.py, the
-co-funded promotion of partners/rulebook.py): a service visit earns the
+co-funded promotion of partners/rule_inputs.py): a service visit earns the
 bonus once per product and interval; a dealer's promotion paid half by the
 producer posts each share on its funder's `issued` account, the odd point
 with the dealer, and each partner's settlement statement charges its share."""

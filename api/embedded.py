@@ -248,34 +248,27 @@ class EmbeddedRedis:
             return False
 
     def stop(self) -> None:
-        """Stop the server if this process owns it (a joiner leaves it alone)."""
+        """Stop the server if this process owns it (a joiner leaves it alone):
+        the one it started, or one it adopted, through the server's own
+        shutdown (saving its snapshot, as on SIGTERM)."""
         if self.adopted:
-            self._shut_down_adopted()
-            return
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(5)
+            import redis
+
+            self.adopted = False
+            client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=1)
+            with contextlib.suppress(redis.RedisError, OSError):
+                client.shutdown()
+            client.close()
+        elif self.process is not None:
             if self.process.poll() is None:
-                self.process.kill()
-        path = self.data_dir / "url"
-        with contextlib.suppress(OSError):
-            if path.read_text().strip() == self.url:
-                path.unlink()
-        self.process = None
-
-    def _shut_down_adopted(self) -> None:
-        """The server another process started and left: shut down through
-        its own command (saving its snapshot, as on SIGTERM)."""
-        import redis
-
-        self.adopted = False
-        client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=1)
-        with contextlib.suppress(redis.RedisError, OSError):
-            client.shutdown()
-        client.close()
+                self.process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(5)
+                if self.process.poll() is None:
+                    self.process.kill()
+            self.process = None
+        else:
+            return
         path = self.data_dir / "url"
         with contextlib.suppress(OSError):
             if path.read_text().strip() == self.url:

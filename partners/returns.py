@@ -20,6 +20,7 @@ from ledger.errors import DuplicatePartnerReference
 from ledger.idempotency import IdempotencyKey
 from ledger.lots import prorate
 from ledger.views import Balances
+from partners.accrual_sql import reference_used
 from partners.errors import InvalidPurchase, PurchaseNotFound, ReturnExceedsPurchase
 from partners.tiers import TierChange, after_return, period_bounds
 
@@ -321,12 +322,7 @@ async def _check_return_reference(conn: AsyncConnection, partner_id: str, refere
     running now under the same reference is met by the return's own row.)"""
     used = (
         await conn.execute(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM partner_purchases WHERE partner_id = :p "
-                "AND partner_reference = :r) OR EXISTS (SELECT 1 FROM partner_references "
-                "WHERE partner_id = :p AND partner_reference = :r) OR EXISTS (SELECT 1 "
-                "FROM partner_returns WHERE partner_id = :p AND return_reference = :r)"
-            ),
+            text("SELECT EXISTS (" + reference_used(":p", ":r") + ")"),
             {"p": partner_id, "r": reference},
         )
     ).scalar_one()

@@ -21,10 +21,18 @@ class SettingsError(ValueError):
     pass
 
 
-# Settings whose sign or size the code takes as given: (name, lowest, highest).
-# A retention of 0 days would purge the idempotency keys just stored (a retried
-# transfer would post again); a pool of 0 connections serves nothing.
-SETTING_RANGES = (
+# Settings whose sign or size the code takes as given: (name, lowest, highest
+# or None). A retention of 0 days would purge the idempotency keys just stored
+# (a retried transfer would post again); a pool of 0 connections serves nothing.
+SETTING_RANGES: tuple[tuple[str, int, int | None], ...] = (
+    ("claim_window_days", 1, 730),
+    ("db_statement_timeout_ms", 1, None),
+    ("db_lock_timeout_ms", 1, None),
+    ("db_pool_timeout_seconds", 1, None),
+    ("db_command_timeout_seconds", 1, None),
+    ("hot_account_slots", 1, 256),
+    ("partner_rate_limit", 1, None),
+    ("member_rate_limit", 1, None),
     ("db_pool_size", 1, 1_000),
     ("max_body_bytes", 1_024, 1_073_741_824),
     ("hold_ttl_seconds", 1, 31 * 86_400),
@@ -141,28 +149,16 @@ class Settings:
             raise SettingsError("LOYALTY_WORKERS is 1 to 64")
         if self.tier_period not in ("calendar", "rolling"):
             raise SettingsError("LOYALTY_TIER_PERIOD is calendar or rolling")
-        if not 1 <= self.claim_window_days <= 730:
-            raise SettingsError("LOYALTY_CLAIM_WINDOW_DAYS must be between 1 and 730")
         try:
             parse_window(self.expiring_view)
         except ValueError as error:
             raise SettingsError(f"LOYALTY_EXPIRING_VIEW: {error}") from None
         self.check_tokens()
-        for name in (
-            "db_statement_timeout_ms",
-            "db_lock_timeout_ms",
-            "db_pool_timeout_seconds",
-            "db_command_timeout_seconds",
-        ):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"LOYALTY_{name.upper()} must be at least 1")
-        if self.hot_account_slots < 1 or self.hot_account_slots > 256:
-            raise SettingsError("LOYALTY_HOT_ACCOUNT_SLOTS must be between 1 and 256")
-        for name in ("partner_rate_limit", "member_rate_limit"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"LOYALTY_{name.upper()} must be at least 1")
         for name, low, high in SETTING_RANGES:
-            if not low <= getattr(self, name) <= high:
+            value = getattr(self, name)
+            if high is None and value < low:
+                raise SettingsError(f"LOYALTY_{name.upper()} must be at least {low}")
+            if high is not None and not low <= value <= high:
                 raise SettingsError(f"LOYALTY_{name.upper()} must be between {low} and {high:,}")
         if self.redis_cluster and not self.redis_url:
             # The embedded Redis is one node: a cluster has to be named.

@@ -3,25 +3,30 @@
 A partner with an earn rule (1 point per EUR, QP per EUR, a 14-day return
 window) sends batches of `--batch` purchases (default 1,000) for random card
 holders; the figure is purchases earned per second, and rows written per
-second (entries, postings, pending earnings, purchases). With `--clients N`,
-N clients send the `--batches` batches between them at once, each for card
-holders of its own (as a partner's stores would, or the lanes of a file
-import): one batch's transaction then never waits for another's members.
-The baseline, in the same run on the same server: `COPY` of the same number
-of rows into empty tables of the ledger's shape (`LIKE ... INCLUDING ALL`:
-columns, defaults, keys, checks and indexes, without the ledger's triggers and
-foreign keys), as the jobs benchmarks' baseline; and, printed beside it, into
-plain tables of columns only, the fastest way PostgreSQL takes rows in.
+second (entries, postings, pending earnings, lots, purchases: counted in the
+database after the run). With `--clients N`, N clients send the `--batches`
+batches between them at once, each for card holders of its own (as a
+partner's stores would, or the lanes of a file import): one batch's
+transaction then never waits for another's members.
+The baseline, in the same run on the same server: `COPY` of the very rows
+the run wrote (read out to binary files first) into empty tables of the
+ledger's shape (`LIKE ... INCLUDING ALL`: columns, defaults, keys, checks
+and indexes, without the ledger's triggers and foreign keys), as the jobs
+benchmarks' baseline; and, printed beside it, into plain tables of columns
+only, the fastest way PostgreSQL takes rows in. The ratio is the COPY's time
+over the run's: rows per second against rows per second of the same rows.
 """
 
 import asyncio
 import gc
 import random
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 from cryptography.fernet import Fernet
 from sqlalchemy import text
@@ -36,57 +41,25 @@ from partners.rule_inputs import EarnRuleInput
 from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 
-ROWS_PER_EARNING = (
-    6  # an entry, three postings (pending, QP, partner), a pending earning, a purchase
-)
-
-# The baseline's tables, twice: of the ledger's own shape (its columns,
-# defaults, keys, checks and indexes; CREATE TABLE ... LIKE copies neither
-# triggers nor foreign keys), the issue's baseline and the jobs benchmarks';
-# and plain (columns only), the fastest way PostgreSQL takes rows in, printed
-# beside it for reference.
+# The tables an earning writes that the baseline copies: the entries, their
+# postings, the pending earnings (lots to be, the partner having a return
+# window) and lots, and the purchases as reported. Each names the run's rows
+# of it, given the partner ($1) and the last entry id before the run ($2).
 COPIED = (
-    (
-        "journal_entries",
-        (
-            "id",
-            "kind",
-            "member_id",
-            "partner_id",
-            "partner_reference",
-            "effective_at",
-            "created_at",
-            "posted_by",
-            "breakdown",
-        ),
-        "id bigint, kind text, member_id text, partner_id text, partner_reference text, "
-        "effective_at timestamptz, created_at timestamptz, posted_by text, breakdown jsonb",
-    ),
+    ("journal_entries", "partner_id = $1 AND id > $2"),
     (
         "postings",
-        ("entry_id", "account", "asset", "amount", "member_id"),
-        "entry_id bigint, account text, asset text, amount bigint, member_id text",
+        "entry_id IN (SELECT id FROM journal_entries WHERE partner_id = $1 AND id > $2)",
     ),
     (
         "pending_points",
-        ("earn_entry_id", "member_id", "amount", "remaining", "earned_at", "release_at"),
-        "earn_entry_id bigint, member_id text, amount bigint, remaining bigint, "
-        "earned_at timestamptz, release_at timestamptz",
+        "earn_entry_id IN (SELECT id FROM journal_entries WHERE partner_id = $1 AND id > $2)",
     ),
     (
-        "partner_purchases",
-        (
-            "partner_id",
-            "partner_reference",
-            "member_id",
-            "entry_id",
-            "currency",
-            "total_minor",
-            "occurred_at",
-        ),
-        "partner_id text, partner_reference text, member_id text, entry_id bigint, "
-        "currency text, total_minor bigint, occurred_at timestamptz",
+        "lots",
+        "source_entry_id IN (SELECT id FROM journal_entries WHERE partner_id = $1 AND id > $2)",
     ),
+    ("partner_purchases", "partner_id = $1 AND entry_id > $2"),
 )
 
 
@@ -145,6 +118,7 @@ async def bench_batch(url: str, members: int, batch: int, batches: int, clients:
         f"{clients} client(s) at once"
     )
     await earn_batch(programme, partner, items())  # warm-up
+    before = await last_entry_id(engine)
     work = [[items(c) for _ in range(c, batches, clients)] for c in range(clients)]
     # The batches the partners will send are theirs, not the service's: out of
     # the collector's sight, as the startup heap of a server worker is
@@ -163,76 +137,92 @@ async def bench_batch(url: str, members: int, batch: int, batches: int, clients:
     started = time.perf_counter()
     await asyncio.gather(*(client(own) for own in work))
     elapsed = time.perf_counter() - started
-    rate = earned / elapsed
-    print(f"batch earn: {earned} purchases in {elapsed:.1f} s = {rate:,.0f} purchases/s")
-    print(f"rows written: {rate * ROWS_PER_EARNING:,.0f}/s ({ROWS_PER_EARNING} per purchase)")
-
-    (await copy_baseline(engine, earned, ids, partner)).report("batch", rate)
+    print(
+        f"batch earn: {earned} purchases in {elapsed:.1f} s = {earned / elapsed:,.0f} purchases/s"
+    )
+    (await copy_baseline(engine, partner, before)).report("batch", earned, elapsed)
     check = await verify(engine)
     print("verify:", "clean" if check.clean else check.render())
     await engine.dispose()
 
 
+async def last_entry_id(engine) -> int:
+    """The last entry id posted so far: the run's rows are those after it."""
+    async with engine.connect() as conn:
+        last = await conn.execute(text("SELECT coalesce(max(id), 0) FROM journal_entries"))
+        return last.scalar()
+
+
 @dataclass(frozen=True)
 class CopyBaseline:
-    """Rows per second of `COPY` of the same rows, into tables of the ledger's
-    shape and into plain ones."""
+    """`COPY` of the very rows a run wrote, into tables of the ledger's shape
+    and into plain ones: how many rows, and the seconds each took."""
 
-    shaped: float
-    plain: float
+    rows: int
+    shaped_seconds: float
+    plain_seconds: float
 
-    def report(self, what: str, purchases_per_second: float) -> None:
-        rows = purchases_per_second * ROWS_PER_EARNING
+    def report(self, what: str, purchases: int, seconds: float) -> None:
+        print(
+            f"rows written: {self.rows / seconds:,.0f}/s ({self.rows:,} rows of entries, "
+            f"postings, pending earnings, lots and purchases: {self.rows / purchases:.2f} "
+            "per purchase)"
+        )
         print(
             f"baseline: COPY of the same rows into tables of the ledger's shape "
-            f"{self.shaped:,.0f} rows/s, into plain tables {self.plain:,.0f} rows/s"
+            f"{self.rows / self.shaped_seconds:,.0f} rows/s, into plain tables "
+            f"{self.rows / self.plain_seconds:,.0f} rows/s"
         )
         print(
-            f"ratio {what} rows / COPY rows: {rows / self.shaped:.3f} "
-            f"(to plain tables: {rows / self.plain:.3f})"
+            f"ratio {what} rows / COPY rows: {self.shaped_seconds / seconds:.3f} "
+            f"(to plain tables: {self.plain_seconds / seconds:.3f})"
         )
 
 
-async def copy_baseline(engine, n: int, ids: list[str], partner: str) -> CopyBaseline:
-    """`COPY` of `n` earnings' rows (ROWS_PER_EARNING each, the shape the earn
-    path writes) into tables made here (the bench's database is its own): the
-    records are built before the clock starts, so only PostgreSQL's intake is
-    timed."""
-    members = len(ids)
+async def copy_baseline(engine, partner: str, after_entry: int) -> CopyBaseline:
+    """`COPY` of the rows the run wrote (`COPIED`: the partner's entries after
+    `after_entry`, their postings, pending earnings and lots, the purchases)
+    into empty tables made here (the bench's database is its own), timed
+    alone: the rows are read out to binary files before the clock starts, so
+    only PostgreSQL's intake is measured."""
     raw = await engine.raw_connection()
     try:
         driver = raw.driver_connection
         # A million earnings' rows into indexed tables take longer than the
         # service's statement limit (which the bench's engine carries).
         await driver.execute("SET statement_timeout = 0")
-        # Entry ids of this month, as the ledger numbers them (the shaped
-        # table keeps journal_entries' check of the booking month).
-        first = await driver.fetchval("SELECT ledger_month_start(ledger_month_index(now()))")
-        now = datetime.now(UTC)
-        entries, postings, pending, purchases = [], [], [], []
-        for i in range(n):
-            member, entry = ids[i % members], first + i + 1
-            entries.append((entry, "earn", member, partner, f"c-{i}", now, now, "bench", "[]"))
-            postings += [
-                (entry, f"member:{member}:pending", "PTS", 10, member),
-                (entry, f"partner:{partner}:issued", "PTS", -10, None),
-                (entry, f"member:{member}:qp", "QP", 1, member),
-            ]
-            pending.append((entry, member, 10, 10, now, now))
-            purchases.append((partner, f"c-{i}", member, entry, "EUR", 1000, now))
-        records = (entries, postings, pending, purchases)
-        rates = []
-        for shaped in (True, False):
-            for table, _, plain_columns in COPIED:
-                like = f"LIKE {table} INCLUDING ALL" if shaped else plain_columns
-                await driver.execute(f"DROP TABLE IF EXISTS bench_{table}")
-                await driver.execute(f"CREATE TABLE bench_{table} ({like})")
-            started = time.perf_counter()
-            for (table, columns, _), rows in zip(COPIED, records, strict=True):
-                await driver.copy_records_to_table(f"bench_{table}", records=rows, columns=columns)
-            rates.append(n * ROWS_PER_EARNING / (time.perf_counter() - started))
-        for table, _, _ in COPIED:
-            await driver.execute(f"DROP TABLE bench_{table}")
+        with tempfile.TemporaryDirectory(prefix="loyalty-copy-baseline-") as tmp:
+            files = []
+            for table, run_rows in COPIED:
+                path = Path(tmp) / f"{table}.copy"
+                await driver.copy_from_query(
+                    f"SELECT * FROM {table} WHERE {run_rows}",
+                    partner,
+                    after_entry,
+                    output=str(path),
+                    format="binary",
+                )
+                files.append((table, path))
+            rows, seconds = 0, []
+            for shaped in (True, False):
+                for table, _ in COPIED:
+                    await driver.execute(f"DROP TABLE IF EXISTS bench_{table}")
+                    await driver.execute(
+                        f"CREATE TABLE bench_{table} (LIKE {table} INCLUDING ALL)"
+                        if shaped
+                        else f"CREATE TABLE bench_{table} (LIKE {table})"
+                    )
+                started = time.perf_counter()
+                copied = 0
+                for table, path in files:
+                    status = await driver.copy_to_table(
+                        f"bench_{table}", source=str(path), format="binary"
+                    )
+                    copied += int(status.split()[-1])
+                seconds.append(time.perf_counter() - started)
+                rows = copied
+            for table, _ in COPIED:
+                await driver.execute(f"DROP TABLE bench_{table}")
     finally:
         raw.close()
-    return CopyBaseline(*rates)
+    return CopyBaseline(rows, *seconds)

@@ -23,7 +23,7 @@ from pathlib import Path
 from ledger.database import create_engine
 from ledger.service import LedgerService
 from ledger.verify import verify
-from loadtests.batch_bench import ROWS_PER_EARNING, copy_baseline, seed_partner
+from loadtests.batch_bench import copy_baseline, last_entry_id, seed_partner
 from loadtests.commands import loyalty, run_measured
 
 PARTNER = "bench-import"
@@ -50,6 +50,7 @@ async def bench_import(url: str, rows: int, members: int, chunk_size: int) -> No
     ledger = LedgerService(engine)
     ids = [f"i{i}" for i in range(members)]
     cards = await seed_partner(engine, ledger, PARTNER, ids, "8")
+    before = await last_entry_id(engine)
 
     with tempfile.TemporaryDirectory(prefix="loyalty-import-bench-") as tmp:
         path = Path(tmp) / "transactions.csv"
@@ -70,11 +71,10 @@ async def bench_import(url: str, rows: int, members: int, chunk_size: int) -> No
         f"import: {summary['rows']:,} rows, {posted:,} posted, {summary['rejected']:,} rejected, "
         f"{summary['points']:,} points in {elapsed:,.1f} s = {rate:,.0f} purchases/s"
     )
-    print(f"rows written: {rate * ROWS_PER_EARNING:,.0f}/s ({ROWS_PER_EARNING} per purchase)")
     peak = usage.ru_maxrss / 1024  # kilobytes on Linux
     print(f"peak RSS of the importing process: {peak:,.0f} MB (target: under 300 MB)")
 
-    (await copy_baseline(engine, posted, ids, PARTNER)).report("import", rate)
+    (await copy_baseline(engine, PARTNER, before)).report("import", posted, elapsed)
     check = await verify(engine)
     print("verify:", "clean" if check.clean else check.render())
     print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -191,8 +191,18 @@ def _header_problems(connection: ASGIConnection) -> Iterator[dict]:
         }
 
 
-def _pointer(parent: str, key: object) -> str:
-    return f"{parent}/{str(key).replace('~', '~0').replace('/', '~1')}"
+# Where a value sits in the body: (the parent's path, its key or index), None
+# at the top; spelled as a JSON Pointer only for a value found wrong (a batch
+# of 1,000 purchases has some 10,000 values, nearly always all fine).
+_Path = tuple | None
+
+
+def _pointer(path: _Path) -> str:
+    keys = []
+    while path is not None:
+        path, key = path
+        keys.append(str(key).replace("~", "~0").replace("/", "~1"))
+    return "".join(f"/{key}" for key in reversed(keys))
 
 
 def _body_problem(pointer: str, message: str) -> dict:
@@ -201,7 +211,9 @@ def _body_problem(pointer: str, message: str) -> dict:
 
 def _body_problems(body: object, data_type: object) -> Iterator[dict]:
     """Every string, key and integer of a decoded JSON body, walked without
-    recursion (a deeply nested body must not exhaust the stack)."""
+    recursion (a deeply nested body must not exhaust the stack). The decoder
+    makes plain dicts, lists, strings and numbers: their exact types are
+    compared."""
     if isinstance(body, dict):
         for name in INT4_BODY_FIELDS.get(data_type, ()):  # type: ignore[call-overload]
             value = body.get(name)
@@ -209,23 +221,26 @@ def _body_problems(body: object, data_type: object) -> Iterator[dict]:
                 message = _int_problem(value, INT4_MIN, INT4_MAX)
                 if message:
                     yield _body_problem(f"/{name}", f"/{name} {message}")
-    pending: list[tuple[str, object]] = [("", body)]
+    pending: list[tuple[_Path, object]] = [(None, body)]
     while pending:
-        pointer, value = pending.pop()
+        path, value = pending.pop()
+        kind = type(value)
         message = None
-        if isinstance(value, dict):
-            for key, item in value.items():
+        if kind is dict:
+            for key, item in value.items():  # type: ignore[attr-defined]
                 key_message = _text_problem(key, MAX_TEXT_LENGTH)
                 if key_message:
+                    pointer = _pointer(path)
                     yield _body_problem(pointer, f"a key in {pointer or 'the body'} {key_message}")
-                pending.append((_pointer(pointer, key), item))
-        elif isinstance(value, list):
-            pending.extend((_pointer(pointer, index), item) for index, item in enumerate(value))
-        elif isinstance(value, str):
-            message = _text_problem(value, MAX_TEXT_LENGTH)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            message = _int_problem(value, BIGINT_MIN, BIGINT_MAX)
+                pending.append(((path, key), item))
+        elif kind is list:
+            pending.extend(((path, index), item) for index, item in enumerate(value))  # type: ignore[arg-type]
+        elif kind is str:
+            message = _text_problem(value, MAX_TEXT_LENGTH)  # type: ignore[arg-type]
+        elif kind is int:
+            message = _int_problem(value, BIGINT_MIN, BIGINT_MAX)  # type: ignore[arg-type]
         if message:
+            pointer = _pointer(path)
             yield _body_problem(pointer, f"{pointer or 'the body'} {message}")
 
 

@@ -57,6 +57,7 @@ turn it off with `LOYALTY_METRICS_ENABLED=0`. No label holds an id, a raw
 path or any other value a caller chose."""
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -277,8 +278,8 @@ class MeteredLedger(LedgerService):
 
     def committed(self, kinds) -> None:
         entries = metrics().entries
-        for kind in kinds:
-            entries.labels(kind).inc()
+        for kind, count in collections.Counter(kinds).items():  # a batch posts a thousand
+            entries.labels(kind).inc(count)
 
 
 # -- exposition -------------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
+import msgspec
 from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -163,6 +164,9 @@ def create_engine(
         pool_pre_ping=False,
         pool_timeout=limits.pool_timeout_seconds,
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
+        # json / jsonb values read (the accrual's aggregates, stored results)
+        # decoded by msgspec: half the time of the standard library's.
+        json_deserializer=msgspec.json.decode,
         connect_args={
             "command_timeout": limits.command_timeout_seconds,
             "timeout": limits.pool_timeout_seconds,  # establishing a connection

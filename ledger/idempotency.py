@@ -183,7 +183,8 @@ def storing(key: IdempotencyKey, result: object) -> dict[str, object]:
     return {
         "stored_caller": key.caller,
         "stored_key": key.key,
-        "stored_result": msgspec.json.encode(msgspec.to_builtins(result)).decode(),
+        # msgspec encodes structs as their builtins would be, in one pass.
+        "stored_result": msgspec.json.encode(result).decode(),
         "stored_entry_id": getattr(result, "entry_id", None),
     }
 

@@ -283,6 +283,10 @@ def main() -> None:
         default=1,
         help="partner clients sending batches at once, each its own card holders",
     )
+    batch.add_argument(
+        "--http", action="store_true", help="through the signed endpoint of `loyalty serve`"
+    )
+    batch.add_argument("--workers", type=int, default=None, help="with --http; default: serve's")
     http_earn = sub.add_parser(
         "http-earn", help="signed earns over HTTP against a pgbench bare transfer"
     )
@@ -346,9 +350,16 @@ def main() -> None:
                 )
             )
         elif args.scenario == "batch":
-            from loadtests.batch_bench import bench_batch
+            from loadtests.batch_bench import bench_batch, bench_http_batch
 
-            asyncio.run(bench_batch(url, args.members, args.batch, args.batches, args.clients))
+            if args.http:
+                asyncio.run(
+                    bench_http_batch(
+                        url, args.members, args.batch, args.batches, args.clients, args.workers
+                    )
+                )
+            else:
+                asyncio.run(bench_batch(url, args.members, args.batch, args.batches, args.clients))
         elif args.scenario == "import":
             from loadtests.import_bench import bench_import
 

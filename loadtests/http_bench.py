@@ -175,15 +175,19 @@ class Signer:
             },
             separators=(",", ":"),
         ).encode()
+        return self.request(PATH, body, reference)
+
+    def request(self, path: str, body: bytes, idempotency_key: str) -> bytes:
+        """A signed POST of `body` to `path`, as raw HTTP/1.1."""
         timestamp = str(int(time.time()))
-        canonical = canonical_request("POST", PATH, "", timestamp, body, reference)
+        canonical = canonical_request("POST", path, "", timestamp, body, idempotency_key)
         signature = hmac.new(self.secret, canonical.encode(), hashlib.sha256).hexdigest()
         return b"".join(
             [
-                b"POST ", PATH.encode(), b" HTTP/1.1\r\nHost: ", self.host,
+                b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", self.host,
                 b"\r\nContent-Type: application/json\r\nContent-Length: ",
                 str(len(body)).encode(),
-                b"\r\nIdempotency-Key: ", reference.encode(),
+                b"\r\nIdempotency-Key: ", idempotency_key.encode(),
                 b"\r\nX-Loyalty-Key-Id: ", self.key_id.encode(),
                 b"\r\nX-Loyalty-Timestamp: ", timestamp.encode(),
                 b"\r\nX-Loyalty-Signature: ", signature.encode(),

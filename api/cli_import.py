@@ -46,7 +46,7 @@ from partners.import_formats import FORMATS
 @click.option(
     "--lanes",
     type=click.IntRange(1, 16),
-    help="Transactions at once, each for its own cards; default 2 (1: the file's order "
+    help="Transactions at once, each for its own cards; default 4 (1: the file's order "
     "throughout). A resumed file keeps the lanes it was started with.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")

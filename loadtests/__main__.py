@@ -306,6 +306,7 @@ def main() -> None:
     imports.add_argument("--rows", type=int, default=1_000_000)
     imports.add_argument("--members", type=int, default=10_000)
     imports.add_argument("--chunk-size", type=int, default=1_000)
+    imports.add_argument("--lanes", type=int, default=None, help="default: the command's")
     exports = sub.add_parser("export", help="journal export against COPY of the same rows")
     exports.add_argument("--postings", type=int, default=1_000_000)
     exports.add_argument("--members", type=int, default=10_000)
@@ -363,7 +364,7 @@ def main() -> None:
         elif args.scenario == "import":
             from loadtests.import_bench import bench_import
 
-            asyncio.run(bench_import(url, args.rows, args.members, args.chunk_size))
+            asyncio.run(bench_import(url, args.rows, args.members, args.chunk_size, args.lanes))
         elif args.scenario == "export":
             from loadtests.export_bench import bench_export
 

@@ -45,7 +45,9 @@ def write_file(path: Path, rows: int, cards: list[str]) -> None:
             )
 
 
-async def bench_import(url: str, rows: int, members: int, chunk_size: int) -> None:
+async def bench_import(
+    url: str, rows: int, members: int, chunk_size: int, lanes: int | None = None
+) -> None:
     engine = create_engine(url, pool_size=4)
     ledger = LedgerService(engine)
     ids = [f"i{i}" for i in range(members)]
@@ -58,11 +60,14 @@ async def bench_import(url: str, rows: int, members: int, chunk_size: int) -> No
         size = path.stat().st_size
         print(
             f"file import benchmark: {rows:,} rows ({size / 1e6:,.1f} MB), {members:,} members, "
-            f"chunks of {chunk_size}; load average {os.getloadavg()[0]:.2f}"
+            f"chunks of {chunk_size}, {lanes or 'the default'} lanes; "
+            f"load average {os.getloadavg()[0]:.2f}"
         )
         env = {**os.environ, "LOYALTY_DATABASE_URL": url, "LOYALTY_DATA_DIR": tmp}
         command = [*loyalty(), "partner", "import", str(path), "--partner", PARTNER]
         command += ["--chunk-size", str(chunk_size), "--json"]
+        if lanes is not None:
+            command += ["--lanes", str(lanes)]
         output, elapsed, usage = run_measured(command, env, Path(tmp) / "out.json")
     summary = json.loads(output)
     posted = summary["posted"]

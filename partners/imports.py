@@ -4,11 +4,12 @@ transaction files"), earned in chunks of up to 1,000 through the batch earn
 (partners/batch.py), streamed (constant memory whatever the file's size) and
 resumable.
 
-The purchases are dealt by card number to `lanes` (default 2) transactions
-that run at once, so PostgreSQL works on one lane's chunk while Python
-evaluates the other's. Every card's purchases stay in one lane, earned in
-file order; a member holding several cards may have them earned in another
-order (import with one lane to keep the file's order across cards). A
+The purchases are dealt by card number to `lanes` (default 4) transactions
+that run at once, so PostgreSQL works on some lanes' chunks while Python
+evaluates another's, and no lane waits idle for a commit's flush. Every
+card's purchases stay in one lane, earned in file order; a member holding
+several cards may have them earned in another order (import with one lane
+to keep the file's order across cards). A
 reference sent twice in a file is decided in file order whatever the lanes:
 before a purchase goes to its lane, the lane holding an earlier purchase
 with the same reference, not yet committed, commits it first.
@@ -58,7 +59,7 @@ from partners.import_formats import (
 from partners.programme import Programme
 
 BAD = "invalid-purchase"  # the code of a row that cannot be read
-IMPORT_LANES = 2  # transactions at once; a file keeps the number it started with
+IMPORT_LANES = 4  # transactions at once; a file keeps the number it started with
 MAX_LANES = 16
 
 

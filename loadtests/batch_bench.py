@@ -45,6 +45,7 @@ from partners.rulebook import Rulebook
 from partners.signing_keys import SecretBox
 
 BATCH_PATH = "/v1/partner/earnings/batch"
+COPY_TIMEOUT = 3600.0  # seconds: a million purchases' rows take minutes
 
 # The tables an earning writes that the baseline copies: the entries, their
 # postings, the pending earnings (lots to be, the partner having a return
@@ -279,7 +280,7 @@ async def copy_baseline(engine, partner: str, after_entry: int) -> CopyBaseline:
     try:
         driver = raw.driver_connection
         # A million earnings' rows into indexed tables take longer than the
-        # service's statement limit (which the bench's engine carries).
+        # service's statement and command limits (which the bench's engine carries).
         await driver.execute("SET statement_timeout = 0")
         with tempfile.TemporaryDirectory(prefix="loyalty-copy-baseline-") as tmp:
             files, counted = [], 0
@@ -291,6 +292,7 @@ async def copy_baseline(engine, partner: str, after_entry: int) -> CopyBaseline:
                     after_entry,
                     output=str(path),
                     format="binary",
+                    timeout=COPY_TIMEOUT,
                 )
                 counted += int(status.split()[-1])
                 files.append((table, path))
@@ -312,7 +314,10 @@ async def copy_baseline(engine, partner: str, after_entry: int) -> CopyBaseline:
                     started = time.perf_counter()
                     for table, path in files:
                         await driver.copy_to_table(
-                            f"bench_{table}", source=str(path), format="binary"
+                            f"bench_{table}",
+                            source=str(path),
+                            format="binary",
+                            timeout=COPY_TIMEOUT,
                         )
                     timings.append(time.perf_counter() - started)
                 seconds.append(statistics.median(timings))

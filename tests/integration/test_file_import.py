@@ -4,7 +4,7 @@ lines go to the rejects with their line and reason while the good rows post
 once; a file imported again answers its earlier summary; and an import whose
 `loyalty partner import` process is killed with SIGKILL between two
 checkpoints, started again, posts every row exactly once. In lanes (the
-default two): a reference sent twice is decided in file order even when the
+default four): a reference sent twice is decided in file order even when the
 later row's lane would commit first, and an import failing in one lane goes
 on from each lane's checkpoint."""
 
@@ -28,7 +28,7 @@ from sqlalchemy import text
 from ledger.errors import RequestInFlight
 from partners.errors import InvalidPurchase, PartnerNotFound
 from partners.import_formats import ImportSource
-from partners.imports import card_lane, import_file, stream_rejects
+from partners.imports import IMPORT_LANES, card_lane, import_file, stream_rejects
 from partners.programme import Programme
 from partners.registry import Registry
 from partners.rule_inputs import EarnRuleInput
@@ -253,11 +253,12 @@ async def test_files_refused_whole_post_nothing(ledger, engine, new_partner, new
 
 
 async def cards_for_lanes(registry, members: list[str], lanes: list[int]) -> list[str]:
-    """A new card for each member, in the import lane given for it."""
+    """A new card for each member, in the import lane given for it (of the
+    import's default number of lanes)."""
     cards = []
     for member, lane in zip(members, lanes, strict=True):
         card = card_number()
-        while card_lane(card, 2) != lane:
+        while card_lane(card, IMPORT_LANES) != lane:
             card = card_number()
         await registry.issue_card(member, card, ADMIN)
         cards.append(card)
@@ -386,8 +387,8 @@ async def test_an_import_killed_between_checkpoints_posts_every_row_once_when_st
 ):
     shop, _, registry = await shop_with_members(ledger, engine, new_partner, new_member, 0)
     members = [await new_member() for _ in range(5)]
-    # Both lanes of the import (its default) hold chunks when it is killed.
-    cards = await cards_for_lanes(registry, members, [0, 1, 0, 1, 1])
+    # Every lane of the import (its default four) holds chunks when it is killed.
+    cards = await cards_for_lanes(registry, members, [0, 1, 2, 3, 1])
     holders = list(zip(members, cards, strict=True))
     when, expected, rows = at(), {m: 0 for m, _ in holders}, []
     for i in range(120):

@@ -310,8 +310,8 @@ SEEDED: dict[int, int] = {}
 
 
 def trigger_queries() -> list[tuple[str, str, tuple]]:
-    """What the triggers run: the statement-level balance check (migration
-    0010, its transition table stood in for by a one-row list), the deferred
+    """What the triggers run: the statement-level balance check (migrations
+    0010 and 0030, its transition table stood in for by a one-row list), the deferred
     ones at commit (0001 and 0004), the party checks of the balance rows and
     entries a statement wrote (0023; the lot movements' references too), the
     QP movements' record (0025), the closed-month check of postings (0026)."""
@@ -319,13 +319,13 @@ def trigger_queries() -> list[tuple[str, str, tuple]]:
     return [
         (
             "trigger check_inserted_entries_balance",
-            "WITH touched AS (SELECT DISTINCT entry_id FROM (VALUES (CAST($1 AS bigint))) "
-            "AS inserted(entry_id)), per_asset AS (SELECT p.entry_id, p.asset, "
-            "sum(p.amount) AS total, count(*) AS n FROM postings p JOIN touched USING (entry_id) "
-            "GROUP BY p.entry_id, p.asset), per_entry AS (SELECT entry_id, sum(n) AS postings, "
-            "string_agg(CASE WHEN total <> 0 THEN asset || '=' || total END, ', ') "
-            "AS unbalanced FROM per_asset GROUP BY entry_id) SELECT entry_id, postings, "
-            "unbalanced FROM per_entry WHERE postings < 2 OR unbalanced IS NOT NULL LIMIT 1",
+            "SELECT t.entry_id, s.postings, s.unbalanced FROM (SELECT DISTINCT entry_id "
+            "FROM (VALUES (CAST($1 AS bigint))) AS inserted(entry_id)) AS t, LATERAL ("
+            "SELECT sum(a.n) AS postings, string_agg(CASE WHEN a.total <> 0 THEN "
+            "a.asset || '=' || a.total END, ', ') AS unbalanced FROM (SELECT p.asset, "
+            "sum(p.amount) AS total, count(*) AS n FROM postings p "
+            "WHERE p.entry_id = t.entry_id GROUP BY p.asset) AS a) AS s "
+            "WHERE s.postings < 2 OR s.unbalanced IS NOT NULL LIMIT 1",
             (earned,),
         ),
         (

@@ -92,6 +92,12 @@ class FileUploadOperation(SignedIdempotentOperation):
         )
 
 
+# An upload is at most a megabyte (a few thousand rows) and shares the
+# worker's pool with every other request: two lanes, not the command's four
+# (each lane holds a connection while it runs, the import's lock one more).
+UPLOAD_LANES = 2
+
+
 @post(
     "/files",
     status_code=200,
@@ -119,6 +125,7 @@ async def upload_file(
             ImportSource.from_bytes(name or "upload", body),
             fmt,
             actor=f"partner:{partner_id}",
+            lanes=UPLOAD_LANES,
         )
         rejects = [r async for r in stream_rejects(programme.ledger.engine, summary.import_id)]
         return FileImportResult(**msgspec.structs.asdict(summary), rejects=rejects)

@@ -9,10 +9,10 @@ that run at once, so PostgreSQL works on some lanes' chunks while Python
 evaluates another's, and no lane waits idle for a commit's flush. Every
 card's purchases stay in one lane, earned in file order; a member holding
 several cards may have them earned in another order (import with one lane
-to keep the file's order across cards). A
-reference sent twice in a file is decided in file order whatever the lanes:
-before a purchase goes to its lane, the lane holding an earlier purchase
-with the same reference, not yet committed, commits it first.
+to keep the file's order across cards). A reference sent twice in a file is
+decided in file order whatever the lanes: before a purchase goes to its
+lane, the lane holding an earlier purchase with the same reference, not yet
+committed, commits it first.
 
 A file is known by its partner and SHA-256. Its row in `partner_imports`
 holds a checkpoint per lane (data rows, file line and byte offset after the

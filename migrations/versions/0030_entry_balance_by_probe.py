@@ -24,6 +24,14 @@ down_revision = "0029"
 branch_labels = None
 depends_on = None
 
+_HEAD = r"""
+CREATE OR REPLACE FUNCTION check_inserted_entries_balance() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
+BEGIN
+"""
+
 _RAISE = r"""
     IF bad.entry_id IS NULL THEN
         RETURN NULL;
@@ -38,12 +46,8 @@ END $$;
 """
 
 UPGRADE = (
-    r"""
-CREATE OR REPLACE FUNCTION check_inserted_entries_balance() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    bad record;
-BEGIN
+    _HEAD
+    + r"""
     SELECT t.entry_id, s.postings, s.unbalanced INTO bad
     FROM (SELECT DISTINCT entry_id FROM inserted) AS t,
     LATERAL (
@@ -60,12 +64,8 @@ BEGIN
 
 # Revision 0010's body.
 DOWNGRADE = (
-    r"""
-CREATE OR REPLACE FUNCTION check_inserted_entries_balance() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    bad record;
-BEGIN
+    _HEAD
+    + r"""
     WITH touched AS (SELECT DISTINCT entry_id FROM inserted),
     per_asset AS (
         SELECT p.entry_id, p.asset, sum(p.amount) AS total, count(*) AS n

@@ -210,10 +210,11 @@ def _body_problem(pointer: str, message: str) -> dict:
 
 
 def _body_problems(body: object, data_type: object) -> Iterator[dict]:
-    """Every string, key and integer of a decoded JSON body, walked without
-    recursion (a deeply nested body must not exhaust the stack). The decoder
-    makes plain dicts, lists, strings and numbers: their exact types are
-    compared."""
+    """Every string, key and integer of a decoded JSON body, in document
+    order, walked without recursion (a deeply nested body must not exhaust
+    the stack: a container's children go on the stack last first). The
+    decoder makes plain dicts, lists, strings and numbers: their exact types
+    are compared."""
     if isinstance(body, dict):
         for name in INT4_BODY_FIELDS.get(data_type, ()):  # type: ignore[call-overload]
             value = body.get(name)
@@ -227,14 +228,16 @@ def _body_problems(body: object, data_type: object) -> Iterator[dict]:
         kind = type(value)
         message = None
         if kind is dict:
-            for key, item in value.items():  # type: ignore[attr-defined]
+            for key in value:  # type: ignore[attr-defined]
                 key_message = _text_problem(key, MAX_TEXT_LENGTH)
                 if key_message:
                     pointer = _pointer(path)
                     yield _body_problem(pointer, f"a key in {pointer or 'the body'} {key_message}")
+            for key, item in reversed(value.items()):  # type: ignore[attr-defined]
                 pending.append(((path, key), item))
         elif kind is list:
-            pending.extend(((path, index), item) for index, item in enumerate(value))  # type: ignore[arg-type]
+            for index in range(len(value) - 1, -1, -1):  # type: ignore[arg-type]
+                pending.append(((path, index), value[index]))  # type: ignore[index]
         elif kind is str:
             message = _text_problem(value, MAX_TEXT_LENGTH)  # type: ignore[arg-type]
         elif kind is int:

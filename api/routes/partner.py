@@ -167,9 +167,11 @@ async def earn_batch_route(
             if outcome.error is None:
                 results.append(BatchItemResult(outcome.reference, 201, receipt=outcome.receipt))
                 continue
-            answer = problem(
-                outcome.error.code, outcome.error.detail, extensions=outcome.error.extensions
-            )
+            # In name order: the receipt is kept as jsonb with its key, which
+            # orders an object's names its own way, and a replay must answer
+            # the first answer's bytes.
+            extensions = dict(sorted(outcome.error.extensions.items()))
+            answer = problem(outcome.error.code, outcome.error.detail, extensions=extensions)
             results.append(
                 BatchItemResult(outcome.reference, answer.status_code, problem=answer.content)
             )

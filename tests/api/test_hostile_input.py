@@ -258,6 +258,18 @@ async def test_a_nul_in_a_json_key_or_nested_value_is_invalid_input(
     }
     body = assert_invalid_input(await client.post("/v1/admin/quote", headers=token(), json=quote))
     assert body["errors"][0]["key"] == "/purchase/lines/0/category"
+    # Several: named in the body's order, a name's "~" and "/" escaped (RFC 6901).
+    quote["purchase"]["lines"] = [
+        {"amount_minor": 100, "category": "a\u0000"},
+        {"amount_minor": 100, "category": "b", "a/b~c": "x" * 1001},
+        {"amount_minor": 100, "category": "c\u0000"},
+    ]
+    body = assert_invalid_input(await client.post("/v1/admin/quote", headers=token(), json=quote))
+    assert [e["key"] for e in body["errors"]] == [
+        "/purchase/lines/0/category",
+        "/purchase/lines/1/a~1b~0c",
+        "/purchase/lines/2/category",
+    ]
     rule = {"valid_from": "2024-01-01T00:00:00Z", "currency": "EUR", "points_per_unit": "1"}
     rule["category_multipliers"] = {"gro\u0000ceries": "2"}
     response = await client.post(

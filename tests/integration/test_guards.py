@@ -16,6 +16,7 @@ from ledger.commands import Earn, PostEntry, PostingInput
 from ledger.database import sqlstate
 from ledger.drafts import EntryDraft, NewLot, Posting
 from ledger.errors import InvalidAccount, InvalidAmount, LockOrderError
+from ledger.verify import verify
 
 
 async def test_posting_points_to_a_members_qp_account_is_refused(ledger, new_member):
@@ -265,3 +266,61 @@ async def test_rows_naming_a_missing_entry_are_refused_per_statement(
         assert sqlstate(raised.value) == "23503" and f"journal entry {missing}," in str(
             raised.value
         ), statements
+
+
+async def test_a_statement_written_against_a_partition_passes_the_same_checks(
+    ledger, engine, new_member, new_partner
+):
+    """PostgreSQL fires a statement trigger only on the table a statement
+    names: each partition of the ledger's tables carries its parent's
+    statement checks (migration 0031), those of the months made later too,
+    so a posting written straight into its month is checked as through the
+    parent."""
+    member, partner = await new_member(), await new_partner()
+    earned = await ledger.earn(Earn.simple(member, partner, "R-PART", 10))
+    async with engine.connect() as conn:
+        month = (
+            await conn.execute(
+                text("SELECT tableoid::regclass::text FROM postings WHERE entry_id = :e LIMIT 1"),
+                {"e": earned.entry_id},
+            )
+        ).scalar_one()
+        # Every partition (the months ahead included) carries its parent's
+        # statement triggers, by name.
+        missing = (
+            await conn.execute(
+                text(
+                    "SELECT i.inhrelid::regclass::text, t.tgname FROM pg_inherits i "
+                    "JOIN pg_trigger t ON t.tgrelid = i.inhparent AND NOT t.tgisinternal "
+                    "AND t.tgtype & 1 = 0 WHERE i.inhparent::regclass::text = ANY(:parents) "
+                    "AND NOT EXISTS (SELECT 1 FROM pg_trigger x WHERE x.tgrelid = i.inhrelid "
+                    "AND x.tgname = t.tgname)"
+                ),
+                {"parents": ["journal_entries", "postings", "lots", "lot_movements"]},
+            )
+        ).all()
+    assert missing == []
+    for statement, state, message in (
+        # One more posting on a posted entry: it no longer balances.
+        (
+            f"INSERT INTO {month} (id, entry_id, account, asset, amount, member_id) VALUES "
+            f"(nextval('postings_id_seq'), {earned.entry_id}, 'program:promotions', 'PTS', 5, "
+            "NULL)",
+            "23514",
+            f"journal entry {earned.entry_id} does not balance",
+        ),
+        # Balanced, but for an entry that does not exist.
+        (
+            f"INSERT INTO {month} (id, entry_id, account, asset, amount, member_id) "
+            f"SELECT nextval('postings_id_seq'), {earned.entry_id} + 100000, a, 'PTS', x, NULL "
+            "FROM (VALUES ('program:promotions', 5), ('program:breakage', -5)) AS v(a, x)",
+            "23503",
+            "which does not exist",
+        ),
+    ):
+        with pytest.raises(DBAPIError) as raised:
+            async with engine.begin() as conn:
+                await conn.execute(text(statement))
+        assert sqlstate(raised.value) == state and message in str(raised.value), statement
+    report = await verify(engine)
+    assert report.clean, report.render()

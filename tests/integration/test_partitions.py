@@ -64,9 +64,10 @@ ROW_TRIGGERS = {
     "lots": ["lots_entries_fixed", "lots_never_deleted"],
     "lot_movements": ["lot_movements_append_only"],
 }
-# Statement-level, on the parent alone (0010, 0014; 0015: the period close;
-# 0023: the party and lot movement checks; 0025: the QP movements; 0029: the
-# lots' entries).
+# Statement-level (0010, 0014; 0015: the period close; 0023: the party and
+# lot movement checks; 0025: the QP movements; 0029: the lots' entries): on
+# the parent, and a copy of its own on each partition (0031), since a
+# statement fires those of the table it names alone.
 STATEMENT_TRIGGERS = {
     "journal_entries": ["journal_entries_closed_periods", "journal_entries_partners_registered"],
     "postings": [
@@ -216,7 +217,7 @@ async def test_a_ledger_from_before_comes_through_the_upgrade_whole(scratch):
             if not any(t == table and name == f"{t}_{c}_fkey" for t, c in CHECKED_PER_STATEMENT)
         }
         # Each trigger once per table: on the parent, cloned onto each partition
-        # (row triggers) or on the parent alone (the statement-level check).
+        # (row triggers) or copied onto each (statement triggers, 0031).
         found = await triggers(engine)
         for parent in PARTITIONED:
             own = sorted(
@@ -227,7 +228,10 @@ async def test_a_ledger_from_before_comes_through_the_upgrade_whole(scratch):
             names = [p.name for p in await partitions_of(engine, parent)]
             assert f"{parent}_legacy" in names and len(names) >= 5
             for name in names:
-                assert found.get(name, []) == [(t, True) for t in ROW_TRIGGERS[parent]]
+                assert found.get(name, []) == sorted(
+                    [(t, True) for t in ROW_TRIGGERS[parent]]
+                    + [(t, False) for t in STATEMENT_TRIGGERS.get(parent, [])]
+                )
 
         # New rows: month ids, in the month's partitions, after the old ones.
         new = await ledger.earn(Earn.simple(anna, partner, "R-3", 7))

@@ -166,6 +166,9 @@ class AccrualRun:
         self.now: datetime = received_at or programme.ledger.clock()
         # What `post` posted, for `record`: the purchases accepted, their entries.
         self._posted: tuple[list[Evaluated], dict[int, PostedEarning]] = ([], {})
+        # A call of one purchase: its reads planned once per session
+        # (accrual_sql.GENERIC_PLANS).
+        self.one_purchase = False
 
     # -- reading ----------------------------------------------------------------
 
@@ -236,7 +239,7 @@ class AccrualRun:
         )
         refs = sorted({i.accrual.reference for i in items}) if self.lock else []
         found = await read_members(
-            self.conn, self.partner_id, members, accounts, refs, periods, caps
+            self.conn, self.partner_id, members, accounts, refs, periods, caps, self.one_purchase
         )
         usage = sorted(
             {
@@ -318,6 +321,7 @@ class AccrualRun:
         take_members = (
             self.lock and cached is not None and not cached.has_budgets_at(self.partner_id)
         )
+        self.one_purchase = len(accruals) == 1
         version, holders, statuses = await open_call(
             self.conn,
             sorted({a.card_number for a in accruals if a.card_number is not None}),
@@ -325,6 +329,7 @@ class AccrualRun:
             self.lock,
             take_members,
             self.claim,
+            self.one_purchase,
         )
         defs = await self.programme.definitions.at_version(self.conn, self.now, version)
         if take_members:

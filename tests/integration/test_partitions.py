@@ -416,6 +416,16 @@ async def test_months_are_made_ahead_once_and_on_demand(scratch):
         assert sum(made) == 2 * len(PARTITIONED) and sorted(made)[:2] == [0, 0]
         async with engine.begin() as conn:
             assert await ensure_partitions(conn, 5) == 0
+        # The months made now carry the parent's triggers as those made by
+        # the migrations do: row triggers cloned, statement triggers copied
+        # (0031).
+        found = await triggers(engine)
+        for table in PARTITIONED:
+            for month in (now + 4, now + 5):
+                assert found.get(f"{table}_{month_label(month)}", []) == sorted(
+                    [(t, True) for t in ROW_TRIGGERS[table]]
+                    + [(t, False) for t in STATEMENT_TRIGGERS.get(table, [])]
+                )
 
         # A month nobody made: the posting makes it and goes through.
         drop = []
